@@ -1,0 +1,43 @@
+# sluice — common tasks. `make help` lists them.
+GO ?= go
+GOLANGCI_LINT_VERSION ?= v2.6.2
+BIN := $(CURDIR)/bin
+
+.PHONY: help build test test-race integration test-all bench lint fmt vet quickstart clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+build: ## build the sluice binary into ./bin
+	$(GO) build -ldflags "-X main.version=$(VERSION) -X main.commit=$(COMMIT)" -o $(BIN)/sluice ./cmd/sluice
+
+test: ## fast unit tests (no brokers needed)
+	$(GO) test $$($(GO) list ./... | grep -v /integration)
+
+test-race: ## unit tests with the race detector (integration has its own target)
+	$(GO) test -race -timeout 5m $$($(GO) list ./... | grep -v /integration)
+
+integration: ## integration tests; needs SLUICE_TEST_KAFKA and SLUICE_TEST_NATS (see test-all)
+	$(GO) test -race -count=1 -timeout 20m ./integration/...
+
+test-all: ## everything, against real brokers it fetches and starts itself (Kafka via Maven, nats-server via Go)
+	scripts/brokers/with-brokers.sh $(MAKE) vet test-race integration
+
+bench: ## benchmarks, reported as ratios to a bare baseline from the same run
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+vet: ## go vet
+	$(GO) vet ./...
+
+lint: ## golangci-lint, pinned version
+	GOBIN=$(BIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	$(BIN)/golangci-lint run ./...
+
+fmt: ## gofmt the tree
+	gofmt -w $$(git ls-files '*.go')
+
+clean: ## remove build output and fetched broker files
+	rm -rf $(BIN) .brokers

@@ -1,0 +1,32 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+)
+
+func newRunCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "run",
+		Short: "Run the sources, the dispatcher and the admin API until SIGINT or SIGTERM",
+		Long: `run loads and checks the configuration, starts the dispatcher and the admin
+API (/metrics, /healthz, /readyz on admin.listen), and runs until SIGINT or
+SIGTERM. On a signal it stops taking new work, lets in-flight invocations end
+within the shutdown grace, and exits 0.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			a, err := wire(cfg, log)
+			if err != nil {
+				return err
+			}
+			return a.run(cmd.Context())
+		},
+	}
+}

@@ -1,0 +1,236 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ErrUnknownFunction is returned for an invocation of a function that is not
+// registered.
+var ErrUnknownFunction = errors.New("dispatch: unknown function")
+
+// Dispatcher invokes functions under the Limiter's limits. Stream shards and
+// async consumers call Invoke, which waits for slots; synchronous ingress
+// calls TryInvoke, which answers at once with the throttle reason.
+type Dispatcher struct {
+	lim     *Limiter
+	log     *slog.Logger
+	metrics *metrics
+
+	mu  sync.RWMutex         // guards fns
+	fns map[string]*function // registered functions by name
+}
+
+type function struct {
+	h       Handler
+	timeout time.Duration
+}
+
+// Option configures a Dispatcher.
+type Option func(*options)
+
+type options struct {
+	reg     prometheus.Registerer
+	log     *slog.Logger
+	limiter []LimiterOption
+	http    []HTTPOption
+}
+
+// WithRegisterer registers the dispatcher's metrics with reg (default: none).
+func WithRegisterer(reg prometheus.Registerer) Option { return func(o *options) { o.reg = reg } }
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithLimiterOptions passes options to the Limiter.
+func WithLimiterOptions(opts ...LimiterOption) Option {
+	return func(o *options) { o.limiter = append(o.limiter, opts...) }
+}
+
+// WithHTTPOptions passes options to every HTTP function the Dispatcher builds.
+func WithHTTPOptions(opts ...HTTPOption) Option {
+	return func(o *options) { o.http = append(o.http, opts...) }
+}
+
+// New returns a Dispatcher for cfg. Every function of cfg with a URL gets an
+// HTTP handler; functions without one must be given a Handler with Register
+// before they are invoked.
+func New(cfg Config, opts ...Option) (*Dispatcher, error) {
+	o := options{log: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	lim, err := NewLimiter(cfg, o.limiter...)
+	if err != nil {
+		return nil, err
+	}
+	d := &Dispatcher{lim: lim, log: o.log, fns: make(map[string]*function, len(cfg.Functions))}
+	for _, name := range sortedKeys(cfg.Functions) {
+		fc := cfg.Functions[name]
+		if fc.URL == "" {
+			continue
+		}
+		// Enough pooled connections for every slot the function can hold, so
+		// no invocation waits for a connection.
+		conns := lim.Usage().UnreservedLimit
+		if fc.ReservedConcurrency != nil {
+			conns = max(1, *fc.ReservedConcurrency)
+		}
+		h, err := NewHTTPFunction(name, fc, append([]HTTPOption{WithMaxConns(conns)}, o.http...)...)
+		if err != nil {
+			lim.Close()
+			return nil, err
+		}
+		d.fns[name] = &function{h: h, timeout: timeoutOrDefault(fc.Timeout)}
+	}
+	d.metrics, err = newMetrics(o.reg, lim)
+	if err != nil {
+		lim.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Register sets the Handler of a function, for library use and tests. A zero
+// timeout means DefaultTimeout.
+func (d *Dispatcher) Register(name string, h Handler, timeout time.Duration) {
+	timeout = timeoutOrDefault(timeout)
+	d.lim.SetFunctionTimeout(name, timeout)
+	d.mu.Lock()
+	d.fns[name] = &function{h: h, timeout: timeout}
+	d.mu.Unlock()
+}
+
+// Limiter returns the limiter, for live changes and usage snapshots.
+func (d *Dispatcher) Limiter() *Limiter { return d.lim }
+
+// Invoke runs req.Function once it holds the slots of its function and scopes,
+// waiting in line for them (ctx bounds the wait: a stream shard passes the age
+// limit of its oldest record). onWait, if not nil, hears once that the
+// invocation is waiting and why; use it to show a shard as throttled.
+//
+// The error is nil on success, or one of the outcome errors of this package
+// (see Handler). A wait cut short by ctx returns an error matching both
+// ctx.Err() and *ThrottledError.
+func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reason)) (*Response, error) {
+	f, err := d.function(req.Function)
+	if err != nil {
+		return nil, err
+	}
+	lease, err := d.lim.Acquire(ctx, req.Function, scopesOf(req), func(r Reason) {
+		d.metrics.throttled(req.Function, r)
+		if onWait != nil {
+			onWait(r)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer lease.Release()
+	return d.run(ctx, f, req)
+}
+
+// TryInvoke runs req.Function if its slots are free now, and otherwise
+// returns a *ThrottledError at once.
+func (d *Dispatcher) TryInvoke(ctx context.Context, req *Request) (*Response, error) {
+	f, err := d.function(req.Function)
+	if err != nil {
+		return nil, err
+	}
+	lease, err := d.lim.TryAcquire(req.Function, scopesOf(req))
+	if err != nil {
+		if t, ok := AsThrottled(err); ok {
+			d.metrics.throttled(req.Function, t.Reason)
+		}
+		return nil, err
+	}
+	defer lease.Release()
+	return d.run(ctx, f, req)
+}
+
+// Close stops granting slots and wakes waiters with ErrClosed. In-flight
+// invocations are not interrupted; their callers own their contexts.
+func (d *Dispatcher) Close() {
+	d.lim.Close()
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, f := range d.fns {
+		if c, ok := f.h.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+	}
+}
+
+func (d *Dispatcher) function(name string) (*function, error) {
+	d.mu.RLock()
+	f := d.fns[name]
+	d.mu.RUnlock()
+	if f == nil {
+		return nil, fmt.Errorf("%w %q", ErrUnknownFunction, name)
+	}
+	return f, nil
+}
+
+// run invokes f with the function's timeout and turns whatever it returns
+// into one of the outcome errors.
+func (d *Dispatcher) run(ctx context.Context, f *function, req *Request) (*Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	req.Deadline, _ = ctx.Deadline()
+	start := time.Now()
+	resp, err := f.h.Invoke(ctx, req)
+	err = classify(ctx, req, err)
+	d.metrics.invoked(req.Function, err, time.Since(start))
+	return resp, err
+}
+
+// classify maps a handler's error to the outcome errors: in-process handlers
+// may return anything, HTTP ones already return typed errors.
+func classify(ctx context.Context, req *Request, err error) error {
+	if err == nil {
+		return nil
+	}
+	var (
+		t  *ThrottledError
+		fe *FunctionError
+		pe *PermanentError
+		pb *PartialBatchError
+	)
+	switch {
+	case errors.As(err, &pb):
+		if !req.ReportItemFailures {
+			// Not wrapped: the outcome is a whole-batch failure, not a partial one.
+			return &FunctionError{Kind: KindResponse, Message: "partial batch failure without report_batch_item_failures: whole batch failed (" + err.Error() + ")"}
+		}
+		return checkPartial(pb.Failed, req.Items)
+	case errors.As(err, &t), errors.As(err, &fe), errors.As(err, &pe):
+		return err
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+		return &FunctionError{Kind: KindTimeout, Message: "no answer within the function's timeout", Err: err}
+	default:
+		return &FunctionError{Kind: KindHandler, Message: err.Error(), Err: err}
+	}
+}
+
+func scopesOf(req *Request) []string {
+	if len(req.Scopes) > 0 {
+		return req.Scopes
+	}
+	if req.Scope != "" {
+		return []string{req.Scope}
+	}
+	return nil
+}
+
+func timeoutOrDefault(d time.Duration) time.Duration {
+	if d <= 0 {
+		return DefaultTimeout
+	}
+	return d
+}

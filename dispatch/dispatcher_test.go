@@ -1,0 +1,199 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func newTestDispatcher(t *testing.T, cfg Config, opts ...Option) (*Dispatcher, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	d, err := New(cfg, append([]Option{WithRegisterer(reg)}, opts...)...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(d.Close)
+	return d, reg
+}
+
+func TestDispatcherOutcomes(t *testing.T) {
+	boom := errors.New("boom")
+	items := []string{"10", "11", "12"}
+	cases := []struct {
+		name    string
+		h       HandlerFunc
+		report  bool
+		timeout time.Duration
+		check   func(t *testing.T, err error)
+		outcome Outcome
+	}{
+		{"success", func(context.Context, *Request) (*Response, error) { return &Response{Status: 200}, nil }, false, 0,
+			func(t *testing.T, err error) {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}, OutcomeSuccess},
+		{"plain error is a function error", func(context.Context, *Request) (*Response, error) { return nil, boom }, false, 0,
+			func(t *testing.T, err error) {
+				var fe *FunctionError
+				if !errors.As(err, &fe) || fe.Kind != KindHandler || !errors.Is(err, boom) {
+					t.Fatalf("err = %v, want KindHandler wrapping boom", err)
+				}
+			}, OutcomeError},
+		{"timeout", func(ctx context.Context, _ *Request) (*Response, error) { <-ctx.Done(); return nil, ctx.Err() }, false, 20 * time.Millisecond,
+			func(t *testing.T, err error) {
+				var fe *FunctionError
+				if !errors.As(err, &fe) || fe.Kind != KindTimeout {
+					t.Fatalf("err = %v, want KindTimeout", err)
+				}
+			}, OutcomeTimeout},
+		{"throttled by the function", func(context.Context, *Request) (*Response, error) {
+			return nil, &ThrottledError{Reason: ReasonFunction, RetryAfter: time.Second}
+		}, false, 0,
+			func(t *testing.T, err error) {
+				if th, ok := AsThrottled(err); !ok || th.Reason != ReasonFunction || th.RetryAfter != time.Second {
+					t.Fatalf("err = %v", err)
+				}
+			}, OutcomeThrottled},
+		{"permanent", func(context.Context, *Request) (*Response, error) { return nil, &PermanentError{Status: 400} }, false, 0,
+			func(t *testing.T, err error) {
+				if !IsPermanent(err) {
+					t.Fatalf("err = %v", err)
+				}
+			}, OutcomePermanent},
+		{"partial, reordered to batch order", func(context.Context, *Request) (*Response, error) {
+			return nil, &PartialBatchError{Failed: []string{"12", "11"}}
+		}, true, 0,
+			func(t *testing.T, err error) {
+				var pb *PartialBatchError
+				if !errors.As(err, &pb) || strings.Join(pb.Failed, ",") != "11,12" {
+					t.Fatalf("err = %v, want items 11,12", err)
+				}
+			}, OutcomePartial},
+		{"partial with an unknown item fails the batch", func(context.Context, *Request) (*Response, error) {
+			return nil, &PartialBatchError{Failed: []string{"99"}}
+		}, true, 0,
+			func(t *testing.T, err error) {
+				var fe *FunctionError
+				if !errors.As(err, &fe) || fe.Kind != KindResponse {
+					t.Fatalf("err = %v, want whole batch failed", err)
+				}
+			}, OutcomeError},
+		{"partial without report_batch_item_failures fails the batch", func(context.Context, *Request) (*Response, error) {
+			return nil, &PartialBatchError{Failed: []string{"11"}}
+		}, false, 0,
+			func(t *testing.T, err error) {
+				var fe *FunctionError
+				if !errors.As(err, &fe) || fe.Kind != KindResponse {
+					t.Fatalf("err = %v, want whole batch failed", err)
+				}
+			}, OutcomeError},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d, reg := newTestDispatcher(t, Config{Account: AccountConfig{Concurrency: 10, MinUnreserved: 1}})
+			var got *Request
+			d.Register("fn", HandlerFunc(func(ctx context.Context, r *Request) (*Response, error) {
+				got = r
+				return tc.h(ctx, r)
+			}), tc.timeout)
+			_, err := d.Invoke(context.Background(), &Request{Function: "fn", Items: items, ReportItemFailures: tc.report}, nil)
+			tc.check(t, err)
+			if got.Deadline.IsZero() {
+				t.Error("handler saw no Deadline")
+			}
+			if n := testutil.ToFloat64(d.metrics.invocations.WithLabelValues("fn", string(tc.outcome))); n != 1 {
+				t.Errorf("sluice_invocations_total{outcome=%q} = %v, want 1", tc.outcome, n)
+			}
+			if n, err := testutil.GatherAndCount(reg, "sluice_invocations_total"); err != nil || n != 1 {
+				t.Errorf("sluice_invocations_total series = %d (%v), want 1", n, err)
+			}
+		})
+	}
+}
+
+func TestDispatcherTryInvokeThrottles(t *testing.T) {
+	d, reg := newTestDispatcher(t, Config{
+		Account:   AccountConfig{Concurrency: 10, MinUnreserved: 1},
+		Functions: map[string]FunctionConfig{"slow": {ReservedConcurrency: ptr(1)}},
+	})
+	release := make(chan struct{})
+	running := make(chan struct{})
+	d.Register("slow", HandlerFunc(func(context.Context, *Request) (*Response, error) {
+		close(running)
+		<-release
+		return &Response{Status: 200}, nil
+	}), 0)
+	done := make(chan error, 1)
+	go func() {
+		_, err := d.TryInvoke(context.Background(), &Request{Function: "slow"})
+		done <- err
+	}()
+	<-running
+	_, err := d.TryInvoke(context.Background(), &Request{Function: "slow"})
+	if th, ok := AsThrottled(err); !ok || th.Reason != ReasonReserved {
+		t.Fatalf("second call = %v, want %s", err, ReasonReserved)
+	}
+	if v := testutil.ToFloat64(d.metrics.throttles.WithLabelValues("slow", string(ReasonReserved))); v != 1 {
+		t.Fatalf("throttles = %v, want 1", v)
+	}
+	// The concurrency gauges show the running call.
+	want := `
+# HELP sluice_function_concurrent_executions Invocations running now, by function.
+# TYPE sluice_function_concurrent_executions gauge
+sluice_function_concurrent_executions{function="slow"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "sluice_function_concurrent_executions"); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDispatcherInvokeWaitsAndReports(t *testing.T) {
+	d, _ := newTestDispatcher(t, Config{Account: AccountConfig{Concurrency: 10, MinUnreserved: 1},
+		Rules: []Rule{{Pattern: "*", Concurrency: 1}}})
+	release := make(chan struct{})
+	d.Register("fn", HandlerFunc(func(context.Context, *Request) (*Response, error) {
+		<-release
+		return nil, nil
+	}), 0)
+	first := make(chan error, 1)
+	go func() {
+		_, err := d.Invoke(context.Background(), &Request{Function: "fn", Scope: "t1"}, nil)
+		first <- err
+	}()
+	waitFor(t, func() bool { return d.Limiter().Usage().InFlight == 1 })
+	waited := make(chan Reason, 1)
+	second := make(chan error, 1)
+	go func() {
+		_, err := d.Invoke(context.Background(), &Request{Function: "fn", Scope: "t1"}, func(r Reason) { waited <- r })
+		second <- err
+	}()
+	if r := <-waited; r != ReasonScope {
+		t.Fatalf("waited for %s, want %s", r, ReasonScope)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDispatcherUnknownFunction(t *testing.T) {
+	d, _ := newTestDispatcher(t, Config{})
+	_, err := d.Invoke(context.Background(), &Request{Function: "nope"}, nil)
+	if !errors.Is(err, ErrUnknownFunction) {
+		t.Fatalf("err = %v, want ErrUnknownFunction", err)
+	}
+}

@@ -1,0 +1,116 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// Request is one invocation of a function: a stream batch, an async event or a
+// direct call.
+type Request struct {
+	Function     string
+	InvocationID string
+	Attempt      int       // 1 for the first try
+	Deadline     time.Time // set by the Dispatcher from the function's timeout
+	Scope        string    // the invocation's scope, sent as Sluice-Scope; empty for none
+	// Scopes lists every distinct scope of a stream batch whose records carry
+	// several; the Dispatcher takes one slot in each, all or none. When empty,
+	// Scope alone is used.
+	Scopes         []string
+	IdempotencyKey string
+	TraceParent    string      // W3C traceparent carried by the record, if any
+	Header         http.Header // further headers, e.g. Sluice-Source and Sluice-Event-Time
+	ContentType    string      // default application/json
+	Body           []byte
+
+	// Items are the identifiers of a batch's records (offsets or sequences),
+	// in order. With ReportItemFailures, the function may answer a partial
+	// failure that names some of them.
+	Items              []string
+	ReportItemFailures bool
+}
+
+// Response is what a function answered on success.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// Handler is a function sluice can invoke. It returns a nil error on success,
+// or one of the outcome errors of this package: *ThrottledError (with
+// ReasonFunction), *FunctionError, *PermanentError or *PartialBatchError. Any
+// other error counts as a function error.
+//
+// Invoke must honour ctx: the Dispatcher sets its deadline from the function's
+// timeout.
+type Handler interface {
+	Invoke(ctx context.Context, req *Request) (*Response, error)
+}
+
+// HandlerFunc adapts an ordinary function to Handler, as http.HandlerFunc does.
+type HandlerFunc func(ctx context.Context, req *Request) (*Response, error)
+
+// Invoke calls f(ctx, req).
+func (f HandlerFunc) Invoke(ctx context.Context, req *Request) (*Response, error) { return f(ctx, req) }
+
+// batchResponse is the partial-batch body of SPEC §3, as Lambda defines it.
+type batchResponse struct {
+	BatchItemFailures []struct {
+		ItemIdentifier *string `json:"itemIdentifier"`
+	} `json:"batchItemFailures"`
+}
+
+// ParseBatchItemFailures reads a success body under report_batch_item_failures.
+// It returns nil when no item failed (an empty body, an empty list, or a body
+// without batchItemFailures), a *PartialBatchError naming the failed items in
+// batch order, or a *FunctionError (KindResponse) when the body is not valid
+// JSON, names an empty, null or unknown item: then the whole batch failed.
+func ParseBatchItemFailures(body []byte, items []string) error {
+	if len(body) == 0 {
+		return nil
+	}
+	var r batchResponse
+	if err := json.Unmarshal(body, &r); err != nil {
+		return &FunctionError{Kind: KindResponse, Message: "invalid batchItemFailures body: " + err.Error(), Err: err}
+	}
+	if len(r.BatchItemFailures) == 0 {
+		return nil
+	}
+	failed := make([]string, 0, len(r.BatchItemFailures))
+	for _, f := range r.BatchItemFailures {
+		if f.ItemIdentifier == nil || *f.ItemIdentifier == "" {
+			return &FunctionError{Kind: KindResponse, Message: "batchItemFailures names an empty itemIdentifier"}
+		}
+		failed = append(failed, *f.ItemIdentifier)
+	}
+	return checkPartial(failed, items)
+}
+
+// checkPartial validates failed against the batch's items and returns a
+// *PartialBatchError in batch order, or a whole-batch *FunctionError when an
+// identifier is unknown.
+func checkPartial(failed, items []string) error {
+	pos := make(map[string]int, len(items))
+	for i, id := range items {
+		pos[id] = i
+	}
+	isFailed := make([]bool, len(items))
+	for _, id := range failed {
+		i, ok := pos[id]
+		if !ok {
+			return &FunctionError{Kind: KindResponse, Message: fmt.Sprintf("batchItemFailures names unknown itemIdentifier %q", id)}
+		}
+		isFailed[i] = true
+	}
+	ordered := make([]string, 0, len(failed))
+	for i, f := range isFailed {
+		if f {
+			ordered = append(ordered, items[i])
+		}
+	}
+	return &PartialBatchError{Failed: ordered}
+}
