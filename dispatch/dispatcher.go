@@ -211,6 +211,10 @@ func classify(ctx context.Context, req *Request, err error) error {
 		return checkPartial(pb.Failed, req.Items)
 	case errors.As(err, &t), errors.As(err, &fe), errors.As(err, &pe):
 		return err
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		// The caller gave up (shutdown, revoke): not the function's failure,
+		// and no attempt is consumed. Callers see ctx's error.
+		return err
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		return &FunctionError{Kind: KindTimeout, Message: "no answer within the function's timeout", Err: err}
 	default:

@@ -97,6 +97,9 @@ type PartialBatchError struct {
 }
 
 func (e *PartialBatchError) Error() string {
+	if len(e.Failed) == 0 {
+		return "dispatch: batch items failed"
+	}
 	return fmt.Sprintf("dispatch: %d batch items failed, first %s", len(e.Failed), e.Failed[0])
 }
 

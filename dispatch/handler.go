@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -60,7 +61,8 @@ func (f HandlerFunc) Invoke(ctx context.Context, req *Request) (*Response, error
 // batchResponse is the partial-batch body of SPEC §3, as Lambda defines it.
 type batchResponse struct {
 	BatchItemFailures []struct {
-		ItemIdentifier *string `json:"itemIdentifier"`
+		// Raw, so that a number (an offset written as one) is read too.
+		ItemIdentifier json.RawMessage `json:"itemIdentifier"`
 	} `json:"batchItemFailures"`
 }
 
@@ -70,6 +72,7 @@ type batchResponse struct {
 // batch order, or a *FunctionError (KindResponse) when the body is not valid
 // JSON, names an empty, null or unknown item: then the whole batch failed.
 func ParseBatchItemFailures(body []byte, items []string) error {
+	body = bytes.TrimSpace(body) // many frameworks answer "\n" for "nothing"
 	if len(body) == 0 {
 		return nil
 	}
@@ -82,12 +85,27 @@ func ParseBatchItemFailures(body []byte, items []string) error {
 	}
 	failed := make([]string, 0, len(r.BatchItemFailures))
 	for _, f := range r.BatchItemFailures {
-		if f.ItemIdentifier == nil || *f.ItemIdentifier == "" {
-			return &FunctionError{Kind: KindResponse, Message: "batchItemFailures names an empty itemIdentifier"}
+		id := itemID(f.ItemIdentifier)
+		if id == "" {
+			return &FunctionError{Kind: KindResponse, Message: "batchItemFailures names an empty or null itemIdentifier"}
 		}
-		failed = append(failed, *f.ItemIdentifier)
+		failed = append(failed, id)
 	}
 	return checkPartial(failed, items)
+}
+
+// itemID reads an itemIdentifier given as a string or a number; anything
+// else (null, empty, an object) is "".
+func itemID(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String()
+	}
+	return ""
 }
 
 // checkPartial validates failed against the batch's items and returns a

@@ -104,7 +104,7 @@ func NewHTTPFunction(name string, cfg FunctionConfig, opts ...HTTPOption) (*HTTP
 	}
 	key := "functions." + name
 	if err := checkFunctionURL(cfg.URL); err != nil {
-		return nil, fmt.Errorf("%w: %s.url %v", ErrInvalid, key, err)
+		return nil, fmt.Errorf("%w: %s.url %w", ErrInvalid, key, err)
 	}
 	if cfg.Timeout < 0 || cfg.Timeout > MaxTimeout {
 		return nil, fmt.Errorf("%w: %s.timeout must be 1ms..15m, got %s", ErrInvalid, key, cfg.Timeout)
@@ -155,7 +155,7 @@ func checkFunctionURL(raw string) error {
 		if errors.As(err, &uerr) {
 			err = uerr.Err // without the raw URL, which may hold a password
 		}
-		return fmt.Errorf("is not a valid URL: %v", err)
+		return fmt.Errorf("is not a valid URL: %w", err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("must be an http or https URL, got %q", u.Redacted())
@@ -197,9 +197,6 @@ func newTransport(maxConns int) *http.Transport {
 	t.MaxConnsPerHost = 0
 	return t
 }
-
-// Name returns the function's name.
-func (f *HTTPFunction) Name() string { return f.name }
 
 // CloseIdleConnections closes the pool's idle connections, as
 // http.Client.CloseIdleConnections does (the Dispatcher's Close looks for
@@ -389,8 +386,11 @@ func (f *HTTPFunction) transportError(parent, ctx context.Context, start time.Ti
 		inner = uerr.Err // the URL may carry a secret (a query token); don't copy it into logs and dead letters
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) { // the invocation's deadline: ctx's or the function's timeout
-		dl, _ := ctx.Deadline()
-		return &FunctionError{Kind: KindTimeout, Message: fmt.Sprintf("no answer within %s", dl.Sub(start).Round(time.Millisecond)), Err: inner}
+		msg := "the invocation's deadline passed before the request was sent"
+		if dl, _ := ctx.Deadline(); dl.After(start) {
+			msg = fmt.Sprintf("no answer within %s", dl.Sub(start).Round(time.Millisecond))
+		}
+		return &FunctionError{Kind: KindTimeout, Message: msg, Err: inner}
 	}
 	// A dial that failed, even by its own time-out, means the function could
 	// not be reached: a connection error, not a slow answer.

@@ -1,0 +1,649 @@
+package shard
+
+import (
+	"context"
+	"hash/fnv"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Backoff bounds the waits between retries of a batch: Initial, multiplied by
+// Multiplier after each retry up to Max, each wait spread by ±Jitter.
+type Backoff struct {
+	Initial    time.Duration
+	Max        time.Duration
+	Multiplier float64
+	Jitter     float64
+}
+
+// Delay returns the wait before retry number n (1-based): a pure function of
+// n and a random draw r in [0,1), so it can be table-tested.
+func (b Backoff) Delay(n int, r float64) time.Duration {
+	if b.Initial <= 0 {
+		b.Initial = time.Second
+	}
+	if b.Max < b.Initial {
+		b.Max = b.Initial
+	}
+	if b.Multiplier < 1 {
+		b.Multiplier = 1
+	}
+	d := float64(b.Initial) * math.Pow(b.Multiplier, float64(max(0, n-1)))
+	d = min(d, float64(b.Max))
+	if b.Jitter > 0 {
+		d *= 1 + b.Jitter*(2*r-1)
+	}
+	return time.Duration(d)
+}
+
+// WorkerConfig is how one shard delivers: SPEC §2.1's settings.
+type WorkerConfig struct {
+	Source   string
+	Function string
+	Mode     string // for dead letters; "stream"
+
+	BatchSize             int
+	BatchingWindow        time.Duration
+	MaxBatchBytes         int64
+	ParallelizationFactor int           // concurrent batches per shard, each for a set of keys
+	MaxRetryAttempts      int           // -1: infinite
+	MaxRecordAge          time.Duration // < 0: infinite
+	BisectOnError         bool
+	Backoff               Backoff
+	// Buffer is how many records a shard may hold before it asks its source
+	// to stop fetching (default 2 × BatchSize × ParallelizationFactor, at
+	// least 500).
+	Buffer int
+}
+
+// Hooks are what a Worker calls out to.
+type Hooks struct {
+	Deliverer Deliverer
+	// DeadLetterer stores undeliverable records; nil means the records are
+	// dropped, counted and logged (a source without on_failure).
+	DeadLetterer DeadLetterer
+	// Commit moves the shard's checkpoint: every record up to and including
+	// last was delivered or durably dead-lettered. Called from the worker's
+	// goroutine, in offset order, never for a record twice.
+	Commit func(last Record)
+	// Pause asks the source to stop (true) or restart (false) fetching this
+	// shard. Called on changes only, from the source's Push or the worker.
+	Pause  func(paused bool)
+	Logger *slog.Logger
+	Now    func() time.Time // default time.Now
+}
+
+// Status is a shard as GET /v1/shards shows it.
+type Status struct {
+	Shard       ID
+	State       State
+	Since       time.Time
+	Reason      string // throttle reason, error kind, ...
+	Position    int64  // offset of the next record to be checkpointed; -1 before the first
+	Buffered    int    // records held, not yet checkpointed
+	LastRecord  time.Time
+	Delivered   int64 // records delivered
+	DeadLetters int64 // records dead-lettered (or dropped without on_failure)
+	Dropped     int64 // of DeadLetters, dropped for lack of on_failure
+}
+
+// Worker drives one shard: it batches the records its source pushes,
+// delivers them in order, retries, bisects and expires them, dead-letters
+// what cannot be delivered, and moves the checkpoint only past records that
+// were delivered or durably dead-lettered.
+//
+// With ParallelizationFactor N > 1, records are spread over N lanes by a hash
+// of their key; each lane keeps its records in order and has at most one batch
+// in flight, and the checkpoint moves to just before the lowest unfinished
+// record of all lanes.
+type Worker struct {
+	id  ID
+	cfg WorkerConfig
+	h   Hooks
+	log *slog.Logger
+	now func() time.Time
+
+	wake chan struct{} // capacity 1: a pending "records arrived" signal, never blocks Push
+
+	// mu guards everything below.
+	mu       sync.Mutex
+	buf      []Record // pushed, not yet taken by a lane
+	inflight int      // records taken by lanes, not yet checkpointed
+	paused   bool     // what Pause was last told
+	blocked  int      // lanes that are throttled, retrying or blocked
+	status   Status
+	// pending tracks the records taken by lanes, in offset order, until
+	// they are checkpointed (only with lanes > 1).
+	pending []pendingRec
+}
+
+type pendingRec struct {
+	rec  Record
+	done bool
+}
+
+// NewWorker returns a Worker for shard id. Run starts it.
+func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
+	if cfg.BatchSize < 1 {
+		cfg.BatchSize = 100
+	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = 6 << 20
+	}
+	cfg.ParallelizationFactor = max(1, cfg.ParallelizationFactor)
+	if cfg.Buffer <= 0 {
+		cfg.Buffer = max(500, 2*cfg.BatchSize*cfg.ParallelizationFactor)
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = "stream"
+	}
+	if h.Now == nil {
+		h.Now = time.Now
+	}
+	if h.Logger == nil {
+		h.Logger = slog.Default()
+	}
+	w := &Worker{
+		id: id, cfg: cfg, h: h,
+		log:  h.Logger.With("source", id.Source, "partition", id.Partition),
+		now:  h.Now,
+		wake: make(chan struct{}, 1),
+	}
+	w.status = Status{Shard: id, State: StateIdle, Since: w.now(), Position: -1}
+	return w
+}
+
+// Push hands the worker records of its shard, in order. It never blocks: when
+// the worker holds Buffer records or more it asks the source to pause.
+func (w *Worker) Push(recs []Record) {
+	if len(recs) == 0 {
+		return
+	}
+	w.mu.Lock()
+	w.buf = append(w.buf, recs...)
+	w.status.LastRecord = recs[len(recs)-1].Timestamp
+	w.updatePauseLocked()
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Status returns what the shard is doing now.
+func (w *Worker) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.status
+	s.Buffered = len(w.buf) + w.inflight
+	return s
+}
+
+// updatePauseLocked tells the source to pause while the buffer is full or a
+// lane is blocked (a throttled shard stops fetching), and to resume when
+// neither holds.
+func (w *Worker) updatePauseLocked() {
+	want := len(w.buf)+w.inflight >= w.cfg.Buffer || w.blocked > 0
+	if want != w.paused && w.h.Pause != nil {
+		w.paused = want
+		w.h.Pause(want)
+	}
+}
+
+func (w *Worker) setState(s State, reason string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.status.State != s || w.status.Reason != reason {
+		w.status.State, w.status.Reason, w.status.Since = s, reason, w.now()
+	}
+}
+
+// Run delivers until ctx ends, then waits for in-flight deliveries to end
+// (they see ctx cancelled) and returns. Records not checkpointed by then are
+// the source's to redeliver (at-least-once).
+func (w *Worker) Run(ctx context.Context) {
+	n := w.cfg.ParallelizationFactor
+	if n == 1 {
+		w.runLane(ctx, nil)
+		return
+	}
+	lanes := make([]chan []Record, n)
+	var wg sync.WaitGroup
+	for i := range lanes {
+		// Capacity 1: the router hands a lane its next batch while the lane
+		// delivers the current one; the router then waits for that lane, which
+		// bounds in-flight records to two batches per lane.
+		lanes[i] = make(chan []Record, 1)
+		wg.Go(func() { w.runLane(ctx, lanes[i]) })
+	}
+	w.route(ctx, lanes)
+	for _, l := range lanes {
+		close(l)
+	}
+	wg.Wait()
+}
+
+// route spreads buffered records over lanes by key, keeping each key's
+// records in order, in batches of at most BatchSize.
+func (w *Worker) route(ctx context.Context, lanes []chan []Record) {
+	n := len(lanes)
+	for {
+		recs, ok := w.take(ctx, w.cfg.BatchSize*n, math.MaxInt64)
+		if !ok {
+			return
+		}
+		w.mu.Lock()
+		for _, r := range recs {
+			w.pending = append(w.pending, pendingRec{rec: r})
+		}
+		w.mu.Unlock()
+		parts := make([][]Record, n)
+		for _, r := range recs {
+			i := laneOf(r.Key, n)
+			parts[i] = append(parts[i], r)
+		}
+		for i, p := range parts {
+			for len(p) > 0 {
+				k := min(len(p), w.cfg.BatchSize)
+				select {
+				case lanes[i] <- p[:k]:
+				case <-ctx.Done():
+					return
+				}
+				p = p[k:]
+			}
+		}
+	}
+}
+
+func laneOf(key []byte, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write(key)
+	return int(h.Sum32() % uint32(n))
+}
+
+// take waits for records and returns up to maxRecs of them, within maxBytes
+// (at least one record), once there are enough or the batching window since
+// the first one has passed. It reports false when ctx ended.
+func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]Record, bool) {
+	var window <-chan time.Time
+	windowOver := w.cfg.BatchingWindow <= 0
+	for {
+		w.mu.Lock()
+		n := len(w.buf)
+		if n == 0 && w.inflight == 0 && w.status.State != StateIdle {
+			w.status.State, w.status.Reason, w.status.Since = StateIdle, "", w.now()
+		}
+		w.mu.Unlock()
+		if n >= maxRecs || (n > 0 && windowOver) {
+			break
+		}
+		if n > 0 && window == nil {
+			t := time.NewTimer(w.cfg.BatchingWindow)
+			defer t.Stop()
+			window = t.C
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-w.wake:
+		case <-window:
+			windowOver = true
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	k, size := 0, int64(0)
+	for k < len(w.buf) && k < maxRecs {
+		s := w.buf[k].Size()
+		if k > 0 && size+s > maxBytes {
+			break
+		}
+		size += s
+		k++
+	}
+	recs := make([]Record, k)
+	copy(recs, w.buf)
+	w.buf = w.buf[k:]
+	if len(w.buf) == 0 {
+		w.buf = nil // let the backing array go
+	}
+	w.inflight += k
+	return recs, true
+}
+
+// runLane delivers batches one at a time, in order. With in == nil it takes
+// records from the buffer itself (ParallelizationFactor 1); otherwise it
+// delivers what the router sends it.
+func (w *Worker) runLane(ctx context.Context, in <-chan []Record) {
+	for {
+		var recs []Record
+		if in == nil {
+			var ok bool
+			if recs, ok = w.take(ctx, w.cfg.BatchSize, w.cfg.MaxBatchBytes); !ok {
+				return
+			}
+		} else {
+			var ok bool
+			select {
+			case recs, ok = <-in:
+				if !ok {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+		for _, b := range splitBytes(recs, w.cfg.MaxBatchBytes) {
+			l := &lane{w: w}
+			if !l.process(ctx, b, &attempts{}) {
+				return // ctx ended: nothing more is checkpointed; the source redelivers
+			}
+			l.setBlocked(false)
+			w.done(b)
+		}
+	}
+}
+
+// splitBytes cuts recs into runs whose estimated size stays within max; a
+// record larger than max on its own is a run of one.
+func splitBytes(recs []Record, max int64) [][]Record {
+	var out [][]Record
+	start, size := 0, int64(0)
+	for i := range recs {
+		s := recs[i].Size()
+		if i > start && size+s > max {
+			out = append(out, recs[start:i])
+			start, size = i, 0
+		}
+		size += s
+	}
+	return append(out, recs[start:])
+}
+
+// done records that every record of b was delivered or dead-lettered and
+// moves the checkpoint as far as it may go.
+func (w *Worker) done(b []Record) {
+	w.mu.Lock()
+	w.inflight -= len(b)
+	var last *Record
+	if w.cfg.ParallelizationFactor == 1 {
+		last = &b[len(b)-1]
+	} else {
+		// Mark b's records done, then checkpoint the finished prefix: the
+		// lowest unfinished record of any lane holds the checkpoint back.
+		for i := range b {
+			j := searchPending(w.pending, b[i].Offset)
+			w.pending[j].done = true
+		}
+		k := 0
+		for k < len(w.pending) && w.pending[k].done {
+			k++
+		}
+		if k > 0 {
+			last = &w.pending[k-1].rec
+			w.pending = w.pending[k:]
+		}
+	}
+	if last != nil {
+		w.status.Position = last.Offset + 1
+	}
+	w.updatePauseLocked()
+	w.mu.Unlock()
+	if last != nil && w.h.Commit != nil {
+		w.h.Commit(*last)
+	}
+}
+
+func searchPending(p []pendingRec, off int64) int {
+	lo, hi := 0, len(p)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if p[m].rec.Offset < off {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
+}
+
+// attempts is the retry state of one batch (and of its halves after a
+// bisection, which start afresh: bisecting does not consume attempts).
+type attempts struct {
+	n       int // function attempts that failed
+	first   time.Time
+	last    time.Time
+	lastErr ErrorInfo
+}
+
+// lane is one sequential deliverer of a shard.
+type lane struct {
+	w       *Worker
+	blocked bool // counted in w.blocked
+}
+
+func (l *lane) setBlocked(b bool) {
+	if l.blocked == b {
+		return
+	}
+	l.blocked = b
+	w := l.w
+	w.mu.Lock()
+	if b {
+		w.blocked++
+	} else {
+		w.blocked--
+	}
+	w.updatePauseLocked()
+	w.mu.Unlock()
+}
+
+// process delivers recs until each is delivered or dead-lettered; it reports
+// false when ctx ended first (then nothing of recs may be checkpointed).
+func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
+	w := l.w
+	cfg := &w.cfg
+	throttles := 0
+	for len(recs) > 0 {
+		if ctx.Err() != nil {
+			return false
+		}
+		if len(recs) == 1 && recs[0].Size() > cfg.MaxBatchBytes {
+			return l.deadLetter(ctx, recs, RecordTooLarge, at)
+		}
+		// Records past max_record_age are dead-lettered, not delivered.
+		if cfg.MaxRecordAge >= 0 {
+			var live, expired []Record
+			now := w.now()
+			for _, r := range recs {
+				if !r.Timestamp.Add(cfg.MaxRecordAge).After(now) {
+					expired = append(expired, r)
+				} else {
+					live = append(live, r)
+				}
+			}
+			if len(expired) > 0 {
+				if !l.deadLetter(ctx, expired, RecordAgeExceeded, at) {
+					return false
+				}
+				recs = live
+				continue
+			}
+		}
+
+		// Wait for a slot no longer than the oldest record may live.
+		dctx, cancel := ctx, context.CancelFunc(func() {})
+		if cfg.MaxRecordAge >= 0 {
+			oldest := recs[0].Timestamp
+			for _, r := range recs[1:] {
+				if r.Timestamp.Before(oldest) {
+					oldest = r.Timestamp
+				}
+			}
+			dctx, cancel = context.WithDeadline(ctx, oldest.Add(cfg.MaxRecordAge))
+		}
+		if at.first.IsZero() {
+			at.first = w.now()
+		}
+		res := w.h.Deliverer.Deliver(dctx, Delivery{
+			Shard: w.id, Records: recs, Attempt: at.n + 1,
+			OnWait: func(reason string) {
+				l.setBlocked(true)
+				w.setState(StateThrottled, reason)
+			},
+		})
+		cancel()
+		at.last = w.now()
+
+		switch res.Outcome {
+		case Delivered:
+			w.delivered(len(recs))
+			return true
+
+		case Throttled:
+			if ctx.Err() != nil {
+				return false
+			}
+			// No attempt consumed. Hold the batch (and stop fetching) until a
+			// slot frees or the records expire; the loop re-checks expiry.
+			l.setBlocked(true)
+			w.setState(StateThrottled, res.Reason)
+			throttles++
+			d := max(cfg.Backoff.Delay(throttles, rand.Float64()), res.RetryAfter)
+			if !l.sleep(ctx, d, recs) {
+				return false
+			}
+
+		case Partial:
+			if res.FailedFrom > 0 && res.FailedFrom < len(recs) {
+				w.delivered(res.FailedFrom)
+				recs = recs[res.FailedFrom:]
+			}
+			at.n++
+			at.lastErr = res.Error
+			if cfg.MaxRetryAttempts >= 0 && at.n > cfg.MaxRetryAttempts {
+				return l.deadLetter(ctx, recs, RetryAttemptsExhausted, at)
+			}
+			if !l.retryWait(ctx, at, recs) {
+				return false
+			}
+
+		case Failed, Permanent:
+			at.lastErr = res.Error
+			if cfg.BisectOnError && len(recs) > 1 {
+				// Split and deliver each half on its own, in order: the
+				// halves start with fresh attempts (bisection is free).
+				half := len(recs) / 2
+				if !l.process(ctx, recs[:half], &attempts{}) {
+					return false
+				}
+				return l.process(ctx, recs[half:], &attempts{})
+			}
+			if res.Outcome == Permanent {
+				at.n++
+				return l.deadLetter(ctx, recs, PermanentError, at)
+			}
+			at.n++
+			if cfg.MaxRetryAttempts >= 0 && at.n > cfg.MaxRetryAttempts {
+				return l.deadLetter(ctx, recs, RetryAttemptsExhausted, at)
+			}
+			if !l.retryWait(ctx, at, recs) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// retryWait backs off after a function error; the shard shows as retrying
+// and stops fetching meanwhile.
+func (l *lane) retryWait(ctx context.Context, at *attempts, recs []Record) bool {
+	l.setBlocked(true)
+	l.w.setState(StateRetrying, at.lastErr.Kind)
+	return l.sleep(ctx, l.w.cfg.Backoff.Delay(at.n, rand.Float64()), recs)
+}
+
+// sleep waits d, cut short when the first of recs passes max_record_age
+// (the caller then dead-letters it). It reports false when ctx ended.
+func (l *lane) sleep(ctx context.Context, d time.Duration, recs []Record) bool {
+	if age := l.w.cfg.MaxRecordAge; age >= 0 {
+		until := recs[0].Timestamp.Add(age).Sub(l.w.now())
+		d = min(d, max(until, 0))
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// deadLetter stores recs with condition, retrying until it succeeds or ctx
+// ends (false): a shard whose dead letters cannot be written blocks, and
+// nothing is checkpointed past them.
+func (l *lane) deadLetter(ctx context.Context, recs []Record, cond Condition, at *attempts) bool {
+	w := l.w
+	if w.h.DeadLetterer == nil {
+		w.log.Warn("dropping undeliverable records: the source has no on_failure destination",
+			"condition", cond, "count", len(recs), "first_offset", recs[0].Offset, "error", at.lastErr.Message)
+		w.mu.Lock()
+		w.status.DeadLetters += int64(len(recs))
+		w.status.Dropped += int64(len(recs))
+		w.mu.Unlock()
+		return true
+	}
+	now := w.now()
+	first, last := at.first, at.last
+	if first.IsZero() {
+		first = now
+	}
+	if last.IsZero() {
+		last = now
+	}
+	letters := make([]DeadLetter, len(recs))
+	for i, r := range recs {
+		letters[i] = DeadLetter{
+			Source: w.cfg.Source, Function: w.cfg.Function, Mode: w.cfg.Mode,
+			Condition: cond, Attempts: at.n, FirstAttemptAt: first, LastAttemptAt: last,
+			LastError: at.lastErr, Record: r,
+		}
+	}
+	for try := 1; ; try++ {
+		err := w.h.DeadLetterer.DeadLetter(ctx, letters)
+		if err == nil {
+			w.mu.Lock()
+			w.status.DeadLetters += int64(len(recs))
+			w.mu.Unlock()
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		w.log.Error("dead-letter write failed; the shard is blocked until it succeeds",
+			"condition", cond, "count", len(recs), "first_offset", recs[0].Offset, "try", try, "error", err)
+		l.setBlocked(true)
+		w.setState(StateBlocked, "DeadLetterWriteFailed")
+		t := time.NewTimer(w.cfg.Backoff.Delay(try, rand.Float64()))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+func (w *Worker) delivered(n int) {
+	w.mu.Lock()
+	w.status.Delivered += int64(n)
+	if w.status.State != StateRunning {
+		w.status.State, w.status.Reason, w.status.Since = StateRunning, "", w.now()
+	}
+	w.mu.Unlock()
+}

@@ -1,0 +1,564 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakeDeliverer records every delivery and answers with its script.
+type fakeDeliverer struct {
+	mu     sync.Mutex
+	calls  []Delivery
+	answer func(d Delivery, call int) Result
+	got    []int64 // offsets delivered successfully, in order
+}
+
+func (f *fakeDeliverer) Deliver(ctx context.Context, d Delivery) Result {
+	f.mu.Lock()
+	f.calls = append(f.calls, Delivery{Records: slices.Clone(d.Records), Attempt: d.Attempt})
+	n := len(f.calls)
+	f.mu.Unlock()
+	res := Result{Outcome: Delivered}
+	if f.answer != nil {
+		res = f.answer(d, n)
+	}
+	f.mu.Lock()
+	switch res.Outcome {
+	case Delivered:
+		for _, r := range d.Records {
+			f.got = append(f.got, r.Offset)
+		}
+	case Partial:
+		for _, r := range d.Records[:res.FailedFrom] {
+			f.got = append(f.got, r.Offset)
+		}
+	}
+	f.mu.Unlock()
+	return res
+}
+
+func (f *fakeDeliverer) delivered() []int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.got)
+}
+
+// fakeDLQ stores dead letters, failing while fail is set.
+type fakeDLQ struct {
+	mu      sync.Mutex
+	fail    bool
+	tries   int
+	letters []DeadLetter
+	at      time.Time // when the last letters were stored
+}
+
+func (f *fakeDLQ) DeadLetter(_ context.Context, ls []DeadLetter) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tries++
+	if f.fail {
+		return errors.New("dead-letter topic unreachable")
+	}
+	f.letters = append(f.letters, ls...)
+	f.at = time.Now()
+	return nil
+}
+
+func (f *fakeDLQ) get() []DeadLetter {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.letters)
+}
+
+// harness runs a Worker and records its commits and pauses.
+type harness struct {
+	w       *Worker
+	d       *fakeDeliverer
+	dlq     *fakeDLQ
+	mu      sync.Mutex
+	commits []int64
+	pauses  []bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+func startWorker(t *testing.T, cfg WorkerConfig, answer func(Delivery, int) Result) *harness {
+	t.Helper()
+	h := &harness{d: &fakeDeliverer{answer: answer}, dlq: &fakeDLQ{}, done: make(chan struct{})}
+	if cfg.Backoff == (Backoff{}) {
+		cfg.Backoff = Backoff{Initial: 100 * time.Millisecond, Max: time.Second, Multiplier: 2}
+	}
+	if cfg.MaxRecordAge == 0 {
+		cfg.MaxRecordAge = -1
+	}
+	if cfg.MaxRetryAttempts == 0 {
+		cfg.MaxRetryAttempts = -1
+	}
+	cfg.Source, cfg.Function = "orders", "fn"
+	h.w = NewWorker(ID{Source: "orders", Partition: 2}, cfg, Hooks{
+		Deliverer: h.d, DeadLetterer: h.dlq, Logger: slog.New(slog.DiscardHandler),
+		Commit: func(last Record) {
+			h.mu.Lock()
+			h.commits = append(h.commits, last.Offset)
+			h.mu.Unlock()
+		},
+		Pause: func(p bool) {
+			h.mu.Lock()
+			h.pauses = append(h.pauses, p)
+			h.mu.Unlock()
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.w.Run(ctx); close(h.done) }()
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *harness) stop() {
+	h.cancel()
+	<-h.done
+}
+
+func (h *harness) lastCommit() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.commits) == 0 {
+		return -1
+	}
+	return h.commits[len(h.commits)-1]
+}
+
+// records returns n records with offsets from, keys k0..k(keys-1).
+func records(from, n, keys int, ts time.Time) []Record {
+	out := make([]Record, n)
+	for i := range out {
+		off := int64(from + i)
+		out[i] = Record{Topic: "orders", Partition: 2, Offset: off, Timestamp: ts,
+			Key: fmt.Appendf(nil, "k%d", int(off)%max(keys, 1)), Value: fmt.Appendf(nil, "v%d", off)}
+	}
+	return out
+}
+
+func offsets(n int) []int64 {
+	out := make([]int64, n)
+	for i := range out {
+		out[i] = int64(i)
+	}
+	return out
+}
+
+// waitUntil polls cond inside a synctest bubble, advancing fake time.
+func waitUntil(t *testing.T, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestWorkerDeliversInOrderAndCommits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startWorker(t, WorkerConfig{BatchSize: 7}, nil)
+		all := records(0, 100, 5, time.Now())
+		for i := 0; i < len(all); i += 13 {
+			h.w.Push(all[i:min(i+13, len(all))])
+		}
+		waitUntil(t, time.Minute, func() bool { return h.lastCommit() == 99 })
+		if got := h.d.delivered(); !slices.Equal(got, offsets(100)) {
+			t.Fatalf("delivered %v", got)
+		}
+		for _, c := range h.d.calls {
+			if len(c.Records) > 7 {
+				t.Fatalf("batch of %d > batch_size 7", len(c.Records))
+			}
+		}
+		if !slices.IsSorted(h.commits) {
+			t.Fatalf("commits out of order: %v", h.commits)
+		}
+		synctest.Wait()
+		if st := h.w.Status(); st.State != StateIdle || st.Position != 100 || st.Delivered != 100 {
+			t.Fatalf("status %+v", st)
+		}
+	})
+}
+
+func TestWorkerBatchingWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startWorker(t, WorkerConfig{BatchSize: 10, BatchingWindow: 5 * time.Second}, nil)
+		h.w.Push(records(0, 3, 1, time.Now()))
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		if n := len(h.d.calls); n != 0 {
+			t.Fatalf("%d deliveries before the window closed", n)
+		}
+		h.w.Push(records(3, 2, 1, time.Now()))
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if len(h.d.calls) != 1 || len(h.d.calls[0].Records) != 5 {
+			t.Fatalf("calls %+v, want one batch of 5 after the window", h.d.calls)
+		}
+		h.w.Push(records(5, 10, 1, time.Now())) // a full batch goes at once
+		synctest.Wait()
+		if len(h.d.calls) != 2 || len(h.d.calls[1].Records) != 10 {
+			t.Fatalf("full batch not delivered at once: %d calls", len(h.d.calls))
+		}
+	})
+}
+
+func TestWorkerMaxBatchBytes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		recs := records(0, 20, 1, time.Now())
+		for i := range recs {
+			recs[i].Value = make([]byte, 3000)
+		}
+		recs[10].Value = make([]byte, 60000) // too large on its own
+		h := startWorker(t, WorkerConfig{BatchSize: 100, MaxBatchBytes: 20000}, nil)
+		h.w.Push(recs)
+		waitUntil(t, time.Minute, func() bool { return h.lastCommit() == 19 })
+		for _, c := range h.d.calls {
+			var size int64
+			for _, r := range c.Records {
+				size += r.Size()
+			}
+			if size > 20000 {
+				t.Fatalf("batch of %d bytes > 20000", size)
+			}
+		}
+		dl := h.dlq.get()
+		if len(dl) != 1 || dl[0].Condition != RecordTooLarge || dl[0].Record.Offset != 10 {
+			t.Fatalf("dead letters %+v, want offset 10 RecordTooLarge", dl)
+		}
+		want := slices.DeleteFunc(offsets(20), func(o int64) bool { return o == 10 })
+		if got := h.d.delivered(); !slices.Equal(got, want) {
+			t.Fatalf("delivered %v", got)
+		}
+	})
+}
+
+func TestWorkerThrottleHoldsBatchWithoutAttempts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		throttleUntil := time.Now().Add(5 * time.Second)
+		h := startWorker(t, WorkerConfig{BatchSize: 10, MaxRetryAttempts: 0 + 1}, func(d Delivery, _ int) Result {
+			if time.Now().Before(throttleUntil) {
+				return Result{Outcome: Throttled, Reason: "FunctionThrottled", RetryAfter: time.Second}
+			}
+			return Result{Outcome: Delivered}
+		})
+		h.w.Push(records(0, 10, 1, time.Now()))
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		st := h.w.Status()
+		if st.State != StateThrottled || st.Reason != "FunctionThrottled" {
+			t.Fatalf("state %s (%s), want throttled", st.State, st.Reason)
+		}
+		h.mu.Lock()
+		paused := slices.Clone(h.pauses)
+		h.mu.Unlock()
+		if !slices.Equal(paused, []bool{true}) {
+			t.Fatalf("pauses %v, want the source paused while throttled", paused)
+		}
+		waitUntil(t, time.Minute, func() bool { return h.lastCommit() == 9 })
+		for _, c := range h.d.calls {
+			if c.Attempt != 1 {
+				t.Fatalf("a throttled retry consumed an attempt: %+v", c.Attempt)
+			}
+			if c.Records[0].Offset != 0 {
+				t.Fatal("a throttled batch was not retried whole")
+			}
+		}
+		if len(h.d.calls) < 3 || len(h.dlq.get()) != 0 {
+			t.Fatalf("%d calls, %d dead letters", len(h.d.calls), len(h.dlq.get()))
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if !slices.Equal(h.pauses, []bool{true, false}) {
+			t.Fatalf("pauses %v, want resumed after the batch went through", h.pauses)
+		}
+	})
+}
+
+func TestWorkerPoisonRecordBisect(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const poison = 37
+		h := startWorker(t, WorkerConfig{BatchSize: 100, BisectOnError: true, MaxRetryAttempts: 2}, func(d Delivery, _ int) Result {
+			for _, r := range d.Records {
+				if r.Offset == poison {
+					return Result{Outcome: Failed, Error: ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
+				}
+			}
+			return Result{Outcome: Delivered}
+		})
+		h.w.Push(records(0, 100, 3, time.Now()))
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 99 })
+		dl := h.dlq.get()
+		if len(dl) != 1 || dl[0].Record.Offset != poison || dl[0].Condition != RetryAttemptsExhausted {
+			t.Fatalf("dead letters %+v, want only offset %d RetryAttemptsExhausted", dl, poison)
+		}
+		if dl[0].Attempts != 3 || dl[0].LastError.Status != 500 {
+			t.Fatalf("dead letter attempts %d lastError %+v, want 3 attempts (1 + 2 retries), status 500", dl[0].Attempts, dl[0].LastError)
+		}
+		want := slices.DeleteFunc(offsets(100), func(o int64) bool { return o == poison })
+		if got := h.d.delivered(); !slices.Equal(got, want) {
+			t.Fatalf("delivered %v", got)
+		}
+		alone := 0
+		for _, c := range h.d.calls {
+			if len(c.Records) == 1 && c.Records[0].Offset == poison {
+				alone++
+			}
+		}
+		if alone != 3 {
+			t.Fatalf("poison record invoked alone %d times, want 3", alone)
+		}
+	})
+}
+
+func TestWorkerRetryExhaustedWithoutBisect(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startWorker(t, WorkerConfig{BatchSize: 5, MaxRetryAttempts: 2}, func(d Delivery, _ int) Result {
+			if d.Records[0].Offset < 5 {
+				return Result{Outcome: Failed, Error: ErrorInfo{Kind: "timeout"}}
+			}
+			return Result{Outcome: Delivered}
+		})
+		h.w.Push(records(0, 10, 1, time.Now()))
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 9 })
+		if got := len(h.dlq.get()); got != 5 {
+			t.Fatalf("%d dead letters, want the 5 records of the failing batch", got)
+		}
+		attempts := []int{}
+		for _, c := range h.d.calls {
+			if c.Records[0].Offset == 0 {
+				attempts = append(attempts, c.Attempt)
+			}
+		}
+		if !slices.Equal(attempts, []int{1, 2, 3}) {
+			t.Fatalf("attempts %v, want 1,2,3", attempts)
+		}
+	})
+}
+
+func TestWorkerPermanentError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startWorker(t, WorkerConfig{BatchSize: 5}, func(d Delivery, _ int) Result {
+			if d.Records[0].Offset == 0 {
+				return Result{Outcome: Permanent, Error: ErrorInfo{Kind: "status", Status: 400}}
+			}
+			return Result{Outcome: Delivered}
+		})
+		h.w.Push(records(0, 10, 1, time.Now()))
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 9 })
+		dl := h.dlq.get()
+		if len(dl) != 5 || dl[0].Condition != PermanentError || len(h.d.calls) != 2 {
+			t.Fatalf("%d dead letters (%v), %d calls; want 5 PermanentError without retries", len(dl), dl[0].Condition, len(h.d.calls))
+		}
+	})
+}
+
+func TestWorkerMaxRecordAge(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		h := startWorker(t, WorkerConfig{BatchSize: 10, MaxRecordAge: time.Minute}, func(d Delivery, _ int) Result {
+			if d.Records[0].Offset < 10 {
+				return Result{Outcome: Throttled, Reason: "FunctionThrottled"}
+			}
+			return Result{Outcome: Delivered}
+		})
+		h.w.Push(records(0, 10, 1, start))
+		h.w.Push(records(10, 5, 1, start.Add(50*time.Second)))
+		time.Sleep(59 * time.Second)
+		synctest.Wait()
+		if n := len(h.dlq.get()); n != 0 || h.lastCommit() != -1 {
+			t.Fatalf("before max age: %d dead letters, commit %d", n, h.lastCommit())
+		}
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 14 })
+		dl := h.dlq.get()
+		if len(dl) != 10 || dl[0].Condition != RecordAgeExceeded || dl[0].Attempts != 0 {
+			t.Fatalf("dead letters: %d, first %+v; want 10 RecordAgeExceeded with 0 attempts", len(dl), dl[0])
+		}
+		if since := h.dlq.at.Sub(start); since < time.Minute || since > 62*time.Second {
+			t.Fatalf("dead-lettered %s after the records' time, want just after 60s", since)
+		}
+		if last := dl[0].LastAttemptAt.Sub(start); last > time.Minute {
+			t.Fatalf("lastAttemptAt %s after the records' time, want the last throttled try before 60s", last)
+		}
+		if got := h.d.delivered(); !slices.Equal(got, []int64{10, 11, 12, 13, 14}) {
+			t.Fatalf("delivered %v, want the shard to move on", got)
+		}
+	})
+}
+
+func TestWorkerPartialBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startWorker(t, WorkerConfig{BatchSize: 10}, func(d Delivery, call int) Result {
+			if call == 1 {
+				return Result{Outcome: Partial, FailedFrom: 6, Error: ErrorInfo{Kind: "partial"}}
+			}
+			return Result{Outcome: Delivered}
+		})
+		h.w.Push(records(0, 10, 1, time.Now()))
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 9 })
+		if len(h.d.calls) != 2 {
+			t.Fatalf("%d calls, want 2", len(h.d.calls))
+		}
+		retry := h.d.calls[1]
+		if retry.Records[0].Offset != 6 || len(retry.Records) != 4 || retry.Attempt != 2 {
+			t.Fatalf("retry %+v, want offsets 6..9 as attempt 2", retry)
+		}
+		if got := h.d.delivered(); !slices.Equal(got, offsets(10)) {
+			t.Fatalf("delivered %v", got)
+		}
+	})
+}
+
+func TestWorkerDeadLetterFailureBlocks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startWorker(t, WorkerConfig{BatchSize: 5}, func(d Delivery, _ int) Result {
+			if d.Records[0].Offset == 5 {
+				return Result{Outcome: Permanent, Error: ErrorInfo{Kind: "status", Status: 422}}
+			}
+			return Result{Outcome: Delivered}
+		})
+		h.dlq.fail = true
+		h.w.Push(records(0, 15, 1, time.Now()))
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		if c := h.lastCommit(); c != 4 {
+			t.Fatalf("commit %d while the dead-letter store is down, want 4", c)
+		}
+		st := h.w.Status()
+		if st.State != StateBlocked || h.dlq.tries < 3 {
+			t.Fatalf("state %s after %d tries, want blocked and retrying", st.State, h.dlq.tries)
+		}
+		if got := h.d.delivered(); !slices.Equal(got, offsets(5)) {
+			t.Fatalf("delivered %v past the blocked batch", got)
+		}
+		h.dlq.mu.Lock()
+		h.dlq.fail = false
+		h.dlq.mu.Unlock()
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 14 })
+		if len(h.dlq.get()) != 5 {
+			t.Fatalf("%d dead letters, want 5", len(h.dlq.get()))
+		}
+	})
+}
+
+func TestWorkerParallelizationKeepsKeyOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var slowOnce sync.Once
+		h := startWorker(t, WorkerConfig{BatchSize: 4, ParallelizationFactor: 4}, func(d Delivery, _ int) Result {
+			for _, r := range d.Records {
+				if string(r.Key) == "k0" {
+					slowOnce.Do(func() { time.Sleep(10 * time.Second) })
+				}
+			}
+			return Result{Outcome: Delivered}
+		})
+		h.w.Push(records(0, 200, 7, time.Now()))
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		// k0's lane is stuck on offset 0: nothing may be committed yet.
+		if c := h.lastCommit(); c != -1 {
+			t.Fatalf("committed %d past an unfinished record", c)
+		}
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 199 })
+		byKey := map[string][]int64{}
+		for _, off := range h.d.delivered() {
+			k := fmt.Sprintf("k%d", off%7)
+			byKey[k] = append(byKey[k], off)
+		}
+		for k, offs := range byKey {
+			if !slices.IsSorted(offs) {
+				t.Fatalf("key %s out of order: %v", k, offs)
+			}
+		}
+		if n := len(h.d.delivered()); n != 200 {
+			t.Fatalf("delivered %d, want 200", n)
+		}
+		if !slices.IsSorted(h.commits) {
+			t.Fatalf("commits out of order: %v", h.commits)
+		}
+	})
+}
+
+func TestWorkerBufferPausesSource(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		h := startWorker(t, WorkerConfig{BatchSize: 10, Buffer: 50}, func(Delivery, int) Result {
+			<-release
+			return Result{Outcome: Delivered}
+		})
+		h.w.Push(records(0, 30, 1, time.Now()))
+		synctest.Wait()
+		h.mu.Lock()
+		if len(h.pauses) != 0 {
+			t.Fatalf("paused at 30 buffered records: %v", h.pauses)
+		}
+		h.mu.Unlock()
+		h.w.Push(records(30, 30, 1, time.Now()))
+		synctest.Wait()
+		h.mu.Lock()
+		if !slices.Equal(h.pauses, []bool{true}) {
+			t.Fatalf("pauses %v, want paused at 60 buffered", h.pauses)
+		}
+		h.mu.Unlock()
+		close(release)
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 59 })
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if !slices.Equal(h.pauses, []bool{true, false}) {
+			t.Fatalf("pauses %v, want resumed", h.pauses)
+		}
+	})
+}
+
+func TestWorkerStopsWithoutCommittingInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startWorker(t, WorkerConfig{BatchSize: 5}, func(d Delivery, _ int) Result {
+			if d.Records[0].Offset >= 5 {
+				return Result{Outcome: Failed, Error: ErrorInfo{Kind: "status", Status: 503}}
+			}
+			return Result{Outcome: Delivered}
+		})
+		h.w.Push(records(0, 10, 1, time.Now()))
+		time.Sleep(10 * time.Second)
+		h.stop()
+		if c := h.lastCommit(); c != 4 {
+			t.Fatalf("commit %d, want 4: the failing batch must stay uncommitted", c)
+		}
+	})
+}
+
+func TestBackoffDelay(t *testing.T) {
+	b := Backoff{Initial: time.Second, Max: 10 * time.Second, Multiplier: 2, Jitter: 0.5}
+	cases := []struct {
+		n    int
+		r    float64
+		want time.Duration
+	}{
+		{1, 0.5, time.Second},
+		{2, 0.5, 2 * time.Second},
+		{4, 0.5, 8 * time.Second},
+		{5, 0.5, 10 * time.Second}, // capped
+		{50, 0.5, 10 * time.Second},
+		{1, 0, 500 * time.Millisecond}, // -50%
+		{1, 1, 1500 * time.Millisecond},
+		{0, 0.5, time.Second},
+	}
+	for _, c := range cases {
+		if got := b.Delay(c.n, c.r); got != c.want {
+			t.Errorf("Delay(%d, %v) = %s, want %s", c.n, c.r, got, c.want)
+		}
+	}
+}
