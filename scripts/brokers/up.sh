@@ -74,7 +74,7 @@ free_port() {
 # kafka_version LIBS: the release of the kafka_2.13 jar that will run.
 kafka_version() {
 	local j
-	j=$(compgen -G "$1/kafka_2.13-*.jar" | head -n1)
+	j=$(compgen -G "$1/kafka_2.13-*.jar" | sed -n 1p) # sed, not head: no SIGPIPE under pipefail
 	j=${j##*/kafka_2.13-}
 	echo "${j%.jar}"
 }
