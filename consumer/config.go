@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -97,7 +98,13 @@ type NATSConfig struct {
 	// Empty means the embedded nats-server that sluice starts itself, with
 	// its data under state_dir.
 	URL string `koanf:"url"`
+	// Listen is where the embedded nats-server listens (only without URL);
+	// default 127.0.0.1:4222, so that `nats pub` reaches it.
+	Listen string `koanf:"listen"`
 }
+
+// DefaultEmbeddedListen is the embedded nats-server's default address.
+const DefaultEmbeddedListen = "127.0.0.1:4222"
 
 // EmbeddedBroker is the name of the broker sluice implies when the config
 // defines none: an embedded NATS JetStream.
@@ -143,7 +150,17 @@ func (k KafkaConfig) validate(key string) error {
 
 func (n NATSConfig) validate(key string) error {
 	if n.Embedded() {
+		if n.Listen == "" {
+			return nil
+		}
+		host, port, err := net.SplitHostPort(n.Listen)
+		if _, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil {
+			return invalid(key+".listen", "%q is not host:port (the embedded server's address, e.g. %s)", n.Listen, DefaultEmbeddedListen)
+		}
 		return nil
+	}
+	if n.Listen != "" {
+		return invalid(key+".listen", "only for the embedded server (no url); this broker has url %q", n.URL)
 	}
 	for _, s := range strings.Split(n.URL, ",") {
 		u, err := url.Parse(strings.TrimSpace(s))

@@ -50,7 +50,7 @@ type WorkerConfig struct {
 	MaxBatchBytes         int64
 	ParallelizationFactor int           // concurrent batches per shard, each for a set of keys
 	MaxRetryAttempts      int           // -1: infinite
-	MaxRecordAge          time.Duration // < 0: infinite
+	MaxRecordAge          time.Duration // < 0 (or 0): infinite
 	BisectOnError         bool
 	Backoff               Backoff
 	// Buffer is how many records a shard may hold before it asks its source
@@ -66,8 +66,9 @@ type Hooks struct {
 	// dropped, counted and logged (a source without on_failure).
 	DeadLetterer DeadLetterer
 	// Commit moves the shard's checkpoint: every record up to and including
-	// last was delivered or durably dead-lettered. Called from the worker's
-	// goroutine, in offset order, never for a record twice.
+	// last was delivered or durably dead-lettered. Called from a lane's
+	// goroutine, serialized and in offset order, never for a record twice. It
+	// may block (e.g. until the broker confirms): the lane's next batch waits.
 	Commit func(last Record)
 	// Pause asks the source to stop (true) or restart (false) fetching this
 	// shard. Called on changes only, from the source's Push or the worker.
@@ -81,13 +82,14 @@ type Status struct {
 	Shard       ID
 	State       State
 	Since       time.Time
-	Reason      string // throttle reason, error kind, ...
-	Position    int64  // offset of the next record to be checkpointed; -1 before the first
-	Buffered    int    // records held, not yet checkpointed
-	LastRecord  time.Time
-	Delivered   int64 // records delivered
-	DeadLetters int64 // records dead-lettered (or dropped without on_failure)
-	Dropped     int64 // of DeadLetters, dropped for lack of on_failure
+	Reason      string    // throttle reason, error kind, ...
+	Position    int64     // offset of the next record to be checkpointed; -1 before the first
+	Buffered    int       // records held, not yet checkpointed
+	LastRecord  time.Time // timestamp of the newest record pushed
+	Oldest      time.Time // timestamp of the oldest record not yet checkpointed; zero when none (iterator age = now − Oldest)
+	Delivered   int64     // records delivered
+	DeadLetters int64     // records dead-lettered (or dropped without on_failure)
+	Dropped     int64     // of DeadLetters, dropped for lack of on_failure
 }
 
 // Worker drives one shard: it batches the records its source pushes,
@@ -108,12 +110,16 @@ type Worker struct {
 
 	wake chan struct{} // capacity 1: a pending "records arrived" signal, never blocks Push
 
+	commitMu sync.Mutex // serializes checkpoint + Hooks.Commit; taken before mu, never inside it
+	pauseMu  sync.Mutex // serializes Hooks.Pause calls; guards paused; taken before mu, never inside it
+	paused   bool       // what Pause was last told
+
 	// mu guards everything below.
 	mu       sync.Mutex
-	buf      []Record // pushed, not yet taken by a lane
-	inflight int      // records taken by lanes, not yet checkpointed
-	paused   bool     // what Pause was last told
-	blocked  int      // lanes that are throttled, retrying or blocked
+	buf      []Record  // pushed, not yet taken by a lane
+	inflight int       // records taken by lanes, not yet checkpointed
+	headTime time.Time // timestamp of the first record taken while none was in flight (ParallelizationFactor 1)
+	blocked  int       // lanes that are throttled, retrying or blocked
 	status   Status
 	// pending tracks the records taken by lanes, in offset order, until
 	// they are checkpointed (only with lanes > 1).
@@ -134,6 +140,9 @@ func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
 		cfg.MaxBatchBytes = 6 << 20
 	}
 	cfg.ParallelizationFactor = max(1, cfg.ParallelizationFactor)
+	if cfg.MaxRecordAge == 0 {
+		cfg.MaxRecordAge = -1 // the zero value must not expire every record at once; the config's range starts at 60s
+	}
 	if cfg.Buffer <= 0 {
 		cfg.Buffer = max(500, 2*cfg.BatchSize*cfg.ParallelizationFactor)
 	}
@@ -165,8 +174,8 @@ func (w *Worker) Push(recs []Record) {
 	w.mu.Lock()
 	w.buf = append(w.buf, recs...)
 	w.status.LastRecord = recs[len(recs)-1].Timestamp
-	w.updatePauseLocked()
 	w.mu.Unlock()
+	w.updatePause()
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -179,15 +188,31 @@ func (w *Worker) Status() Status {
 	defer w.mu.Unlock()
 	s := w.status
 	s.Buffered = len(w.buf) + w.inflight
+	switch {
+	case len(w.pending) > 0:
+		s.Oldest = w.pending[0].rec.Timestamp
+	case w.inflight > 0:
+		s.Oldest = w.headTime
+	case len(w.buf) > 0:
+		s.Oldest = w.buf[0].Timestamp
+	}
 	return s
 }
 
-// updatePauseLocked tells the source to pause while the buffer is full or a
-// lane is blocked (a throttled shard stops fetching), and to resume when
-// neither holds.
-func (w *Worker) updatePauseLocked() {
+// updatePause tells the source to pause while the buffer is full or a lane
+// is blocked (a throttled shard stops fetching), and to resume when neither
+// holds. pauseMu keeps the hook calls in the order of the decisions; the hook
+// runs without mu, so it may call back into the worker (Status).
+func (w *Worker) updatePause() {
+	if w.h.Pause == nil {
+		return
+	}
+	w.pauseMu.Lock()
+	defer w.pauseMu.Unlock()
+	w.mu.Lock()
 	want := len(w.buf)+w.inflight >= w.cfg.Buffer || w.blocked > 0
-	if want != w.paused && w.h.Pause != nil {
+	w.mu.Unlock()
+	if want != w.paused {
 		w.paused = want
 		w.h.Pause(want)
 	}
@@ -307,6 +332,9 @@ func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]Recor
 	}
 	recs := make([]Record, k)
 	copy(recs, w.buf)
+	if w.inflight == 0 && k > 0 {
+		w.headTime = recs[0].Timestamp
+	}
 	w.buf = w.buf[k:]
 	if len(w.buf) == 0 {
 		w.buf = nil // let the backing array go
@@ -348,14 +376,14 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []Record) {
 	}
 }
 
-// splitBytes cuts recs into runs whose estimated size stays within max; a
-// record larger than max on its own is a run of one.
-func splitBytes(recs []Record, max int64) [][]Record {
+// splitBytes cuts recs into runs whose estimated size stays within limit; a
+// record larger than limit on its own is a run of one.
+func splitBytes(recs []Record, limit int64) [][]Record {
 	var out [][]Record
 	start, size := 0, int64(0)
 	for i := range recs {
 		s := recs[i].Size()
-		if i > start && size+s > max {
+		if i > start && size+s > limit {
 			out = append(out, recs[start:i])
 			start, size = i, 0
 		}
@@ -367,6 +395,10 @@ func splitBytes(recs []Record, max int64) [][]Record {
 // done records that every record of b was delivered or dead-lettered and
 // moves the checkpoint as far as it may go.
 func (w *Worker) done(b []Record) {
+	// commitMu makes "compute the checkpoint, then Commit" one step, so two
+	// lanes finishing at once commit in offset order (20 must not follow 30).
+	w.commitMu.Lock()
+	defer w.commitMu.Unlock()
 	w.mu.Lock()
 	w.inflight -= len(b)
 	var last *Record
@@ -384,15 +416,16 @@ func (w *Worker) done(b []Record) {
 			k++
 		}
 		if k > 0 {
-			last = &w.pending[k-1].rec
+			r := w.pending[k-1].rec
+			last = &r
 			w.pending = w.pending[k:]
 		}
 	}
 	if last != nil {
 		w.status.Position = last.Offset + 1
 	}
-	w.updatePauseLocked()
 	w.mu.Unlock()
+	w.updatePause()
 	if last != nil && w.h.Commit != nil {
 		w.h.Commit(*last)
 	}
@@ -438,8 +471,8 @@ func (l *lane) setBlocked(b bool) {
 	} else {
 		w.blocked--
 	}
-	w.updatePauseLocked()
 	w.mu.Unlock()
+	w.updatePause()
 }
 
 // process delivers recs until each is delivered or dead-lettered; it reports

@@ -22,7 +22,7 @@ within the shutdown grace, and exits 0.`,
 			if err != nil {
 				return err
 			}
-			a, err := wire(cfg, log)
+			a, err := wire(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
 			}

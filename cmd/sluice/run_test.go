@@ -131,8 +131,18 @@ rules:
 }
 
 func TestRunRefusesSourcesItCannotRun(t *testing.T) {
-	code, _, stderr := sluice(t, "run", "-c", specConfig(t))
-	if code != exitFailure || !strings.Contains(stderr, "this build cannot run sources yet (clicks, orders, signups)") {
-		t.Fatalf("exit %d, stderr %q", code, stderr)
+	cfg := writeFile(t, filepath.Join(t.TempDir(), "sluice.yaml"), `
+admin: {listen: "127.0.0.1:0"}
+brokers:
+  main: {kafka: {seeds: ["127.0.0.1:1"]}}
+functions:
+  fn: {url: "http://127.0.0.1:1/invoke"}
+sources:
+  signups: {topic: signups, mode: async, function: fn}
+`)
+	code, _, stderr := sluice(t, "run", "-c", cfg)
+	want := "sluice: run: sources.signups: async sources on Kafka are not implemented yet (Kafka stream sources and JetStream sources are)\n"
+	if code != exitFailure || stderr != want {
+		t.Fatalf("exit %d, stderr %q; want exit 1 and %q", code, stderr, want)
 	}
 }

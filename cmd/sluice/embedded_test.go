@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+)
+
+// The embedded default end to end: a config whose only broker is the
+// embedded nats-server; events published to it reach an HTTP function, in
+// order per key, and SIGTERM stops everything with exit 0.
+func TestRunEmbeddedNATSPipeline(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	var (
+		mu  sync.Mutex
+		got = map[string][]string{} // key → payloads in delivery order
+	)
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev struct {
+			EventSource string `json:"eventSource"`
+			Records     map[string][]struct {
+				Subject string `json:"subject"`
+				Data    []byte `json:"data"`
+			} `json:"records"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&ev); err != nil || ev.EventSource != "sluice:nats" {
+			http.Error(w, "bad event", 400)
+			return
+		}
+		mu.Lock()
+		for _, recs := range ev.Records {
+			for _, rec := range recs {
+				key := rec.Subject[strings.LastIndexByte(rec.Subject, '.')+1:]
+				got[key] = append(got[key], string(rec.Data))
+			}
+		}
+		mu.Unlock()
+	}))
+	defer fn.Close()
+
+	dir := t.TempDir()
+	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), fmt.Sprintf(`
+admin: {listen: "127.0.0.1:0"}
+state_dir: %s
+brokers:
+  local: {nats: {listen: "127.0.0.1:0"}}
+functions:
+  fn: {url: %q}
+sources:
+  clicks: {stream: CLICKS, subject: "clicks.*", partitions: 3, function: fn, batch_size: 10}
+`, filepath.Join(dir, "state"), fn.URL+"/invoke"))
+
+	cmd := exec.Command(buildSluice(t), "run", "-c", cfg)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	urls := make(chan string, 1)
+	running := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var line struct{ Msg, URL string }
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				continue
+			}
+			switch line.Msg {
+			case "embedded nats-server started":
+				urls <- line.URL
+			case "sluice running":
+				close(running)
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	var url string
+	select {
+	case url = <-urls:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no embedded nats-server within 30s")
+	}
+	<-running
+
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	keys := []string{"acme", "globex", "initech", "umbrella"}
+	for i := range 40 {
+		k := keys[i%len(keys)]
+		if err := nc.Publish("clicks."+k, fmt.Appendf(nil, "%s-%02d", k, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		mu.Lock()
+		n := 0
+		for _, v := range got {
+			n += len(v)
+		}
+		mu.Unlock()
+		if n >= 40 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("function got %d of 40 events within 60s", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	for _, k := range keys {
+		var want []string
+		for i := range 40 {
+			if keys[i%len(keys)] == k {
+				want = append(want, fmt.Sprintf("%s-%02d", k, i))
+			}
+		}
+		if strings.Join(got[k], ",") != strings.Join(want, ",") {
+			t.Errorf("key %s: got %v, want %v in order, once each", k, got[k], want)
+		}
+	}
+	mu.Unlock()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := waitExit(t, cmd); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0", code)
+	}
+}

@@ -1,0 +1,127 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sluicehq/sluice/consumer"
+)
+
+// The topic configs EnsureTopic creates and reconciles.
+const (
+	configRetentionMs    = "retention.ms"
+	configRetentionBytes = "retention.bytes"
+)
+
+// EnsureTopic makes topic exist with the given retention: it creates it with
+// partitions partitions (≤ 0: the broker's default) and the broker's default
+// replication factor when it is missing, and otherwise sets retention.ms and
+// retention.bytes to what is asked where they differ (IncrementalAlterConfigs;
+// other configs and the partition count are left alone).
+//
+// retention < 0 keeps records forever (retention.ms -1); it must not be 0.
+// maxBytes ≤ 0 means no size limit (retention.bytes -1; Kafka applies it per
+// partition). created reports a new topic; changed lists each reconciled
+// config as "name: old -> new", for the caller to log (SPEC §4). A topic
+// created concurrently by another process is reconciled like an existing one.
+func EnsureTopic(ctx context.Context, broker consumer.KafkaConfig, topic string, partitions int32,
+	retention time.Duration, maxBytes int64, opts ...kgo.Opt,
+) (created bool, changed []string, err error) {
+	if topic == "" {
+		return false, nil, errors.New("kafka: ensure topic: empty topic name")
+	}
+	if retention == 0 {
+		return false, nil, fmt.Errorf("kafka: ensure topic %q: retention 0 would delete every record at once (want > 0, or < 0 for forever)", topic)
+	}
+	want := map[string]string{
+		configRetentionMs:    retentionMs(retention),
+		configRetentionBytes: "-1",
+	}
+	if maxBytes > 0 {
+		want[configRetentionBytes] = strconv.FormatInt(maxBytes, 10)
+	}
+
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(broker.Seeds...), kgo.ClientID(clientID(broker))}, opts...)...)
+	if err != nil {
+		return false, nil, fmt.Errorf("kafka: ensure topic %q: %w", topic, err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+
+	if partitions <= 0 {
+		partitions = -1
+	}
+	configs := make(map[string]*string, len(want))
+	for k, v := range want {
+		configs[k] = &v
+	}
+	resp, err := adm.CreateTopic(ctx, partitions, -1, configs, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	switch {
+	case err == nil:
+		return true, nil, nil
+	case !errors.Is(err, kerr.TopicAlreadyExists):
+		return false, nil, fmt.Errorf("kafka: create topic %q: %w", topic, opaque(err))
+	}
+
+	rcs, err := adm.DescribeTopicConfigs(ctx, topic)
+	if err != nil {
+		return false, nil, fmt.Errorf("kafka: describe topic %q: %w", topic, opaque(err))
+	}
+	rc, err := rcs.On(topic, nil)
+	if err == nil {
+		err = rc.Err
+	}
+	if err != nil {
+		return false, nil, fmt.Errorf("kafka: describe topic %q: %w", topic, opaque(err))
+	}
+	have := make(map[string]string, len(rc.Configs))
+	for _, c := range rc.Configs {
+		if c.Value != nil {
+			have[c.Key] = *c.Value
+		}
+	}
+	var alter []kadm.AlterConfig
+	for _, k := range []string{configRetentionMs, configRetentionBytes} { // stable order for the log
+		if have[k] == want[k] {
+			continue
+		}
+		v := want[k]
+		alter = append(alter, kadm.AlterConfig{Op: kadm.SetConfig, Name: k, Value: &v})
+		old := have[k]
+		if old == "" {
+			old = "unset"
+		}
+		changed = append(changed, fmt.Sprintf("%s: %s -> %s", k, old, v))
+	}
+	if len(alter) == 0 {
+		return false, nil, nil
+	}
+	ars, err := adm.AlterTopicConfigs(ctx, alter, topic)
+	if err == nil {
+		var ar kadm.AlterConfigsResponse
+		if ar, err = ars.On(topic, nil); err == nil {
+			err = ar.Err
+		}
+	}
+	if err != nil {
+		return false, nil, fmt.Errorf("kafka: set %v of topic %q: %w", changed, topic, opaque(err))
+	}
+	return false, changed, nil
+}
+
+func retentionMs(d time.Duration) string {
+	if d < 0 {
+		return "-1"
+	}
+	return strconv.FormatInt(max(1, d.Milliseconds()), 10)
+}

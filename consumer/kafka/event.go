@@ -1,0 +1,218 @@
+package kafka
+
+import (
+	"encoding/base64"
+	"errors"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sluicehq/sluice/shard"
+)
+
+// EventSource is the eventSource of the request body sluice sends for a
+// batch of Kafka records: Lambda's self-managed Kafka event (SPEC §3).
+const EventSource = "SelfManagedKafka"
+
+// ErrEmptyBatch is returned by EncodeEvent and AppendEvent for a batch
+// without records: there is nothing to invoke a function with.
+var ErrEmptyBatch = errors.New("kafka: empty batch")
+
+// EncodeEvent returns the request body for a batch of Kafka records: the
+// self-managed Kafka event of Lambda (SPEC §3), which aws-lambda-go's
+// events.KafkaEvent decodes unchanged:
+//
+//	{"eventSource":"SelfManagedKafka","bootstrapServers":"...",
+//	 "records":{"<topic>-<partition>":[{"topic","partition","offset",
+//	   "timestamp":<ms>,"timestampType":"CREATE_TIME","key":"<base64>",
+//	   "value":"<base64>","headers":[{"<name>":[<signed byte>,...]}]}]}}
+//
+// Records are grouped under "<topic>-<partition>" in the order their
+// partition first appears, each group in batch order (a stream batch holds
+// one partition). A nil key or value is left out, as Lambda does for a null
+// key or a tombstone; an empty one is "". Header values are arrays of signed
+// bytes: 0xff is -1. timestampType is CREATE_TIME unless the record's Ref is
+// a *kgo.Record stamped by the broker (LOG_APPEND_TIME).
+//
+// It sizes the buffer from the records first, so a batch is encoded with one
+// allocation and no reflection; AppendEvent appends to a buffer of the
+// caller's (e.g. a pooled one).
+func EncodeEvent(bootstrapServers string, recs []shard.Record) ([]byte, error) {
+	return AppendEvent(make([]byte, 0, eventSize(bootstrapServers, recs)), bootstrapServers, recs)
+}
+
+// AppendEvent appends the event EncodeEvent returns to dst.
+func AppendEvent(dst []byte, bootstrapServers string, recs []shard.Record) ([]byte, error) {
+	if len(recs) == 0 {
+		return dst, ErrEmptyBatch
+	}
+	dst = append(dst, `{"eventSource":"`+EventSource+`","bootstrapServers":`...)
+	dst = appendString(dst, bootstrapServers)
+	dst = append(dst, `,"records":{`...)
+
+	// A batch normally holds one partition: one pass. Otherwise each
+	// partition is written once, when it first appears, with all of its
+	// records (a JSON object must not repeat a key).
+	for i := range recs {
+		r := &recs[i]
+		if seenBefore(recs[:i], r) {
+			continue
+		}
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '"')
+		dst = appendStringBody(dst, r.Topic)
+		dst = append(dst, '-')
+		dst = strconv.AppendInt(dst, int64(r.Partition), 10)
+		dst = append(dst, `":[`...)
+		first := true
+		for j := i; j < len(recs); j++ {
+			if recs[j].Partition != r.Partition || recs[j].Topic != r.Topic {
+				continue
+			}
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = appendRecord(dst, &recs[j])
+		}
+		dst = append(dst, ']')
+	}
+	return append(dst, "}}"...), nil
+}
+
+// seenBefore reports whether r's partition occurs in earlier; for the usual
+// one-partition batch it compares one record (the previous one).
+func seenBefore(earlier []shard.Record, r *shard.Record) bool {
+	for k := len(earlier) - 1; k >= 0; k-- {
+		if earlier[k].Partition == r.Partition && earlier[k].Topic == r.Topic {
+			return true
+		}
+	}
+	return false
+}
+
+func appendRecord(dst []byte, r *shard.Record) []byte {
+	dst = append(dst, `{"topic":`...)
+	dst = appendString(dst, r.Topic)
+	dst = append(dst, `,"partition":`...)
+	dst = strconv.AppendInt(dst, int64(r.Partition), 10)
+	dst = append(dst, `,"offset":`...)
+	dst = strconv.AppendInt(dst, r.Offset, 10)
+	dst = append(dst, `,"timestamp":`...)
+	ts := int64(-1) // Kafka's "no timestamp"
+	if !r.Timestamp.IsZero() {
+		ts = r.Timestamp.UnixMilli()
+	}
+	dst = strconv.AppendInt(dst, ts, 10)
+	dst = append(dst, `,"timestampType":"`...)
+	dst = append(dst, timestampType(r)...)
+	dst = append(dst, '"')
+	if r.Key != nil {
+		dst = append(dst, `,"key":"`...)
+		dst = base64.StdEncoding.AppendEncode(dst, r.Key)
+		dst = append(dst, '"')
+	}
+	if r.Value != nil {
+		dst = append(dst, `,"value":"`...)
+		dst = base64.StdEncoding.AppendEncode(dst, r.Value)
+		dst = append(dst, '"')
+	}
+	dst = append(dst, `,"headers":[`...)
+	for i, h := range r.Headers {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '{')
+		dst = appendString(dst, h.Key)
+		dst = append(dst, ":["...)
+		for j, b := range h.Value {
+			if j > 0 {
+				dst = append(dst, ',')
+			}
+			dst = strconv.AppendInt(dst, int64(int8(b)), 10) // signed, as Lambda sends them
+		}
+		dst = append(dst, "]}"...)
+	}
+	return append(dst, "]}"...)
+}
+
+func timestampType(r *shard.Record) string {
+	if kr, ok := r.Ref.(*kgo.Record); ok && kr.Attrs.TimestampType() == 1 {
+		return "LOG_APPEND_TIME"
+	}
+	return "CREATE_TIME"
+}
+
+// eventSize returns an upper bound of the encoded size, so that EncodeEvent
+// allocates once.
+func eventSize(bootstrapServers string, recs []shard.Record) int {
+	n := 64 + 6*len(bootstrapServers)
+	for i := range recs {
+		r := &recs[i]
+		n += 160 + 12*len(r.Topic) + base64.StdEncoding.EncodedLen(len(r.Key)) + base64.StdEncoding.EncodedLen(len(r.Value))
+		for _, h := range r.Headers {
+			n += 8 + 6*len(h.Key) + 5*len(h.Value) // "-128," is 5 bytes
+		}
+	}
+	return n
+}
+
+// appendString appends s as a JSON string, quotes included.
+func appendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	dst = appendStringBody(dst, s)
+	return append(dst, '"')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendStringBody appends s escaped for a JSON string, as encoding/json
+// does it: quotes, backslashes and control characters escaped, invalid UTF-8
+// replaced by U+FFFD, U+2028 and U+2029 escaped (for JSONP-safe output).
+func appendStringBody(dst []byte, s string) []byte {
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	return append(dst, s[start:]...)
+}

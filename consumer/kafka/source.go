@@ -1,0 +1,793 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/shard"
+)
+
+// Defaults of Options.
+const (
+	// DefaultFetchMaxBytes bounds one fetch response (franz-go buffers at
+	// most one per broker): 16 MiB instead of Kafka's 50 MiB, because each
+	// shard also holds up to its Buffer of records.
+	DefaultFetchMaxBytes = 16 << 20
+	// DefaultFetchMaxPartitionBytes bounds one partition's share of a fetch
+	// (Kafka's default, 1 MiB): a paused or slow shard never receives more
+	// than this per fetch on top of its buffer.
+	DefaultFetchMaxPartitionBytes = 1 << 20
+	// DefaultFetchMaxWait is how long a broker may hold a fetch that finds
+	// no new data: Kafka's Java default (fetch.max.wait.ms), not franz-go's
+	// 5s. A partition resumed after a pause (a throttle ended, a full buffer
+	// drained) is fetched only once the fetch in flight returns; when the
+	// other partitions are idle, that is this long.
+	DefaultFetchMaxWait = 500 * time.Millisecond
+	// DefaultStopTimeout bounds how long a revoke or shutdown waits for a
+	// shard's in-flight delivery to end once cancelled. A Deliverer honours
+	// ctx, so this is only reached by one that does not; the shard is then
+	// abandoned (its late results are neither marked nor paused).
+	DefaultStopTimeout = 15 * time.Second
+	// DefaultCommitTimeout bounds the commit at revoke and at shutdown.
+	DefaultCommitTimeout = 10 * time.Second
+	// DefaultLagRefresh is how often the high watermarks of the assigned
+	// partitions are listed for the lag: a paused partition is not fetched,
+	// so its fetches stop telling.
+	DefaultLagRefresh = 5 * time.Second
+	// autoCommitInterval is how often franz-go commits the marked offsets;
+	// short, so a crash redelivers at most about a second of finished work.
+	autoCommitInterval = time.Second
+	// maxPollRecords bounds one poll, so one round of pushes stays short.
+	maxPollRecords = 10000
+)
+
+// ErrRunning is returned by a second call to Run.
+var ErrRunning = errors.New("kafka: source already running")
+
+// Options are the collaborators and tuning of a Source.
+type Options struct {
+	// Group is the consumer group; default "sluice-" + the source name.
+	// Processes running the same source share its partitions through it.
+	Group string
+	// Worker configures each partition's shard engine; its Source defaults
+	// to the source name.
+	Worker shard.WorkerConfig
+	// Deliverer invokes the function; required.
+	Deliverer shard.Deliverer
+	// DeadLetterer stores what cannot be delivered; nil drops it (counted
+	// and logged), as a source without on_failure.
+	DeadLetterer shard.DeadLetterer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer, if set, gets the source's metrics (metrics.go).
+	Registerer prometheus.Registerer
+
+	// Memory bounds and latency of the client: see the defaults.
+	FetchMaxBytes          int32
+	FetchMaxPartitionBytes int32
+	FetchMaxWait           time.Duration
+	// AsyncCommit lets a shard go on to its next batch as soon as it marked
+	// the last one, leaving the commit to the next commit round (at most
+	// about a second later). It removes a commit round trip from every
+	// batch, but after a crash (kill -9) the batches finished in that last
+	// second are delivered again. By default a shard waits until its
+	// checkpoint is committed, so a crash redelivers only the batches in
+	// flight (SPEC §2.1); the commits of all shards are coalesced.
+	AsyncCommit bool
+	// StopTimeout, CommitTimeout, LagRefresh: see the defaults.
+	StopTimeout   time.Duration
+	CommitTimeout time.Duration
+	LagRefresh    time.Duration
+
+	// ClientOpts are appended to the franz-go options (tests, TLS, SASL).
+	ClientOpts []kgo.Opt
+}
+
+// Source is one stream-mode Kafka source: a consumer group member that runs
+// one shard.Worker per assigned partition and moves the group's committed
+// offsets only past records its workers delivered or dead-lettered.
+//
+// Goroutines: Run's own (it waits for ctx, then shuts down), the poll loop,
+// the lag refresher, one per assigned partition (Worker.Run), and franz-go's
+// group goroutine, which calls assigned, revoked and lost. Locks, taken in
+// this order and never the other way: Source.mu → the Worker's own lock →
+// part.mu → franz-go's locks. Nothing is held while waiting for a worker.
+type Source struct {
+	name      string
+	topic     string
+	group     string
+	bootstrap string
+	opts      Options
+	log       *slog.Logger
+	kopts     []kgo.Opt
+	metrics   prometheus.Collector // nil without a Registerer
+
+	// mu guards everything below, and serializes the poll loop's pushes
+	// with assignment changes (see assigned).
+	mu   sync.Mutex
+	cond *sync.Cond // on mu: signalled when a poll round ends
+	// parts are the partitions this member owns and runs a worker for.
+	parts map[int32]*part
+	// pollCancel cancels the poll in progress; nil between rounds. round
+	// counts finished rounds (a round: PollRecords, then pushing what it
+	// returned).
+	pollCancel context.CancelFunc
+	round      uint64
+	running    bool
+	closing    bool // Run is shutting down: assign nothing new
+	workCtx    context.Context
+	cl         *kgo.Client // set once Run created it; for Shards' committed offsets
+
+	commits *committer
+}
+
+// part is one assigned partition and its worker.
+type part struct {
+	p      int32
+	w      *shard.Worker
+	cl     *kgo.Client
+	ctx    context.Context // the worker's; ends when it is stopped
+	cancel context.CancelFunc
+	done   chan struct{} // closed when w.Run returned
+
+	// mu guards revoked and orders the hooks that reach franz-go: a mark
+	// or a pause happens entirely before revoked is set, or not at all.
+	mu      sync.Mutex
+	revoked bool
+
+	// Guarded by Source.mu.
+	hwm   int64 // high watermark last seen; -1 unknown
+	first int64 // offset of the first record pushed; -1 before
+}
+
+// New checks the settings and returns a Source for topic src.Topic; Run
+// starts it. It does not contact the cluster.
+func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, opts Options) (*Source, error) {
+	switch {
+	case name == "":
+		return nil, errors.New("kafka: source needs a name")
+	case src.Topic == "":
+		return nil, fmt.Errorf("kafka: source %q: no topic", name)
+	case len(broker.Seeds) == 0:
+		return nil, fmt.Errorf("kafka: source %q: no seed brokers", name)
+	case opts.Deliverer == nil:
+		return nil, fmt.Errorf("kafka: source %q: no Deliverer", name)
+	}
+	start, err := startOffset(src)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
+	}
+	if opts.Group == "" {
+		opts.Group = "sluice-" + name
+	}
+	if opts.Worker.Source == "" {
+		opts.Worker.Source = name
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.FetchMaxBytes <= 0 {
+		opts.FetchMaxBytes = DefaultFetchMaxBytes
+	}
+	if opts.FetchMaxPartitionBytes <= 0 {
+		opts.FetchMaxPartitionBytes = DefaultFetchMaxPartitionBytes
+	}
+	if opts.FetchMaxWait <= 0 {
+		opts.FetchMaxWait = DefaultFetchMaxWait
+	}
+	if opts.StopTimeout <= 0 {
+		opts.StopTimeout = DefaultStopTimeout
+	}
+	if opts.CommitTimeout <= 0 {
+		opts.CommitTimeout = DefaultCommitTimeout
+	}
+	if opts.LagRefresh <= 0 {
+		opts.LagRefresh = DefaultLagRefresh
+	}
+	s := &Source{
+		name:      name,
+		topic:     src.Topic,
+		group:     opts.Group,
+		bootstrap: bootstrapServers(broker),
+		opts:      opts,
+		log:       opts.Logger.With("source", name, "topic", src.Topic),
+		parts:     make(map[int32]*part),
+		commits:   newCommitter(),
+	}
+	s.cond = sync.NewCond(&s.mu)
+	s.kopts = append([]kgo.Opt{
+		kgo.SeedBrokers(broker.Seeds...),
+		kgo.ClientID(clientID(broker)),
+		kgo.WithLogger(kgoLogger{s.log}),
+		kgo.ConsumerGroup(opts.Group),
+		kgo.ConsumeTopics(src.Topic),
+		// Only where a new group starts. A committed offset that fell
+		// below the log start resumes at the log start (franz-go's default
+		// reset), whatever starting_position says: nothing still kept is
+		// skipped.
+		kgo.ConsumeStartOffset(start),
+		// Commit only what the workers marked, about every second, and at
+		// revoke and shutdown. No BlockRebalanceOnPoll: a throttled batch
+		// may hold its shard for minutes, and rebalances must not wait for
+		// it; assigned() fences the poll loop instead.
+		kgo.AutoCommitMarks(),
+		kgo.AutoCommitInterval(autoCommitInterval),
+		kgo.OnPartitionsAssigned(s.assigned),
+		kgo.OnPartitionsRevoked(s.revoked),
+		kgo.OnPartitionsLost(s.lost),
+		kgo.FetchMaxBytes(opts.FetchMaxBytes),
+		kgo.FetchMaxPartitionBytes(opts.FetchMaxPartitionBytes),
+		kgo.FetchMaxWait(opts.FetchMaxWait),
+	}, opts.ClientOpts...)
+	if opts.Registerer != nil {
+		c := newCollector(s)
+		if err := opts.Registerer.Register(c); err != nil {
+			return nil, fmt.Errorf("kafka: source %q: register metrics: %w", name, err)
+		}
+		s.metrics = c
+	}
+	return s, nil
+}
+
+func startOffset(src consumer.SourceConfig) (kgo.Offset, error) {
+	switch src.StartingPosition {
+	case consumer.TrimHorizon, "":
+		return kgo.NewOffset().AtStart(), nil
+	case consumer.Latest:
+		return kgo.NewOffset().AtEnd(), nil
+	case consumer.AtTimestamp:
+		if src.StartingTimestamp.IsZero() {
+			return kgo.Offset{}, errors.New("starting_position at_timestamp needs starting_timestamp")
+		}
+		return kgo.NewOffset().AfterMilli(src.StartingTimestamp.UnixMilli()), nil
+	default:
+		return kgo.Offset{}, fmt.Errorf("unknown starting_position %q", src.StartingPosition)
+	}
+}
+
+// Name returns the source name.
+func (s *Source) Name() string { return s.name }
+
+// Topic returns the topic the source consumes.
+func (s *Source) Topic() string { return s.topic }
+
+// Group returns the consumer group the source consumes in.
+func (s *Source) Group() string { return s.group }
+
+// BootstrapServers returns the seed brokers as the Kafka event's
+// bootstrapServers field carries them.
+func (s *Source) BootstrapServers() string { return s.bootstrap }
+
+// Run joins the group and delivers until ctx ends, then shuts down: it stops
+// polling, stops every worker (in-flight deliveries see their context
+// cancelled; what they did not finish is redelivered later), commits the
+// marked offsets, leaves the group and closes the client. It returns an
+// error only if it could not start.
+func (s *Source) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return ErrRunning
+	}
+	s.running = true
+	// Workers outlive ctx by a little: they are stopped in order at
+	// shutdown, after polling stopped.
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	s.workCtx = workCtx
+	s.mu.Unlock()
+
+	cl, err := kgo.NewClient(s.kopts...)
+	if err != nil {
+		return fmt.Errorf("kafka: source %q: %w", s.name, err)
+	}
+	s.mu.Lock()
+	s.cl = cl
+	s.mu.Unlock()
+	if s.metrics != nil {
+		defer s.opts.Registerer.Unregister(s.metrics)
+	}
+	s.log.Info("source started", "group", s.group)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { s.poll(ctx, cl) })
+	wg.Go(func() { s.refreshLag(ctx, cl) })
+	commitCtx, stopCommits := context.WithCancel(context.WithoutCancel(ctx))
+	commitDone := make(chan struct{})
+	go func() {
+		defer close(commitDone)
+		s.commits.run(commitCtx, cl, s.opts.CommitTimeout, s.log)
+	}()
+	<-ctx.Done()
+	wg.Wait() // the poll loop returned: nothing more is pushed
+
+	// Stop every worker, then commit what they marked. closing keeps a
+	// rebalance that lands meanwhile from starting new ones.
+	s.mu.Lock()
+	s.closing = true
+	parts := s.detachAllLocked()
+	s.mu.Unlock()
+	s.stop(parts, false)
+	stopCommits()
+	<-commitDone
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.CommitTimeout)
+	defer cancel()
+	if err := cl.CommitMarkedOffsets(cctx); err != nil {
+		s.log.Error("final commit failed; the records after the last commit will be delivered again", "error", err)
+	}
+	if err := cl.LeaveGroupContext(cctx); err != nil {
+		s.log.Warn("leaving the group failed; its partitions move after the session timeout", "error", err)
+	}
+	cl.Close()
+	s.log.Info("source stopped")
+	return nil
+}
+
+// poll is the poll loop: it hands each partition's records to its worker and
+// never waits for one (Push does not block; a worker that holds too much or
+// is throttled pauses its partition instead).
+func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
+	for {
+		s.mu.Lock()
+		if ctx.Err() != nil {
+			s.mu.Unlock()
+			return
+		}
+		pctx, cancel := context.WithCancel(ctx)
+		s.pollCancel = cancel
+		s.mu.Unlock()
+
+		fetches := cl.PollRecords(pctx, maxPollRecords)
+
+		s.mu.Lock()
+		s.pollCancel = nil
+		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+			if fp.Topic != s.topic {
+				return
+			}
+			pt := s.parts[fp.Partition]
+			if pt == nil {
+				// Revoked since the fetch: not marked, so whoever owns
+				// the partition now reads these records again.
+				return
+			}
+			if fp.Err == nil && fp.HighWatermark > pt.hwm {
+				pt.hwm = fp.HighWatermark
+			}
+			if len(fp.Records) == 0 {
+				return
+			}
+			if pt.first < 0 {
+				pt.first = fp.Records[0].Offset
+			}
+			pt.w.Push(convert(fp.Records))
+		})
+		s.round++
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		cancel()
+
+		if fetches.IsClientClosed() {
+			return
+		}
+		fetches.EachError(func(topic string, p int32, err error) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return // our own cancel (assigned fences the poll) or shutdown
+			}
+			s.log.Warn("fetch error", "partition", p, "error", err)
+		})
+	}
+}
+
+func convert(krs []*kgo.Record) []shard.Record {
+	recs := make([]shard.Record, len(krs))
+	for i, kr := range krs {
+		r := &recs[i]
+		r.Topic, r.Partition, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.Offset, kr.Timestamp
+		r.Key, r.Value, r.Ref = kr.Key, kr.Value, kr
+		if len(kr.Headers) > 0 {
+			r.Headers = make([]shard.Header, len(kr.Headers))
+			for j, h := range kr.Headers {
+				r.Headers[j] = shard.Header{Key: h.Key, Value: h.Value}
+			}
+		}
+	}
+	return recs
+}
+
+// assigned starts a worker for each newly assigned partition of our topic.
+//
+// Before it does, it fences the poll loop: a poll that began before an
+// earlier revoke (or loss) of the same partition may have returned that
+// partition's old records and not pushed them yet. Without the fence:
+//
+//  1. PollRecords returns records 100..199 of p (our worker has 100..149 in
+//     flight, nothing committed past 100);
+//  2. p is revoked: its worker stops; then p comes back to us and this
+//     callback starts a new worker, whose fetch starts at the commit, 100;
+//  3. the poll loop pushes the stale 100..199 into the new worker, then the
+//     fresh fetch pushes 100.. again: p is delivered out of order.
+//
+// Cancelling the poll in progress and waiting for its round to end pushes
+// (or drops, as p has no worker) those records before the new worker exists;
+// a poll that starts after this callback began cannot return the old
+// session's records (franz-go invalidates them before revoking), and the new
+// session's records only after this callback returns.
+func (s *Source) assigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	ps := assigned[s.topic]
+	if len(ps) == 0 {
+		return
+	}
+	// Pauses persist across rebalances in franz-go: start clean.
+	cl.ResumeFetchPartitions(map[string][]int32{s.topic: ps})
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pollCancel != nil {
+		r := s.round
+		s.pollCancel()
+		for s.round == r {
+			s.cond.Wait()
+		}
+	}
+	if s.closing || s.workCtx == nil {
+		return
+	}
+	for _, p := range ps {
+		if s.parts[p] != nil {
+			continue // still ours from an earlier session
+		}
+		s.parts[p] = s.start(cl, p)
+	}
+	s.log.Info("partitions assigned", "partitions", ps)
+}
+
+// start runs a worker for partition p. Called with s.mu held.
+func (s *Source) start(cl *kgo.Client, p int32) *part {
+	pt := &part{p: p, cl: cl, done: make(chan struct{}), hwm: -1, first: -1}
+	tp := map[string][]int32{s.topic: {p}}
+	pt.w = shard.NewWorker(shard.ID{Source: s.name, Partition: p}, s.opts.Worker, shard.Hooks{
+		Deliverer:    s.opts.Deliverer,
+		DeadLetterer: s.opts.DeadLetterer,
+		Logger:       s.opts.Logger,
+		Commit: func(last shard.Record) {
+			kr, ok := last.Ref.(*kgo.Record)
+			if !ok {
+				s.log.Error("bug: a checkpointed record has no *kgo.Record", "partition", p, "offset", last.Offset)
+				return
+			}
+			pt.mu.Lock()
+			marked := !pt.revoked
+			if marked {
+				cl.MarkCommitRecords(kr)
+			}
+			pt.mu.Unlock()
+			if marked && !s.opts.AsyncCommit {
+				// Hold the shard until its checkpoint is durable, so that
+				// a crash redelivers only the batch in flight. Stopping
+				// the worker (revoke, shutdown) cuts the wait short.
+				s.commits.wait(pt.ctx)
+			}
+		},
+		Pause: func(paused bool) {
+			pt.mu.Lock()
+			defer pt.mu.Unlock()
+			switch {
+			case pt.revoked:
+			case paused:
+				cl.PauseFetchPartitions(tp)
+			default:
+				cl.ResumeFetchPartitions(tp)
+			}
+		},
+	})
+	ctx, cancel := context.WithCancel(s.workCtx)
+	pt.ctx, pt.cancel = ctx, cancel
+	go func() {
+		defer close(pt.done)
+		pt.w.Run(ctx)
+	}()
+	return pt
+}
+
+// revoked stops the workers of the revoked partitions and commits what they
+// marked, so that the next owner starts right after it. The sequence:
+//
+//  1. detach the parts under s.mu: the poll loop pushes nothing more to
+//     them (records it still holds for them are dropped, unmarked);
+//  2. cancel each worker and wait for it (bounded by StopTimeout): an
+//     in-flight invocation is abandoned through its ctx and its batch is not
+//     marked; a batch that finished first marks as usual;
+//  3. set revoked under part.mu: a worker that outlived the wait can no
+//     longer mark or pause (a late mark would otherwise land in franz-go's
+//     uncommitted map after it dropped the partition and be committed over
+//     the next owner's offsets);
+//  4. resume the partitions (pauses persist across rebalances);
+//  5. CommitMarkedOffsets.
+//
+// franz-go calls it with an empty map at the end of every cooperative
+// session; then there is nothing to stop and nothing extra to commit.
+func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	ps := revoked[s.topic]
+	s.mu.Lock()
+	parts := s.detachLocked(ps)
+	s.mu.Unlock()
+	if len(parts) == 0 {
+		return
+	}
+	s.stop(parts, false)
+	cl.ResumeFetchPartitions(map[string][]int32{s.topic: ps})
+	cctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
+	defer cancel()
+	if err := cl.CommitMarkedOffsets(cctx); err != nil {
+		s.log.Warn("commit at revoke failed; the next owner redelivers from the previous commit", "error", err)
+	}
+	s.log.Info("partitions revoked", "partitions", ps)
+}
+
+// lost stops the workers of partitions this member lost without a clean
+// revoke (session expired, fenced): they may already be someone else's, so
+// nothing is marked from the start (revoked is set first) and nothing is
+// committed.
+func (s *Source) lost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
+	ps := lost[s.topic]
+	s.mu.Lock()
+	parts := s.detachLocked(ps)
+	s.mu.Unlock()
+	if len(parts) == 0 {
+		return
+	}
+	s.stop(parts, true)
+	cl.ResumeFetchPartitions(map[string][]int32{s.topic: ps})
+	s.log.Warn("partitions lost; their records after the last commit will be delivered again", "partitions", ps)
+}
+
+// detachAllLocked removes every part from s.parts and returns them.
+func (s *Source) detachAllLocked() []*part {
+	out := make([]*part, 0, len(s.parts))
+	for p, pt := range s.parts {
+		out = append(out, pt)
+		delete(s.parts, p)
+	}
+	return out
+}
+
+// detachLocked removes the parts of ps from s.parts and returns them. (An
+// empty or nil ps detaches nothing: franz-go passes an empty map at the end
+// of every cooperative session.)
+func (s *Source) detachLocked(ps []int32) []*part {
+	var out []*part
+	for _, p := range ps {
+		if pt := s.parts[p]; pt != nil {
+			out = append(out, pt)
+			delete(s.parts, p)
+		}
+	}
+	return out
+}
+
+// stop cancels the workers of parts and waits for them together, at most
+// StopTimeout; with fenceFirst their hooks are fenced before cancelling
+// (lost partitions), else after the wait (revoke, shutdown: a batch that
+// completes during the wait is still marked).
+func (s *Source) stop(parts []*part, fenceFirst bool) {
+	fence := func() {
+		for _, pt := range parts {
+			pt.mu.Lock()
+			pt.revoked = true
+			pt.mu.Unlock()
+		}
+	}
+	if fenceFirst {
+		fence()
+	}
+	for _, pt := range parts {
+		pt.cancel()
+	}
+	deadline := time.NewTimer(s.opts.StopTimeout)
+	defer deadline.Stop()
+	for _, pt := range parts {
+		select {
+		case <-pt.done:
+		case <-deadline.C:
+			s.log.Error("a shard did not stop in time after cancel; abandoning it (its Deliverer ignores ctx)",
+				"partition", pt.p, "timeout", s.opts.StopTimeout)
+		}
+	}
+	if !fenceFirst {
+		fence()
+	}
+}
+
+// refreshLag lists the high watermarks of the topic every LagRefresh: a
+// paused partition is not fetched, so the poll loop stops seeing its high
+// watermark just when its lag matters.
+func (s *Source) refreshLag(ctx context.Context, cl *kgo.Client) {
+	adm := kadm.NewClient(cl)
+	t := time.NewTicker(s.opts.LagRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		lctx, cancel := context.WithTimeout(ctx, s.opts.LagRefresh)
+		offs, err := adm.ListEndOffsets(lctx, s.topic)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			s.log.Debug("listing end offsets failed", "error", err)
+		}
+		s.mu.Lock()
+		offs.Each(func(o kadm.ListedOffset) {
+			if pt := s.parts[o.Partition]; pt != nil && o.Err == nil && o.Topic == s.topic && o.Offset > pt.hwm {
+				pt.hwm = o.Offset
+			}
+		})
+		s.mu.Unlock()
+	}
+}
+
+// ShardStatus is a partition as GET /v1/shards shows it: the worker's status
+// with the partition's high watermark, lag and iterator age.
+type ShardStatus struct {
+	shard.Status
+	// HighWatermark is the offset after the newest record of the partition,
+	// as last seen; -1 when not known yet.
+	HighWatermark int64
+	// Lag is HighWatermark − the next offset to commit (0 when unknown).
+	Lag int64
+	// IteratorAge is now − the timestamp of the oldest record not yet
+	// checkpointed; 0 when there is none.
+	IteratorAge time.Duration
+}
+
+// Statuses returns the status of each partition this member owns, by
+// partition.
+func (s *Source) Statuses() []shard.Status {
+	shards := s.Shards()
+	out := make([]shard.Status, len(shards))
+	for i := range shards {
+		out[i] = shards[i].Status
+	}
+	return out
+}
+
+// Shards returns each owned partition's status with its lag, by partition.
+func (s *Source) Shards() []ShardStatus {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var committed map[int32]kgo.EpochOffset
+	if s.cl != nil && len(s.parts) > 0 {
+		committed = s.cl.CommittedOffsets()[s.topic]
+	}
+	out := make([]ShardStatus, 0, len(s.parts))
+	for p, pt := range s.parts {
+		st := ShardStatus{Status: pt.w.Status(), HighWatermark: pt.hwm}
+		// The next offset to commit: after the last checkpoint, else the
+		// first record fetched, else the group's committed offset.
+		next := st.Position
+		if next < 0 {
+			next = pt.first
+		}
+		if c, ok := committed[p]; next < 0 && ok {
+			next = c.Offset
+		}
+		if pt.hwm >= 0 && next >= 0 && pt.hwm > next {
+			st.Lag = pt.hwm - next
+		}
+		if !st.Oldest.IsZero() {
+			st.IteratorAge = max(0, now.Sub(st.Oldest))
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b ShardStatus) int { return int(a.Shard.Partition - b.Shard.Partition) })
+	return out
+}
+
+// kgoLogger sends franz-go's warnings and errors to slog.
+type kgoLogger struct{ l *slog.Logger }
+
+func (l kgoLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
+
+func (l kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	lv := slog.LevelWarn
+	switch level {
+	case kgo.LogLevelError:
+		lv = slog.LevelError
+	case kgo.LogLevelInfo:
+		lv = slog.LevelInfo
+	case kgo.LogLevelDebug:
+		lv = slog.LevelDebug
+	}
+	l.l.Log(context.Background(), lv, "kafka client: "+msg, keyvals...)
+}
+
+// committer commits the marked offsets of every shard promptly after they
+// are marked, coalescing the shards that mark while a commit is on the wire
+// into the next one. franz-go's auto-commit (every second) and the commits
+// at revoke and shutdown remain; this one shortens the window a crash
+// reopens from a second to the batches in flight.
+type committer struct {
+	kick chan struct{} // capacity 1: "a mark is waiting for a commit"; never blocks a shard
+
+	// mu guards the round counters and done.
+	mu       sync.Mutex
+	started  uint64        // commit rounds begun
+	finished uint64        // rounds ended (with or without error)
+	done     chan struct{} // closed, and replaced, whenever a round ends
+}
+
+func newCommitter() *committer {
+	return &committer{kick: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// wait asks for a commit round and returns once a round that began after the
+// call has ended (it commits what the caller marked before calling), or when
+// ctx ends. A failed round is not retried here: the mark stays, and the
+// auto-commit or the commit at revoke carries it.
+func (c *committer) wait(ctx context.Context) {
+	c.mu.Lock()
+	target := c.started + 1 // the next round to begin; it sees our mark
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default: // a round is already asked for; it begins after our mark
+	}
+	for {
+		c.mu.Lock()
+		if c.finished >= target {
+			c.mu.Unlock()
+			return
+		}
+		done := c.done
+		c.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// run commits the marked offsets each time a shard asks, until ctx ends; a
+// round that ctx interrupts still ends (and releases its waiters).
+func (c *committer) run(ctx context.Context, cl *kgo.Client, timeout time.Duration, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.kick:
+		}
+		c.mu.Lock()
+		c.started++
+		round := c.started
+		c.mu.Unlock()
+
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		err := cl.CommitMarkedOffsets(cctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			// Typically a rebalance in progress; the marks stay and the
+			// next round, the auto-commit or the revoke commits them.
+			log.Debug("commit of marked offsets failed", "error", err)
+		}
+
+		c.mu.Lock()
+		c.finished = round
+		close(c.done)
+		c.done = make(chan struct{})
+		c.mu.Unlock()
+	}
+}

@@ -1,0 +1,636 @@
+package nats
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/shard"
+)
+
+// Defaults of AsyncOptions.
+const (
+	// DefaultAsyncConcurrency bounds the events one process invokes at
+	// once for one async source (the function's own limits apply on top,
+	// in the dispatcher).
+	DefaultAsyncConcurrency = 64
+	// DefaultMaxWaiting is the consumer's MaxAckPending: events delivered
+	// and not yet acknowledged, which includes every event waiting out a
+	// retry delay on the server (a NAKed message stays pending until it is
+	// redelivered and acknowledged). It bounds the server's bookkeeping,
+	// not sluice's memory: a waiting event is not held by sluice.
+	DefaultMaxWaiting = 10000
+	// stateTTLMargin is how much longer than max_event_age an event's
+	// retry state is kept: by then the event was dead-lettered.
+	stateTTLMargin = time.Hour
+	// bookTimeout bounds one bookkeeping call (a NAK, a state write) made
+	// after the invocation, also at shutdown.
+	bookTimeout = 10 * time.Second
+)
+
+// AsyncDeliverer invokes a source's function with one event (SPEC §2.2).
+// attempt is 1 for the first function attempt; throttled tries do not
+// count. It blocks while the invocation waits for a concurrency slot; ctx
+// bounds that wait (the source passes the event's expiry) and cancels the
+// invocation at shutdown. Outcomes: Delivered; Throttled (RetryAfter: wait
+// at least that long); Failed (consumes an attempt); Permanent (dead-letter
+// at once). Partial counts as Failed.
+type AsyncDeliverer interface {
+	Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result
+}
+
+// AsyncDelivererFunc adapts a function to AsyncDeliverer.
+type AsyncDelivererFunc func(ctx context.Context, rec shard.Record, attempt int) shard.Result
+
+// Deliver calls f.
+func (f AsyncDelivererFunc) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
+	return f(ctx, rec, attempt)
+}
+
+// AsyncOptions are the collaborators and tuning of an Async source.
+type AsyncOptions struct {
+	// Deliverer invokes the function; required.
+	Deliverer AsyncDeliverer
+	// DeadLetterer stores what cannot be delivered; nil drops it (counted
+	// and logged), as a source without on_failure.
+	DeadLetterer shard.DeadLetterer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer, if set, gets the source's metrics.
+	Registerer prometheus.Registerer
+
+	// Concurrency, MaxWaiting: see the defaults.
+	Concurrency int
+	MaxWaiting  int
+	// AckWait of the consumer (default DefaultAckWait); events in flight
+	// are kept with InProgress every AckWait/3.
+	AckWait time.Duration
+	// FetchWait is how long one pull request waits (default
+	// DefaultFetchWait).
+	FetchWait time.Duration
+	// StopTimeout bounds the wait for in-flight invocations at shutdown
+	// (default DefaultStopTimeout).
+	StopTimeout time.Duration
+	// Consumer is the durable consumer, shared by every process running the
+	// source; default "sluice-<source>".
+	Consumer string
+	// StateBucket is the KV bucket holding the retry state of events that
+	// failed or were throttled; default "sluice-async-<source>".
+	StateBucket string
+}
+
+// Async is one async-mode JetStream source (SPEC §2.2): every process
+// running it pulls from one durable consumer, invokes each event on its own,
+// unordered, at most Concurrency at once, and leaves waiting to the server:
+// a throttled or failed event is NAKed with a delay (retry_backoff, at least
+// Retry-After) and comes back when it is due. An event that exhausts
+// max_retry_attempts, passes max_event_age or fails permanently is
+// dead-lettered, then terminated (Term).
+//
+// Attempts are counted from the server's delivery count minus the throttled
+// deliveries, which are recorded in a KV bucket (see doc.go, "Async
+// attempts"), so a restart keeps them.
+type Async struct {
+	name     string
+	nc       *natsgo.Conn
+	js       jetstream.JetStream
+	src      consumer.SourceConfig
+	opts     AsyncOptions
+	log      *slog.Logger
+	backoff  shard.Backoff
+	maxAge   time.Duration
+	attempts int // max_retry_attempts
+	metrics  *asyncMetrics
+
+	// ensureMu serializes Ensure and guards what it sets up.
+	ensureMu sync.Mutex
+	cons     jetstream.Consumer
+	kv       jetstream.KeyValue
+
+	// mu guards running and inflight.
+	mu       sync.Mutex
+	running  bool
+	inflight map[uint64]jetstream.Msg // by stream sequence: events being handled, kept with InProgress
+}
+
+// NewAsync checks the settings and returns an Async source for source name
+// over src.Stream and src.Subject; Run (or Ensure) creates what it needs on
+// the server. nc must stay open while it runs.
+func NewAsync(name string, nc *natsgo.Conn, src consumer.SourceConfig, opts AsyncOptions) (*Async, error) {
+	switch {
+	case name == "":
+		return nil, errors.New("nats: source needs a name")
+	case nc == nil:
+		return nil, fmt.Errorf("nats: source %q: no connection", name)
+	case src.Stream == "" || src.Subject == "":
+		return nil, fmt.Errorf("nats: source %q: stream and subject are required", name)
+	case opts.Deliverer == nil:
+		return nil, fmt.Errorf("nats: source %q: no Deliverer", name)
+	case src.Mode != consumer.ModeAsync:
+		return nil, fmt.Errorf("nats: source %q: mode %q is not async (use NewStream)", name, src.Mode)
+	case src.MaxEventAge <= 0:
+		return nil, fmt.Errorf("nats: source %q: max_event_age must be positive", name)
+	case src.MaxRetryAttempts < 0:
+		return nil, fmt.Errorf("nats: source %q: max_retry_attempts must not be negative", name)
+	}
+	if _, err := deliverPolicy(src); err != nil {
+		return nil, fmt.Errorf("nats: source %q: %w", name, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("nats: source %q: %w", name, err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = DefaultAsyncConcurrency
+	}
+	if opts.MaxWaiting <= 0 {
+		opts.MaxWaiting = DefaultMaxWaiting
+	}
+	opts.MaxWaiting = max(opts.MaxWaiting, opts.Concurrency)
+	if opts.AckWait <= 0 {
+		opts.AckWait = DefaultAckWait
+	}
+	if opts.FetchWait <= 0 {
+		opts.FetchWait = DefaultFetchWait
+	}
+	if opts.StopTimeout <= 0 {
+		opts.StopTimeout = DefaultStopTimeout
+	}
+	if opts.Consumer == "" {
+		opts.Consumer = "sluice-" + nameToken(name)
+	}
+	if opts.StateBucket == "" {
+		opts.StateBucket = "sluice-async-" + nameToken(name)
+	}
+	b := src.RetryBackoff
+	a := &Async{
+		name: name, nc: nc, js: js, src: src, opts: opts,
+		log:      opts.Logger.With("source", name, "stream", src.Stream),
+		backoff:  shard.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
+		maxAge:   src.MaxEventAge,
+		attempts: src.MaxRetryAttempts,
+		inflight: make(map[uint64]jetstream.Msg),
+	}
+	a.metrics = newAsyncMetrics(name)
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(a.metrics); err != nil {
+			return nil, fmt.Errorf("nats: source %q: register metrics: %w", name, err)
+		}
+	}
+	return a, nil
+}
+
+// Name returns the source name.
+func (a *Async) Name() string { return a.name }
+
+// Statuses returns nil: an async source has no shards.
+func (a *Async) Statuses() []shard.Status { return nil }
+
+// Ensure creates the stream if missing (or adds the subject to it), the
+// durable consumer and the retry-state bucket. Run calls it; calling it
+// first reports a broker problem at start-up. It does the work once.
+func (a *Async) Ensure(ctx context.Context) error {
+	a.ensureMu.Lock()
+	defer a.ensureMu.Unlock()
+	if a.cons != nil {
+		return nil
+	}
+	// The stream is the publishers' as much as sluice's: sluice creates
+	// it if missing and adds its subject, and leaves its limits alone. One
+	// it creates is a work queue: an event is removed once acknowledged
+	// or terminated (dead-lettered), and kept however long sluice is down.
+	st, created, changed, err := ensureStream(ctx, a.js, a.src.Stream, []string{a.src.Subject}, jetstream.WorkQueuePolicy, nil)
+	if err != nil {
+		return fmt.Errorf("nats: source %q: %w", a.name, err)
+	}
+	switch {
+	case created:
+		a.log.Info("stream created", "subject", a.src.Subject)
+	case len(changed) > 0:
+		a.log.Info("stream reconciled", "changed", changed)
+	}
+	dp, _ := deliverPolicy(a.src) // checked in NewAsync
+	cfg := jetstream.ConsumerConfig{
+		Durable:       a.opts.Consumer,
+		Description:   "sluice async source " + a.name,
+		FilterSubject: a.src.Subject,
+		DeliverPolicy: dp,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       a.opts.AckWait,
+		MaxDeliver:    -1, // sluice counts function attempts; throttles are deliveries too
+		MaxAckPending: a.opts.MaxWaiting,
+	}
+	if dp == jetstream.DeliverByStartTimePolicy {
+		t := a.src.StartingTimestamp
+		cfg.OptStartTime = &t
+	}
+	cons, err := ensureConsumer(ctx, st, cfg)
+	if err != nil {
+		return fmt.Errorf("nats: source %q: %w", a.name, err)
+	}
+	kv, err := a.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      a.opts.StateBucket,
+		Description: "sluice: retry state of the async source " + a.name + "'s waiting events",
+		History:     1,
+		TTL:         a.maxAge + stateTTLMargin,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("nats: source %q: retry-state bucket %s: %w", a.name, a.opts.StateBucket, err)
+	}
+	a.cons, a.kv = cons, kv
+	return nil
+}
+
+// Run creates what the source needs on the server, then invokes events until
+// ctx ends, then shuts down: it stops pulling (waiting for the pull in
+// progress, at most FetchWait), cancels the invocations in flight and waits
+// for them (at most StopTimeout); each ends like any other (acknowledged,
+// or NAKed with its retry state recorded), so nothing waits for AckWait. It
+// returns an error only if it could not start.
+func (a *Async) Run(ctx context.Context) error {
+	a.mu.Lock()
+	if a.running {
+		a.mu.Unlock()
+		return ErrRunning
+	}
+	a.running = true
+	a.mu.Unlock()
+	if a.opts.Registerer != nil {
+		defer a.opts.Registerer.Unregister(a.metrics)
+	}
+	if err := a.Ensure(ctx); err != nil {
+		return err
+	}
+	a.log.Info("async source started", "consumer", a.opts.Consumer, "concurrency", a.opts.Concurrency)
+
+	// Invocations are cancelled once pulling stopped; their bookkeeping
+	// runs on bounded contexts of its own.
+	invokeCtx, stopInvokes := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopInvokes()
+	progressCtx, stopProgress := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopProgress()
+	var handlers, background sync.WaitGroup
+	background.Go(func() { a.progressLoop(progressCtx) })
+
+	// slots holds a token per event being handled (capacity Concurrency:
+	// the bound on events this process holds); a pull asks for as many
+	// events as there are free slots.
+	slots := make(chan struct{}, a.opts.Concurrency)
+	failures := 0
+	for ctx.Err() == nil {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			continue
+		}
+		n := 1
+	more:
+		for n < a.opts.Concurrency {
+			select {
+			case slots <- struct{}{}:
+				n++
+			default:
+				break more
+			}
+		}
+		got := 0
+		batch, err := a.cons.Fetch(n, jetstream.FetchMaxWait(a.opts.FetchWait))
+		if err == nil {
+			for m := range batch.Messages() {
+				got++
+				a.track(m)
+				handlers.Go(func() {
+					defer func() { <-slots }()
+					a.handle(invokeCtx, m)
+				})
+			}
+			err = batch.Error()
+		}
+		for range n - got {
+			<-slots
+		}
+		if err != nil {
+			failures++
+			if ctx.Err() == nil {
+				a.log.Warn("pull failed", "consumer", a.opts.Consumer, "error", err, "failures", failures)
+			}
+			sleep(ctx, retryDelay(failures))
+			continue
+		}
+		failures = 0
+	}
+
+	stopInvokes()
+	done := make(chan struct{})
+	go func() { handlers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(a.opts.StopTimeout):
+		a.log.Error("invocations did not end in time after cancel; their events are redelivered after AckWait", "timeout", a.opts.StopTimeout)
+	}
+	stopProgress()
+	background.Wait()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
+	defer cancel()
+	if err := a.nc.FlushWithContext(fctx); err != nil {
+		a.log.Warn("flushing the final acknowledgements failed; those events are redelivered after AckWait", "error", err)
+	}
+	a.log.Info("async source stopped")
+	return nil
+}
+
+func (a *Async) track(m jetstream.Msg) {
+	if md, err := m.Metadata(); err == nil {
+		a.mu.Lock()
+		a.inflight[md.Sequence.Stream] = m
+		a.mu.Unlock()
+	}
+}
+
+func (a *Async) untrack(seq uint64) {
+	a.mu.Lock()
+	delete(a.inflight, seq)
+	a.mu.Unlock()
+}
+
+// progressLoop keeps the events being handled (waiting for a slot, being
+// invoked, being dead-lettered) from being redelivered meanwhile.
+func (a *Async) progressLoop(ctx context.Context) {
+	t := time.NewTicker(a.opts.AckWait / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		msgs := make([]jetstream.Msg, 0, len(a.inflight))
+		for _, m := range a.inflight {
+			msgs = append(msgs, m)
+		}
+		a.mu.Unlock()
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+	}
+}
+
+// asyncState is an event's retry history, kept in the state bucket under
+// its stream sequence from its first failure or throttle until it is
+// acknowledged or terminated.
+type asyncState struct {
+	// Stamp is the event's timestamp (Unix ns): a state left from a
+	// deleted and re-created stream, whose sequences start over, is not
+	// taken for this event's.
+	Stamp     int64           `json:"stamp"`
+	Throttles int             `json:"throttles"` // deliveries that ended throttled: not attempts
+	Failures  int             `json:"failures"`  // function attempts that failed
+	First     time.Time       `json:"firstAttemptAt"`
+	Last      time.Time       `json:"lastAttemptAt"`
+	LastError shard.ErrorInfo `json:"lastError"`
+}
+
+// handle invokes one event and settles it: Ack, NakWithDelay (retry state
+// recorded first) or dead letter then Term.
+func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		a.log.Error("a pulled message has no JetStream metadata; terminating it", "subject", m.Subject(), "error", err)
+		_ = m.Term()
+		return
+	}
+	seq := md.Sequence.Stream
+	defer a.untrack(seq)
+	rec := newRecord(m, md)
+	now := time.Now()
+	a.metrics.received.Inc()
+	a.metrics.age.Observe(max(0, now.Sub(rec.Timestamp)).Seconds())
+
+	key := strconv.FormatUint(seq, 10)
+	st := asyncState{Stamp: rec.Timestamp.UnixNano()}
+	hasState := false
+	if md.NumDelivered > 1 {
+		st, hasState = a.loadState(key, rec)
+	}
+	// Every earlier delivery that is not a recorded throttle counts as an
+	// attempt: the recorded failures, and deliveries whose outcome was
+	// never recorded (a crash or a lost connection mid-invocation: the
+	// function may have run).
+	attempts := max(st.Failures, int(md.NumDelivered)-1-st.Throttles, 0)
+	expiry := rec.Timestamp.Add(a.maxAge)
+
+	switch {
+	case !now.Before(expiry):
+		a.finish(ctx, m, rec, key, hasState, shard.EventAgeExceeded, attempts, st)
+		return
+	case attempts > a.attempts:
+		// The last attempt's outcome was lost (see above).
+		a.finish(ctx, m, rec, key, hasState, shard.RetryAttemptsExhausted, attempts, st)
+		return
+	}
+
+	if st.First.IsZero() {
+		st.First = now
+	}
+	dctx, cancel := context.WithDeadline(ctx, expiry)
+	res := a.opts.Deliverer.Deliver(dctx, rec, attempts+1)
+	cancel()
+	st.Last = time.Now()
+
+	switch res.Outcome {
+	case shard.Delivered:
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
+		defer cancel()
+		if err := m.Ack(); err != nil {
+			a.log.Warn("acknowledging a delivered event failed; it will be delivered again", "sequence", seq, "error", err)
+		}
+		if hasState {
+			a.dropState(bctx, key)
+		}
+
+	case shard.Throttled:
+		if !st.Last.Before(expiry) {
+			if st.LastError.Message == "" || res.Error.Kind != "cancelled" {
+				st.LastError = res.Error
+			}
+			a.finish(ctx, m, rec, key, hasState, shard.EventAgeExceeded, attempts, st)
+			return
+		}
+		st.Throttles++
+		st.LastError = res.Error
+		a.retry(ctx, m, key, st, max(a.backoff.Delay(st.Throttles, rand.Float64()), res.RetryAfter), expiry, attempts)
+
+	case shard.Failed, shard.Partial:
+		attempts++
+		st.Failures = attempts
+		st.LastError = res.Error
+		if attempts > a.attempts {
+			a.finish(ctx, m, rec, key, hasState, shard.RetryAttemptsExhausted, attempts, st)
+			return
+		}
+		a.retry(ctx, m, key, st, a.backoff.Delay(attempts, rand.Float64()), expiry, attempts)
+
+	case shard.Permanent:
+		st.Failures = attempts + 1
+		st.LastError = res.Error
+		a.finish(ctx, m, rec, key, hasState, shard.PermanentError, attempts+1, st)
+	}
+}
+
+// retry records st, then hands the event back to the server to redeliver
+// after delay, cut short at the event's expiry (the next delivery then
+// dead-letters it on time).
+func (a *Async) retry(ctx context.Context, m jetstream.Msg, key string, st asyncState, delay time.Duration, expiry time.Time, attempts int) {
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
+	defer cancel()
+	a.saveState(bctx, key, st)
+	delay = min(delay, time.Until(expiry))
+	var err error
+	if delay > 0 {
+		err = m.NakWithDelay(delay)
+	} else {
+		err = m.Nak()
+	}
+	if err != nil {
+		a.log.Warn("handing an event back for retry failed; it is redelivered after AckWait", "subject", m.Subject(), "error", err)
+	}
+	a.log.Debug("event retried later", "key", key, "attempts", attempts, "throttles", st.Throttles, "delay", delay, "error", st.LastError.Message)
+}
+
+// finish dead-letters the event (retrying the write until it succeeds or the
+// source stops; the event is kept meanwhile), then terminates it.
+func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec shard.Record, key string, hasState bool,
+	cond shard.Condition, attempts int, st asyncState,
+) {
+	now := time.Now()
+	first, last := st.First, st.Last
+	if first.IsZero() {
+		first = now
+	}
+	if last.IsZero() {
+		last = now
+	}
+	if a.opts.DeadLetterer == nil {
+		a.log.Warn("dropping an undeliverable event: the source has no on_failure destination",
+			"condition", cond, "sequence", rec.Offset, "attempts", attempts, "error", st.LastError.Message)
+	} else {
+		dl := shard.DeadLetter{
+			Source: a.name, Function: a.src.Function, Mode: string(consumer.ModeAsync),
+			Condition: cond, Attempts: attempts, FirstAttemptAt: first, LastAttemptAt: last,
+			LastError: st.LastError, Record: rec,
+		}
+		for try := 1; ; try++ {
+			err := a.opts.DeadLetterer.DeadLetter(ctx, []shard.DeadLetter{dl})
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return // shutting down: the event is redelivered and ends here again
+			}
+			a.log.Error("dead-letter write failed; retrying (the event is held meanwhile)",
+				"condition", cond, "sequence", rec.Offset, "try", try, "error", err)
+			if !sleep(ctx, a.backoff.Delay(try, rand.Float64())) {
+				return
+			}
+		}
+	}
+	a.metrics.dropped.WithLabelValues(string(cond)).Inc()
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
+	defer cancel()
+	if err := m.TermWithReason("sluice: " + string(cond)); err != nil {
+		a.log.Warn("terminating a dead-lettered event failed; it may be dead-lettered twice", "sequence", rec.Offset, "error", err)
+	}
+	if hasState {
+		a.dropState(bctx, key)
+	}
+}
+
+func (a *Async) loadState(key string, rec shard.Record) (asyncState, bool) {
+	fresh := asyncState{Stamp: rec.Timestamp.UnixNano()}
+	ctx, cancel := context.WithTimeout(context.Background(), bookTimeout)
+	defer cancel()
+	e, err := a.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fresh, false
+	}
+	if err != nil {
+		a.log.Warn("reading an event's retry state failed; its throttled deliveries count as attempts", "key", key, "error", err)
+		return fresh, false
+	}
+	var st asyncState
+	if err := json.Unmarshal(e.Value(), &st); err != nil || st.Stamp != fresh.Stamp {
+		return fresh, true // not this event's; overwritten or dropped later
+	}
+	return st, true
+}
+
+func (a *Async) saveState(ctx context.Context, key string, st asyncState) {
+	b, err := json.Marshal(st)
+	if err == nil {
+		_, err = a.kv.Put(ctx, key, b)
+	}
+	if err != nil {
+		a.log.Warn("recording an event's retry state failed; this throttle may count as an attempt", "key", key, "error", err)
+	}
+}
+
+func (a *Async) dropState(ctx context.Context, key string) {
+	if err := a.kv.Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		a.log.Debug("dropping an event's retry state failed; it expires with the bucket's TTL", "key", key, "error", err)
+	}
+}
+
+// asyncMetrics are an Async source's metrics, with the source as a constant
+// label (one collector per source). Labels: source and condition, bounded.
+type asyncMetrics struct {
+	received prometheus.Counter
+	age      prometheus.Histogram
+	dropped  *prometheus.CounterVec
+}
+
+func newAsyncMetrics(source string) *asyncMetrics {
+	cl := prometheus.Labels{"source": source}
+	return &asyncMetrics{
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_async_events_received_total", ConstLabels: cl,
+			Help: "Async events delivered to sluice by the broker, redeliveries included.",
+		}),
+		age: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sluice_async_event_age_seconds", ConstLabels: cl,
+			Help:    "Age of async events (now − the time the broker stored them) when sluice took them to invoke.",
+			Buckets: []float64{0.01, 0.1, 1, 5, 30, 60, 300, 900, 1800, 3600, 7200, 21600},
+		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_async_events_dropped_total", ConstLabels: cl,
+			Help: "Async events given up on (dead-lettered, or dropped without on_failure), by condition.",
+		}, []string{"reason"}),
+	}
+}
+
+func (m *asyncMetrics) Describe(ch chan<- *prometheus.Desc) {
+	m.received.Describe(ch)
+	m.age.Describe(ch)
+	m.dropped.Describe(ch)
+}
+
+func (m *asyncMetrics) Collect(ch chan<- prometheus.Metric) {
+	m.received.Collect(ch)
+	m.age.Collect(ch)
+	m.dropped.Collect(ch)
+}

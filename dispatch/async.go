@@ -1,0 +1,46 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/sluicehq/sluice/shard"
+)
+
+// AsyncDeliverer invokes a source's function with one async event: the
+// payload unchanged as the body, with Sluice-Source and Sluice-Event-Time
+// headers (SPEC §3), through the Dispatcher's limits.
+type AsyncDeliverer struct {
+	D        *Dispatcher
+	Source   string
+	Function string
+	// Scope returns an event's scope, "" for none; nil means no scopes.
+	Scope func(r *shard.Record) string
+}
+
+// Deliver invokes the function with rec as attempt number attempt.
+func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
+	req := &Request{
+		Function:       a.Function,
+		InvocationID:   newID(),
+		Attempt:        attempt,
+		IdempotencyKey: fmt.Sprintf("%s-%s-%d", a.Source, rec.Topic, rec.Offset),
+		TraceParent:    header(&rec, "traceparent"),
+		Header: http.Header{
+			"Sluice-Source":     {a.Source},
+			"Sluice-Event-Time": {rec.Timestamp.UTC().Format(time.RFC3339Nano)},
+		},
+		ContentType: "application/octet-stream",
+		Body:        rec.Value,
+	}
+	if ct := header(&rec, "Content-Type"); ct != "" {
+		req.ContentType = ct
+	}
+	if a.Scope != nil {
+		req.Scope = a.Scope(&rec)
+	}
+	_, err := a.D.Invoke(ctx, req, nil)
+	return resultOf(err, nil)
+}

@@ -1,0 +1,130 @@
+package dispatch
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+
+	"github.com/sluicehq/sluice/shard"
+)
+
+// StreamDeliverer invokes a source's function with stream batches: it is the
+// shard engine's shard.Deliverer, going through the Dispatcher's limits.
+type StreamDeliverer struct {
+	D        *Dispatcher
+	Source   string
+	Function string
+	// Encode builds the request body of a batch (the source's event format).
+	Encode func(recs []shard.Record) ([]byte, error)
+	// Scope returns a record's scope, "" for none; nil means no scopes.
+	Scope              func(r *shard.Record) string
+	ReportItemFailures bool
+}
+
+var _ shard.Deliverer = (*StreamDeliverer)(nil)
+
+// Deliver invokes the function with d's records and maps the outcome for the
+// shard engine.
+func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.Result {
+	body, err := s.Encode(d.Records)
+	if err != nil {
+		return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "encode", Message: err.Error()}}
+	}
+	first, last := d.Records[0], d.Records[len(d.Records)-1]
+	items := make([]string, len(d.Records))
+	for i := range d.Records {
+		items[i] = strconv.FormatInt(d.Records[i].Offset, 10)
+	}
+	req := &Request{
+		Function:     s.Function,
+		InvocationID: newID(),
+		Attempt:      d.Attempt,
+		// The same batch keeps its key across retries and redeliveries, so
+		// a function can drop a batch it already handled.
+		IdempotencyKey:     fmt.Sprintf("%s-%d-%d-%d", s.Source, first.Partition, first.Offset, last.Offset),
+		TraceParent:        header(&first, "traceparent"),
+		Header:             http.Header{"Sluice-Source": {s.Source}},
+		Body:               body,
+		Items:              items,
+		ReportItemFailures: s.ReportItemFailures,
+	}
+	if s.Scope != nil {
+		req.Scopes = scopesOfBatch(d.Records, s.Scope)
+		if len(req.Scopes) == 1 {
+			req.Scope = req.Scopes[0]
+		}
+	}
+	_, err = s.D.Invoke(ctx, req, func(r Reason) {
+		if d.OnWait != nil {
+			d.OnWait(string(r))
+		}
+	})
+	return resultOf(err, items)
+}
+
+// resultOf maps an invocation's error to the shard engine's Result.
+func resultOf(err error, items []string) shard.Result {
+	var (
+		pb *PartialBatchError
+		fe *FunctionError
+		pe *PermanentError
+	)
+	if err == nil {
+		return shard.Result{Outcome: shard.Delivered}
+	}
+	if t, ok := AsThrottled(err); ok {
+		return shard.Result{Outcome: shard.Throttled, Reason: string(t.Reason), RetryAfter: t.RetryAfter,
+			Error: shard.ErrorInfo{Kind: "throttled", Message: t.Error()}}
+	}
+	switch {
+	case errors.As(err, &pb):
+		return shard.Result{Outcome: shard.Partial, FailedFrom: slices.Index(items, pb.Failed[0]),
+			Error: shard.ErrorInfo{Kind: "partial", Message: pb.Error()}}
+	case errors.As(err, &pe):
+		return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "status", Status: pe.Status, Message: pe.Message}}
+	case errors.As(err, &fe):
+		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: string(fe.Kind), Status: fe.Status, Message: fe.Message}}
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrClosed):
+		// The shard is stopping (or its records expired while waiting):
+		// nothing ran, so nothing is consumed.
+		return shard.Result{Outcome: shard.Throttled, Error: shard.ErrorInfo{Kind: "cancelled", Message: err.Error()}}
+	default:
+		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: string(KindHandler), Message: err.Error()}}
+	}
+}
+
+// scopesOfBatch returns the distinct scopes of recs in first-seen order.
+func scopesOfBatch(recs []shard.Record, scope func(*shard.Record) string) []string {
+	var out []string
+	seen := make(map[string]struct{})
+	for i := range recs {
+		sc := scope(&recs[i])
+		if _, dup := seen[sc]; sc == "" || dup {
+			continue
+		}
+		seen[sc] = struct{}{}
+		out = append(out, sc)
+	}
+	return out
+}
+
+func header(r *shard.Record, name string) string {
+	for _, h := range r.Headers {
+		if h.Key == name {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// newID returns a random invocation id (128 bits, hex).
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b[:])
+}
