@@ -259,16 +259,6 @@ func (p *sluiceProc) logLines() []string {
 	return slices.Clone(p.logs)
 }
 
-// exited reports whether the process has ended.
-func (p *sluiceProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // stop sends sig and returns the exit code once the process ended; it fails
 // the test if that takes longer than the grace sluice gives itself, with room.
 func (p *sluiceProc) stop(sig syscall.Signal) int {
