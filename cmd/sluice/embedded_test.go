@@ -147,3 +147,25 @@ sources:
 		t.Fatalf("exit %d after SIGTERM, want 0", code)
 	}
 }
+
+// The quick start runs the whole pipeline on the embedded default and stops
+// cleanly; its live view shows the shards and the invocations.
+func TestQuickstart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a pipeline for several seconds")
+	}
+	code, stdout, stderr := sluice(t, "quickstart", "--duration", "5s")
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	for _, want := range []string{"sluice quick start", "embedded NATS at nats://127.0.0.1:", "SHARD", "clicks/0", "clicks/3", "stopped"} {
+		if !strings.Contains(stdout, want) {
+			t.Fatalf("output lacks %q:\n%s", want, stdout)
+		}
+	}
+	var published, invoked int
+	i := strings.LastIndex(stdout, "published ")
+	if _, err := fmt.Sscanf(stdout[i:], "published %d, invoked %d times", &published, &invoked); err != nil || published == 0 || invoked == 0 {
+		t.Fatalf("summary %q: want events published and the function invoked (%v)", stdout[i:], err)
+	}
+}

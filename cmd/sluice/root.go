@@ -57,6 +57,7 @@ const (
 func newRootCmd() *cobra.Command {
 	root := groupCmd("sluice", "Consume Kafka and NATS JetStream, invoke functions under Lambda-like concurrency limits",
 		newRunCmd(),
+		newQuickstartCmd(),
 		newConfigCmd(),
 		newVersionCmd(),
 	)

@@ -43,8 +43,9 @@ type app struct {
 	reg     *prometheus.Registry
 	disp    *dispatch.Dispatcher
 	sources []source
-	closers []func()    // run at exit, after the sources stopped (dead-letter writers)
-	ready   atomic.Bool // set once everything started; /readyz reports it
+	closers []func()          // run at exit, newest first, after the sources stopped
+	natsURL map[string]string // NATS broker name → the URL sluice connected to
+	ready   atomic.Bool       // set once everything started; /readyz reports it
 }
 
 // source is a running source as the app sees it.
@@ -63,7 +64,7 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 	if err != nil {
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, reg: reg, disp: d}
+	a := &app{cfg: cfg, log: log, reg: reg, disp: d, natsURL: map[string]string{}}
 	if err := a.wireSources(ctx); err != nil {
 		a.close()
 		return nil, err
@@ -97,6 +98,7 @@ func (a *app) wireSources(ctx context.Context) error {
 		if err != nil {
 			return nil, fmt.Errorf("run: brokers.%s: connect to %s: %w", name, url, err)
 		}
+		a.natsURL[name] = url
 		a.closers = append(a.closers, nc.Close)
 		conns[name] = nc
 		return nc, nil
@@ -379,4 +381,13 @@ func viewOf(st shard.Status) shardView {
 		v.IteratorAge = max(0, time.Since(st.Oldest).Seconds())
 	}
 	return v
+}
+
+// natsURLOf returns the URL of NATS broker name that the sources use (the
+// embedded server's, when it is embedded).
+func (a *app) natsURLOf(name string) (string, error) {
+	if u, ok := a.natsURL[name]; ok {
+		return u, nil
+	}
+	return "", fmt.Errorf("run: broker %s is not a NATS broker in use", name)
 }
