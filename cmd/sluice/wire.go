@@ -295,10 +295,12 @@ func (a *app) run(ctx context.Context) error {
 		running.Go(func() { srcErrs <- s.Run(sctx) })
 	}
 
+	// Ready before the log line: whoever waits for "sluice running" may ask
+	// /readyz at once.
+	a.ready.Store(true)
 	u := a.disp.Limiter().Usage()
 	a.log.Info("sluice running", "admin", ln.Addr().String(), "functions", len(a.cfg.Functions), "sources", len(a.sources),
 		"account_concurrency", u.AccountLimit, "unreserved_concurrency", u.UnreservedLimit)
-	a.ready.Store(true)
 
 	var runErr error
 	select {

@@ -4,10 +4,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
-	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -48,7 +48,7 @@ func AppendEvent(dst []byte, bootstrapServers string, recs []shard.Record) ([]by
 		return dst, ErrEmptyBatch
 	}
 	dst = append(dst, `{"eventSource":"`+EventSource+`","bootstrapServers":`...)
-	dst = appendString(dst, bootstrapServers)
+	dst = consumer.AppendJSONString(dst, bootstrapServers)
 	dst = append(dst, `,"records":{`...)
 
 	// A batch normally holds one partition: one pass. Otherwise each
@@ -63,7 +63,7 @@ func AppendEvent(dst []byte, bootstrapServers string, recs []shard.Record) ([]by
 			dst = append(dst, ',')
 		}
 		dst = append(dst, '"')
-		dst = appendStringBody(dst, r.Topic)
+		dst = consumer.AppendJSONStringBody(dst, r.Topic)
 		dst = append(dst, '-')
 		dst = strconv.AppendInt(dst, int64(r.Partition), 10)
 		dst = append(dst, `":[`...)
@@ -96,7 +96,7 @@ func seenBefore(earlier []shard.Record, r *shard.Record) bool {
 
 func appendRecord(dst []byte, r *shard.Record) []byte {
 	dst = append(dst, `{"topic":`...)
-	dst = appendString(dst, r.Topic)
+	dst = consumer.AppendJSONString(dst, r.Topic)
 	dst = append(dst, `,"partition":`...)
 	dst = strconv.AppendInt(dst, int64(r.Partition), 10)
 	dst = append(dst, `,"offset":`...)
@@ -126,7 +126,7 @@ func appendRecord(dst []byte, r *shard.Record) []byte {
 			dst = append(dst, ',')
 		}
 		dst = append(dst, '{')
-		dst = appendString(dst, h.Key)
+		dst = consumer.AppendJSONString(dst, h.Key)
 		dst = append(dst, ":["...)
 		for j, b := range h.Value {
 			if j > 0 {
@@ -158,61 +158,4 @@ func eventSize(bootstrapServers string, recs []shard.Record) int {
 		}
 	}
 	return n
-}
-
-// appendString appends s as a JSON string, quotes included.
-func appendString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	dst = appendStringBody(dst, s)
-	return append(dst, '"')
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendStringBody appends s escaped for a JSON string, as encoding/json
-// does it: quotes, backslashes and control characters escaped, invalid UTF-8
-// replaced by U+FFFD, U+2028 and U+2029 escaped (for JSONP-safe output).
-func appendStringBody(dst []byte, s string) []byte {
-	start := 0
-	for i := 0; i < len(s); {
-		if c := s[i]; c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	return append(dst, s[start:]...)
 }

@@ -4,8 +4,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
-	"unicode/utf8"
 
+	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -51,7 +51,7 @@ func AppendEvent(dst []byte, stream string, recs []shard.Record) ([]byte, error)
 			dst = append(dst, ',')
 		}
 		dst = append(dst, '"')
-		dst = appendStringBody(dst, streamOf(r, stream))
+		dst = consumer.AppendJSONStringBody(dst, streamOf(r, stream))
 		dst = append(dst, '-')
 		dst = strconv.AppendInt(dst, int64(r.Partition), 10)
 		dst = append(dst, `":[`...)
@@ -93,9 +93,9 @@ func seenBefore(earlier []shard.Record, r *shard.Record) bool {
 
 func appendRecord(dst []byte, r *shard.Record, stream string) []byte {
 	dst = append(dst, `{"subject":`...)
-	dst = appendString(dst, r.Subject)
+	dst = consumer.AppendJSONString(dst, r.Subject)
 	dst = append(dst, `,"stream":`...)
-	dst = appendString(dst, streamOf(r, stream))
+	dst = consumer.AppendJSONString(dst, streamOf(r, stream))
 	dst = append(dst, `,"sequence":`...)
 	dst = strconv.AppendInt(dst, r.Offset, 10)
 	dst = append(dst, `,"timestamp":`...)
@@ -124,7 +124,7 @@ func appendRecord(dst []byte, r *shard.Record, stream string) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendString(dst, h.Key)
+		dst = consumer.AppendJSONString(dst, h.Key)
 		dst = append(dst, ":["...)
 		first := true
 		for j := i; j < len(r.Headers); j++ {
@@ -135,7 +135,7 @@ func appendRecord(dst []byte, r *shard.Record, stream string) []byte {
 				dst = append(dst, ',')
 			}
 			first = false
-			dst = appendString(dst, string(r.Headers[j].Value))
+			dst = consumer.AppendJSONString(dst, string(r.Headers[j].Value))
 		}
 		dst = append(dst, ']')
 	}
@@ -154,61 +154,4 @@ func eventSize(stream string, recs []shard.Record) int {
 		}
 	}
 	return n
-}
-
-// appendString appends s as a JSON string, quotes included.
-func appendString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	dst = appendStringBody(dst, s)
-	return append(dst, '"')
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendStringBody appends s escaped for a JSON string as encoding/json
-// does: quotes, backslashes and control characters escaped, invalid UTF-8
-// replaced by U+FFFD, U+2028 and U+2029 escaped.
-func appendStringBody(dst []byte, s string) []byte {
-	start := 0
-	for i := 0; i < len(s); {
-		if c := s[i]; c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	return append(dst, s[start:]...)
 }
