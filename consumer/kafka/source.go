@@ -230,7 +230,9 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		kgo.FetchMaxWait(opts.FetchMaxWait),
 	}, opts.ClientOpts...)
 	if opts.Registerer != nil {
-		c := newCollector(s)
+		c := consumer.NewShardCollector(s.name, func() []consumer.ShardLoad {
+			return shardLoads(s.Shards())
+		})
 		if err := opts.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("kafka: source %q: register metrics: %w", name, err)
 		}

@@ -200,7 +200,9 @@ func NewStream(name string, nc *natsgo.Conn, src consumer.SourceConfig, opts Str
 	// plus what the pull in progress still brings.
 	s.maxAckPending = w.Buffer + s.fetchBatch
 	if opts.Registerer != nil {
-		c := newShardCollector(name, s.Shards)
+		c := consumer.NewShardCollector(name, func() []consumer.ShardLoad {
+			return shardLoads(s.Shards())
+		})
 		if err := opts.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("nats: source %q: register metrics: %w", name, err)
 		}
