@@ -71,6 +71,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		return nil, err
 	}
 	d := &Dispatcher{lim: lim, log: o.log, fns: make(map[string]*function, len(cfg.Functions))}
+	unreserved := lim.Usage().UnreservedLimit
 	for _, name := range sortedKeys(cfg.Functions) {
 		fc := cfg.Functions[name]
 		if fc.URL == "" {
@@ -78,7 +79,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		}
 		// Enough pooled connections for every slot the function can hold, so
 		// no invocation waits for a connection.
-		conns := lim.Usage().UnreservedLimit
+		conns := unreserved
 		if fc.ReservedConcurrency != nil {
 			conns = max(1, *fc.ReservedConcurrency)
 		}
