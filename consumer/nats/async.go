@@ -111,7 +111,7 @@ type Async struct {
 	backoff  shard.Backoff
 	maxAge   time.Duration
 	attempts int // max_retry_attempts
-	metrics  *asyncMetrics
+	metrics  *consumer.AsyncMetrics
 
 	// ensureMu serializes Ensure and guards what it sets up.
 	ensureMu sync.Mutex
@@ -185,7 +185,7 @@ func NewAsync(name string, nc *natsgo.Conn, src consumer.SourceConfig, opts Asyn
 		attempts: src.MaxRetryAttempts,
 		inflight: make(map[uint64]jetstream.Msg),
 	}
-	a.metrics = newAsyncMetrics(name)
+	a.metrics = consumer.NewAsyncMetrics(name)
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(a.metrics); err != nil {
 			return nil, fmt.Errorf("nats: source %q: register metrics: %w", name, err)
@@ -419,8 +419,8 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 	defer a.untrack(seq)
 	rec := newRecord(m, md)
 	now := time.Now()
-	a.metrics.received.Inc()
-	a.metrics.age.Observe(max(0, now.Sub(rec.Timestamp)).Seconds())
+	a.metrics.Received.Inc()
+	a.metrics.Age.Observe(max(0, now.Sub(rec.Timestamp)).Seconds())
 
 	key := strconv.FormatUint(seq, 10)
 	st := asyncState{Stamp: rec.Timestamp.UnixNano()}
@@ -550,7 +550,7 @@ func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec shard.Record, k
 			}
 		}
 	}
-	a.metrics.dropped.WithLabelValues(string(cond)).Inc()
+	a.metrics.Dropped.WithLabelValues(string(cond)).Inc()
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
 	defer cancel()
 	if err := m.TermWithReason("sluice: " + string(cond)); err != nil {
@@ -594,43 +594,4 @@ func (a *Async) dropState(ctx context.Context, key string) {
 	if err := a.kv.Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		a.log.Debug("dropping an event's retry state failed; it expires with the bucket's TTL", "key", key, "error", err)
 	}
-}
-
-// asyncMetrics are an Async source's metrics, with the source as a constant
-// label (one collector per source). Labels: source and condition, bounded.
-type asyncMetrics struct {
-	received prometheus.Counter
-	age      prometheus.Histogram
-	dropped  *prometheus.CounterVec
-}
-
-func newAsyncMetrics(source string) *asyncMetrics {
-	cl := prometheus.Labels{"source": source}
-	return &asyncMetrics{
-		received: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sluice_async_events_received_total", ConstLabels: cl,
-			Help: "Async events delivered to sluice by the broker, redeliveries included.",
-		}),
-		age: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sluice_async_event_age_seconds", ConstLabels: cl,
-			Help:    "Age of async events (now − the time the broker stored them) when sluice took them to invoke.",
-			Buckets: []float64{0.01, 0.1, 1, 5, 30, 60, 300, 900, 1800, 3600, 7200, 21600},
-		}),
-		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_async_events_dropped_total", ConstLabels: cl,
-			Help: "Async events given up on (dead-lettered, or dropped without on_failure), by condition.",
-		}, []string{"reason"}),
-	}
-}
-
-func (m *asyncMetrics) Describe(ch chan<- *prometheus.Desc) {
-	m.received.Describe(ch)
-	m.age.Describe(ch)
-	m.dropped.Describe(ch)
-}
-
-func (m *asyncMetrics) Collect(ch chan<- prometheus.Metric) {
-	m.received.Collect(ch)
-	m.age.Collect(ch)
-	m.dropped.Collect(ch)
 }
