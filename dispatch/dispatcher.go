@@ -71,6 +71,13 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		return nil, err
 	}
 	d := &Dispatcher{lim: lim, log: o.log, fns: make(map[string]*function, len(cfg.Functions))}
+	// The metrics come first: each HTTP function reports its connection
+	// waits to them.
+	d.metrics, err = newMetrics(o.reg, lim)
+	if err != nil {
+		lim.Close()
+		return nil, err
+	}
 	unreserved := lim.Usage().UnreservedLimit
 	for _, name := range sortedKeys(cfg.Functions) {
 		fc := cfg.Functions[name]
@@ -83,17 +90,13 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		if fc.ReservedConcurrency != nil {
 			conns = max(1, *fc.ReservedConcurrency)
 		}
-		h, err := NewHTTPFunction(name, fc, append([]HTTPOption{WithMaxConns(conns)}, o.http...)...)
+		h, err := NewHTTPFunction(name, fc, append([]HTTPOption{WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name))}, o.http...)...)
 		if err != nil {
+			d.unregister(o.reg)
 			lim.Close()
 			return nil, err
 		}
 		d.fns[name] = &function{h: h, timeout: timeoutOrDefault(fc.Timeout)}
-	}
-	d.metrics, err = newMetrics(o.reg, lim)
-	if err != nil {
-		lim.Close()
-		return nil, err
 	}
 	return d, nil
 }
@@ -238,4 +241,11 @@ func timeoutOrDefault(d time.Duration) time.Duration {
 		return DefaultTimeout
 	}
 	return d
+}
+
+// unregister undoes newMetrics' registrations, for a New that fails after it.
+func (d *Dispatcher) unregister(reg prometheus.Registerer) {
+	if reg != nil {
+		d.metrics.unregister(reg)
+	}
 }

@@ -13,6 +13,8 @@ type metrics struct {
 	throttles   *prometheus.CounterVec
 	invocations *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
+	connWait    *prometheus.HistogramVec
+	collectors  []prometheus.Collector // what newMetrics registered
 }
 
 func newMetrics(reg prometheus.Registerer, lim *Limiter) (*metrics, error) {
@@ -30,16 +32,42 @@ func newMetrics(reg prometheus.Registerer, lim *Limiter) (*metrics, error) {
 			Help:    "Time from sending an invocation to its outcome.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10), // 1ms .. ~4.4min
 		}, []string{"function"}),
+		connWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sluice_http_connection_wait_seconds",
+			Help: "Time an HTTP invocation waited to get a connection to its function (from the pool, or by dialling). " +
+				"The pool is sized for the function's concurrency, so waits beyond a dial's time mean invocations queue on the pool.",
+			// A reused connection takes microseconds, a dial about a
+			// millisecond on a LAN; past 100ms something waits.
+			Buckets: []float64{0.0001, 0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10},
+		}, []string{"function"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.throttles, m.invocations, m.duration, usageCollector{lim}} {
+	for _, c := range []prometheus.Collector{m.throttles, m.invocations, m.duration, m.connWait, usageCollector{lim}} {
 		if err := reg.Register(c); err != nil {
+			m.unregister(reg)
 			return nil, err
 		}
+		m.collectors = append(m.collectors, c)
 	}
 	return m, nil
+}
+
+// unregister removes what newMetrics registered on reg, so that a failed
+// New leaves reg as it found it.
+func (m *metrics) unregister(reg prometheus.Registerer) {
+	for _, c := range m.collectors {
+		reg.Unregister(c)
+	}
+	m.collectors = nil
+}
+
+// connObserver returns the WithConnObserver callback of function fn; the
+// series is looked up once, not per request.
+func (m *metrics) connObserver(fn string) func(time.Duration, bool) {
+	o := m.connWait.WithLabelValues(fn)
+	return func(wait time.Duration, _ bool) { o.Observe(wait.Seconds()) }
 }
 
 func (m *metrics) throttled(fn string, r Reason) { m.throttles.WithLabelValues(fn, string(r)).Inc() }
