@@ -12,6 +12,7 @@
 //     a crash redelivers only the batches in flight (Options.AsyncCommit
 //     trades that for throughput); marks are also flushed at revoke and
 //     shutdown, never for lost partitions.
+//   - Async: an async-mode source (SPEC §2.2), see "Async sources" below.
 //   - EncodeEvent: the request body of a batch, Lambda's self-managed Kafka
 //     event (SPEC §3).
 //   - Writer: a synchronous producer to one topic, what the dead-letter store
@@ -38,4 +39,64 @@
 // franz-go's. No lock is held while waiting for a worker to stop. The
 // sequences that make a revoke, a loss and a re-assignment safe without
 // BlockRebalanceOnPoll are written out on Source.assigned and Source.revoked.
+//
+// # Async sources
+//
+// An Async source invokes each event on its own, unordered, and never lets
+// an event that must wait hold the source's offset or memory: it moves the
+// event to a durable retry topic.
+//
+//   - Topics. Per source, one retry topic per tier of DefaultRetryTiers
+//     (1s, 5s, 30s, 2m, 10m): "<topic>.sluice-retry.<source>.<tier>",
+//     created at start-up (Ensure) with the source topic's partition count
+//     and DefaultRetryRetention (7 days, reconciled at each start). The
+//     source topic and its retry topics are read by one consumer group,
+//     "sluice-<source>", so processes share all of them.
+//   - Waiting. A throttled event waits retry_backoff (by throttles so far)
+//     but at least the function's Retry-After (capped at 15 min); a failed
+//     one waits retry_backoff by attempts. The wait is capped at the
+//     event's expiry (its original record timestamp + max_event_age), so an
+//     event that cannot be delivered in time is dead-lettered on time. The
+//     event is written to the tier of the longest delay not above its wait,
+//     with its due time. Its key, value and headers are the original's;
+//     headers "sluice-retry-*" carry the original topic, partition, offset
+//     and timestamp (the event time max_event_age counts from, as Lambda's
+//     event age), attempts (function errors only; throttles never count),
+//     throttles, first and last attempt times, the last error and the due
+//     time. So restarts and rebalances keep them, and a dead letter carries
+//     the original coordinates. The function and dead letters never see the
+//     sluice-retry-* headers.
+//   - Retry partitions. A retry record is started only once it is due: when
+//     the head record of a retry partition is not due, the partition is
+//     paused (PauseFetchPartitions) and a timer resumes work at the head's
+//     due time. Records behind a head that is due later wait for it (head of
+//     line): a tier holds waits from its delay up to the next tier's, so a
+//     record may be tried up to about that difference late (up to ~5 s in
+//     the 1s tier, which also takes waits under 1 s; with the default
+//     retry_backoff max of 5m, up to ~3 min in the 2m tier). Waits beyond
+//     the last tier go to it and hold its partition until due.
+//   - Commits. Each partition keeps its fetched records in offset order and
+//     marks (AutoCommitMarks) the last of the finished prefix; a record is
+//     finished once it was delivered, its retry record was acknowledged by
+//     all in-sync replicas, or its dead letter was stored. A record not yet
+//     due is never finished, so nothing is committed past it. As in Source,
+//     a finished event waits for its mark's commit (coalesced across
+//     partitions), so a crash repeats little finished work.
+//   - Memory. The poll loop fetches only while fewer than Concurrency
+//     (default 64) events are being handled, at most as many records as
+//     there are free slots. Records of a paused retry partition that are
+//     held until due are at most one poll's worth per retry partition.
+//     The dispatcher's limits bound the invocations on top.
+//   - Stopping, revoke, loss. As Source: the partition's events are
+//     cancelled and waited for (an event cut short is not marked and is read
+//     again by the next owner), marks are fenced, and marked offsets are
+//     committed except for lost partitions. At-least-once: after a crash an
+//     event whose outcome was not yet recorded (its retry record written,
+//     its offset not yet committed; or its invocation in flight) is handled
+//     again, with the attempt count of its last durable record.
+//   - Limits. With starting_position latest or at_timestamp, the retry
+//     topics start there too where the group has no commit yet (franz-go
+//     has one start offset per client); this only matters for retry records
+//     written to a retry partition that never had a commit while no member
+//     ran.
 package kafka

@@ -1,0 +1,818 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/shard"
+)
+
+// Defaults of AsyncOptions.
+const (
+	// DefaultAsyncConcurrency bounds the events of the source topic one
+	// process holds at once (waiting for a concurrency slot, being invoked,
+	// being moved to a retry topic or dead-lettered); the function's own
+	// limits apply on top, in the dispatcher.
+	DefaultAsyncConcurrency = 64
+	// maxRetryAfter caps a function's Retry-After (the event's expiry caps
+	// it further).
+	maxRetryAfter = 15 * time.Minute
+)
+
+// AsyncDeliverer invokes a source's function with one event (SPEC §2.2):
+// attempt is 1 for the first function attempt; throttled tries do not count.
+// It blocks while the invocation waits for a concurrency slot; ctx bounds
+// that wait (the source passes the event's expiry) and cancels the
+// invocation at shutdown. Outcomes: Delivered; Throttled (RetryAfter: wait
+// at least that long); Failed (consumes an attempt); Permanent (dead-letter
+// at once). Partial counts as Failed. dispatch.AsyncDeliverer implements it.
+type AsyncDeliverer interface {
+	Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result
+}
+
+// AsyncDelivererFunc adapts a function to AsyncDeliverer.
+type AsyncDelivererFunc func(ctx context.Context, rec shard.Record, attempt int) shard.Result
+
+// Deliver calls f.
+func (f AsyncDelivererFunc) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
+	return f(ctx, rec, attempt)
+}
+
+// AsyncOptions are the collaborators and tuning of an Async source.
+type AsyncOptions struct {
+	// Group is the consumer group of the source topic and its retry
+	// topics; default "sluice-" + the source name.
+	Group string
+	// Deliverer invokes the function; required.
+	Deliverer AsyncDeliverer
+	// DeadLetterer stores what cannot be delivered; nil drops it (counted
+	// and logged), as a source without on_failure.
+	DeadLetterer shard.DeadLetterer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer, if set, gets the source's metrics.
+	Registerer prometheus.Registerer
+
+	// Concurrency: see DefaultAsyncConcurrency.
+	Concurrency int
+	// RetryTiers are the delays of the retry topics (default
+	// DefaultRetryTiers); RetryRetention their retention (default
+	// DefaultRetryRetention).
+	RetryTiers     []time.Duration
+	RetryRetention time.Duration
+	// StopTimeout, CommitTimeout: as Options.
+	StopTimeout   time.Duration
+	CommitTimeout time.Duration
+	// FetchMaxWait: as Options.
+	FetchMaxWait time.Duration
+
+	// ClientOpts are appended to the franz-go options of every client
+	// (tests, TLS, SASL).
+	ClientOpts []kgo.Opt
+}
+
+// Async is one async-mode Kafka source (SPEC §2.2): a consumer-group member
+// that reads the source topic and the source's retry topics, invokes each
+// event on its own, unordered, and commits an offset only once every record
+// before it was delivered, moved to a retry topic (acknowledged by all
+// in-sync replicas) or dead-lettered. An event that must wait (throttled, or
+// failed with attempts left) is written to a retry topic with its due time
+// and retry state in headers, so the source's offset moves on and nothing
+// waits in memory; the retry topic's partition is paused until its head
+// record is due. See doc.go, "Async sources".
+//
+// Goroutines: Run's own, the poll loop, the committer, one per event being
+// handled, the due timers of paused retry partitions, and franz-go's group
+// goroutine (assigned, revoked, lost). Locks, in this order: Async.mu →
+// apart.mu → franz-go's.
+type Async struct {
+	name     string
+	topic    string
+	group    string
+	broker   consumer.KafkaConfig
+	src      consumer.SourceConfig
+	opts     AsyncOptions
+	log      *slog.Logger
+	backoff  shard.Backoff
+	maxAge   time.Duration
+	attempts int // max_retry_attempts
+	tiers    []retryTier
+	isRetry  map[string]bool // topic → it is one of the retry topics
+	kopts    []kgo.Opt
+	metrics  *consumer.AsyncMetrics
+	commits  *committer
+
+	// ensureMu serializes Ensure; ensured is set once it succeeded.
+	ensureMu sync.Mutex
+	ensured  bool
+
+	// mu guards everything below, and serializes the poll loop's feeding
+	// with assignment changes (as Source.mu).
+	mu   sync.Mutex
+	cond *sync.Cond // on mu: a poll round ended, or an event finished
+	// parts are the partitions (of every topic of the source) this member
+	// owns.
+	parts      map[topicPartition]*apart
+	pollCancel context.CancelFunc
+	round      uint64
+	active     int // events being handled (goroutines started by dispatchLocked)
+	running    bool
+	closing    bool
+	workCtx    context.Context
+	cl         *kgo.Client
+	prod       *kgo.Client
+}
+
+type topicPartition struct {
+	topic string
+	p     int32
+}
+
+// apart is one assigned partition of the source topic or of a retry topic.
+type apart struct {
+	tp     topicPartition
+	retry  bool
+	ctx    context.Context // its events'; ends when the partition is stopped
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // its events being handled
+
+	// mu guards the fields below. A mark happens entirely before revoked
+	// is set, or not at all (as part.mu in source.go).
+	mu      sync.Mutex
+	revoked bool
+	stopped bool
+	// pending are the records fetched and not yet marked, in offset order;
+	// the partition's checkpoint is the last of the finished prefix.
+	pending []*entry
+	// held (retry partitions only) are fetched records not yet started,
+	// in offset order; the head waits for its due time, the partition is
+	// paused meanwhile, and timer fires at the head's due time.
+	held   []*entry
+	paused bool
+	timer  *time.Timer
+}
+
+// entry is one fetched record.
+type entry struct {
+	kr   *kgo.Record
+	ev   event
+	err  error // reading its retry headers failed (see eventOf)
+	done bool  // delivered, moved to a retry topic or dead-lettered; guarded by apart.mu
+}
+
+// NewAsync checks the settings and returns an Async source for src.Topic;
+// Ensure creates its retry topics, Run starts it.
+func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, opts AsyncOptions) (*Async, error) {
+	switch {
+	case name == "":
+		return nil, errors.New("kafka: source needs a name")
+	case src.Topic == "":
+		return nil, fmt.Errorf("kafka: source %q: no topic", name)
+	case len(broker.Seeds) == 0:
+		return nil, fmt.Errorf("kafka: source %q: no seed brokers", name)
+	case opts.Deliverer == nil:
+		return nil, fmt.Errorf("kafka: source %q: no Deliverer", name)
+	case src.Mode != consumer.ModeAsync:
+		return nil, fmt.Errorf("kafka: source %q: mode %q is not async (use New)", name, src.Mode)
+	case src.MaxEventAge <= 0:
+		return nil, fmt.Errorf("kafka: source %q: max_event_age must be positive", name)
+	case src.MaxRetryAttempts < 0:
+		return nil, fmt.Errorf("kafka: source %q: max_retry_attempts must not be negative", name)
+	}
+	start, err := startOffset(src)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
+	}
+	if opts.Group == "" {
+		opts.Group = "sluice-" + name
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = DefaultAsyncConcurrency
+	}
+	if len(opts.RetryTiers) == 0 {
+		opts.RetryTiers = DefaultRetryTiers
+	}
+	if opts.RetryRetention <= 0 {
+		opts.RetryRetention = DefaultRetryRetention
+	}
+	if opts.StopTimeout <= 0 {
+		opts.StopTimeout = DefaultStopTimeout
+	}
+	if opts.CommitTimeout <= 0 {
+		opts.CommitTimeout = DefaultCommitTimeout
+	}
+	if opts.FetchMaxWait <= 0 {
+		opts.FetchMaxWait = DefaultFetchMaxWait
+	}
+	tiers, err := retryTopics(src.Topic, name, opts.RetryTiers)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
+	}
+	b := src.RetryBackoff
+	a := &Async{
+		name: name, topic: src.Topic, group: opts.Group, broker: broker, src: src, opts: opts,
+		log:      opts.Logger.With("source", name, "topic", src.Topic),
+		backoff:  shard.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
+		maxAge:   src.MaxEventAge,
+		attempts: src.MaxRetryAttempts,
+		tiers:    tiers,
+		isRetry:  make(map[string]bool, len(tiers)),
+		parts:    make(map[topicPartition]*apart),
+		commits:  newCommitter(),
+		metrics:  consumer.NewAsyncMetrics(name),
+	}
+	a.cond = sync.NewCond(&a.mu)
+	topics := []string{src.Topic}
+	for _, t := range tiers {
+		a.isRetry[t.topic] = true
+		topics = append(topics, t.topic)
+	}
+	a.kopts = append([]kgo.Opt{
+		kgo.SeedBrokers(broker.Seeds...),
+		kgo.ClientID(clientID(broker)),
+		kgo.WithLogger(kgoLogger{a.log}),
+		kgo.ConsumerGroup(opts.Group),
+		kgo.ConsumeTopics(topics...),
+		// Where the group has no commit yet: the source topic per
+		// starting_position; the retry topics too (franz-go has one start
+		// offset per client), which only matters for records written to
+		// a retry partition that never had a commit, while no member ran.
+		kgo.ConsumeStartOffset(start),
+		kgo.AutoCommitMarks(),
+		kgo.AutoCommitInterval(autoCommitInterval),
+		kgo.OnPartitionsAssigned(a.assigned),
+		kgo.OnPartitionsRevoked(a.revoked),
+		kgo.OnPartitionsLost(a.lost),
+		kgo.FetchMaxBytes(DefaultFetchMaxBytes),
+		kgo.FetchMaxPartitionBytes(DefaultFetchMaxPartitionBytes),
+		kgo.FetchMaxWait(opts.FetchMaxWait),
+	}, opts.ClientOpts...)
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(a.metrics); err != nil {
+			return nil, fmt.Errorf("kafka: source %q: register metrics: %w", name, err)
+		}
+	}
+	return a, nil
+}
+
+// Name returns the source name.
+func (a *Async) Name() string { return a.name }
+
+// Group returns the consumer group.
+func (a *Async) Group() string { return a.group }
+
+// RetryTopics returns the names of the source's retry topics, shortest
+// delay first.
+func (a *Async) RetryTopics() []string {
+	out := make([]string, len(a.tiers))
+	for i, t := range a.tiers {
+		out[i] = t.topic
+	}
+	return out
+}
+
+// Statuses returns nil: an async source has no shards.
+func (a *Async) Statuses() []shard.Status { return nil }
+
+// Ensure creates the retry topics that are missing and reconciles their
+// retention. Run calls it; calling it first reports a broker problem at
+// start-up. It does the work once.
+func (a *Async) Ensure(ctx context.Context) error {
+	a.ensureMu.Lock()
+	defer a.ensureMu.Unlock()
+	if a.ensured {
+		return nil
+	}
+	created, changed, err := ensureRetryTopics(ctx, a.broker, a.topic, a.tiers, a.opts.RetryRetention, a.opts.ClientOpts)
+	if err != nil {
+		return fmt.Errorf("kafka: source %q: %w", a.name, err)
+	}
+	if len(created) > 0 {
+		a.log.Info("retry topics created", "topics", created)
+	}
+	if len(changed) > 0 {
+		a.log.Info("retry topics reconciled", "changed", changed)
+	}
+	a.ensured = true
+	return nil
+}
+
+// Run creates the retry topics if needed, joins the group and handles events
+// until ctx ends, then shuts down: it stops polling, cancels the events in
+// flight and waits for them (at most StopTimeout; an event cut short is not
+// committed, so it is read again: at-least-once), commits what is finished,
+// leaves the group and closes its clients. It returns an error only if it
+// could not start.
+func (a *Async) Run(ctx context.Context) error {
+	a.mu.Lock()
+	if a.running {
+		a.mu.Unlock()
+		return ErrRunning
+	}
+	a.running = true
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	a.workCtx = workCtx
+	a.mu.Unlock()
+	if a.opts.Registerer != nil {
+		defer a.opts.Registerer.Unregister(a.metrics)
+	}
+	if err := a.Ensure(ctx); err != nil {
+		return err
+	}
+	prod, err := newRetryProducer(a.broker, a.opts.ClientOpts)
+	if err != nil {
+		return fmt.Errorf("kafka: source %q: %w", a.name, err)
+	}
+	defer prod.Close()
+	cl, err := kgo.NewClient(a.kopts...)
+	if err != nil {
+		return fmt.Errorf("kafka: source %q: %w", a.name, err)
+	}
+	a.mu.Lock()
+	a.cl, a.prod = cl, prod
+	a.mu.Unlock()
+	a.log.Info("async source started", "group", a.group, "concurrency", a.opts.Concurrency, "retry_topics", a.RetryTopics())
+
+	commitCtx, stopCommits := context.WithCancel(context.WithoutCancel(ctx))
+	commitDone := make(chan struct{})
+	go func() {
+		defer close(commitDone)
+		a.commits.run(commitCtx, cl, a.opts.CommitTimeout, a.log)
+	}()
+	pollDone := make(chan struct{})
+	go func() {
+		defer close(pollDone)
+		a.poll(ctx, cl)
+	}()
+	<-ctx.Done()
+	a.mu.Lock()
+	a.cond.Broadcast() // the poll loop may wait for a free slot
+	a.mu.Unlock()
+	<-pollDone
+
+	a.mu.Lock()
+	a.closing = true
+	parts := make([]*apart, 0, len(a.parts))
+	for tp, pt := range a.parts {
+		parts = append(parts, pt)
+		delete(a.parts, tp)
+	}
+	a.mu.Unlock()
+	a.stop(parts, false)
+	stopCommits()
+	<-commitDone
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.CommitTimeout)
+	defer cancel()
+	if err := cl.CommitMarkedOffsets(cctx); err != nil {
+		a.log.Error("final commit failed; the events after the last commit will be handled again", "error", err)
+	}
+	if err := cl.LeaveGroupContext(cctx); err != nil {
+		a.log.Warn("leaving the group failed; its partitions move after the session timeout", "error", err)
+	}
+	cl.Close()
+	a.log.Info("async source stopped")
+	return nil
+}
+
+// poll is the poll loop. It fetches only while fewer than Concurrency events
+// are being handled, and at most as many records as there are free slots,
+// so the events held in memory stay bounded (records of retry partitions
+// that are not due yet are bounded apart: see feedLocked).
+func (a *Async) poll(ctx context.Context, cl *kgo.Client) {
+	for {
+		a.mu.Lock()
+		for a.active >= a.opts.Concurrency && ctx.Err() == nil {
+			a.cond.Wait()
+		}
+		if ctx.Err() != nil {
+			a.mu.Unlock()
+			return
+		}
+		n := a.opts.Concurrency - a.active
+		pctx, cancel := context.WithCancel(ctx)
+		a.pollCancel = cancel
+		a.mu.Unlock()
+
+		fetches := cl.PollRecords(pctx, n)
+
+		a.mu.Lock()
+		a.pollCancel = nil
+		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+			pt := a.parts[topicPartition{fp.Topic, fp.Partition}]
+			if pt == nil || len(fp.Records) == 0 {
+				return // revoked since the fetch: not marked, read again by the next owner
+			}
+			a.feedLocked(pt, fp.Records)
+		})
+		a.round++
+		a.cond.Broadcast()
+		a.mu.Unlock()
+		cancel()
+
+		if fetches.IsClientClosed() {
+			return
+		}
+		fetches.EachError(func(topic string, p int32, err error) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return
+			}
+			a.log.Warn("fetch error", "fetched_topic", topic, "partition", p, "error", err)
+		})
+	}
+}
+
+// feedLocked takes fetched records of pt. A record of the source topic is
+// handled at once. A record of a retry topic is held until its due time:
+// when the head of the partition is not due, the partition is paused (so it
+// fetches nothing more: what a poll returns for it is at most one poll's
+// worth, the bound on held records) and a timer starts the head when it is
+// due. Called with a.mu held.
+func (a *Async) feedLocked(pt *apart, krs []*kgo.Record) {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if pt.stopped {
+		return
+	}
+	for _, kr := range krs {
+		e := &entry{kr: kr}
+		e.ev, e.err = eventOf(kr, a.name)
+		pt.pending = append(pt.pending, e)
+		if pt.retry {
+			pt.held = append(pt.held, e)
+		} else {
+			a.startLocked(pt, e)
+		}
+	}
+	if pt.retry {
+		a.pumpLocked(pt)
+	}
+}
+
+// pumpLocked starts the held records of retry partition pt that are due, in
+// order, and pauses the partition while its head is not due (resuming it
+// once nothing is held). Called with a.mu and pt.mu held.
+func (a *Async) pumpLocked(pt *apart) {
+	if pt.stopped {
+		return
+	}
+	now := time.Now()
+	for len(pt.held) > 0 {
+		e := pt.held[0]
+		if wait := e.ev.due.Sub(now); wait > 0 {
+			if !pt.paused {
+				a.cl.PauseFetchPartitions(map[string][]int32{pt.tp.topic: {pt.tp.p}})
+				pt.paused = true
+			}
+			if pt.timer == nil {
+				pt.timer = time.AfterFunc(wait, func() {
+					a.mu.Lock()
+					defer a.mu.Unlock()
+					pt.mu.Lock()
+					defer pt.mu.Unlock()
+					pt.timer = nil
+					a.pumpLocked(pt)
+				})
+			}
+			return
+		}
+		pt.held[0] = nil
+		pt.held = pt.held[1:]
+		a.startLocked(pt, e)
+	}
+	if pt.paused {
+		a.cl.ResumeFetchPartitions(map[string][]int32{pt.tp.topic: {pt.tp.p}})
+		pt.paused = false
+	}
+}
+
+// startLocked starts handling e. Called with a.mu and pt.mu held.
+func (a *Async) startLocked(pt *apart, e *entry) {
+	a.active++
+	pt.wg.Add(1)
+	go func() {
+		defer func() {
+			pt.wg.Done()
+			a.mu.Lock()
+			a.active--
+			a.cond.Broadcast()
+			a.mu.Unlock()
+		}()
+		a.handle(pt, e)
+	}()
+}
+
+// handle invokes one event and settles it: delivered, moved to a retry
+// topic, or dead-lettered, then marked. An event whose partition stops
+// (revoke, shutdown) before it is settled is left unmarked: it is read again
+// from the last commit.
+func (a *Async) handle(pt *apart, e *entry) {
+	ctx := pt.ctx
+	ev := e.ev
+	if e.err != nil {
+		a.log.Warn("a retry record has unreadable retry headers; handling it as a new event",
+			"retry_topic", e.kr.Topic, "partition", e.kr.Partition, "offset", e.kr.Offset, "error", e.err)
+	}
+	now := time.Now()
+	a.metrics.Received.Inc()
+	a.metrics.Age.Observe(max(0, now.Sub(ev.rec.Timestamp)).Seconds())
+	expiry := ev.rec.Timestamp.Add(a.maxAge)
+	switch {
+	case !now.Before(expiry):
+		a.giveUp(pt, e, &ev, shard.EventAgeExceeded)
+		return
+	case ev.attempts > a.attempts:
+		// max_retry_attempts was lowered since the event was retried.
+		a.giveUp(pt, e, &ev, shard.RetryAttemptsExhausted)
+		return
+	}
+	if ev.first.IsZero() {
+		ev.first = now
+	}
+	dctx, cancel := context.WithDeadline(ctx, expiry)
+	res := a.opts.Deliverer.Deliver(dctx, ev.rec, ev.attempts+1)
+	cancel()
+	ev.last = time.Now()
+	if res.Outcome != shard.Delivered && ctx.Err() != nil {
+		return // stopping: the outcome does not count; the event is read again
+	}
+
+	switch res.Outcome {
+	case shard.Delivered:
+		a.settle(pt, e)
+
+	case shard.Throttled:
+		if !ev.last.Before(expiry) {
+			if ev.lastError.Message == "" || res.Error.Kind != "cancelled" {
+				ev.lastError = res.Error
+			}
+			a.giveUp(pt, e, &ev, shard.EventAgeExceeded)
+			return
+		}
+		ev.throttles++
+		ev.lastError = res.Error
+		delay := max(a.backoff.Delay(ev.throttles, rand.Float64()), min(res.RetryAfter, maxRetryAfter))
+		a.retry(pt, e, &ev, delay, expiry)
+
+	case shard.Failed, shard.Partial:
+		ev.attempts++
+		ev.lastError = res.Error
+		if ev.attempts > a.attempts {
+			a.giveUp(pt, e, &ev, shard.RetryAttemptsExhausted)
+			return
+		}
+		a.retry(pt, e, &ev, a.backoff.Delay(ev.attempts, rand.Float64()), expiry)
+
+	case shard.Permanent:
+		ev.attempts++
+		ev.lastError = res.Error
+		a.giveUp(pt, e, &ev, shard.PermanentError)
+	}
+}
+
+// retry writes ev to the retry tier of delay, due after delay (but at the
+// latest at its expiry, when it is then dead-lettered on time), retrying the
+// write until it is acknowledged or the partition stops; then settles it.
+func (a *Async) retry(pt *apart, e *entry, ev *event, delay time.Duration, expiry time.Time) {
+	now := time.Now()
+	ev.due = now.Add(delay)
+	if ev.due.After(expiry) {
+		ev.due = expiry
+	}
+	tier := a.tiers[tierFor(a.tiers, ev.due.Sub(now))]
+	kr := retryRecord(ev, a.name, tier.topic)
+	for try := 1; ; try++ {
+		err := produceRetry(pt.ctx, a.prod, kr)
+		if err == nil {
+			break
+		}
+		if pt.ctx.Err() != nil {
+			return
+		}
+		a.log.Error("writing an event to its retry topic failed; retrying (the event is held meanwhile)",
+			"retry_topic", tier.topic, "try", try, "error", err)
+		if !sleepCtx(pt.ctx, a.backoff.Delay(try, rand.Float64())) {
+			return
+		}
+	}
+	a.log.Debug("event retried later", "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset,
+		"attempts", ev.attempts, "throttles", ev.throttles, "delay", delay, "retry_topic", tier.topic, "error", ev.lastError.Message)
+	a.settle(pt, e)
+}
+
+// giveUp dead-letters ev with cond (retrying the write until it succeeds or
+// the partition stops; the event is held meanwhile), or drops it without a
+// destination; then settles it. The dead letter carries the original
+// record's coordinates.
+func (a *Async) giveUp(pt *apart, e *entry, ev *event, cond shard.Condition) {
+	now := time.Now()
+	first, last := ev.first, ev.last
+	if first.IsZero() {
+		first = now
+	}
+	if last.IsZero() {
+		last = now
+	}
+	if a.opts.DeadLetterer == nil {
+		a.log.Warn("dropping an undeliverable event: the source has no on_failure destination",
+			"condition", cond, "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset,
+			"attempts", ev.attempts, "error", ev.lastError.Message)
+	} else {
+		rec := ev.rec
+		rec.Ref = nil
+		dl := shard.DeadLetter{
+			Source: a.name, Function: a.src.Function, Mode: string(consumer.ModeAsync),
+			Condition: cond, Attempts: ev.attempts, FirstAttemptAt: first, LastAttemptAt: last,
+			LastError: ev.lastError, Record: rec,
+		}
+		for try := 1; ; try++ {
+			err := a.opts.DeadLetterer.DeadLetter(pt.ctx, []shard.DeadLetter{dl})
+			if err == nil {
+				break
+			}
+			if pt.ctx.Err() != nil {
+				return
+			}
+			a.log.Error("dead-letter write failed; retrying (the event is held meanwhile)",
+				"condition", cond, "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset, "try", try, "error", err)
+			if !sleepCtx(pt.ctx, a.backoff.Delay(try, rand.Float64())) {
+				return
+			}
+		}
+	}
+	a.metrics.Dropped.WithLabelValues(string(cond)).Inc()
+	a.settle(pt, e)
+}
+
+// settle marks e finished and moves the partition's mark past the finished
+// prefix of its pending records; then waits until that mark is committed
+// (coalesced with the other partitions' marks), so that a crash repeats
+// little finished work. Stopping the partition cuts the wait short.
+func (a *Async) settle(pt *apart, e *entry) {
+	pt.mu.Lock()
+	e.done = true
+	var last *kgo.Record
+	n := 0
+	for n < len(pt.pending) && pt.pending[n].done {
+		last = pt.pending[n].kr
+		pt.pending[n] = nil
+		n++
+	}
+	pt.pending = pt.pending[n:]
+	marked := last != nil && !pt.revoked
+	if marked {
+		a.cl.MarkCommitRecords(last)
+	}
+	pt.mu.Unlock()
+	if marked {
+		a.commits.wait(pt.ctx)
+	}
+}
+
+// assigned starts handling the newly assigned partitions of the source
+// topic and of the retry topics, after fencing the poll loop as
+// Source.assigned does (a poll that began before an earlier revoke of the
+// same partition must not feed its stale records to the new owner state).
+func (a *Async) assigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	if len(assigned) == 0 {
+		return
+	}
+	cl.ResumeFetchPartitions(assigned) // pauses persist across rebalances in franz-go
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.pollCancel != nil {
+		r := a.round
+		a.pollCancel()
+		for a.round == r {
+			a.cond.Wait()
+		}
+	}
+	if a.closing || a.workCtx == nil {
+		return
+	}
+	for topic, ps := range assigned {
+		if topic != a.topic && !a.isRetry[topic] {
+			continue
+		}
+		for _, p := range ps {
+			tp := topicPartition{topic, p}
+			if a.parts[tp] != nil {
+				continue
+			}
+			ctx, cancel := context.WithCancel(a.workCtx)
+			a.parts[tp] = &apart{tp: tp, retry: a.isRetry[topic], ctx: ctx, cancel: cancel}
+		}
+	}
+	a.log.Info("partitions assigned", "partitions", assigned)
+}
+
+// revoked stops the revoked partitions' events (waiting for them, at most
+// StopTimeout), fences their marks, and commits what was marked, so the
+// next owner starts right after it.
+func (a *Async) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	parts := a.detach(revoked)
+	if len(parts) == 0 {
+		return
+	}
+	a.stop(parts, false)
+	cl.ResumeFetchPartitions(revoked)
+	cctx, cancel := context.WithTimeout(ctx, a.opts.CommitTimeout)
+	defer cancel()
+	if err := cl.CommitMarkedOffsets(cctx); err != nil {
+		a.log.Warn("commit at revoke failed; the next owner handles again what came after the previous commit", "error", err)
+	}
+	a.log.Info("partitions revoked", "partitions", revoked)
+}
+
+// lost stops the lost partitions' events with their marks fenced first:
+// the partitions may already be someone else's. Nothing is committed.
+func (a *Async) lost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
+	parts := a.detach(lost)
+	if len(parts) == 0 {
+		return
+	}
+	a.stop(parts, true)
+	cl.ResumeFetchPartitions(lost)
+	a.log.Warn("partitions lost; their events after the last commit will be handled again", "partitions", lost)
+}
+
+func (a *Async) detach(m map[string][]int32) []*apart {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []*apart
+	for topic, ps := range m {
+		for _, p := range ps {
+			tp := topicPartition{topic, p}
+			if pt := a.parts[tp]; pt != nil {
+				out = append(out, pt)
+				delete(a.parts, tp)
+			}
+		}
+	}
+	return out
+}
+
+// stop ends parts: no more records start (held ones are dropped unmarked),
+// the events being handled are cancelled and waited for together (at most
+// StopTimeout), and the marks are fenced — first with fenceFirst (lost),
+// else after the wait (an event that settles meanwhile is still marked).
+func (a *Async) stop(parts []*apart, fenceFirst bool) {
+	for _, pt := range parts {
+		pt.mu.Lock()
+		pt.stopped = true
+		pt.held = nil
+		if pt.timer != nil {
+			pt.timer.Stop()
+			pt.timer = nil
+		}
+		pt.paused = false
+		if fenceFirst {
+			pt.revoked = true
+		}
+		pt.mu.Unlock()
+		pt.cancel()
+	}
+	done := make(chan struct{})
+	go func() {
+		for _, pt := range parts {
+			pt.wg.Wait()
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(a.opts.StopTimeout):
+		a.log.Error("events did not stop in time after cancel; abandoning them (their Deliverer ignores ctx)",
+			"timeout", a.opts.StopTimeout)
+	}
+	for _, pt := range parts {
+		pt.mu.Lock()
+		pt.revoked = true
+		pt.mu.Unlock()
+	}
+}
+
+// sleepCtx waits d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
