@@ -151,9 +151,10 @@ func (a *app) wireSources(ctx context.Context) error {
 				DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
 			})
 		case b.Kafka != nil:
-			// Refuse rather than run without consuming: an operator who
-			// configured a source expects it to flow.
-			return fmt.Errorf("run: sources.%s: async sources on Kafka are not implemented yet (Kafka stream sources and JetStream sources are)", name)
+			src, err = kafka.NewAsync(name, *b.Kafka, sc, kafka.AsyncOptions{
+				Deliverer:    &dispatch.AsyncDeliverer{D: a.disp, Source: name, Function: sc.Function, Scope: scope},
+				DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
+			})
 		default:
 			nc, cerr := natsConn(sc.Broker)
 			if cerr != nil {
