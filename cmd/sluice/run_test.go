@@ -130,6 +130,9 @@ rules:
 	}
 }
 
+// A Kafka async source creates its retry topics at start-up: an unreachable
+// broker fails the start with a message naming the source. (Before Kafka
+// async sources existed, run refused them here.)
 func TestRunRefusesSourcesItCannotRun(t *testing.T) {
 	cfg := writeFile(t, filepath.Join(t.TempDir(), "sluice.yaml"), `
 admin: {listen: "127.0.0.1:0"}
@@ -141,8 +144,8 @@ sources:
   signups: {topic: signups, mode: async, function: fn}
 `)
 	code, _, stderr := sluice(t, "run", "-c", cfg)
-	want := "sluice: run: sources.signups: async sources on Kafka are not implemented yet (Kafka stream sources and JetStream sources are)\n"
-	if code != exitFailure || stderr != want {
-		t.Fatalf("exit %d, stderr %q; want exit 1 and %q", code, stderr, want)
+	want := "sluice: run: sources.signups: "
+	if code != exitFailure || !strings.HasPrefix(stderr, want) || !strings.Contains(stderr, "127.0.0.1:1") {
+		t.Fatalf("exit %d, stderr %q; want exit 1 and %q naming the unreachable broker", code, stderr, want)
 	}
 }
