@@ -57,6 +57,12 @@ type WorkerConfig struct {
 	// to stop fetching (default 2 × BatchSize × ParallelizationFactor, at
 	// least 500).
 	Buffer int
+	// BufferBytes, if > 0, also bounds what a shard holds by the estimated
+	// size of its records (Record.Size): it asks its source to stop fetching
+	// at this many bytes, whatever the count. A source whose fetches bring
+	// far more records than a batch (Kafka: up to thousands per partition
+	// per poll) sets a large Buffer and bounds memory with this instead.
+	BufferBytes int64
 }
 
 // Hooks are what a Worker calls out to.
@@ -115,9 +121,16 @@ type Worker struct {
 	paused   bool       // what Pause was last told
 
 	// mu guards everything below.
-	mu       sync.Mutex
-	buf      []Record  // pushed, not yet taken by a lane
-	inflight int       // records taken by lanes, not yet checkpointed
+	mu sync.Mutex
+	// buf holds the pushed records not yet taken by a lane: the slices Push
+	// was given, in order, without copying them (a source pushes thousands
+	// of records per poll; take hands out sub-slices of them). bufLen and
+	// bufBytes are its record count and estimated size.
+	buf      [][]Record
+	bufLen   int
+	bufBytes int64
+	inflight int   // records taken by lanes, not yet checkpointed
+	inBytes  int64 // their estimated size
 	headTime time.Time // timestamp of the first record taken while none was in flight (ParallelizationFactor 1)
 	blocked  int       // lanes that are throttled, retrying or blocked
 	status   Status
@@ -166,13 +179,21 @@ func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
 }
 
 // Push hands the worker records of its shard, in order. It never blocks: when
-// the worker holds Buffer records or more it asks the source to pause.
+// the worker holds Buffer records (or BufferBytes) or more it asks the source
+// to pause. The worker keeps recs itself: the caller must not modify it
+// afterwards.
 func (w *Worker) Push(recs []Record) {
 	if len(recs) == 0 {
 		return
 	}
+	var size int64
+	for i := range recs {
+		size += recs[i].Size()
+	}
 	w.mu.Lock()
-	w.buf = append(w.buf, recs...)
+	w.buf = append(w.buf, recs)
+	w.bufLen += len(recs)
+	w.bufBytes += size
 	w.status.LastRecord = recs[len(recs)-1].Timestamp
 	w.mu.Unlock()
 	w.updatePause()
@@ -187,22 +208,27 @@ func (w *Worker) Status() Status {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.status
-	s.Buffered = len(w.buf) + w.inflight
+	s.Buffered = w.bufLen + w.inflight
 	switch {
 	case len(w.pending) > 0:
 		s.Oldest = w.pending[0].rec.Timestamp
 	case w.inflight > 0:
 		s.Oldest = w.headTime
-	case len(w.buf) > 0:
-		s.Oldest = w.buf[0].Timestamp
+	case w.bufLen > 0:
+		s.Oldest = w.buf[0][0].Timestamp
 	}
 	return s
 }
 
 // updatePause tells the source to pause while the buffer is full or a lane
 // is blocked (a throttled shard stops fetching), and to resume when neither
-// holds. pauseMu keeps the hook calls in the order of the decisions; the hook
-// runs without mu, so it may call back into the worker (Status).
+// holds. A full buffer resumes only once it drained to half (hysteresis):
+// resuming at the first free record would pause again on the next fetch,
+// and each resume waits for a fetch round trip, so a shard fed in fetches
+// larger than its headroom would spend its time paused. Draining the other
+// half overlaps that round trip. pauseMu keeps the hook calls in the order
+// of the decisions; the hook runs without mu, so it may call back into the
+// worker (Status).
 func (w *Worker) updatePause() {
 	if w.h.Pause == nil {
 		return
@@ -210,7 +236,12 @@ func (w *Worker) updatePause() {
 	w.pauseMu.Lock()
 	defer w.pauseMu.Unlock()
 	w.mu.Lock()
-	want := len(w.buf)+w.inflight >= w.cfg.Buffer || w.blocked > 0
+	n, size := w.bufLen+w.inflight, w.bufBytes+w.inBytes
+	full := n >= w.cfg.Buffer || (w.cfg.BufferBytes > 0 && size >= w.cfg.BufferBytes)
+	if w.paused && !full {
+		full = n > w.cfg.Buffer/2 || (w.cfg.BufferBytes > 0 && size > w.cfg.BufferBytes/2)
+	}
+	want := full || w.blocked > 0
 	w.mu.Unlock()
 	if want != w.paused {
 		w.paused = want
@@ -298,7 +329,7 @@ func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]Recor
 	windowOver := w.cfg.BatchingWindow <= 0
 	for {
 		w.mu.Lock()
-		n := len(w.buf)
+		n := w.bufLen
 		if n == 0 && w.inflight == 0 && w.status.State != StateIdle {
 			w.status.State, w.status.Reason, w.status.Since = StateIdle, "", w.now()
 		}
@@ -321,26 +352,58 @@ func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]Recor
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	k, size := 0, int64(0)
-	for k < len(w.buf) && k < maxRecs {
-		s := w.buf[k].Size()
-		if k > 0 && size+s > maxBytes {
-			break
-		}
-		size += s
-		k++
-	}
-	recs := make([]Record, k)
-	copy(recs, w.buf)
-	if w.inflight == 0 && k > 0 {
+	recs, size := w.takeLocked(maxRecs, maxBytes)
+	if w.inflight == 0 && len(recs) > 0 {
 		w.headTime = recs[0].Timestamp
 	}
-	w.buf = w.buf[k:]
+	w.inflight += len(recs)
+	w.inBytes += size
+	return recs, true
+}
+
+// takeLocked removes up to maxRecs records from the head of buf, within
+// maxBytes (at least one), and returns them with their estimated size. A
+// batch within the first pushed slice is a sub-slice of it, not a copy;
+// its capacity is cut so that appending to it cannot overwrite the records
+// after it.
+func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]Record, int64) {
+	var (
+		out  []Record
+		size int64
+	)
+	for len(w.buf) > 0 && len(out) < maxRecs {
+		head := w.buf[0]
+		k := 0
+		for k < len(head) && len(out)+k < maxRecs {
+			s := head[k].Size()
+			if len(out)+k > 0 && size+s > maxBytes {
+				break
+			}
+			size += s
+			k++
+		}
+		switch {
+		case out == nil && (k < len(head) || len(w.buf) == 1 || k == maxRecs):
+			out = head[:k:k] // the whole batch is in this slice
+		case out == nil:
+			out = make([]Record, 0, min(maxRecs, w.bufLen))
+			fallthrough
+		default:
+			out = append(out, head[:k]...)
+		}
+		w.bufLen -= k
+		if k < len(head) {
+			w.buf[0] = head[k:]
+			break // the batch is full
+		}
+		w.buf[0] = nil // let the records go once taken
+		w.buf = w.buf[1:]
+	}
 	if len(w.buf) == 0 {
 		w.buf = nil // let the backing array go
 	}
-	w.inflight += k
-	return recs, true
+	w.bufBytes -= size
+	return out, size
 }
 
 // runLane delivers batches one at a time, in order. With in == nil it takes
@@ -399,8 +462,13 @@ func (w *Worker) done(b []Record) {
 	// lanes finishing at once commit in offset order (20 must not follow 30).
 	w.commitMu.Lock()
 	defer w.commitMu.Unlock()
+	var size int64
+	for i := range b {
+		size += b[i].Size()
+	}
 	w.mu.Lock()
 	w.inflight -= len(b)
+	w.inBytes -= size
 	var last *Record
 	if w.cfg.ParallelizationFactor == 1 {
 		last = &b[len(b)-1]
@@ -489,9 +557,8 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 			return l.deadLetter(ctx, recs, RecordTooLarge, at)
 		}
 		// Records past max_record_age are dead-lettered, not delivered.
-		if cfg.MaxRecordAge >= 0 {
+		if now := w.now(); cfg.MaxRecordAge >= 0 && anyExpired(recs, now, cfg.MaxRecordAge) {
 			var live, expired []Record
-			now := w.now()
 			for _, r := range recs {
 				if !r.Timestamp.Add(cfg.MaxRecordAge).After(now) {
 					expired = append(expired, r)
@@ -590,6 +657,17 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 		}
 	}
 	return true
+}
+
+// anyExpired reports whether a record of recs is past age at now; the usual
+// answer, no, then costs no allocation.
+func anyExpired(recs []Record, now time.Time, age time.Duration) bool {
+	for i := range recs {
+		if !recs[i].Timestamp.Add(age).After(now) {
+			return true
+		}
+	}
+	return false
 }
 
 // retryWait backs off after a function error; the shard shows as retrying

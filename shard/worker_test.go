@@ -562,3 +562,84 @@ func TestBackoffDelay(t *testing.T) {
 		}
 	}
 }
+
+// A shard bounded by BufferBytes pauses on the estimated size of what it
+// holds, whatever the count, and resumes only once it drained to half.
+func TestWorkerBufferBytesPausesWithHysteresis(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		recSize := records(0, 1, 1, time.Now())[0].Size()
+		gate := make(chan struct{})
+		h := startWorker(t, WorkerConfig{BatchSize: 10, Buffer: 1 << 20, BufferBytes: 40 * recSize},
+			func(Delivery, int) Result {
+				<-gate
+				return Result{Outcome: Delivered}
+			})
+		pauses := func() []bool {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return slices.Clone(h.pauses)
+		}
+		h.w.Push(records(0, 39, 1, time.Now()))
+		synctest.Wait()
+		if p := pauses(); len(p) != 0 {
+			t.Fatalf("paused below BufferBytes: %v", p)
+		}
+		h.w.Push(records(39, 1, 1, time.Now()))
+		synctest.Wait()
+		if p := pauses(); !slices.Equal(p, []bool{true}) {
+			t.Fatalf("pauses %v, want paused at BufferBytes", p)
+		}
+		// 40 held; each batch of 10 that finishes frees 10. At 30 and 30
+		// (one batch delivered, the next in flight) the shard is below the
+		// bound but above half: still paused.
+		gate <- struct{}{}
+		synctest.Wait()
+		if p := pauses(); !slices.Equal(p, []bool{true}) {
+			t.Fatalf("pauses %v after draining to 30 of 40: want still paused (resume at half)", p)
+		}
+		gate <- struct{}{} // 20 held: half
+		synctest.Wait()
+		if p := pauses(); !slices.Equal(p, []bool{true, false}) {
+			t.Fatalf("pauses %v after draining to half: want resumed", p)
+		}
+		close(gate)
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 39 })
+	})
+}
+
+// Batches taken from pushes of every shape keep offset order and content,
+// and a Deliverer that appends to its batch cannot overwrite the records
+// after it (take hands out sub-slices of what was pushed).
+func TestWorkerTakeAcrossPushes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startWorker(t, WorkerConfig{BatchSize: 7}, func(d Delivery, _ int) Result {
+			_ = append(d.Records, Record{Offset: -1}) // a careless Deliverer
+			return Result{Outcome: Delivered}
+		})
+		off := 0
+		for _, n := range []int{1, 1, 3, 20, 2, 1, 50, 6} {
+			h.w.Push(records(off, n, 3, time.Now()))
+			off += n
+		}
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == int64(off-1) })
+		got := h.d.delivered()
+		if len(got) != off {
+			t.Fatalf("delivered %d records, want %d", len(got), off)
+		}
+		for i, o := range got {
+			if o != int64(i) {
+				t.Fatalf("delivery %d has offset %d: %v", i, o, got)
+			}
+		}
+		h.d.mu.Lock()
+		defer h.d.mu.Unlock()
+		for _, c := range h.d.calls {
+			if len(c.Records) > 7 {
+				t.Fatalf("batch of %d records, BatchSize 7", len(c.Records))
+			}
+		}
+		if st := h.w.Status(); st.Buffered != 0 {
+			t.Fatalf("status buffered %d after all committed", st.Buffered)
+		}
+	})
+}

@@ -49,6 +49,19 @@ const (
 	autoCommitInterval = time.Second
 	// maxPollRecords bounds one poll, so one round of pushes stays short.
 	maxPollRecords = 10000
+	// DefaultShardBufferBytes bounds what one shard holds (buffered and in
+	// flight) by the estimated encoded size of its records
+	// (shard.Record.Size, about what they occupy in memory too): it pauses
+	// its partition at this, and resumes at half. With a fetch share of at
+	// most FetchMaxPartitionBytes on top, a shard holds a few MiB at most.
+	DefaultShardBufferBytes = 4 << 20
+	// minShardBuffer is the least record count a shard may hold before it
+	// pauses (Options.Worker.Buffer's default, unless 2 × BatchSize ×
+	// ParallelizationFactor is larger): two polls' worth. A poll brings up
+	// to maxPollRecords per partition; a count below that paused and resumed
+	// a partition on every poll and cost most of the throughput, so the
+	// count is loose here and the bytes bound memory.
+	minShardBuffer = 2 * maxPollRecords
 )
 
 // ErrRunning is returned by a second call to Run.
@@ -60,7 +73,8 @@ type Options struct {
 	// Processes running the same source share its partitions through it.
 	Group string
 	// Worker configures each partition's shard engine; its Source defaults
-	// to the source name.
+	// to the source name, its Buffer to at least 20,000 records and its
+	// BufferBytes to DefaultShardBufferBytes.
 	Worker shard.WorkerConfig
 	// Deliverer invokes the function; required.
 	Deliverer shard.Deliverer
@@ -76,13 +90,15 @@ type Options struct {
 	FetchMaxBytes          int32
 	FetchMaxPartitionBytes int32
 	FetchMaxWait           time.Duration
-	// AsyncCommit lets a shard go on to its next batch as soon as it marked
-	// the last one, leaving the commit to the next commit round (at most
-	// about a second later). It removes a commit round trip from every
-	// batch, but after a crash (kill -9) the batches finished in that last
-	// second are delivered again. By default a shard waits until its
-	// checkpoint is committed, so a crash redelivers only the batches in
-	// flight (SPEC §2.1); the commits of all shards are coalesced.
+	// AsyncCommit lets a shard go on as soon as it marked a batch, leaving
+	// the commit to the next commit round (at most about a second later).
+	// After a crash (kill -9) the batches finished in that last second are
+	// delivered again. By default commits are pipelined one batch deep: a
+	// shard's lane delivers batch N+1 while the commit of batch N is on the
+	// wire, and marks N+1 only once that commit ended, so a crash redelivers
+	// at most the batch in flight and the one before it per lane (SPEC §2.1:
+	// duplicates limited to batches in flight); the commits of all shards
+	// are coalesced.
 	AsyncCommit bool
 	// StopTimeout, CommitTimeout, LagRefresh: see the defaults.
 	StopTimeout   time.Duration
@@ -148,6 +164,10 @@ type part struct {
 	// Guarded by Source.mu.
 	hwm   int64 // high watermark last seen; -1 unknown
 	first int64 // offset of the first record pushed; -1 before
+
+	// commitRound is the commit round that carries the shard's last mark;
+	// only the worker's Commit hook uses it (the worker serializes those).
+	commitRound uint64
 }
 
 // New checks the settings and returns a Source for topic src.Topic; Run
@@ -172,6 +192,12 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 	}
 	if opts.Worker.Source == "" {
 		opts.Worker.Source = name
+	}
+	if opts.Worker.Buffer <= 0 {
+		opts.Worker.Buffer = max(minShardBuffer, 2*max(opts.Worker.BatchSize, 1)*max(opts.Worker.ParallelizationFactor, 1))
+	}
+	if opts.Worker.BufferBytes <= 0 {
+		opts.Worker.BufferBytes = DefaultShardBufferBytes
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -475,10 +501,15 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 			}
 			pt.mu.Unlock()
 			if marked && !s.opts.AsyncCommit {
-				// Hold the shard until its checkpoint is durable, so that
-				// a crash redelivers only the batch in flight. Stopping
-				// the worker (revoke, shutdown) cuts the wait short.
-				s.commits.wait(pt.ctx)
+				// Pipelined one batch deep: ask for a round that commits
+				// this mark, and wait only for the round of the previous
+				// one, so the next batch is delivered while this commit is
+				// on the wire. A crash then redelivers at most this batch
+				// and the next. Stopping the worker (revoke, shutdown)
+				// cuts the wait short; its marks are committed then.
+				prev := pt.commitRound
+				pt.commitRound = s.commits.request()
+				s.commits.waitFor(pt.ctx, prev)
 			}
 		},
 		Pause: func(paused bool) {
@@ -735,11 +766,10 @@ func newCommitter() *committer {
 	return &committer{kick: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// wait asks for a commit round and returns once a round that began after the
-// call has ended (it commits what the caller marked before calling), or when
-// ctx ends. A failed round is not retried here: the mark stays, and the
-// auto-commit or the commit at revoke carries it.
-func (c *committer) wait(ctx context.Context) {
+// request asks for a commit round that commits what the caller marked
+// before calling, and returns that round's number for waitFor. It does not
+// block.
+func (c *committer) request() uint64 {
 	c.mu.Lock()
 	target := c.started + 1 // the next round to begin; it sees our mark
 	c.mu.Unlock()
@@ -747,6 +777,17 @@ func (c *committer) wait(ctx context.Context) {
 	case c.kick <- struct{}{}:
 	default: // a round is already asked for; it begins after our mark
 	}
+	return target
+}
+
+// wait asks for a commit round and returns once it has ended (it commits
+// what the caller marked before calling), or when ctx ends.
+func (c *committer) wait(ctx context.Context) { c.waitFor(ctx, c.request()) }
+
+// waitFor returns once round target has ended (at once for 0), or when ctx
+// ends. A failed round is not retried here: the mark stays, and the
+// auto-commit or the commit at revoke carries it.
+func (c *committer) waitFor(ctx context.Context, target uint64) {
 	for {
 		c.mu.Lock()
 		if c.finished >= target {
