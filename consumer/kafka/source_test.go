@@ -700,3 +700,63 @@ func TestSourceFencesAWorkerThatOutlivesItsPartition(t *testing.T) {
 		})
 	}
 }
+
+// Commits are pipelined one batch deep, never more: when a shard starts
+// delivering a batch, the commit of the batch two before it has ended, so a
+// crash redelivers at most the batch in flight and the one before it. And
+// the last batch is committed without waiting for the auto-commit.
+func TestSourceCommitsPipelinedOneBatchDeep(t *testing.T) {
+	t.Parallel()
+	seeds := newCluster(t, 1, "orders")
+	produce(t, seeds, "orders", 1, 500) // ten batches of 50
+	var (
+		mu     sync.Mutex
+		behind []string
+	)
+	f := newFakeDeliverer(func(_ context.Context, d shard.Delivery) shard.Result {
+		// The batch starting at o: everything before o-50 must be
+		// committed (batch o-50 may still be on the wire).
+		if o := d.Records[0].Offset; o >= 100 {
+			if c := committed(t, seeds, "g", "orders")[0]; c < o-50 {
+				mu.Lock()
+				behind = append(behind, fmt.Sprintf("delivering %d with %d committed", o, c))
+				mu.Unlock()
+			}
+		}
+		return shard.Result{Outcome: shard.Delivered}
+	})
+	opts := testSourceOpts(f, "g")
+	s, err := New("orders", consumer.KafkaConfig{Seeds: seeds}, sourceConfig("orders"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSource(t, s)
+	waitFor(t, 10*time.Second, "offset 500 committed", func() bool { return committed(t, seeds, "g", "orders")[0] == 500 })
+	checkInOrder(t, f, 0, 500, false)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(behind) > 0 {
+		t.Fatalf("a shard ran more than one batch ahead of its commits: %v", behind)
+	}
+}
+
+// A Kafka shard's buffer defaults to a loose record count (a poll brings
+// thousands of records) bounded by bytes; explicit settings are kept.
+func TestNewShardBufferDefaults(t *testing.T) {
+	t.Parallel()
+	opts := Options{Deliverer: newFakeDeliverer(nil), Worker: testWorkerConfig()}
+	s, err := New("orders", consumer.KafkaConfig{Seeds: []string{"127.0.0.1:1"}}, sourceConfig("orders"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := s.opts.Worker; w.Buffer != minShardBuffer || w.BufferBytes != DefaultShardBufferBytes {
+		t.Fatalf("defaults: Buffer %d, BufferBytes %d; want %d, %d", w.Buffer, w.BufferBytes, minShardBuffer, DefaultShardBufferBytes)
+	}
+	opts.Worker.Buffer, opts.Worker.BufferBytes = 100, 1<<10
+	if s, err = New("orders", consumer.KafkaConfig{Seeds: []string{"127.0.0.1:1"}}, sourceConfig("orders"), opts); err != nil {
+		t.Fatal(err)
+	}
+	if w := s.opts.Worker; w.Buffer != 100 || w.BufferBytes != 1<<10 {
+		t.Fatalf("explicit: Buffer %d, BufferBytes %d; want 100, 1024", w.Buffer, w.BufferBytes)
+	}
+}
