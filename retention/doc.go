@@ -8,4 +8,29 @@
 // dispatcher's DeadLetterer. It builds on shard and must not import consumer,
 // dispatch, config or cmd. Its Config carries koanf tags but does not import
 // koanf.
+//
+// # Reading and replaying
+//
+// A destination is read through a Reader (consumer/kafka.Reader,
+// consumer/nats.Reader: the whole topic or stream, up to its end when the read
+// began) and folded by Load into one Letter per envelope id. Replays keep
+// their books in the destination itself, so that they need no local state and
+// work from any machine:
+//
+//   - a letter delivered by a replay gets a resolution record: the same key
+//     (its id, so the same Kafka partition or JetStream subject), the header
+//     sluice-resolved: <id>, and a small JSON body. A resolution is final:
+//     Load reports the letter Resolved, and list and replay skip it.
+//   - a letter whose replay failed is appended again with replays+1 and the
+//     new lastError and lastAttemptAt; the newest envelope of an id wins.
+//
+// Replay stops starting letters when its context ends and gives those in
+// flight a grace period to finish and be recorded, so an interrupted replay
+// run again continues where it stopped. The delivery itself is a function
+// cmd passes in (through the dispatcher, or to the source's topic), so this
+// package does not depend on dispatch.
+//
+// Gauges measures each destination (Measurer) for
+// sluice_dead_letter_stored_bytes and sluice_dead_letter_oldest_age_seconds,
+// at most once per DefaultGaugeTTL.
 package retention

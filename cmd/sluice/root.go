@@ -59,6 +59,7 @@ func newRootCmd() *cobra.Command {
 		newRunCmd(),
 		newQuickstartCmd(),
 		newConfigCmd(),
+		newDLQCmd(),
 		newVersionCmd(),
 	)
 	root.Long = `sluice consumes event streams from Kafka or NATS JetStream and invokes functions

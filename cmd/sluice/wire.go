@@ -43,9 +43,10 @@ type app struct {
 	reg     *prometheus.Registry
 	disp    *dispatch.Dispatcher
 	sources []source
-	closers []func()          // run at exit, newest first, after the sources stopped
-	natsURL map[string]string // NATS broker name → the URL sluice connected to
-	ready   atomic.Bool       // set once everything started; /readyz reports it
+	closers []func()                             // run at exit, newest first, after the sources stopped
+	natsURL map[string]string                    // NATS broker name → the URL sluice connected to
+	streams map[string]*dispatch.StreamDeliverer // stream source name → its deliverer, for `dlq replay` (see recordStream)
+	ready   atomic.Bool                          // set once everything started; /readyz reports it
 }
 
 // source is a running source as the app sees it.
@@ -78,6 +79,10 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 func (a *app) wireSources(ctx context.Context) error {
 	storeMetrics, err := retention.NewStoreMetrics(a.reg)
 	if err != nil {
+		return err
+	}
+	gauges := retention.NewGauges(a.log)
+	if err := a.reg.Register(gauges); err != nil {
 		return err
 	}
 	conns := map[string]*natsgo.Conn{}
@@ -118,6 +123,9 @@ func (a *app) wireSources(ctx context.Context) error {
 		}
 		s := retention.NewStore(name, app, storeMetrics)
 		stores[name] = s
+		if err := a.measureDeadLetters(name, natsConn, gauges); err != nil {
+			return nil, err
+		}
 		return s, nil
 	}
 
@@ -138,8 +146,10 @@ func (a *app) wireSources(ctx context.Context) error {
 			scope = sc.Scope.Of
 		}
 		stream := func(encode func([]shard.Record) ([]byte, error)) *dispatch.StreamDeliverer {
-			return &dispatch.StreamDeliverer{D: a.disp, Source: name, Function: sc.Function, Encode: encode,
+			d := &dispatch.StreamDeliverer{D: a.disp, Source: name, Function: sc.Function, Encode: encode,
 				Scope: scope, ReportItemFailures: sc.ReportBatchItemFailures}
+			a.recordStream(name, d)
+			return d
 		}
 		var src source
 		switch {
