@@ -166,6 +166,7 @@ type waiter struct {
 	ready  chan *Lease // capacity 1: the one grant never blocks the granter
 	reason Reason      // why it waits now; guarded by Limiter.mu
 	scope  string      // the full scope, for ReasonScope; guarded by Limiter.mu
+	since  time.Time   // when it started waiting, for Queues (oldest wait)
 	q      *queue
 	elem   *list.Element
 }
@@ -216,7 +217,7 @@ func (l *Limiter) Acquire(ctx context.Context, fn string, scopes []string, onWai
 		l.mu.Unlock()
 		return nil, fmt.Errorf("%w: %w", err, t)
 	}
-	w := &waiter{fn: fn, scopes: scopes, ready: make(chan *Lease, 1), reason: t.Reason, scope: t.Scope}
+	w := &waiter{fn: fn, scopes: scopes, ready: make(chan *Lease, 1), reason: t.Reason, scope: t.Scope, since: l.now()}
 	l.enqueueLocked(w)
 	l.mu.Unlock()
 	if onWait != nil {

@@ -59,6 +59,13 @@ func newRootCmd() *cobra.Command {
 		newRunCmd(),
 		newQuickstartCmd(),
 		newConfigCmd(),
+		newAccountCmd(),
+		newConcurrencyCmd(),
+		newFunctionsCmd(),
+		newRulesCmd(),
+		newLimitsCmd(),
+		newShardsCmd(),
+		newQueuesCmd(),
 		newDLQCmd(),
 		newVersionCmd(),
 	)

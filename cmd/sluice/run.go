@@ -2,6 +2,8 @@ package main
 
 import (
 	"github.com/spf13/cobra"
+
+	"github.com/sluicehq/sluice/config"
 )
 
 func newRunCmd() *cobra.Command {
@@ -11,7 +13,11 @@ func newRunCmd() *cobra.Command {
 		Long: `run loads and checks the configuration, starts the dispatcher and the admin
 API (/metrics, /healthz, /readyz on admin.listen), and runs until SIGINT or
 SIGTERM. On a signal it stops taking new work, lets in-flight invocations end
-within the shutdown grace, and exits 0.`,
+within the shutdown grace, and exits 0.
+
+SIGHUP reloads the limits (account, reserved concurrency, rules) from the
+configuration without stopping: running invocations keep their slots, and
+changes made through the admin API stay on top. Other sections need a restart.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd)
@@ -26,6 +32,8 @@ within the shutdown grace, and exits 0.`,
 			if err != nil {
 				return err
 			}
+			stop := a.reloadOnSIGHUP(cmd.Context(), func() (*config.Config, error) { return loadConfig(cmd) })
+			defer stop()
 			return a.run(cmd.Context())
 		},
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,8 +19,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/consumer/kafka"
@@ -47,6 +46,11 @@ type app struct {
 	natsURL map[string]string                    // NATS broker name → the URL sluice connected to
 	streams map[string]*dispatch.StreamDeliverer // stream source name → its deliverer, for `dlq replay` (see recordStream)
 	ready   atomic.Bool                          // set once everything started; /readyz reports it
+
+	book      *admin.Book             // live limits: the file's, with the API's changes on top (admin_wire.go)
+	readiness *readiness              // broker checks of /readyz (admin_wire.go)
+	natsConns map[string]*natsgo.Conn // NATS broker name → the connection in use, for readiness
+	ingress   http.Handler            // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
 }
 
 // source is a running source as the app sees it.
@@ -65,8 +69,12 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 	if err != nil {
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, reg: reg, disp: d, natsURL: map[string]string{}}
+	a := &app{cfg: cfg, log: log, reg: reg, disp: d, natsURL: map[string]string{}, natsConns: map[string]*natsgo.Conn{}}
 	if err := a.wireSources(ctx); err != nil {
+		a.close()
+		return nil, err
+	}
+	if err := a.wireAdmin(); err != nil {
 		a.close()
 		return nil, err
 	}
@@ -104,6 +112,7 @@ func (a *app) wireSources(ctx context.Context) error {
 			return nil, fmt.Errorf("run: brokers.%s: connect to %s: %w", name, url, err)
 		}
 		a.natsURL[name] = url
+		a.natsConns[name] = nc
 		a.closers = append(a.closers, nc.Close)
 		conns[name] = nc
 		return nc, nil
@@ -294,7 +303,12 @@ func (a *app) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("run: admin API: %w", err)
 	}
-	srv := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	handler, err := a.adminAPI()
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1) // Serve's one result; buffered so Serve never blocks on it
 	go func() { served <- srv.Serve(ln) }()
 
@@ -343,57 +357,6 @@ func (a *app) run(ctx context.Context) error {
 	}
 	a.log.Info("sluice stopped")
 	return nil
-}
-
-// adminHandler serves the open endpoints of SPEC §6: /metrics, /healthz and
-// /readyz.
-func (a *app) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !a.ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	mux.HandleFunc("GET /v1/shards", func(w http.ResponseWriter, _ *http.Request) {
-		out := []shardView{}
-		for _, s := range a.sources {
-			for _, st := range s.Statuses() {
-				out = append(out, viewOf(st))
-			}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]any{"shards": out})
-	})
-	return mux
-}
-
-// shardView is one shard in GET /v1/shards.
-type shardView struct {
-	Source      string    `json:"source"`
-	Shard       int32     `json:"shard"`
-	State       string    `json:"state"`
-	Since       time.Time `json:"since"`
-	Reason      string    `json:"reason,omitempty"`
-	Position    int64     `json:"position"`
-	IteratorAge float64   `json:"iteratorAgeSeconds"`
-	Buffered    int       `json:"buffered"`
-	Delivered   int64     `json:"delivered"`
-	DeadLetters int64     `json:"deadLetters"`
-}
-
-func viewOf(st shard.Status) shardView {
-	v := shardView{Source: st.Shard.Source, Shard: st.Shard.Partition, State: string(st.State), Since: st.Since,
-		Reason: st.Reason, Position: st.Position, Buffered: st.Buffered, Delivered: st.Delivered, DeadLetters: st.DeadLetters}
-	if !st.Oldest.IsZero() {
-		v.IteratorAge = max(0, time.Since(st.Oldest).Seconds())
-	}
-	return v
 }
 
 // natsURLOf returns the URL of NATS broker name that the sources use (the
