@@ -26,6 +26,10 @@ const (
 	// maxRetryAfter caps a function's Retry-After (the event's expiry caps
 	// it further).
 	maxRetryAfter = 15 * time.Minute
+	// deadLetterTimeout bounds one dead-letter write (the Kafka writer has
+	// its own, shorter, timeout); below DefaultStopTimeout, so a stopping
+	// partition waits for it.
+	deadLetterTimeout = 10 * time.Second
 )
 
 // AsyncDeliverer invokes a source's function with one event (SPEC §2.2):
@@ -130,6 +134,30 @@ type Async struct {
 	workCtx    context.Context
 	cl         *kgo.Client
 	prod       *kgo.Client
+
+	// hooks, when set (unit tests under testing/synctest, which cannot run
+	// a network client), replace the client's pause/resume and mark calls;
+	// a mark then does not wait for a commit.
+	hooks *asyncHooks
+}
+
+// asyncHooks stand in for the franz-go client in unit tests.
+type asyncHooks struct {
+	pause func(tp topicPartition, paused bool)
+	mark  func(kr *kgo.Record)
+}
+
+// setPausedLocked pauses or resumes fetching pt. Called with pt.mu held.
+func (a *Async) setPausedLocked(pt *apart, paused bool) {
+	pt.paused = paused
+	switch tp := map[string][]int32{pt.tp.topic: {pt.tp.p}}; {
+	case a.hooks != nil:
+		a.hooks.pause(pt.tp, paused)
+	case paused:
+		a.cl.PauseFetchPartitions(tp)
+	default:
+		a.cl.ResumeFetchPartitions(tp)
+	}
 }
 
 type topicPartition struct {
@@ -473,8 +501,7 @@ func (a *Async) pumpLocked(pt *apart) {
 		e := pt.held[0]
 		if wait := e.ev.due.Sub(now); wait > 0 {
 			if !pt.paused {
-				a.cl.PauseFetchPartitions(map[string][]int32{pt.tp.topic: {pt.tp.p}})
-				pt.paused = true
+				a.setPausedLocked(pt, true)
 			}
 			if pt.timer == nil {
 				pt.timer = time.AfterFunc(wait, func() {
@@ -493,8 +520,7 @@ func (a *Async) pumpLocked(pt *apart) {
 		a.startLocked(pt, e)
 	}
 	if pt.paused {
-		a.cl.ResumeFetchPartitions(map[string][]int32{pt.tp.topic: {pt.tp.p}})
-		pt.paused = false
+		a.setPausedLocked(pt, false)
 	}
 }
 
@@ -594,7 +620,12 @@ func (a *Async) retry(pt *apart, e *entry, ev *event, delay time.Duration, expir
 	tier := a.tiers[tierFor(a.tiers, ev.due.Sub(now))]
 	kr := retryRecord(ev, a.name, tier.topic)
 	for try := 1; ; try++ {
-		err := produceRetry(pt.ctx, a.prod, kr)
+		// A write is not cut short when the partition stops: franz-go
+		// may fail a record already on the wire when its context ends,
+		// and the event would then be handled again from the source
+		// although its retry record exists (a second retry chain). The
+		// write is bounded by its own timeout, and stop waits for it.
+		err := produceRetry(context.WithoutCancel(pt.ctx), a.prod, kr)
 		if err == nil {
 			break
 		}
@@ -638,7 +669,11 @@ func (a *Async) giveUp(pt *apart, e *entry, ev *event, cond shard.Condition) {
 			LastError: ev.lastError, Record: rec,
 		}
 		for try := 1; ; try++ {
-			err := a.opts.DeadLetterer.DeadLetter(pt.ctx, []shard.DeadLetter{dl})
+			// Not cut short when the partition stops, as in retry (a
+			// letter written but reported failed would be written twice).
+			wctx, cancel := context.WithTimeout(context.WithoutCancel(pt.ctx), deadLetterTimeout)
+			err := a.opts.DeadLetterer.DeadLetter(wctx, []shard.DeadLetter{dl})
+			cancel()
 			if err == nil {
 				break
 			}
@@ -672,7 +707,12 @@ func (a *Async) settle(pt *apart, e *entry) {
 	}
 	pt.pending = pt.pending[n:]
 	marked := last != nil && !pt.revoked
-	if marked {
+	switch {
+	case !marked:
+	case a.hooks != nil:
+		a.hooks.mark(last)
+		marked = false
+	default:
 		a.cl.MarkCommitRecords(last)
 	}
 	pt.mu.Unlock()

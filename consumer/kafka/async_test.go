@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -245,14 +246,9 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := runAsync(t, a)
-	waitFor(t, 10*time.Second, "first attempts", func() bool {
-		for o := range int64(n) {
-			if len(f.callsOf(o)) == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	// Every event failed once and is in the retry topic: the source topic
+	// is committed to its end only then.
+	waitFor(t, 10*time.Second, "source topic committed", func() bool { return committed(t, seeds, "g", "orders")[0] == n })
 	stop()
 	for o := range int64(n) {
 		if c := f.callsOf(o); len(c) != 1 {
@@ -371,4 +367,99 @@ func TestRetryRecordRoundTrip(t *testing.T) {
 	if err != nil || plain.attempts != 0 || !plain.due.IsZero() || plain.rec.Offset != 1 {
 		t.Errorf("plain record: %+v, %v", plain, err)
 	}
+}
+
+// A retry partition starts a record only once it is due, in offset order:
+// it pauses while its head is not due, a record behind a later head waits
+// for it (head of line), an event found expired when due is dead-lettered
+// then, and the mark never passes a record that is not finished. The
+// client is replaced by hooks so the clock is synctest's.
+func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newAsyncFake(func(shard.Record, int) shard.Result { return shard.Result{Outcome: shard.Delivered} })
+		const maxAge = time.Minute
+		a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: []string{"127.0.0.1:1"}},
+			asyncSourceConfig("orders", 2, maxAge), testAsyncOpts(f, "g"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var (
+			mu     sync.Mutex
+			pauses []bool
+			marks  []int64
+		)
+		a.hooks = &asyncHooks{
+			pause: func(_ topicPartition, paused bool) { mu.Lock(); pauses = append(pauses, paused); mu.Unlock() },
+			mark:  func(kr *kgo.Record) { mu.Lock(); marks = append(marks, kr.Offset); mu.Unlock() },
+		}
+		state := func() ([]bool, []int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Clone(pauses), slices.Clone(marks)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		topic := a.RetryTopics()[0]
+		pt := &apart{tp: topicPartition{topic, 0}, retry: true, ctx: ctx, cancel: cancel}
+		a.workCtx = ctx
+
+		start := time.Now()
+		// Original offsets 100..103, due in 2s, 1s (behind the first: head
+		// of line), 5s, and 6s for an event whose max_event_age passes at
+		// 4s (dead-lettered when read, at 6s).
+		dues := []time.Duration{2 * time.Second, time.Second, 5 * time.Second, 6 * time.Second}
+		var krs []*kgo.Record
+		for i, d := range dues {
+			ev := event{
+				rec:      shard.Record{Topic: "orders", Offset: int64(100 + i), Timestamp: start, Value: []byte("v")},
+				attempts: 1, first: start, last: start, due: start.Add(d),
+			}
+			if i == 3 {
+				ev.rec.Timestamp = start.Add(4*time.Second - maxAge)
+			}
+			kr := retryRecord(&ev, "orders", topic)
+			kr.Offset = int64(i)
+			krs = append(krs, kr)
+		}
+		a.mu.Lock()
+		a.feedLocked(pt, krs)
+		a.mu.Unlock()
+
+		synctest.Wait()
+		f.mu.Lock()
+		calls := len(f.calls)
+		f.mu.Unlock()
+		if p, m := state(); !slices.Equal(p, []bool{true}) || len(m) != 0 || calls != 0 {
+			t.Fatalf("at 0s: pauses %v, marks %v, %d calls; want paused, nothing started", p, m, calls)
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if c0, c1 := f.callsOf(100), f.callsOf(101); len(c0) != 1 || len(c1) != 1 || c0[0].at.Sub(start) != 2*time.Second ||
+			c1[0].at.Sub(start) != 2*time.Second || c0[0].attempt != 2 {
+			t.Fatalf("at 2s: calls %v %v; want offsets 100 and 101 at 2s, attempt 2", c0, c1)
+		}
+		if _, m := state(); m[len(m)-1] != 1 {
+			t.Fatalf("at 2s: marks %v, want up to retry offset 1", m)
+		}
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		if c := f.callsOf(102); len(c) != 1 || c[0].at.Sub(start) != 5*time.Second {
+			t.Fatalf("at 5s: calls of 102 %v, want one at 5s", c)
+		}
+		if p, m := state(); m[len(m)-1] != 2 || !slices.Equal(p, []bool{true}) {
+			t.Fatalf("at 5s: pauses %v, marks %v; want still paused (103 not due), marked up to 2", p, m)
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		dls := f.deadLetters()
+		if len(dls) != 1 || dls[0].Condition != shard.EventAgeExceeded || dls[0].Record.Offset != 103 || dls[0].Attempts != 1 {
+			t.Fatalf("at 6s: dead letters %+v, want 103 EventAgeExceeded after 1 attempt", dls)
+		}
+		if len(f.callsOf(103)) != 0 {
+			t.Errorf("the expired event was invoked")
+		}
+		if p, m := state(); m[len(m)-1] != 3 || !slices.Equal(p, []bool{true, false}) {
+			t.Fatalf("at 6s: pauses %v, marks %v; want resumed, marked up to 3", p, m)
+		}
+	})
 }
