@@ -26,7 +26,7 @@ func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt 
 		Function:       a.Function,
 		InvocationID:   newID(),
 		Attempt:        attempt,
-		IdempotencyKey: fmt.Sprintf("%s-%s-%d", a.Source, rec.Topic, rec.Offset),
+		IdempotencyKey: asyncIdempotencyKey(a.Source, &rec),
 		TraceParent:    header(&rec, "traceparent"),
 		Header: http.Header{
 			"Sluice-Source":     {a.Source},
@@ -43,4 +43,16 @@ func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt 
 	}
 	_, err := a.D.Invoke(ctx, req, nil)
 	return resultOf(err, nil)
+}
+
+// asyncIdempotencyKey names an event the same way on every attempt: a
+// JetStream event by its stream sequence (unique in the stream), a Kafka
+// event by its original partition and offset (an offset is unique only
+// within its partition; a Kafka async source hands the original coordinates
+// on every retry).
+func asyncIdempotencyKey(source string, rec *shard.Record) string {
+	if rec.Subject != "" {
+		return fmt.Sprintf("%s-%s-%d", source, rec.Topic, rec.Offset)
+	}
+	return fmt.Sprintf("%s-%s-%d-%d", source, rec.Topic, rec.Partition, rec.Offset)
 }
