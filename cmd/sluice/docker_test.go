@@ -58,8 +58,8 @@ func TestDockerExampleConfigValidates(t *testing.T) {
 	}
 }
 
-// compose is the part of a compose file the test reads.
-type compose struct {
+// composeFile is the part of a compose file the test reads.
+type composeFile struct {
 	Services map[string]struct {
 		Image string `yaml:"image"`
 		Build *struct {
@@ -76,7 +76,7 @@ type compose struct {
 }
 
 func TestDockerComposeFile(t *testing.T) {
-	var c compose
+	var c composeFile
 	readYAML(t, "compose.yaml", &c)
 	for _, want := range []string{"kafka", "nats", "sluice", "echo", "prometheus", "grafana"} {
 		if _, ok := c.Services[want]; !ok {
@@ -243,7 +243,7 @@ func dashboardExprs(t *testing.T) []string {
 	return out
 }
 
-var metricName = regexp.MustCompile(`\bsluice_[a-z0-9_]+\b`)
+var promMetricName = regexp.MustCompile(`\bsluice_[a-z0-9_]+\b`)
 
 // registeredMetrics wires a sluice with a stream source, an async source
 // and a dead-letter destination on the embedded NATS, and returns the name
@@ -342,7 +342,7 @@ func TestDockerQueriesUseRegisteredMetrics(t *testing.T) {
 			strings.Count(e, "[") != strings.Count(e, "]") {
 			t.Errorf("unbalanced brackets in %q", e)
 		}
-		for _, name := range metricName.FindAllString(e, -1) {
+		for _, name := range promMetricName.FindAllString(e, -1) {
 			base := name
 			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
 				if b, ok := strings.CutSuffix(name, suffix); ok {
