@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -67,15 +68,29 @@ func AppendEvent(dst []byte, bootstrapServers string, recs []shard.Record) ([]by
 		dst = append(dst, '-')
 		dst = strconv.AppendInt(dst, int64(r.Partition), 10)
 		dst = append(dst, `":[`...)
-		first := true
+		// Every record of the group starts with the same topic and
+		// partition: the first one escapes them, the others copy its
+		// bytes (dst[ps:pe]; appending a part of dst to itself is safe,
+		// even when append moves it).
+		ps, pe := -1, -1
 		for j := i; j < len(recs); j++ {
 			if recs[j].Partition != r.Partition || recs[j].Topic != r.Topic {
 				continue
 			}
-			if !first {
+			if ps >= 0 {
 				dst = append(dst, ',')
+				n := len(dst)
+				dst = append(dst, dst[ps:pe]...)
+				ps, pe = n, len(dst)
+			} else {
+				ps = len(dst)
+				dst = append(dst, `{"topic":`...)
+				dst = consumer.AppendJSONString(dst, r.Topic)
+				dst = append(dst, `,"partition":`...)
+				dst = strconv.AppendInt(dst, int64(r.Partition), 10)
+				dst = append(dst, `,"offset":`...)
+				pe = len(dst)
 			}
-			first = false
 			dst = appendRecord(dst, &recs[j])
 		}
 		dst = append(dst, ']')
@@ -94,12 +109,9 @@ func seenBefore(earlier []shard.Record, r *shard.Record) bool {
 	return false
 }
 
+// appendRecord appends r after its `{"topic":...,"partition":...,"offset":`,
+// which the caller wrote.
 func appendRecord(dst []byte, r *shard.Record) []byte {
-	dst = append(dst, `{"topic":`...)
-	dst = consumer.AppendJSONString(dst, r.Topic)
-	dst = append(dst, `,"partition":`...)
-	dst = strconv.AppendInt(dst, int64(r.Partition), 10)
-	dst = append(dst, `,"offset":`...)
 	dst = strconv.AppendInt(dst, r.Offset, 10)
 	dst = append(dst, `,"timestamp":`...)
 	ts := int64(-1) // Kafka's "no timestamp"
@@ -147,15 +159,36 @@ func timestampType(r *shard.Record) string {
 }
 
 // eventSize returns an upper bound of the encoded size, so that EncodeEvent
-// allocates once.
+// allocates once. It is tight for the usual topic name (no character to
+// escape): a loose bound costs zeroing and collecting the excess on every
+// batch.
 func eventSize(bootstrapServers string, recs []shard.Record) int {
 	n := 64 + 6*len(bootstrapServers)
+	topic, topicLen := "", 0
 	for i := range recs {
 		r := &recs[i]
-		n += 160 + 12*len(r.Topic) + base64.StdEncoding.EncodedLen(len(r.Key)) + base64.StdEncoding.EncodedLen(len(r.Value))
+		if i == 0 || r.Topic != topic {
+			topic, topicLen = r.Topic, escapedLen(r.Topic)
+		}
+		// The record's fields with their names and numbers at their
+		// longest (185 bytes), its topic twice (the field, and the group's
+		// "<topic>-<partition>" should it start one), key and value.
+		n += 192 + 2*topicLen + base64.StdEncoding.EncodedLen(len(r.Key)) + base64.StdEncoding.EncodedLen(len(r.Value))
 		for _, h := range r.Headers {
 			n += 8 + 6*len(h.Key) + 5*len(h.Value) // "-128," is 5 bytes
 		}
 	}
 	return n
+}
+
+// escapedLen bounds the length of s as a JSON string body: its own length
+// when nothing needs escaping, else six bytes a byte (\u00XX, the longest
+// escape; U+FFFD for an invalid byte is three).
+func escapedLen(s string) int {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+			return 6 * len(s)
+		}
+	}
+	return len(s)
 }
