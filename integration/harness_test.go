@@ -578,11 +578,15 @@ func (f *fnServer) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // decode reads a request the way a Lambda handler would: the body is an
-// events.KafkaEvent; a stream batch holds the records of one partition.
+// events.KafkaEvent (or, from a JetStream source, the sluice:nats event); a
+// stream batch holds the records of one partition.
 func (f *fnServer) decode(r *http.Request) (*fnBatch, error) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		return nil, err
+	}
+	if b, ok, err := decodeJetStreamBatch(r, body); ok { // contract_nats_test.go
+		return b, err
 	}
 	var ev events.KafkaEvent
 	if err := json.Unmarshal(body, &ev); err != nil {
