@@ -78,6 +78,10 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 		a.close()
 		return nil, err
 	}
+	if err := a.wireIngress(); err != nil {
+		a.close()
+		return nil, err
+	}
 	return a, nil
 }
 
