@@ -39,8 +39,14 @@
 // publish ack, a Kafka produce acknowledged by all in-sync replicas). Only
 // then is 202 answered, with {"id": "..."} and the Sluice-Invocation-Id
 // header. If the queue cannot be reached the answer is 503 and nothing is
-// claimed: the caller must retry (sending the same Idempotency-Key lets
-// the function drop a duplicate).
+// claimed: the caller retries. A write that timed out may still have been
+// stored, so a retry can deliver the event twice (at-least-once, as
+// everywhere in sluice); on JetStream the event's id is its Nats-Msg-Id,
+// but a retry gets a new id.
+//
+// How the event carries a scoped call's scope depends on the async
+// source's scope setting; the Enqueuer refuses (400) a scope the source
+// cannot carry rather than run the event without its scope's limits.
 //
 // This package imports dispatch and the standard library only; it must not
 // import cmd, config or the broker client libraries.

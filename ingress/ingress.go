@@ -163,6 +163,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{Message: "no function in the path (POST /v1/functions/{fn}/invocations)", ErrorType: "ResourceNotFoundException"})
 		return
 	}
+	if scope != "" {
+		if err := checkScope(scope); err != nil {
+			writeJSON(w, http.StatusBadRequest, errorBody{Message: err.Error(), ErrorType: "InvalidParameterValueException"})
+			return
+		}
+	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Message: "invocations are POSTed", ErrorType: "MethodNotAllowed"})
@@ -179,6 +185,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ErrorType: "InvalidParameterValueException",
 		})
 	}
+}
+
+// MaxScopeBytes bounds a scope in the path: a scope is a name (a tenant, a
+// dependency), and it travels as the Sluice-Scope header.
+const MaxScopeBytes = 256
+
+// checkScope refuses a scope that cannot be a header value or is too long.
+func checkScope(scope string) error {
+	if len(scope) > MaxScopeBytes {
+		return fmt.Errorf("ingress: scope must be at most %d bytes, got %d", MaxScopeBytes, len(scope))
+	}
+	for _, c := range []byte(scope) {
+		if c < 0x20 || c == 0x7f {
+			return fmt.Errorf("ingress: scope %q has a control character", scope)
+		}
+	}
+	return nil
 }
 
 // readBody reads at most limit bytes of r's body; it answers 413 (or 400)
