@@ -48,6 +48,11 @@ func BenchmarkStreamVsBareFetch(b *testing.B) {
 		if _, err := js.PublishAsync("bench.k"+strconv.Itoa(i%1000), payload); err != nil {
 			b.Fatal(err)
 		}
+		if i%1000 == 999 {
+			// Stay under the client's bound of outstanding async
+			// publishes (4,000), which fails PublishAsync when reached.
+			<-js.PublishAsyncComplete()
+		}
 	}
 	<-js.PublishAsyncComplete()
 
