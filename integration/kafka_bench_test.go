@@ -1,9 +1,14 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,11 +37,43 @@ import (
 //
 //	scripts/brokers/with-brokers.sh go test -run '^$' -bench KafkaPipeline -benchtime 1x ./integration/
 func BenchmarkKafkaPipeline(b *testing.B) {
-	const (
-		partitions = 4
-		records    = 200000
-		batchSize  = 500
-	)
+	benchPipeline(b, 4, 200000, pipelineOpts{})
+}
+
+// BenchmarkKafkaPipelineAsyncCommit is BenchmarkKafkaPipeline with
+// kafka.Options.AsyncCommit: no shard waits for a commit (a crash
+// redelivers up to about a second of finished batches).
+func BenchmarkKafkaPipelineAsyncCommit(b *testing.B) {
+	benchPipeline(b, 4, 200000, pipelineOpts{async: true})
+}
+
+// BenchmarkKafkaPartitions is the pipeline against the bare loop from 1 to
+// 64 partitions of the same topic size: sluice runs one shard per
+// partition, the bare loop one poll loop for all.
+//
+//	scripts/brokers/with-brokers.sh go test -run '^$' -bench KafkaPartitions -benchtime 1x ./integration/
+func BenchmarkKafkaPartitions(b *testing.B) {
+	for _, p := range []int32{1, 4, 16, 64} {
+		b.Run(fmt.Sprintf("p=%d", p), func(b *testing.B) { benchPipeline(b, p, 100000, pipelineOpts{}) })
+	}
+}
+
+// pipelineOpts vary BenchmarkKafkaPipeline.
+type pipelineOpts struct {
+	async bool // kafka.Options.AsyncCommit
+	// url, if set, is an HTTP function to deliver to instead of the
+	// in-process one; its handler calls hit with each batch's record count.
+	url string
+	hit *atomic.Pointer[func(n int)]
+	// fromFirst times sluice from its first delivery instead of from the
+	// start of the source (the group join left out).
+	fromFirst bool
+}
+
+// benchPipeline is BenchmarkKafkaPipeline over a topic of partitions
+// holding records records.
+func benchPipeline(b *testing.B, partitions int32, records int, o pipelineOpts) {
+	const batchSize = 500
 	addr := kafkaAddr(b) // skips without a broker
 	topic := createTopic(b, partitions)
 	produce(b, topic, partitions, records, produceOpts{})
@@ -53,9 +90,9 @@ func BenchmarkKafkaPipeline(b *testing.B) {
 		// page cache.
 		if i%2 == 0 {
 			bareDur += benchBare(b, addr, topic, records)
-			sluiceDur += benchSluice(b, addr, topic, records, batchSize)
+			sluiceDur += benchSluice(b, addr, topic, records, batchSize, o)
 		} else {
-			sluiceDur += benchSluice(b, addr, topic, records, batchSize)
+			sluiceDur += benchSluice(b, addr, topic, records, batchSize, o)
 			bareDur += benchBare(b, addr, topic, records)
 		}
 	}
@@ -112,12 +149,13 @@ func benchBare(b *testing.B, addr, topic string, n int) time.Duration {
 // delivering each batch to a no-op in-process function through the
 // dispatcher, and returns the time from starting the source to the n-th
 // record delivered.
-func benchSluice(b *testing.B, addr, topic string, n, batchSize int) time.Duration {
+func benchSluice(b *testing.B, addr, topic string, n, batchSize int, o pipelineOpts) time.Duration {
 	b.Helper()
 	const fn = "noop"
 	d, err := dispatch.New(dispatch.Config{
-		Account:   dispatch.AccountConfig{}.WithDefaults(),
-		Functions: map[string]dispatch.FunctionConfig{fn: {}}, // no URL: an in-process handler
+		Account: dispatch.AccountConfig{}.WithDefaults(),
+		// Without a URL: an in-process handler.
+		Functions: map[string]dispatch.FunctionConfig{fn: {URL: o.url}},
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -130,15 +168,23 @@ func benchSluice(b *testing.B, addr, topic string, n, batchSize int) time.Durati
 		start int64        // unix nanos when the source was started
 		done  = make(chan struct{})
 	)
-	d.Register(fn, dispatch.HandlerFunc(func(_ context.Context, req *dispatch.Request) (*dispatch.Response, error) {
+	hit := func(k int) {
 		now := time.Now().UnixNano()
 		first.CompareAndSwap(0, now)
-		if total := got.Add(int64(len(req.Items))); total >= int64(n) && total-int64(len(req.Items)) < int64(n) {
+		if total := got.Add(int64(k)); total >= int64(n) && total-int64(k) < int64(n) {
 			last.Store(now)
 			close(done)
 		}
-		return &dispatch.Response{Status: 200}, nil
-	}), 0)
+	}
+	if o.url == "" {
+		d.Register(fn, dispatch.HandlerFunc(func(_ context.Context, req *dispatch.Request) (*dispatch.Response, error) {
+			hit(len(req.Items))
+			return &dispatch.Response{Status: 200}, nil
+		}), 0)
+	} else {
+		o.hit.Store(&hit)
+		defer o.hit.Store(nil)
+	}
 
 	name := uniqueName(b, "bench")
 	broker := consumer.KafkaConfig{Seeds: []string{addr}, ClientID: consumer.DefaultKafkaClientID}
@@ -149,9 +195,10 @@ func benchSluice(b *testing.B, addr, topic string, n, batchSize int) time.Durati
 		Encode: func(recs []shard.Record) ([]byte, error) { return kafka.EncodeEvent(addr, recs) },
 	}
 	src, err := kafka.New(name, broker, sc, kafka.Options{
-		Worker:    sc.WorkerConfig(name),
-		Deliverer: deliverer,
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		AsyncCommit: o.async,
+		Worker:      sc.WorkerConfig(name),
+		Deliverer:   deliverer,
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -177,6 +224,99 @@ func benchSluice(b *testing.B, addr, topic string, n, batchSize int) time.Durati
 		b.Logf("sluice delivered %d records, %d more than the topic holds (duplicates)", g, g-int64(n))
 	}
 	took := time.Duration(last.Load() - start)
+	if o.fromFirst {
+		took = time.Duration(last.Load() - first.Load())
+	}
 	b.Logf("sluice: first record after %s, all %d after %s", time.Duration(first.Load()-start).Round(time.Millisecond), n, took.Round(time.Millisecond))
 	return took
+}
+
+// BenchmarkKafkaPipelineHTTP measures the pipeline delivering to a local
+// no-op HTTP function (it answers 200 with no body) against a bare HTTP
+// client loop posting the same number of batches of the same records to it:
+// one goroutine per partition, each posting its batches in turn, as sluice's
+// shards do. Both are timed from the first request to the last answer (the
+// group join left out: the bare loop has none). Reported: sluice-rec/s,
+// bare-rec/s and x-bare.
+//
+//	scripts/brokers/with-brokers.sh go test -run '^$' -bench KafkaPipelineHTTP -benchtime 1x ./integration/
+func BenchmarkKafkaPipelineHTTP(b *testing.B) {
+	const (
+		partitions = 4
+		records    = 100000
+		batchSize  = 500
+	)
+	addr := kafkaAddr(b)
+	topic := createTopic(b, partitions)
+	produce(b, topic, partitions, records, produceOpts{})
+
+	var hit atomic.Pointer[func(n int)]
+	offset := []byte(`"offset":`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		if h := hit.Load(); h != nil {
+			(*h)(bytes.Count(body, offset))
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer srv.Close()
+
+	// The bare loop's batches: the same records as the topic's, encoded
+	// the same way, by partition.
+	bodies := make([][][]byte, partitions)
+	for p := range bodies {
+		var recs []shard.Record
+		for seq := p; seq < records; seq += partitions {
+			recs = append(recs, shard.Record{Topic: topic, Partition: int32(p), Offset: int64(len(recs)),
+				Timestamp: time.Now(), Key: fmt.Appendf(nil, "key-%d", seq%101), Value: fmt.Appendf(nil, "seq-%07d", seq)})
+		}
+		for len(recs) > 0 {
+			k := min(batchSize, len(recs))
+			body, err := kafka.EncodeEvent(addr, recs[:k])
+			if err != nil {
+				b.Fatal(err)
+			}
+			bodies[p] = append(bodies[p], body)
+			recs = recs[k:]
+		}
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	defer client.CloseIdleConnections()
+	bare := func() time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for p := range bodies {
+			wg.Go(func() {
+				for _, body := range bodies[p] {
+					resp, err := client.Post(srv.URL, "application/json", bytes.NewReader(body))
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
+				}
+			})
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	o := pipelineOpts{url: srv.URL, hit: &hit, fromFirst: true}
+	bare() // warm up the connections and the server
+	var sluiceDur, bareDur time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		bareDur += bare()
+		sluiceDur += benchSluice(b, addr, topic, records, batchSize, o)
+	}
+	b.StopTimer()
+	total := float64(records) * float64(b.N)
+	sluiceRate, bareRate := total/sluiceDur.Seconds(), total/bareDur.Seconds()
+	b.ReportMetric(sluiceRate, "sluice-rec/s")
+	b.ReportMetric(bareRate, "bare-rec/s")
+	b.ReportMetric(sluiceRate/bareRate, "x-bare")
 }
