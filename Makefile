@@ -26,8 +26,8 @@ integration: ## integration tests; needs SLUICE_TEST_KAFKA and SLUICE_TEST_NATS 
 test-all: ## everything, against real brokers it fetches and starts itself (Kafka via Maven, nats-server via Go)
 	scripts/brokers/with-brokers.sh $(MAKE) vet test-race integration
 
-bench: ## benchmarks, reported as ratios to a bare baseline from the same run
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+bench: ## benchmarks: one table of ratios to bare baselines from the same run (~6 min; own brokers unless SLUICE_TEST_KAFKA is set)
+	@if [ -n "$$SLUICE_TEST_KAFKA" ]; then $(GO) run ./scripts/bench; else scripts/brokers/with-brokers.sh $(GO) run ./scripts/bench; fi
 
 vet: ## go vet
 	$(GO) vet ./...
