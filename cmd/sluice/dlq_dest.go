@@ -132,8 +132,9 @@ func (a *app) dlqNATS(name string) (*natsgo.Conn, error) {
 type replayTargets struct {
 	a *app
 
-	mu      sync.Mutex                    // guards writers, and a's closers and NATS URLs while replaying
+	mu      sync.Mutex                    // guards writers, broken, and a's closers and NATS URLs while replaying
 	writers map[string]retention.Appender // source name → writer to its topic or stream (--to source)
+	broken  map[string]error              // source name → why no writer can be had (a missing topic): fail fast
 }
 
 // toFunction invokes e's function with the original record: a stream letter
@@ -170,7 +171,7 @@ func (t *replayTargets) toFunction(ctx context.Context, e *retention.Envelope) s
 // toSource appends e's original record (key, value, headers) to its source's
 // topic or stream again, for the source to consume as new.
 func (t *replayTargets) toSource(ctx context.Context, e *retention.Envelope) shard.Result {
-	w, err := t.sourceWriter(e)
+	w, err := t.sourceWriter(ctx, e)
 	if err != nil {
 		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "connection", Message: err.Error()}}
 	}
@@ -184,12 +185,33 @@ func (t *replayTargets) toSource(ctx context.Context, e *retention.Envelope) sha
 
 // sourceWriter returns (once per source) a writer to the topic or stream
 // of e's source. Replay workers call it concurrently.
-func (t *replayTargets) sourceWriter(e *retention.Envelope) (retention.Appender, error) {
+func (t *replayTargets) sourceWriter(ctx context.Context, e *retention.Envelope) (retention.Appender, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if w, ok := t.writers[e.Source]; ok {
 		return w, nil
 	}
+	if err, ok := t.broken[e.Source]; ok {
+		return nil, err
+	}
+	w, err := t.newSourceWriter(ctx, e)
+	if err != nil {
+		if t.broken == nil {
+			t.broken = map[string]error{}
+		}
+		t.broken[e.Source] = err
+		return nil, err
+	}
+	if t.writers == nil {
+		t.writers = map[string]retention.Appender{}
+	}
+	t.writers[e.Source] = w
+	return w, nil
+}
+
+// newSourceWriter opens a writer to e's source; the topic must exist (a
+// Writer to a missing one would wait out its timeout for every letter).
+func (t *replayTargets) newSourceWriter(ctx context.Context, e *retention.Envelope) (retention.Appender, error) {
 	sc, ok := t.a.cfg.Sources[e.Source]
 	if !ok {
 		return nil, fmt.Errorf("dlq: source %q is not in the configuration", e.Source)
@@ -200,6 +222,16 @@ func (t *replayTargets) sourceWriter(e *retention.Envelope) (retention.Appender,
 		topic := e.Record.Topic
 		if topic == "" {
 			topic = sc.Topic
+		}
+		r, err := kafka.NewReader(*b.Kafka, topic)
+		if err != nil {
+			return nil, fmt.Errorf("dlq: sources.%s: %w", e.Source, err)
+		}
+		switch ok, err := r.Exists(ctx); {
+		case err != nil:
+			return nil, fmt.Errorf("dlq: sources.%s: %w", e.Source, err)
+		case !ok:
+			return nil, fmt.Errorf("dlq: sources.%s: topic %q does not exist", e.Source, topic)
 		}
 		kw, err := kafka.NewWriter(*b.Kafka, topic)
 		if err != nil {
@@ -219,10 +251,6 @@ func (t *replayTargets) sourceWriter(e *retention.Envelope) (retention.Appender,
 		}
 		w = nw
 	}
-	if t.writers == nil {
-		t.writers = map[string]retention.Appender{}
-	}
-	t.writers[e.Source] = w
 	return w, nil
 }
 

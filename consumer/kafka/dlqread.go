@@ -219,3 +219,24 @@ func recordOf(kr *kgo.Record) shard.Record {
 	}
 	return rec
 }
+
+// Exists reports whether the topic exists, so that a caller can refuse at
+// once to write to a missing topic (a Writer would retry until its timeout).
+func (r *Reader) Exists(ctx context.Context) (bool, error) {
+	cl, err := r.client()
+	if err != nil {
+		return false, err
+	}
+	defer cl.Close()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, r.topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	switch {
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("kafka: topic %q: %w", r.topic, opaque(err))
+	}
+	return true, nil
+}
