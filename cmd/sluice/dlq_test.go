@@ -1,10 +1,15 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/retention"
+	"github.com/sluicehq/sluice/shard"
 )
 
 // dlqConfig is a configuration with one Kafka dead-letter destination; the
@@ -80,5 +85,31 @@ func TestParseWhen(t *testing.T) {
 		if err != nil || !got.Equal(want) {
 			t.Errorf("parseWhen(%q) = %v, %v; want %v", in, got, err, want)
 		}
+	}
+}
+
+func TestPrintLetters(t *testing.T) {
+	at := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	ls := []*retention.Letter{{
+		Destination: "dead", DeadLetteredAt: at, Resolved: true,
+		Envelope: &retention.Envelope{Version: 1, ID: "abc", Source: "orders", Function: "fn", Condition: shard.PermanentError,
+			Attempts: 1, Replays: 2, LastError: shard.ErrorInfo{Kind: "status", Status: 400, Message: "bad\nrequest " + strings.Repeat("x", 80)}},
+	}}
+	var table, js bytes.Buffer
+	if err := printLetters(&table, ls, false); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(table.String()), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "ID ") ||
+		!strings.Contains(lines[1], "abc  2026-11-01T12:00:00Z  dead") || !strings.Contains(lines[1], "replayed  status 400: bad request xxx") ||
+		!strings.HasSuffix(lines[1], "…") {
+		t.Errorf("table:\n%s", table.String())
+	}
+	if err := printLetters(&js, ls, true); err != nil {
+		t.Fatal(err)
+	}
+	var e retention.Envelope
+	if err := json.Unmarshal(js.Bytes(), &e); err != nil || e.ID != "abc" || e.Replays != 2 || strings.Count(js.String(), "\n") != 1 {
+		t.Errorf("--json: %q (%v)", js.String(), err)
 	}
 }
