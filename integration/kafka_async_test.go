@@ -256,6 +256,7 @@ func TestKafkaAsyncThrottledUntilEventAge(t *testing.T) {
 	cfg := writeConfig(t, runConfig{Source: source, Topic: topic, FunctionURL: fn.URL(), DeadLetters: dlq,
 		Settings: asyncSettings(2, "60s", 200*time.Millisecond)})
 	p := startSluice(t, "sluice", cfg)
+	started := time.Now()
 	want := produce(t, topic, 1, events, produceOpts{})
 
 	eventually(t, 85*time.Second, "every event dead-lettered", func() error {
@@ -264,6 +265,7 @@ func TestKafkaAsyncThrottledUntilEventAge(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("every event dead-lettered %v after sluice was running", time.Since(started).Round(time.Millisecond))
 	byValue := map[string]produced{}
 	for _, w := range want {
 		byValue[w.Value] = w
@@ -330,6 +332,7 @@ func TestKafkaAsyncKill9KeepsAttempts(t *testing.T) {
 	cfg := writeConfig(t, runConfig{Source: source, Topic: topic, FunctionURL: fn.URL(), DeadLetters: dlq,
 		Settings: asyncSettings(2, "1h", backoff)})
 	p := startSluice(t, "sluice (first)", cfg)
+	started := time.Now()
 
 	// Every event failed once and is in the retry topic (the source is
 	// committed to its end only then); its retry is due 3 s later.
@@ -351,6 +354,7 @@ func TestKafkaAsyncKill9KeepsAttempts(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("every event dead-lettered %v after the first sluice was running", time.Since(started).Round(time.Millisecond))
 	time.Sleep(time.Second) // nothing more must come
 	checkExhausted(t, fn, want, topic, dlq)
 	if code := p2.stop(syscall.SIGTERM); code != 0 {

@@ -29,19 +29,32 @@ type asyncFake struct {
 
 	mu       sync.Mutex
 	calls    map[int64][]asyncCall // by original offset
+	ok       map[[2]int64]int      // successful deliveries by original partition and offset
 	letters  []shard.DeadLetter
 	storedAt []time.Time // when each letter was stored
 }
 
 func newAsyncFake(behave func(rec shard.Record, attempt int) shard.Result) *asyncFake {
-	return &asyncFake{behave: behave, calls: map[int64][]asyncCall{}}
+	return &asyncFake{behave: behave, calls: map[int64][]asyncCall{}, ok: map[[2]int64]int{}}
 }
 
 func (f *asyncFake) Deliver(_ context.Context, rec shard.Record, attempt int) shard.Result {
 	f.mu.Lock()
 	f.calls[rec.Offset] = append(f.calls[rec.Offset], asyncCall{rec: rec, attempt: attempt, at: time.Now()})
 	f.mu.Unlock()
-	return f.behave(rec, attempt)
+	res := f.behave(rec, attempt)
+	if res.Outcome == shard.Delivered {
+		f.mu.Lock()
+		f.ok[[2]int64{int64(rec.Partition), rec.Offset}]++
+		f.mu.Unlock()
+	}
+	return res
+}
+
+func (f *asyncFake) deliveredCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.ok)
 }
 
 func (f *asyncFake) DeadLetter(_ context.Context, dls []shard.DeadLetter) error {
@@ -462,4 +475,43 @@ func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
 			t.Fatalf("at 6s: pauses %v, marks %v; want resumed, marked up to 3", p, m)
 		}
 	})
+}
+
+// A second member joins while events wait in retry topics and fail or
+// succeed: every event is delivered (on its second attempt), none is
+// dead-lettered, and the source topic is committed to its end.
+func TestAsyncRebalanceLosesNothing(t *testing.T) {
+	const parts, n = 2, 200
+	seeds := newCluster(t, parts, "orders")
+	produce(t, seeds, "orders", parts, n/parts)
+	f := newAsyncFake(func(_ shard.Record, attempt int) shard.Result {
+		if attempt == 1 {
+			return fail500
+		}
+		return shard.Result{Outcome: shard.Delivered}
+	})
+	cfg := asyncSourceConfig("orders", 2, time.Hour)
+	cfg.RetryBackoff = consumer.Backoff{Initial: 300 * time.Millisecond, Max: 300 * time.Millisecond, Multiplier: 1}
+	opts := testAsyncOpts(f, "g")
+	opts.Concurrency = 16 // several poll rounds, so the join lands mid-way
+	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAsync(t, a)
+	waitFor(t, 10*time.Second, "some events delivered", func() bool { return f.deliveredCount() >= 10 })
+	b, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopB := runAsync(t, b)
+	waitFor(t, 30*time.Second, "every event delivered", func() bool { return f.deliveredCount() == n })
+	stopB() // and its partitions move back to a
+	waitFor(t, 20*time.Second, "source topic committed to its end", func() bool {
+		c := committed(t, seeds, "g", "orders")
+		return c[0] == n/parts && c[1] == n/parts
+	})
+	if dls := f.deadLetters(); len(dls) != 0 {
+		t.Errorf("%d dead letters, want none (first: %+v)", len(dls), dls[0])
+	}
 }
