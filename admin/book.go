@@ -259,11 +259,11 @@ func (b *Book) SetRule(pattern string, patch RulePatch) (Rule, error) {
 	})
 }
 
-// EnableRule and DisableRule switch the rule of pattern on or off; a
-// disabled rule is kept but skipped when matching.
+// EnableRule switches the rule of pattern on again.
 func (b *Book) EnableRule(pattern string) (Rule, error) { return b.setDisabled(pattern, false) }
 
-// DisableRule: see EnableRule.
+// DisableRule switches the rule of pattern off: it is kept but skipped when
+// matching, so its scopes fall back to "*" (or no limit).
 func (b *Book) DisableRule(pattern string) (Rule, error) { return b.setDisabled(pattern, true) }
 
 func (b *Book) setDisabled(pattern string, disabled bool) (Rule, error) {
