@@ -562,6 +562,13 @@ func TestDLQReplayJetStream(t *testing.T) {
 		}
 		return nil
 	})
+	eventually(t, 30*time.Second, "dead-letter gauges", func() error {
+		b, err := p.metric("sluice_dead_letter_stored_bytes", map[string]string{"destination": "dead"})
+		if err == nil && b <= 0 {
+			err = fmt.Errorf("stored bytes %v", b)
+		}
+		return err
+	})
 	if code := p.stop(syscall.SIGTERM); code != 0 {
 		t.Fatalf("sluice run exited %d", code)
 	}
