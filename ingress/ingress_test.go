@@ -265,7 +265,7 @@ func TestSyncErrors(t *testing.T) {
 		case "/crash":
 			http.Error(w, "stack trace here", 500)
 		case "/bad":
-			http.Error(w, "field x is required", 422)
+			http.Error(w, "field x is required", http.StatusUnprocessableEntity)
 		case "/slow":
 			time.Sleep(300 * time.Millisecond)
 		}
