@@ -27,7 +27,8 @@ type ingressCall struct {
 }
 
 // The HTTP ingress and the metrics end to end, through a real `sluice run`
-// on its embedded NATS: with reserved concurrency 1 and a slow function, a
+// on its embedded NATS, behind admin tokens (no token 401, read 403, invoke
+// allowed): with reserved concurrency 1 and a slow function, a
 // second concurrent synchronous call is answered 429 with
 // ReservedFunctionConcurrentInvocationLimitExceeded and Retry-After; a
 // stream shard waiting for the same slot shows as throttled; /metrics shows
@@ -69,8 +70,14 @@ func TestRunIngressAndMetricsUnderThrottle(t *testing.T) {
 	}()
 
 	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "read.token"), "read-secret\n")
+	writeFile(t, filepath.Join(dir, "invoke.token"), "invoke-secret\n")
 	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), fmt.Sprintf(`
-admin: {listen: "127.0.0.1:0"}
+admin:
+  listen: "127.0.0.1:0"
+  tokens:
+    - {role: read, file: %q}
+    - {role: invoke, file: %q}
 state_dir: %s
 brokers:
   local: {nats: {listen: "127.0.0.1:0"}}
@@ -79,14 +86,44 @@ functions:
 sources:
   clicks: {stream: CLICKS, subject: "clicks.*", partitions: 1, function: slow, batch_size: 1}
   jobs: {stream: JOBS, subject: "jobs.>", mode: async, function: slow}
-`, filepath.Join(dir, "state"), fn.URL+"/invoke"))
+`, filepath.Join(dir, "read.token"), filepath.Join(dir, "invoke.token"), filepath.Join(dir, "state"), fn.URL+"/invoke"))
 	natsURL, admin := startWithEmbedded(t, cfg)
 	base := "http://" + admin
+	// invoke POSTs body to the ingress path with the invoke token.
+	invoke := func(path, body string, header map[string]string) (*http.Response, error) {
+		req, err := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", "text/plain")
+		req.Header.Set("Authorization", "Bearer invoke-secret")
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		return http.DefaultClient.Do(req)
+	}
+
+	// 0. The ingress is behind the admin API's tokens: none is 401, a read
+	// token 403 (SPEC §6: invoke may call the ingress, read may only GET).
+	for token, want := range map[string]int{"": http.StatusUnauthorized, "wrong": http.StatusUnauthorized, "read-secret": http.StatusForbidden} {
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/functions/slow/invocations", strings.NewReader("x"))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("POST with token %q = %d, want %d", token, resp.StatusCode, want)
+		}
+	}
 
 	// 1. A synchronous call takes the function's only slot and hangs.
 	first := make(chan *http.Response, 1)
 	go func() {
-		resp, err := http.Post(base+"/v1/functions/slow/invocations", "text/plain", strings.NewReader("sync-1"))
+		resp, err := invoke("/v1/functions/slow/invocations", "sync-1", nil)
 		if err != nil {
 			t.Errorf("first call: %v", err)
 			close(first)
@@ -97,7 +134,7 @@ sources:
 	waitSignal(t, started, "the first synchronous call to reach the function")
 
 	// 2. A second one is throttled at once.
-	resp, err := http.Post(base+"/v1/functions/slow/invocations", "text/plain", strings.NewReader("sync-2"))
+	resp, err := invoke("/v1/functions/slow/invocations", "sync-2", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,10 +192,7 @@ sources:
 
 	// 5. An asynchronous call is durably queued and answered 202 at once,
 	// although the function is still busy.
-	req, _ := http.NewRequest(http.MethodPost, base+"/v1/functions/slow/invocations", strings.NewReader("async-1"))
-	req.Header.Set("Sluice-Invocation-Type", "Event")
-	req.Header.Set("Content-Type", "text/plain")
-	resp, err = http.DefaultClient.Do(req)
+	resp, err = invoke("/v1/functions/slow/invocations", "async-1", map[string]string{"Sluice-Invocation-Type": "Event"})
 	if err != nil {
 		t.Fatal(err)
 	}
