@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -83,17 +84,31 @@ func benchPipeline(b *testing.B, partitions int32, records int, o pipelineOpts) 
 	// side runs first.
 	benchBare(b, addr, topic, records)
 
-	var sluiceDur, bareDur time.Duration
+	// Besides the wall time, the CPU time the process spent on each side:
+	// on a machine shared with other work, wall time measures the share of
+	// the CPUs the process got as much as the pipeline, while CPU time per
+	// record is what the pipeline costs.
+	var sluiceDur, bareDur, sluiceCPU, bareCPU time.Duration
+	sluice := func() {
+		c := cpuTime()
+		sluiceDur += benchSluice(b, addr, topic, records, batchSize, o)
+		sluiceCPU += cpuTime() - c
+	}
+	bare := func() {
+		c := cpuTime()
+		bareDur += benchBare(b, addr, topic, records)
+		bareCPU += cpuTime() - c
+	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		// Alternate which goes first, so neither always reads a colder
 		// page cache.
 		if i%2 == 0 {
-			bareDur += benchBare(b, addr, topic, records)
-			sluiceDur += benchSluice(b, addr, topic, records, batchSize, o)
+			bare()
+			sluice()
 		} else {
-			sluiceDur += benchSluice(b, addr, topic, records, batchSize, o)
-			bareDur += benchBare(b, addr, topic, records)
+			sluice()
+			bare()
 		}
 	}
 	b.StopTimer()
@@ -102,6 +117,18 @@ func benchPipeline(b *testing.B, partitions int32, records int, o pipelineOpts) 
 	b.ReportMetric(sluiceRate, "sluice-rec/s")
 	b.ReportMetric(bareRate, "bare-rec/s")
 	b.ReportMetric(sluiceRate/bareRate, "x-bare")
+	b.ReportMetric(float64(sluiceCPU.Nanoseconds())/total, "sluice-cpu-ns/rec")
+	b.ReportMetric(float64(bareCPU.Nanoseconds())/total, "bare-cpu-ns/rec")
+	b.ReportMetric(bareCPU.Seconds()/sluiceCPU.Seconds(), "x-bare-cpu")
+}
+
+// cpuTime returns the user and system CPU time the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // benchBare reads n records of topic in a new consumer group with a plain

@@ -39,7 +39,7 @@ type step struct {
 // steps are run in this order, one at a time (the machine is shared by
 // both sides of every ratio; running two steps at once would skew both).
 var steps = []step{
-	{"dispatcher", "./dispatch/", "^BenchmarkAcquireRelease", "1s", ""},
+	{"dispatcher", "./integration/", "^BenchmarkDispatcherVsSemaphore$", "200000x", ""},
 	{"engine", "./integration/", "^(BenchmarkThrottledResume)$", "1000x", ""},
 	{"fairness", "./integration/", "^BenchmarkScopeFairness$", "5x", ""},
 	{"memory", "./integration/", "^BenchmarkMemoryPer(Shard|Scope)$", "1x", ""},
@@ -54,63 +54,91 @@ type row struct {
 	what, metric, baseline string
 }
 
+// unitRow is the row of one unit of a benchmark's result line.
+type unitRow struct {
+	unit string
+	row  row
+}
+
 // rows says, per benchmark (without the -N suffix) and unit, what the figure
 // means. Units not listed are left out of the table (they are in the log).
-var rows = map[string]map[string]row{
+var rows = map[string][]unitRow{
 	"BenchmarkKafkaPipeline": {
-		"x-bare":       {"Kafka pipeline, in-process no-op function (4 partitions, 200k records)", "ratio", "÷ bare franz-go poll loop, rec/s (1.0 = as fast)"},
-		"sluice-rec/s": {"  sluice", "rec/s", ""},
-		"bare-rec/s":   {"  bare franz-go", "rec/s", ""},
+		{"x-bare", row{"Kafka pipeline, in-process no-op function (4 partitions, 200k records)", "ratio", "÷ bare franz-go poll loop, rec/s (1.0 = as fast)"}},
+		{"sluice-rec/s", row{"  sluice", "rec/s", ""}},
+		{"bare-rec/s", row{"  bare franz-go", "rec/s", ""}},
+		{"x-bare-cpu", row{"Kafka pipeline, in-process no-op function: CPU cost", "ratio", "bare CPU time ÷ sluice CPU time (1.0 = as cheap)"}},
+		{"sluice-cpu-ns/rec", row{"  sluice", "CPU ns/rec", ""}},
+		{"bare-cpu-ns/rec", row{"  bare franz-go", "CPU ns/rec", ""}},
 	},
 	"BenchmarkKafkaPipelineAsyncCommit": {
-		"x-bare": {"Kafka pipeline, AsyncCommit (commit ~1 s later)", "ratio", "÷ bare franz-go poll loop, rec/s"},
+		{"x-bare", row{"Kafka pipeline, AsyncCommit (commit ~1 s later)", "ratio", "÷ bare franz-go poll loop, rec/s"}},
+		{"x-bare-cpu", row{"Kafka pipeline, AsyncCommit: CPU cost", "ratio", "bare CPU time ÷ sluice CPU time"}},
+		{"sluice-cpu-ns/rec", row{"  sluice, AsyncCommit", "CPU ns/rec", ""}},
 	},
 	"BenchmarkStreamVsBareFetch": {
-		"x-bare":       {"JetStream pipeline, in-process no-op function (4 partitions, 50k msgs)", "ratio", "÷ bare jetstream Fetch+Ack loops, msg/s"},
-		"sluice-msg/s": {"  sluice", "msg/s", ""},
-		"bare-msg/s":   {"  bare jetstream", "msg/s", ""},
+		{"x-bare", row{"JetStream pipeline, in-process no-op function (4 partitions, 50k msgs)", "ratio", "÷ bare jetstream Fetch+Ack loops, msg/s"}},
+		{"sluice-msg/s", row{"  sluice", "msg/s", ""}},
+		{"bare-msg/s", row{"  bare jetstream", "msg/s", ""}},
 	},
 	"BenchmarkKafkaPipelineHTTP": {
-		"x-bare":       {"Kafka pipeline to a local no-op HTTP function (4 partitions, 100k records)", "ratio", "÷ bare HTTP client loop posting the same batches, rec/s"},
-		"sluice-rec/s": {"  sluice", "rec/s", ""},
-		"bare-rec/s":   {"  bare HTTP loop", "rec/s", ""},
+		{"x-bare", row{"Kafka pipeline to a local no-op HTTP function (4 partitions, 100k records)", "ratio", "÷ bare HTTP client loop posting the same batches, rec/s"}},
+		{"sluice-rec/s", row{"  sluice", "rec/s", ""}},
+		{"bare-rec/s", row{"  bare HTTP loop", "rec/s", ""}},
 	},
-	"BenchmarkKafkaPartitions/p=1":  {"x-bare": {"Kafka, 1 partition (100k records)", "ratio", "÷ bare franz-go"}, "sluice-rec/s": {"  sluice, 1 partition", "rec/s", ""}},
-	"BenchmarkKafkaPartitions/p=4":  {"x-bare": {"Kafka, 4 partitions", "ratio", "÷ bare franz-go"}, "sluice-rec/s": {"  sluice, 4 partitions", "rec/s", ""}},
-	"BenchmarkKafkaPartitions/p=16": {"x-bare": {"Kafka, 16 partitions", "ratio", "÷ bare franz-go"}, "sluice-rec/s": {"  sluice, 16 partitions", "rec/s", ""}},
-	"BenchmarkKafkaPartitions/p=64": {"x-bare": {"Kafka, 64 partitions", "ratio", "÷ bare franz-go"}, "sluice-rec/s": {"  sluice, 64 partitions", "rec/s", ""}},
-	"BenchmarkAcquireRelease": {
-		"x-semaphore": {"Dispatcher acquire+release, uncontended", "time ratio", "× x/sync/semaphore (lower is faster)"},
+	"BenchmarkKafkaPartitions/p=1": {
+		{"x-bare", row{"Kafka, 1 partition (100k records)", "ratio", "÷ bare franz-go"}},
+		{"sluice-rec/s", row{"  sluice, 1 partition", "rec/s", ""}},
+		{"x-bare-cpu", row{"  CPU cost, 1 partition", "ratio", "bare CPU ÷ sluice CPU"}},
 	},
-	"BenchmarkAcquireReleaseScoped": {
-		"x-semaphore": {"Dispatcher acquire+release, uncontended, one scope under a \"*\" rule", "time ratio", "× x/sync/semaphore"},
+	"BenchmarkKafkaPartitions/p=4": {
+		{"x-bare", row{"Kafka, 4 partitions", "ratio", "÷ bare franz-go"}},
+		{"sluice-rec/s", row{"  sluice, 4 partitions", "rec/s", ""}},
+		{"x-bare-cpu", row{"  CPU cost, 4 partitions", "ratio", "bare CPU ÷ sluice CPU"}},
 	},
-	"BenchmarkAcquireReleaseContended": {
-		"x-semaphore": {"Dispatcher acquire+release, 8 goroutines on 4 slots", "time ratio", "× x/sync/semaphore"},
+	"BenchmarkKafkaPartitions/p=16": {
+		{"x-bare", row{"Kafka, 16 partitions", "ratio", "÷ bare franz-go"}},
+		{"sluice-rec/s", row{"  sluice, 16 partitions", "rec/s", ""}},
+		{"x-bare-cpu", row{"  CPU cost, 16 partitions", "ratio", "bare CPU ÷ sluice CPU"}},
 	},
-	"BenchmarkAcquireRelease1000Scopes": {
-		"x-semaphore": {"Dispatcher acquire+release, 8 goroutines, 4 slots, 1,000 scopes", "time ratio", "× one x/sync/semaphore (no scopes)"},
+	"BenchmarkKafkaPartitions/p=64": {
+		{"x-bare", row{"Kafka, 64 partitions", "ratio", "÷ bare franz-go"}},
+		{"sluice-rec/s", row{"  sluice, 64 partitions", "rec/s", ""}},
+		{"x-bare-cpu", row{"  CPU cost, 64 partitions", "ratio", "bare CPU ÷ sluice CPU"}},
+	},
+	"BenchmarkDispatcherVsSemaphore/uncontended": {
+		{"x-semaphore", row{"Dispatcher acquire+release, uncontended", "time ratio", "× x/sync/semaphore, interleaved (1 = as fast)"}},
+		{"limiter-ns/op", row{"  dispatcher", "ns/op", ""}},
+		{"semaphore-ns/op", row{"  x/sync/semaphore", "ns/op", ""}},
+	},
+	"BenchmarkDispatcherVsSemaphore/contended-8": {
+		{"x-semaphore", row{"Dispatcher acquire+release, 8 goroutines on 4 slots", "time ratio", "× x/sync/semaphore, interleaved"}},
+		{"limiter-ns/op", row{"  dispatcher", "ns/op", ""}},
+	},
+	"BenchmarkDispatcherVsSemaphore/1000-scopes-8": {
+		{"x-semaphore", row{"Dispatcher acquire+release, 8 goroutines, 4 slots, 1,000 scopes (\"*\" rule)", "time ratio", "× one x/sync/semaphore (no scopes), interleaved"}},
+		{"limiter-ns/op", row{"  dispatcher", "ns/op", ""}},
 	},
 	"BenchmarkThrottledResume": {
-		"p50-µs": {"Resume of a throttled shard after a slot frees, p50", "µs", "shard + dispatcher in process"},
-		"p99-µs": {"Resume of a throttled shard after a slot frees, p99", "µs", ""},
+		{"p50-µs", row{"Resume of a throttled shard after a slot frees, p50", "µs", "shard + dispatcher in process"}},
+		{"p99-µs", row{"Resume of a throttled shard after a slot frees, p99", "µs", ""}},
 	},
 	"BenchmarkScopeFairness": {
-		"jain":           {"Fairness across 100 scopes of unequal demand (1–8 waiters each), 10 slots", "Jain index", "1 = even shares"},
-		"jain-semaphore": {"  same load on one x/sync/semaphore", "Jain index", "FIFO over goroutines: demand decides"},
+		{"jain", row{"Fairness across 100 scopes of unequal demand (1–8 waiters each), 10 slots", "Jain index", "1 = even shares"}},
+		{"jain-semaphore", row{"  same load on one x/sync/semaphore", "Jain index", "FIFO over goroutines: demand decides"}},
 	},
 	"BenchmarkMemoryPerShard": {
-		"B/shard": {"Memory per idle shard (10,000 running shard workers)", "bytes", "heap + goroutine stack"},
+		{"B/shard", row{"Memory per idle shard (10,000 running shard workers)", "bytes", "heap + goroutine stack"}},
 	},
 	"BenchmarkMemoryPerScope": {
-		"B/scope": {"Memory per active scope (10,000 scopes, each holding a slot)", "bytes", "heap, lease included"},
+		{"B/scope", row{"Memory per active scope (10,000 scopes, each holding a slot)", "bytes", "heap, lease included"}},
 	},
 }
 
 // order is the order of the table's sections.
 var order = []string{
 	"BenchmarkKafkaPipeline", "BenchmarkKafkaPipelineAsyncCommit", "BenchmarkStreamVsBareFetch", "BenchmarkKafkaPipelineHTTP",
-	"BenchmarkAcquireRelease", "BenchmarkAcquireReleaseScoped", "BenchmarkAcquireReleaseContended", "BenchmarkAcquireRelease1000Scopes",
+	"BenchmarkDispatcherVsSemaphore/uncontended", "BenchmarkDispatcherVsSemaphore/contended-8", "BenchmarkDispatcherVsSemaphore/1000-scopes-8",
 	"BenchmarkThrottledResume", "BenchmarkScopeFairness", "BenchmarkMemoryPerShard", "BenchmarkMemoryPerScope",
 	"BenchmarkKafkaPartitions/p=1", "BenchmarkKafkaPartitions/p=4", "BenchmarkKafkaPartitions/p=16", "BenchmarkKafkaPartitions/p=64",
 }
@@ -212,38 +240,12 @@ func printTable(w io.Writer, results map[string]map[string]float64) {
 		if !ok {
 			continue
 		}
-		units := rows[name]
-		// The ratio (or first figure) first, then the details.
-		for _, unit := range sortedUnits(units) {
-			v, ok := got[unit]
+		for _, u := range rows[name] {
+			v, ok := got[u.unit]
 			if !ok {
 				continue
 			}
-			r := units[unit]
-			fmt.Fprintf(w, "| %s | %s | %s | %s |\n", r.what, format(v), r.metric, r.baseline)
-		}
-	}
-}
-
-// sortedUnits puts the rows with a baseline (the headline figures) first.
-func sortedUnits(units map[string]row) []string {
-	var head, rest []string
-	for u, r := range units {
-		if r.baseline != "" {
-			head = append(head, u)
-		} else {
-			rest = append(rest, u)
-		}
-	}
-	sortStrings(head)
-	sortStrings(rest)
-	return append(head, rest...)
-}
-
-func sortStrings(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
+			fmt.Fprintf(w, "| %s | %s | %s | %s |\n", u.row.what, format(v), u.row.metric, u.row.baseline)
 		}
 	}
 }
