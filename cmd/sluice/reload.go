@@ -9,15 +9,23 @@ import (
 	"github.com/sluicehq/sluice/config"
 )
 
-// reloadOnSIGHUP reloads the limits (account, reservations, rules) from the
-// configuration on every SIGHUP until ctx ends, through load (the same
-// files, environment and flags sluice started with). In-flight invocations
-// keep their slots; the API's changes stay on top. A file that does not
-// load or validate is logged and changes nothing. Other sections (sources,
-// brokers, functions) need a restart. The returned func stops listening.
-func (a *app) reloadOnSIGHUP(ctx context.Context, load func() (*config.Config, error)) (stop func()) {
+// catchSIGHUP starts catching SIGHUP, whose default action would end the
+// process: `run` calls it first, so that a reload asked for while sluice is
+// still starting is done once it runs instead of killing it.
+func catchSIGHUP() chan os.Signal {
 	hup := make(chan os.Signal, 1) // signal.Notify drops signals when full; one pending reload is enough
 	signal.Notify(hup, syscall.SIGHUP)
+	return hup
+}
+
+// reloadOnSIGHUP reloads the limits (account, reservations, rules) from the
+// configuration on every signal of hup (catchSIGHUP) until ctx ends, through
+// load (the same files, environment and flags sluice started with).
+// In-flight invocations keep their slots; the API's changes stay on top. A
+// file that does not load or validate is logged and changes nothing. Other
+// sections (sources, brokers, functions) need a restart. The returned func
+// stops listening.
+func (a *app) reloadOnSIGHUP(ctx context.Context, hup chan os.Signal, load func() (*config.Config, error)) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os/signal"
+
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/config"
@@ -20,6 +22,8 @@ configuration without stopping: running invocations keep their slots, and
 changes made through the admin API stay on top. Other sections need a restart.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			hup := catchSIGHUP()
+			defer signal.Stop(hup)
 			cfg, err := loadConfig(cmd)
 			if err != nil {
 				return err
@@ -32,7 +36,7 @@ changes made through the admin API stay on top. Other sections need a restart.`,
 			if err != nil {
 				return err
 			}
-			stop := a.reloadOnSIGHUP(cmd.Context(), func() (*config.Config, error) { return loadConfig(cmd) })
+			stop := a.reloadOnSIGHUP(cmd.Context(), hup, func() (*config.Config, error) { return loadConfig(cmd) })
 			defer stop()
 			return a.run(cmd.Context())
 		},
