@@ -219,9 +219,11 @@ func (t *replayTargets) newSourceWriter(ctx context.Context, e *retention.Envelo
 	b := t.a.cfg.Brokers[sc.Broker]
 	var w retention.Appender
 	if b.Kafka != nil {
-		topic := e.Record.Topic
+		// The source's topic as configured: a letter's record may come from
+		// elsewhere (an async source's retry topic).
+		topic := sc.Topic
 		if topic == "" {
-			topic = sc.Topic
+			topic = e.Record.Topic
 		}
 		r, err := kafka.NewReader(*b.Kafka, topic)
 		if err != nil {
