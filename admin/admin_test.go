@@ -27,7 +27,7 @@ func testConfig() dispatch.Config {
 		Account: dispatch.AccountConfig{Concurrency: 200, MinUnreserved: 100},
 		Functions: map[string]dispatch.FunctionConfig{
 			"fn":    {URL: "http://127.0.0.1:1/fn", Timeout: 5 * time.Second, ReservedConcurrency: ptr(10)},
-			"other": {URL: "http://127.0.0.1:1/other"},
+			"other": {URL: "http://user:secret@127.0.0.1:1/other"},
 		},
 		Rules: []dispatch.Rule{
 			{Pattern: "*", Concurrency: 5, Description: "per tenant"},
@@ -209,6 +209,9 @@ func TestAccountAndReservations(t *testing.T) {
 	}
 	a.must(http.MethodPut, "/v1/functions/other/concurrency", `{"reservedConcurrentExecutions": 40}`, http.StatusOK, nil)
 	a.must(http.MethodGet, "/v1/functions/other", "", http.StatusOK, &f)
+	if strings.Contains(f.Configuration.URL, "secret") {
+		t.Errorf("GET /v1/functions/other shows the URL's password: %s", f.Configuration.URL)
+	}
 	if r := f.Concurrency.ReservedConcurrentExecutions; r == nil || *r != 40 || f.Concurrency.Origin != OriginAPI {
 		t.Fatalf("after PUT: %+v", f.Concurrency)
 	}

@@ -860,4 +860,18 @@ rules:
 	if code != 1 || !strings.Contains(errOut, "403") || !strings.Contains(errOut, "role admin") {
 		t.Errorf("write with a read token: exit %d, stderr %q", code, errOut)
 	}
+	// The token from $SLUICE_TOKEN, the address from the config's admin.listen.
+	bin, _ := adminBin()
+	host := strings.TrimPrefix(p.admin, "http://")
+	cfg2 := writeFile(t, filepath.Join(dir, "client.yaml"), fmt.Sprintf("admin: {listen: %q}\n", host))
+	cmd := exec.Command(bin, "rules", "list", "-c", cfg2)
+	cmd.Env = append(os.Environ(), "SLUICE_TOKEN="+tokenOf(dir, "read"))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "per tenant") {
+		t.Errorf("rules list with $SLUICE_TOKEN and -c: %v\n%s", err, out)
+	}
+	cmd = exec.Command(bin, "rules", "list", "-c", cfg2)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "401") {
+		t.Errorf("rules list without a token: %v\n%s, want exit 1 with the 401", err, out)
+	}
 }
