@@ -586,3 +586,43 @@ func TestQueuesShardsReadyIngress(t *testing.T) {
 		t.Errorf("ingress not wired: %d %s, want 404 saying so", code, body)
 	}
 }
+
+// When the state file cannot be written, the change is refused (500) and
+// the limiter is left as it was: what runs is what survives a restart.
+func TestUnsavableChangeIsRolledBack(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	a := newTestAPI(t, Options{Book: newTestBook(t, dir, testConfig())})
+	// Replace the state directory by a file: nothing can be written in it.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lim := a.book.Limiter()
+	for _, c := range []struct{ method, path, body string }{
+		{http.MethodPut, "/v1/functions/other/concurrency", `{"reservedConcurrentExecutions": 5}`},
+		{http.MethodDelete, "/v1/functions/fn/concurrency", ""},
+		{http.MethodPut, "/v1/rules/acme", `{"concurrency": 9}`},
+		{http.MethodPut, "/v1/rules/new", `{"concurrency": 9}`},
+		{http.MethodPost, "/v1/rules/acme/disable", ""},
+		{http.MethodDelete, "/v1/rules/*", ""},
+	} {
+		if code, body := a.do(c.method, c.path, "", c.body); code != http.StatusInternalServerError {
+			t.Errorf("%s %s with an unwritable state dir: %d %s, want 500", c.method, c.path, code, body)
+		}
+	}
+	if _, ok := lim.Reservation("other"); ok {
+		t.Error("other got a reservation that was not saved")
+	}
+	if n, ok := lim.Reservation("fn"); !ok || n != 10 {
+		t.Errorf("fn reservation %d %v, want the file's 10 kept", n, ok)
+	}
+	got := lim.Rules()
+	if len(got) != 2 || got[0] != (dispatch.Rule{Pattern: "*", Concurrency: 5, Description: "per tenant"}) || got[1] != (dispatch.Rule{Pattern: "acme", Concurrency: 2}) {
+		t.Errorf("limiter rules %+v, want the file's unchanged", got)
+	}
+	if rs := a.book.Rules(); len(rs) != 2 || rs[1].Concurrency != 2 || rs[1].Origin != OriginConfig || rs[1].Version != 1 {
+		t.Errorf("book rules %+v, want the file's unchanged", rs)
+	}
+}
