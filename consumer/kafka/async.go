@@ -274,10 +274,10 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 		kgo.ConsumerGroup(opts.Group),
 		kgo.ConsumeTopics(topics...),
 		// Where the group has no commit yet: the source topic per
-		// starting_position; the retry topics too (franz-go has one start
-		// offset per client), which only matters for records written to
-		// a retry partition that never had a commit, while no member ran.
+		// starting_position; the retry topics from their start (see
+		// startRetryAtStart).
 		kgo.ConsumeStartOffset(start),
+		kgo.AdjustFetchOffsetsFn(a.startRetryAtStart(start)),
 		kgo.AutoCommitMarks(),
 		kgo.AutoCommitInterval(autoCommitInterval),
 		kgo.OnPartitionsAssigned(a.assigned),
@@ -293,6 +293,29 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 		}
 	}
 	return a, nil
+}
+
+// startRetryAtStart returns the group's offset hook: a retry partition
+// without a commit starts at its first record, whatever starting_position
+// says (franz-go has one start offset per client). Every retry record is an
+// event whose source offset was committed once it was written, and a retry
+// partition has no commit until its first record is finished, so starting it
+// at its end (latest) would skip the events waiting in it after a restart or
+// a rebalance.
+func (a *Async) startRetryAtStart(start kgo.Offset) func(context.Context, map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	return func(_ context.Context, offs map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+		for topic, ps := range offs {
+			if !a.isRetry[topic] {
+				continue
+			}
+			for p, o := range ps {
+				if o == start { // franz-go's stand-in for "no commit"
+					ps[p] = kgo.NewOffset().AtStart()
+				}
+			}
+		}
+		return offs, nil
+	}
 }
 
 // Name returns the source name.

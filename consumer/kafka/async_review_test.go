@@ -1,0 +1,55 @@
+package kafka
+
+import (
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/shard"
+)
+
+// With starting_position latest, a retry partition that never had a commit
+// (its first record is not due yet when the process stops) is still read
+// from its start after a restart: its records are events whose source
+// offsets were already committed, so starting it at its end would lose them.
+func TestAsyncLatestKeepsUncommittedRetryRecords(t *testing.T) {
+	seeds := newCluster(t, 1, "orders")
+	cfg := asyncSourceConfig("orders", 2, time.Hour)
+	cfg.StartingPosition = consumer.Latest
+	cfg.RetryBackoff = consumer.Backoff{Initial: 2 * time.Second, Max: 2 * time.Second, Multiplier: 1}
+	f := newAsyncFake(func(shard.Record, int) shard.Result { return fail500 })
+	opts := testAsyncOpts(f, "g")
+	opts.RetryTiers = []time.Duration{100 * time.Millisecond}
+	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runAsync(t, a)
+	// latest: records written before the group found its start are
+	// skipped, so write until one arrives.
+	produced := 0
+	waitFor(t, 20*time.Second, "a first event", func() bool {
+		produce(t, seeds, "orders", 1, 1)
+		produced++
+		time.Sleep(100 * time.Millisecond)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.calls) > 0
+	})
+	waitFor(t, 10*time.Second, "source topic committed", func() bool {
+		return committed(t, seeds, "g", "orders")[0] == int64(produced)
+	})
+	stop() // before any retry record is due: the retry partition has no commit
+	f.mu.Lock()
+	seen := len(f.calls)
+	f.mu.Unlock()
+
+	b, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAsync(t, b)
+	waitFor(t, 20*time.Second, "every event seen before the restart dead-lettered", func() bool {
+		return len(f.deadLetters()) >= seen
+	})
+}
