@@ -795,17 +795,33 @@ func (pt *partition) isPaused() bool {
 }
 
 // fetchLoop pulls the partition until ctx ends. While the worker has it
-// paused it pulls nothing, but it keeps the pin with keepAlive.
+// paused it pulls nothing, but it keeps the pin with keepAlive once the pause
+// lasted FetchWait since the last pull.
 func (pt *partition) fetchLoop(ctx, workCtx context.Context) {
 	s := pt.s
 	failures := 0
+	lastPull := time.Now()
 	for ctx.Err() == nil {
 		var err error
 		if pt.isPaused() {
+			// Most pauses are short (the worker's buffer was full and
+			// drains in a few batches): wait for the resume first, and
+			// renew the pin only once the pause lasted FetchWait since the
+			// last pull. A keepAlive is never cut short, and while the
+			// server has nothing it may deliver (MaxAckPending reached)
+			// it waits out its expiry (up to a second), holding up the
+			// resume. It used to be sent whenever the loop woke still
+			// paused, also on a stale resume signal (one left in the
+			// channel by a resume while the loop was pulling): a busy
+			// partition then lost up to a second a buffer.
+			if pt.waitResume(ctx, lastPull.Add(s.opts.FetchWait)) {
+				continue
+			}
 			err = pt.keepAlive(workCtx)
 		} else {
 			err = pt.fetch(workCtx)
 		}
+		lastPull = time.Now()
 		pt.recoveryDeadline(workCtx)
 		switch {
 		case err == nil:
@@ -827,13 +843,28 @@ func (pt *partition) fetchLoop(ctx, workCtx context.Context) {
 			}
 			continue
 		}
-		if pt.isPaused() {
-			select {
-			case <-ctx.Done():
-			case <-pt.resume:
-			case <-time.After(s.opts.FetchWait):
-			}
+	}
+}
+
+// waitResume waits while the partition is paused, until deadline; it
+// reports true when the partition is no longer paused or ctx ended, false
+// when it is still paused at deadline (the pin needs renewing).
+func (pt *partition) waitResume(ctx context.Context, deadline time.Time) bool {
+	for {
+		if ctx.Err() != nil || !pt.isPaused() {
+			return true
 		}
+		d := time.Until(deadline)
+		if d <= 0 {
+			return false
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+		case <-pt.resume:
+		case <-t.C:
+		}
+		t.Stop()
 	}
 }
 
