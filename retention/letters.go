@@ -60,9 +60,14 @@ type resolution struct {
 }
 
 // Load reads destination dest through r and folds its records into the state
-// of each letter: for an id, the newest envelope wins, and a resolution is
-// final (a letter written again after it was resolved, e.g. a duplicate
-// write of a retried Append, stays resolved).
+// of each letter: for an id, the newest envelope wins, and a resolution
+// covers the failures before it: a letter written again after it was
+// resolved stays resolved when it is a late copy of an earlier write (a
+// duplicate of a retried Append: its last attempt is older than the
+// resolution), and is pending again when it is a new failure of the same
+// record (its last attempt is newer: the source read it again after an
+// offset reset, or a crash re-dead-lettered it after the replay), since no
+// replay would ever deliver it otherwise.
 //
 // Records of one id are in write order because they share a key: Kafka
 // writes them to one partition, JetStream to one subject of one stream.
@@ -104,6 +109,9 @@ func Load(ctx context.Context, dest string, r Reader) (*Index, error) {
 			idx.Letters = append(idx.Letters, l)
 		}
 		l.Envelope = e
+		if l.Resolved && e.LastAttemptAt.After(l.ResolvedAt) {
+			l.Resolved, l.ResolvedAt = false, time.Time{}
+		}
 		return nil
 	})
 	if err != nil {
