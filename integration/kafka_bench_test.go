@@ -9,8 +9,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,6 +48,13 @@ func BenchmarkKafkaPipelineAsyncCommit(b *testing.B) {
 	benchPipeline(b, 4, 200000, pipelineOpts{async: true})
 }
 
+// BenchmarkKafkaPipelineDepth8 is BenchmarkKafkaPipeline with
+// kafka.Options.CommitPipelineDepth 8: a lane runs up to 8 batches ahead of
+// its confirmed commit (a crash redelivers up to 9 per lane).
+func BenchmarkKafkaPipelineDepth8(b *testing.B) {
+	benchPipeline(b, 4, 200000, pipelineOpts{depth: 8})
+}
+
 // BenchmarkKafkaPartitions is the pipeline against the bare loop from 1 to
 // 64 partitions of the same topic size: sluice runs one shard per
 // partition, the bare loop one poll loop for all.
@@ -62,6 +69,7 @@ func BenchmarkKafkaPartitions(b *testing.B) {
 // pipelineOpts vary BenchmarkKafkaPipeline.
 type pipelineOpts struct {
 	async bool // kafka.Options.AsyncCommit
+	depth int  // kafka.Options.CommitPipelineDepth
 	// url, if set, is an HTTP function to deliver to instead of the
 	// in-process one; its handler calls hit with each batch's record count.
 	url string
@@ -222,10 +230,11 @@ func benchSluice(b *testing.B, addr, topic string, n, batchSize int, o pipelineO
 		Encode: func(recs []shard.Record) ([]byte, error) { return kafka.EncodeEvent(addr, recs) },
 	}
 	src, err := kafka.New(name, broker, sc, kafka.Options{
-		AsyncCommit: o.async,
-		Worker:      sc.WorkerConfig(name),
-		Deliverer:   deliverer,
-		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		AsyncCommit:         o.async,
+		CommitPipelineDepth: o.depth,
+		Worker:              sc.WorkerConfig(name),
+		Deliverer:           deliverer,
+		Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -28,11 +28,15 @@ const (
 	// than this per fetch on top of its buffer.
 	DefaultFetchMaxPartitionBytes = 1 << 20
 	// DefaultFetchMaxWait is how long a broker may hold a fetch that finds
-	// no new data: Kafka's Java default (fetch.max.wait.ms), not franz-go's
-	// 5s. A partition resumed after a pause (a throttle ended, a full buffer
-	// drained) is fetched only once the fetch in flight returns; when the
-	// other partitions are idle, that is this long.
-	DefaultFetchMaxWait = 500 * time.Millisecond
+	// no new data: a fifth of Kafka's Java default (fetch.max.wait.ms,
+	// 500 ms), not franz-go's 5s. A partition resumed after a pause (a
+	// throttle ended, a full buffer drained) is fetched only once the fetch
+	// in flight returns; when the other partitions are idle, that is this
+	// long. At 500 ms a shard that paused on a full buffer stalled for half
+	// a second at a time (BenchmarkKafkaPipeline took twice as long); an
+	// idle source pays for the shorter wait with ten empty fetches a second
+	// per broker.
+	DefaultFetchMaxWait = 100 * time.Millisecond
 	// DefaultStopTimeout bounds how long a revoke or shutdown waits for a
 	// shard's in-flight delivery to end once cancelled. A Deliverer honours
 	// ctx, so this is only reached by one that does not; the shard is then
@@ -100,6 +104,15 @@ type Options struct {
 	// duplicates limited to batches in flight); the commits of all shards
 	// are coalesced.
 	AsyncCommit bool
+	// CommitPipelineDepth is how many batches a shard's lane may deliver
+	// beyond its last confirmed commit (without AsyncCommit): 1 by
+	// default, as described above. With depth d, a crash redelivers at most
+	// d+1 batches per lane. A lane whose batches take less time than a
+	// commit round trip (a fast function, a local broker: a few ms) delivers
+	// d batches per round trip, so a deeper pipeline trades duplicates after
+	// a crash for throughput, in steps, where AsyncCommit trades them for a
+	// second's worth.
+	CommitPipelineDepth int
 	// StopTimeout, CommitTimeout, LagRefresh: see the defaults.
 	StopTimeout   time.Duration
 	CommitTimeout time.Duration
@@ -165,9 +178,10 @@ type part struct {
 	hwm   int64 // high watermark last seen; -1 unknown
 	first int64 // offset of the first record pushed; -1 before
 
-	// commitRound is the commit round that carries the shard's last mark;
-	// only the worker's Commit hook uses it (the worker serializes those).
-	commitRound uint64
+	// commitRounds are the commit rounds asked for the shard's latest
+	// marks, oldest first, at most CommitPipelineDepth of them; only the
+	// worker's Commit hook uses it (the worker serializes those).
+	commitRounds []uint64
 }
 
 // New checks the settings and returns a Source for topic src.Topic; Run
@@ -198,6 +212,9 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 	}
 	if opts.Worker.BufferBytes <= 0 {
 		opts.Worker.BufferBytes = DefaultShardBufferBytes
+	}
+	if opts.CommitPipelineDepth <= 0 {
+		opts.CommitPipelineDepth = 1
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -501,15 +518,19 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 			}
 			pt.mu.Unlock()
 			if marked && !s.opts.AsyncCommit {
-				// Pipelined one batch deep: ask for a round that commits
-				// this mark, and wait only for the round of the previous
-				// one, so the next batch is delivered while this commit is
-				// on the wire. A crash then redelivers at most this batch
-				// and the next. Stopping the worker (revoke, shutdown)
-				// cuts the wait short; its marks are committed then.
-				prev := pt.commitRound
-				pt.commitRound = s.commits.request()
-				s.commits.waitFor(pt.ctx, prev)
+				// Pipelined (one batch deep by default): ask for a round
+				// that commits this mark, and wait only for the round of
+				// the mark CommitPipelineDepth batches back, so the next
+				// batch is delivered while this commit is on the wire. A
+				// crash then redelivers at most this batch, the next, and
+				// those of the rounds still pending. Stopping the worker
+				// (revoke, shutdown) cuts the wait short; its marks are
+				// committed then.
+				pt.commitRounds = append(pt.commitRounds, s.commits.request())
+				if len(pt.commitRounds) > s.opts.CommitPipelineDepth {
+					s.commits.waitFor(pt.ctx, pt.commitRounds[0])
+					pt.commitRounds = slices.Delete(pt.commitRounds, 0, 1)
+				}
 			}
 		},
 		Pause: func(paused bool) {

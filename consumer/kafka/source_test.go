@@ -701,23 +701,34 @@ func TestSourceFencesAWorkerThatOutlivesItsPartition(t *testing.T) {
 	}
 }
 
-// Commits are pipelined one batch deep, never more: when a shard starts
-// delivering a batch, the commit of the batch two before it has ended, so a
-// crash redelivers at most the batch in flight and the one before it. And
-// the last batch is committed without waiting for the auto-commit.
+// Commits are pipelined one batch deep by default, never more: when a shard
+// starts delivering a batch, the commit of the batch two before it has
+// ended, so a crash redelivers at most the batch in flight and the one
+// before it; with CommitPipelineDepth d, the batch d+1 before. And the last
+// batch is committed without waiting for the auto-commit.
 func TestSourceCommitsPipelinedOneBatchDeep(t *testing.T) {
 	t.Parallel()
+	for _, depth := range []int{0, 3} { // 0: the default, 1
+		t.Run(fmt.Sprintf("depth=%d", depth), func(t *testing.T) {
+			t.Parallel()
+			testCommitPipeline(t, depth)
+		})
+	}
+}
+
+func testCommitPipeline(t *testing.T, depth int) {
 	seeds := newCluster(t, 1, "orders")
 	produce(t, seeds, "orders", 1, 500) // ten batches of 50
 	var (
 		mu     sync.Mutex
 		behind []string
 	)
+	ahead := int64(max(depth, 1)) * 50
 	f := newFakeDeliverer(func(_ context.Context, d shard.Delivery) shard.Result {
-		// The batch starting at o: everything before o-50 must be
-		// committed (batch o-50 may still be on the wire).
-		if o := d.Records[0].Offset; o >= 100 {
-			if c := committed(t, seeds, "g", "orders")[0]; c < o-50 {
+		// The batch starting at o: everything before o-ahead must be
+		// committed (the batches after it may still be on the wire).
+		if o := d.Records[0].Offset; o >= ahead+50 {
+			if c := committed(t, seeds, "g", "orders")[0]; c < o-ahead {
 				mu.Lock()
 				behind = append(behind, fmt.Sprintf("delivering %d with %d committed", o, c))
 				mu.Unlock()
@@ -726,6 +737,7 @@ func TestSourceCommitsPipelinedOneBatchDeep(t *testing.T) {
 		return shard.Result{Outcome: shard.Delivered}
 	})
 	opts := testSourceOpts(f, "g")
+	opts.CommitPipelineDepth = depth
 	s, err := New("orders", consumer.KafkaConfig{Seeds: seeds}, sourceConfig("orders"), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -736,7 +748,7 @@ func TestSourceCommitsPipelinedOneBatchDeep(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	if len(behind) > 0 {
-		t.Fatalf("a shard ran more than one batch ahead of its commits: %v", behind)
+		t.Fatalf("a shard ran more than %d batches ahead of its commits: %v", ahead/50, behind)
 	}
 }
 

@@ -44,7 +44,7 @@ var steps = []step{
 	{"fairness", "./integration/", "^BenchmarkScopeFairness$", "5x", ""},
 	{"memory", "./integration/", "^BenchmarkMemoryPer(Shard|Scope)$", "1x", ""},
 	{"jetstream", "./consumer/nats/", "^BenchmarkStreamVsBareFetch$", "3x", ""},
-	{"kafka", "./integration/", "^BenchmarkKafkaPipeline(AsyncCommit)?$", "3x", "SLUICE_TEST_KAFKA"},
+	{"kafka", "./integration/", "^BenchmarkKafkaPipeline(AsyncCommit|Depth8)?$", "3x", "SLUICE_TEST_KAFKA"},
 	{"kafka-http", "./integration/", "^BenchmarkKafkaPipelineHTTP$", "2x", "SLUICE_TEST_KAFKA"},
 	{"kafka-partitions", "./integration/", "^BenchmarkKafkaPartitions$", "1x", "SLUICE_TEST_KAFKA"},
 }
@@ -75,6 +75,10 @@ var rows = map[string][]unitRow{
 		{"x-bare", row{"Kafka pipeline, AsyncCommit (commit ~1 s later)", "ratio", "÷ bare franz-go poll loop, rec/s"}},
 		{"x-bare-cpu", row{"Kafka pipeline, AsyncCommit: CPU cost", "ratio", "bare CPU time ÷ sluice CPU time"}},
 		{"sluice-cpu-ns/rec", row{"  sluice, AsyncCommit", "CPU ns/rec", ""}},
+	},
+	"BenchmarkKafkaPipelineDepth8": {
+		{"x-bare", row{"Kafka pipeline, CommitPipelineDepth 8 (≤ 9 batches redelivered per lane)", "ratio", "÷ bare franz-go poll loop, rec/s"}},
+		{"x-bare-cpu", row{"Kafka pipeline, CommitPipelineDepth 8: CPU cost", "ratio", "bare CPU time ÷ sluice CPU time"}},
 	},
 	"BenchmarkStreamVsBareFetch": {
 		{"x-bare", row{"JetStream pipeline, in-process no-op function (4 partitions, 50k msgs)", "ratio", "÷ bare jetstream Fetch+Ack loops, msg/s"}},
@@ -137,7 +141,7 @@ var rows = map[string][]unitRow{
 
 // order is the order of the table's sections.
 var order = []string{
-	"BenchmarkKafkaPipeline", "BenchmarkKafkaPipelineAsyncCommit", "BenchmarkStreamVsBareFetch", "BenchmarkKafkaPipelineHTTP",
+	"BenchmarkKafkaPipeline", "BenchmarkKafkaPipelineDepth8", "BenchmarkKafkaPipelineAsyncCommit", "BenchmarkStreamVsBareFetch", "BenchmarkKafkaPipelineHTTP",
 	"BenchmarkDispatcherVsSemaphore/uncontended", "BenchmarkDispatcherVsSemaphore/contended-8", "BenchmarkDispatcherVsSemaphore/1000-scopes-8",
 	"BenchmarkThrottledResume", "BenchmarkScopeFairness", "BenchmarkMemoryPerShard", "BenchmarkMemoryPerScope",
 	"BenchmarkKafkaPartitions/p=1", "BenchmarkKafkaPartitions/p=4", "BenchmarkKafkaPartitions/p=16", "BenchmarkKafkaPartitions/p=64",
