@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,14 @@ const (
 	// maxRetryAfter caps a function's Retry-After (the event's expiry caps
 	// it further).
 	maxRetryAfter = 15 * time.Minute
+	// unsettledPerSlot × Concurrency bounds the records of the source
+	// topic and retry topics that were started and are not yet behind a
+	// partition's mark: one stuck event (a long invocation, a long wait for
+	// a concurrency slot, a dead-letter write that keeps failing) holds the
+	// mark of its partition, and the events behind it that finish stay in
+	// memory until it settles. Past the bound the poll loop fetches nothing
+	// more until the stuck event settles.
+	unsettledPerSlot = 64
 	// deadLetterTimeout bounds one dead-letter write (the Kafka writer has
 	// its own, shorter, timeout); below DefaultStopTimeout, so a stopping
 	// partition waits for it.
@@ -129,6 +138,11 @@ type Async struct {
 	pollCancel context.CancelFunc
 	round      uint64
 	active     int // events being handled (goroutines started by dispatchLocked)
+	// unsettled counts the records started and not yet behind their
+	// partition's mark (see unsettledPerSlot): raised by startLocked,
+	// lowered by settle and stop; read by the poll loop under mu (a change
+	// is followed by a cond broadcast).
+	unsettled atomic.Int64
 	running    bool
 	closing    bool
 	workCtx    context.Context
@@ -445,14 +459,15 @@ func (a *Async) Run(ctx context.Context) error {
 func (a *Async) poll(ctx context.Context, cl *kgo.Client) {
 	for {
 		a.mu.Lock()
-		for a.active >= a.opts.Concurrency && ctx.Err() == nil {
+		maxUnsettled := int64(unsettledPerSlot * a.opts.Concurrency)
+		for (a.active >= a.opts.Concurrency || a.unsettled.Load() >= maxUnsettled) && ctx.Err() == nil {
 			a.cond.Wait()
 		}
 		if ctx.Err() != nil {
 			a.mu.Unlock()
 			return
 		}
-		n := a.opts.Concurrency - a.active
+		n := min(a.opts.Concurrency-a.active, int(maxUnsettled-a.unsettled.Load()))
 		pctx, cancel := context.WithCancel(ctx)
 		a.pollCancel = cancel
 		a.mu.Unlock()
@@ -550,6 +565,7 @@ func (a *Async) pumpLocked(pt *apart) {
 // startLocked starts handling e. Called with a.mu and pt.mu held.
 func (a *Async) startLocked(pt *apart, e *entry) {
 	a.active++
+	a.unsettled.Add(1)
 	pt.wg.Add(1)
 	go func() {
 		defer func() {
@@ -729,6 +745,9 @@ func (a *Async) settle(pt *apart, e *entry) {
 		n++
 	}
 	pt.pending = pt.pending[n:]
+	if !pt.stopped { // stop took the partition's records out of the count
+		a.unsettled.Add(-int64(n))
+	}
 	marked := last != nil && !pt.revoked
 	switch {
 	case !marked:
@@ -836,6 +855,9 @@ func (a *Async) stop(parts []*apart, fenceFirst bool) {
 	for _, pt := range parts {
 		pt.mu.Lock()
 		pt.stopped = true
+		// Its started records leave the count now (held ones never
+		// entered it); settle does not count them again once stopped.
+		a.unsettled.Add(-int64(len(pt.pending) - len(pt.held)))
 		pt.held = nil
 		if pt.timer != nil {
 			pt.timer.Stop()
@@ -848,6 +870,9 @@ func (a *Async) stop(parts []*apart, fenceFirst bool) {
 		pt.mu.Unlock()
 		pt.cancel()
 	}
+	a.mu.Lock()
+	a.cond.Broadcast() // the poll loop may wait for unsettled to drop
+	a.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		for _, pt := range parts {

@@ -53,3 +53,40 @@ func TestAsyncLatestKeepsUncommittedRetryRecords(t *testing.T) {
 		return len(f.deadLetters()) >= seen
 	})
 }
+
+// While the first event of a partition is stuck (here: its invocation
+// hangs), the events behind it finish but cannot be committed past it; the
+// source must stop fetching once a bounded number of them is held, instead
+// of reading the whole partition into memory.
+func TestAsyncBoundsRecordsHeldBehindAStuckEvent(t *testing.T) {
+	const n = 3000
+	seeds := newCluster(t, 1, "orders")
+	produce(t, seeds, "orders", 1, n)
+	release := make(chan struct{})
+	f := newAsyncFake(func(rec shard.Record, _ int) shard.Result {
+		if rec.Offset == 0 {
+			<-release
+		}
+		return shard.Result{Outcome: shard.Delivered}
+	})
+	opts := testAsyncOpts(f, "g")
+	opts.Concurrency = 4
+	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, asyncSourceConfig("orders", 2, time.Hour), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAsync(t, a)
+	waitFor(t, 10*time.Second, "events behind the stuck one handled", func() bool { return f.deliveredCount() > 10 })
+	time.Sleep(2 * time.Second) // time to read much more, if nothing holds it back
+	limit := unsettledPerSlot*opts.Concurrency + opts.Concurrency
+	if got := f.deliveredCount(); got > limit {
+		t.Errorf("%d events handled behind a stuck one, want at most %d (the rest must stay in Kafka)", got, limit)
+	}
+	close(release)
+	waitFor(t, 20*time.Second, "source topic committed to its end", func() bool {
+		return committed(t, seeds, "g", "orders")[0] == n
+	})
+	if got := f.deliveredCount(); got != n {
+		t.Errorf("%d events delivered, want %d", got, n)
+	}
+}
