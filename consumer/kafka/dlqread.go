@@ -114,12 +114,28 @@ func (r *Reader) scan(ctx context.Context, firstOnly bool, fn func(shard.Record)
 	}
 	defer cl.Close()
 	for len(end) > 0 {
-		fs := cl.PollFetches(ctx)
+		pctx, cancel := context.WithTimeout(ctx, scanIdle)
+		fs := cl.PollFetches(pctx)
+		idle := pctx.Err() != nil
+		cancel()
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if idle && fs.NumRecords() == 0 {
+			// Nothing came: the records still expected may have been
+			// removed (retention, DeleteRecords) since the bounds were
+			// listed, and a fetch never says so for a partition it has
+			// nothing to return from.
+			if err := r.dropGone(ctx, kadm.NewClient(cl), end); err != nil {
+				return err
+			}
+			continue
+		}
 		var ferr error
 		fs.EachError(func(_ string, p int32, err error) {
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+				return // the idle bound of this poll
+			}
 			if ferr == nil {
 				ferr = fmt.Errorf("kafka: read %s/%d: %w", r.topic, p, opaque(err))
 			}
@@ -158,6 +174,30 @@ func (r *Reader) scan(ctx context.Context, firstOnly bool, fn func(shard.Record)
 		})
 		if stop != nil {
 			return stop
+		}
+	}
+	return nil
+}
+
+// scanIdle is how long a Scan waits for records before it checks whether
+// the ones it still expects exist.
+const scanIdle = 2 * time.Second
+
+// dropGone lists the topic's bounds again and updates end, the offsets a
+// scan still reads up to: a partition whose records up to its end were all
+// removed is done, and one truncated below its end now ends lower.
+func (r *Reader) dropGone(ctx context.Context, adm *kadm.Client, end map[int32]int64) error {
+	start, now, err := r.bounds(ctx, adm)
+	if err != nil {
+		return err
+	}
+	for p, want := range end {
+		s, ok := start[p]
+		switch {
+		case !ok || s >= want:
+			delete(end, p)
+		case now[p] < want:
+			end[p] = now[p]
 		}
 	}
 	return nil
