@@ -129,8 +129,8 @@ type Worker struct {
 	buf      [][]Record
 	bufLen   int
 	bufBytes int64
-	inflight int   // records taken by lanes, not yet checkpointed
-	inBytes  int64 // their estimated size
+	inflight int       // records taken by lanes, not yet checkpointed
+	inBytes  int64     // their estimated size
 	headTime time.Time // timestamp of the first record taken while none was in flight (ParallelizationFactor 1)
 	blocked  int       // lanes that are throttled, retrying or blocked
 	status   Status
