@@ -138,16 +138,17 @@ type Async struct {
 	pollCancel context.CancelFunc
 	round      uint64
 	active     int // events being handled (goroutines started by dispatchLocked)
-	// unsettled counts the records started and not yet behind their
-	// partition's mark (see unsettledPerSlot): raised by startLocked,
-	// lowered by settle and stop; read by the poll loop under mu (a change
-	// is followed by a cond broadcast).
-	unsettled atomic.Int64
 	running    bool
 	closing    bool
 	workCtx    context.Context
 	cl         *kgo.Client
 	prod       *kgo.Client
+
+	// unsettled counts the records started and not yet behind their
+	// partition's mark (see unsettledPerSlot): raised by startLocked,
+	// lowered by settle and stop; read by the poll loop under mu (a change
+	// is followed by a cond broadcast).
+	unsettled atomic.Int64
 
 	// hooks, when set (unit tests under testing/synctest, which cannot run
 	// a network client), replace the client's pause/resume and mark calls;
