@@ -623,10 +623,14 @@ func contractKill9(t *testing.T, be streamBackend) {
 	// default is 45 s) or the pin of the JetStream partition consumers
 	// (PinnedTTL, 60 s by default), which is most of this test's run time.
 	p2 := startSluice(t, "sluice (restarted)", cfg)
+	p2Started := time.Now()
 	var resumedAt time.Time
 	eventually(t, 150*time.Second, "the restarted process delivers", func() error {
-		if n := len(fn.snapshot()); n > len(atKill) {
-			resumedAt = time.Now()
+		bs := fn.snapshot()
+		// (A request the first process sent just before it died may
+		// arrive later; the restarted one's come after it started.)
+		if b := bs[len(bs)-1]; b.At.After(p2Started) {
+			resumedAt = b.At
 			return nil
 		}
 		return errors.New("nothing yet")

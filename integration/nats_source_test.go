@@ -330,6 +330,7 @@ func TestNatsSourceThrottledPartitionBlocksAlone(t *testing.T) {
 // them; when one stops, the other takes its partitions over at once (the
 // stopping one NAKs what it held and unpins), nothing lost, in order.
 func TestNatsSourceHandover(t *testing.T) {
+	t.Parallel()
 	const partitions = 4
 	_, js := newJetStream(t)
 	stream, prefix := natsStreamName(t, js)
@@ -428,6 +429,7 @@ func TestNatsSourceHandover(t *testing.T) {
 // the real server: EnsureStream creates and reconciles limits, Writer
 // appends with the stream's acknowledgement.
 func TestNatsWriterAndEnsureStream(t *testing.T) {
+	t.Parallel()
 	nc, js := newJetStream(t)
 	stream, prefix := natsStreamName(t, js)
 	ctx := t.Context()
