@@ -85,9 +85,13 @@
 //     partitions), so a crash repeats little finished work.
 //   - Memory. The poll loop fetches only while fewer than Concurrency
 //     (default 64) events are being handled, at most as many records as
-//     there are free slots. Records of a paused retry partition that are
-//     held until due are at most one poll's worth per retry partition.
-//     The dispatcher's limits bound the invocations on top.
+//     there are free slots, and only while fewer than 64 × Concurrency
+//     started records wait behind their partition's mark (an event that
+//     stays unsettled, e.g. a long wait for a concurrency slot, holds the
+//     mark; the events behind it that finish stay in memory until it
+//     settles). Records of a paused retry partition that are held until
+//     due are at most one poll's worth per retry partition. The
+//     dispatcher's limits bound the invocations on top.
 //   - Stopping, revoke, loss. As Source: the partition's events are
 //     cancelled and waited for (an event cut short is not marked and is read
 //     again by the next owner), marks are fenced, and marked offsets are
@@ -95,9 +99,8 @@
 //     event whose outcome was not yet recorded (its retry record written,
 //     its offset not yet committed; or its invocation in flight) is handled
 //     again, with the attempt count of its last durable record.
-//   - Limits. With starting_position latest or at_timestamp, the retry
-//     topics start there too where the group has no commit yet (franz-go
-//     has one start offset per client); this only matters for retry records
-//     written to a retry partition that never had a commit while no member
-//     ran.
+//   - Start. starting_position applies to the source topic only: a retry
+//     partition without a commit starts at its first record
+//     (AdjustFetchOffsetsFn), since its records are events whose source
+//     offsets were committed when they were written.
 package kafka
