@@ -365,7 +365,9 @@ func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]Recor
 // maxBytes (at least one), and returns them with their estimated size. A
 // batch within the first pushed slice is a sub-slice of it, not a copy;
 // its capacity is cut so that appending to it cannot overwrite the records
-// after it.
+// after it. (A pushed slice's array lives until its last record is taken
+// and that batch ends: a shard may hold, beyond its counted records, the
+// delivered part of one pushed slice, at most one fetch's share.)
 func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]Record, int64) {
 	var (
 		out  []Record
