@@ -18,6 +18,12 @@ type AsyncDeliverer struct {
 	Function string
 	// Scope returns an event's scope, "" for none; nil means no scopes.
 	Scope func(r *shard.Record) string
+	// MaxSlotWait bounds how long an event waits in line for a concurrency
+	// slot before it counts as throttled and goes back to its source, which
+	// redelivers it after retry_backoff without consuming an attempt (SPEC
+	// §2.2: waiting events must not hold the offset or memory). 0 waits as
+	// long as the caller's ctx allows.
+	MaxSlotWait time.Duration
 }
 
 // Deliver invokes the function with rec as attempt number attempt.
@@ -34,6 +40,7 @@ func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt 
 		},
 		ContentType: "application/octet-stream",
 		Body:        rec.Value,
+		MaxWait:     a.MaxSlotWait,
 	}
 	if ct := header(&rec, "Content-Type"); ct != "" {
 		req.ContentType = ct

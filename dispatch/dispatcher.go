@@ -121,19 +121,29 @@ func (d *Dispatcher) Limiter() *Limiter { return d.lim }
 //
 // The error is nil on success, or one of the outcome errors of this package
 // (see Handler). A wait cut short by ctx returns an error matching both
-// ctx.Err() and *ThrottledError.
+// ctx.Err() and *ThrottledError; one cut short by req.MaxWait returns the
+// *ThrottledError alone.
 func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reason)) (*Response, error) {
 	f, err := d.function(req.Function)
 	if err != nil {
 		return nil, err
 	}
-	lease, err := d.lim.Acquire(ctx, req.Function, scopesOf(req), func(r Reason) {
+	actx := ctx
+	if req.MaxWait > 0 {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, req.MaxWait)
+		defer cancel()
+	}
+	lease, err := d.lim.Acquire(actx, req.Function, scopesOf(req), func(r Reason) {
 		d.metrics.throttled(req.Function, r)
 		if onWait != nil {
 			onWait(r)
 		}
 	})
 	if err != nil {
+		if t, ok := AsThrottled(err); ok && ctx.Err() == nil {
+			return nil, t // MaxWait ran out, not the caller's ctx: a plain throttle
+		}
 		return nil, err
 	}
 	defer lease.Release()

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sluicehq/sluice/shard"
 )
 
 func newTestDispatcher(t *testing.T, cfg Config, opts ...Option) (*Dispatcher, *prometheus.Registry) {
@@ -196,4 +199,45 @@ func TestDispatcherUnknownFunction(t *testing.T) {
 	if !errors.Is(err, ErrUnknownFunction) {
 		t.Fatalf("err = %v, want ErrUnknownFunction", err)
 	}
+}
+
+// An async event waits at most MaxWait for a slot and then reports a plain
+// throttle (not a cancellation), so its source hands it back to the broker;
+// the caller's own ctx still ends a wait as before.
+func TestInvokeMaxWaitReturnsThrottle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d, _ := newTestDispatcher(t, Config{Account: AccountConfig{Concurrency: 10, MinUnreserved: 1},
+			Functions: map[string]FunctionConfig{"f": {ReservedConcurrency: ptr(1)}}})
+		release := make(chan struct{})
+		d.Register("f", HandlerFunc(func(ctx context.Context, _ *Request) (*Response, error) {
+			<-release
+			return &Response{Status: 200}, nil
+		}), 0)
+		go func() { _, _ = d.Invoke(context.Background(), &Request{Function: "f"}, nil) }()
+		synctest.Wait() // the first invocation holds the only slot
+
+		start := time.Now()
+		_, err := d.Invoke(context.Background(), &Request{Function: "f", MaxWait: 5 * time.Second}, nil)
+		if waited := time.Since(start); waited != 5*time.Second {
+			t.Errorf("waited %s, want MaxWait 5s", waited)
+		}
+		th, ok := AsThrottled(err)
+		if !ok || th.Reason != ReasonReserved {
+			t.Fatalf("err = %v, want a *ThrottledError with %s", err, ReasonReserved)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("err = %v matches DeadlineExceeded; a MaxWait throttle must not look like a cancelled caller", err)
+		}
+		if r := resultOf(err, nil); r.Outcome != shard.Throttled || r.Reason != string(ReasonReserved) {
+			t.Errorf("resultOf = %+v, want Throttled with %s", r, ReasonReserved)
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err = d.Invoke(ctx, &Request{Function: "f", MaxWait: 5 * time.Second}, nil)
+		if !errors.Is(err, context.DeadlineExceeded) || !IsThrottled(err) {
+			t.Errorf("caller's ctx ended the wait: err = %v, want DeadlineExceeded and a throttle", err)
+		}
+		close(release)
+	})
 }

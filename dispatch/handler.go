@@ -32,6 +32,13 @@ type Request struct {
 	// failure that names some of them.
 	Items              []string
 	ReportItemFailures bool
+
+	// MaxWait, if > 0, bounds how long Invoke waits in line for a slot: past
+	// it, Invoke gives up with the *ThrottledError of the wait, as if the
+	// limit had refused at once. An async event uses it so that a full limit
+	// sends it back to its source's durable redelivery (a retry topic, a
+	// NakWithDelay) instead of holding its offset and memory for hours.
+	MaxWait time.Duration
 }
 
 // Response is what a function answered on success.

@@ -34,6 +34,13 @@ import (
 // and open admin requests before it exits anyway.
 const shutdownGrace = 15 * time.Second
 
+// asyncSlotWait is how long an async event waits in line for a concurrency
+// slot before it is handed back to its source as throttled (a retry topic on
+// Kafka, NakWithDelay on JetStream): long enough to ride out a short burst,
+// short enough that a full limit never pins offsets and memory for the hours
+// an event may live (SPEC §2.2).
+const asyncSlotWait = 5 * time.Second
+
 // app is a wired sluice: what `run` runs and, later, what `dlq replay` drives,
 // so that replays go through the same dispatcher and limits as live traffic.
 type app struct {
@@ -164,6 +171,10 @@ func (a *app) wireSources(ctx context.Context) error {
 			a.recordStream(name, d)
 			return d
 		}
+		async := func() *dispatch.AsyncDeliverer {
+			return &dispatch.AsyncDeliverer{D: a.disp, Source: name, Function: sc.Function, Scope: scope,
+				MaxSlotWait: asyncSlotWait}
+		}
 		var src source
 		switch {
 		case b.Kafka != nil && sc.Mode == consumer.ModeStream:
@@ -175,7 +186,7 @@ func (a *app) wireSources(ctx context.Context) error {
 			})
 		case b.Kafka != nil:
 			src, err = kafka.NewAsync(name, *b.Kafka, sc, kafka.AsyncOptions{
-				Deliverer:    &dispatch.AsyncDeliverer{D: a.disp, Source: name, Function: sc.Function, Scope: scope},
+				Deliverer:    async(),
 				DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
 			})
 		default:
@@ -191,7 +202,7 @@ func (a *app) wireSources(ctx context.Context) error {
 				})
 			} else {
 				src, err = natssrc.NewAsync(name, nc, sc, natssrc.AsyncOptions{
-					Deliverer:    &dispatch.AsyncDeliverer{D: a.disp, Source: name, Function: sc.Function, Scope: scope},
+					Deliverer:    async(),
 					DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
 				})
 			}
