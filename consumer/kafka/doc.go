@@ -7,12 +7,12 @@
 //     assigned partition, pauses a partition's fetching while its worker is
 //     full or blocked (throttled, retrying, dead-letter store down) so the
 //     other partitions keep flowing, and commits only offsets the workers
-//     checkpointed (franz-go marks). Commits are pipelined one batch deep: a
-//     shard delivers batch N+1 while the commit of N is on the wire and
-//     waits for it before N+2 (commits of all shards coalesced), so a crash
-//     redelivers at most two batches per lane (Options.AsyncCommit trades
-//     that for throughput); marks are also flushed at revoke and shutdown,
-//     never for lost partitions.
+//     checkpointed (franz-go marks). A shard's lane waits for the commit of
+//     each batch before it delivers the next (commits of all shards
+//     coalesced), so a crash redelivers at most the batch in flight per lane;
+//     Options.CommitPipelineDepth and Options.AsyncCommit trade more
+//     duplicates after a crash for throughput; marks are also flushed at
+//     revoke and shutdown, never for lost partitions.
 //   - Async: an async-mode source (SPEC §2.2), see "Async sources" below.
 //   - EncodeEvent: the request body of a batch, Lambda's self-managed Kafka
 //     event (SPEC §3).

@@ -97,21 +97,20 @@ type Options struct {
 	// AsyncCommit lets a shard go on as soon as it marked a batch, leaving
 	// the commit to the next commit round (at most about a second later).
 	// After a crash (kill -9) the batches finished in that last second are
-	// delivered again. By default commits are pipelined one batch deep: a
-	// shard's lane delivers batch N+1 while the commit of batch N is on the
-	// wire, and marks N+1 only once that commit ended, so a crash redelivers
-	// at most the batch in flight and the one before it per lane (SPEC §2.1:
-	// duplicates limited to batches in flight); the commits of all shards
-	// are coalesced.
+	// delivered again. By default a shard's lane waits for the commit of
+	// each batch before it delivers the next (the commits of all shards are
+	// coalesced), so a crash redelivers at most the batch in flight per lane
+	// (SPEC §2.1: duplicates limited to batches in flight).
 	AsyncCommit bool
 	// CommitPipelineDepth is how many batches a shard's lane may deliver
-	// beyond its last confirmed commit (without AsyncCommit): 1 by
-	// default, as described above. With depth d, a crash redelivers at most
-	// d+1 batches per lane. A lane whose batches take less time than a
-	// commit round trip (a fast function, a local broker: a few ms) delivers
-	// d batches per round trip, so a deeper pipeline trades duplicates after
-	// a crash for throughput, in steps, where AsyncCommit trades them for a
-	// second's worth.
+	// beyond its last confirmed commit (without AsyncCommit): 0 by default,
+	// as described above. With depth d, a lane delivers batch N+1 while the
+	// commit of N is on the wire and a crash redelivers at most d+1 batches
+	// per lane. A lane whose batches take less time than a commit round trip
+	// (a fast function, a local broker: a few ms) delivers d+1 batches per
+	// round trip, so a deeper pipeline trades duplicates after a crash for
+	// throughput, in steps, where AsyncCommit trades them for a second's
+	// worth. BENCHMARKS.md measures both.
 	CommitPipelineDepth int
 	// StopTimeout, CommitTimeout, LagRefresh: see the defaults.
 	StopTimeout   time.Duration
@@ -213,9 +212,7 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 	if opts.Worker.BufferBytes <= 0 {
 		opts.Worker.BufferBytes = DefaultShardBufferBytes
 	}
-	if opts.CommitPipelineDepth <= 0 {
-		opts.CommitPipelineDepth = 1
-	}
+	opts.CommitPipelineDepth = max(opts.CommitPipelineDepth, 0)
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -518,12 +515,11 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 			}
 			pt.mu.Unlock()
 			if marked && !s.opts.AsyncCommit {
-				// Pipelined (one batch deep by default): ask for a round
-				// that commits this mark, and wait only for the round of
-				// the mark CommitPipelineDepth batches back, so the next
-				// batch is delivered while this commit is on the wire. A
-				// crash then redelivers at most this batch, the next, and
-				// those of the rounds still pending. Stopping the worker
+				// Ask for a round that commits this mark, and wait for the
+				// round of the mark CommitPipelineDepth batches back: this
+				// one by default, so a crash redelivers at most the batch in
+				// flight; with a depth d the next d batches are delivered
+				// while the commits are on the wire. Stopping the worker
 				// (revoke, shutdown) cuts the wait short; its marks are
 				// committed then.
 				pt.commitRounds = append(pt.commitRounds, s.commits.request())

@@ -701,14 +701,14 @@ func TestSourceFencesAWorkerThatOutlivesItsPartition(t *testing.T) {
 	}
 }
 
-// Commits are pipelined one batch deep by default, never more: when a shard
-// starts delivering a batch, the commit of the batch two before it has
-// ended, so a crash redelivers at most the batch in flight and the one
-// before it; with CommitPipelineDepth d, the batch d+1 before. And the last
-// batch is committed without waiting for the auto-commit.
-func TestSourceCommitsPipelinedOneBatchDeep(t *testing.T) {
+// By default a shard starts a batch only once the commit of the batch before
+// it ended, so a crash redelivers at most the batch in flight; with
+// CommitPipelineDepth d, once the commit of the batch d+1 before it ended,
+// never later. And the last batch is committed without waiting for the
+// auto-commit.
+func TestSourceCommitsPipelined(t *testing.T) {
 	t.Parallel()
-	for _, depth := range []int{0, 3} { // 0: the default, 1
+	for _, depth := range []int{0, 1, 3} { // 0: the default
 		t.Run(fmt.Sprintf("depth=%d", depth), func(t *testing.T) {
 			t.Parallel()
 			testCommitPipeline(t, depth)
@@ -723,7 +723,7 @@ func testCommitPipeline(t *testing.T, depth int) {
 		mu     sync.Mutex
 		behind []string
 	)
-	ahead := int64(max(depth, 1)) * 50
+	ahead := int64(depth) * 50
 	f := newFakeDeliverer(func(_ context.Context, d shard.Delivery) shard.Result {
 		// The batch starting at o: everything before o-ahead must be
 		// committed (the batches after it may still be on the wire).
