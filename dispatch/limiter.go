@@ -383,7 +383,17 @@ func (l *Limiter) enqueueLocked(w *waiter) {
 	if q == nil {
 		q = &queue{key: key}
 		l.queues[key] = q
-		l.ring = append(l.ring, q)
+		// A new queue goes to the back of the line: just before l.next, so
+		// that it is served after every queue already waiting, the last one
+		// served included. Appending instead would put it ahead of the
+		// queues in ring[:l.next], and first of all when l.next is
+		// len(l.ring) (the last queue was served and emptied): a scope with
+		// one waiter re-joins as a new queue each time it is served, and
+		// took that place again and again while scopes with several
+		// waiters, whose queues stay in the ring, starved.
+		i := min(l.next, len(l.ring))
+		l.ring = slices.Insert(l.ring, i, q)
+		l.next = i + 1 // the same queue as before, one place further
 	}
 	w.q = q
 	w.elem = q.waiters.PushBack(w)
@@ -422,7 +432,8 @@ func (l *Limiter) dequeueLocked(w *waiter) {
 //
 // l.next is the queue served first in the next round: it moves only past a
 // queue that was granted a slot, never past one that was skipped, so a
-// release serves the queue after the last one served.
+// release serves the queue after the last one served. New queues are
+// inserted just before it (enqueueLocked), at the end of the round.
 func (l *Limiter) serveLocked() {
 	for granted := true; granted && len(l.ring) > 0; {
 		granted = false
