@@ -111,7 +111,8 @@ func (c *Config) Dispatch() dispatch.Config {
 // destinations when there is only one.
 func (c *Config) complete() {
 	if len(c.Brokers) == 0 {
-		c.Brokers = map[string]consumer.BrokerConfig{consumer.EmbeddedBroker: {NATS: &consumer.NATSConfig{}}}
+		embedded := consumer.DefaultNATSConfig()
+		c.Brokers = map[string]consumer.BrokerConfig{consumer.EmbeddedBroker: {NATS: &embedded}}
 	}
 	if len(c.Brokers) != 1 {
 		return

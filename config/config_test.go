@@ -92,8 +92,8 @@ func TestLoadSpecSketchYAML(t *testing.T) {
 		t.Errorf("rules = %+v, want %+v", c.Rules, wantRules)
 	}
 	wantBrokers := map[string]consumer.BrokerConfig{
-		"main": {Kafka: &consumer.KafkaConfig{Seeds: []string{"127.0.0.1:9092"}, ClientID: "sluice"}},
-		"bus":  {NATS: &consumer.NATSConfig{URL: "nats://127.0.0.1:4222"}},
+		"main": {Kafka: &consumer.KafkaConfig{Seeds: []string{"127.0.0.1:9092"}, ClientID: "sluice", SessionTimeout: 45 * time.Second}},
+		"bus":  {NATS: &consumer.NATSConfig{URL: "nats://127.0.0.1:4222", AckWait: 30 * time.Second}},
 	}
 	if !reflect.DeepEqual(c.Brokers, wantBrokers) {
 		t.Errorf("brokers = %+v, want %+v", c.Brokers, wantBrokers)
@@ -210,7 +210,7 @@ dead_letters:
 	if c.Account != want.Account || c.Admin.Listen != want.Admin.Listen || c.StateDir != "./.sluice" || c.Admin.Tokens != nil {
 		t.Errorf("defaults: %+v", c)
 	}
-	if want := (map[string]consumer.BrokerConfig{"embedded": {NATS: &consumer.NATSConfig{}}}); !reflect.DeepEqual(c.Brokers, want) {
+	if want := (map[string]consumer.BrokerConfig{"embedded": {NATS: &consumer.NATSConfig{AckWait: 30 * time.Second}}}); !reflect.DeepEqual(c.Brokers, want) {
 		t.Errorf("brokers = %+v, want the embedded NATS", c.Brokers)
 	}
 	if c.Functions["fn"].Timeout != dispatch.DefaultTimeout || c.Functions["fn"].ReservedConcurrency != nil {
@@ -268,7 +268,18 @@ func TestLoadBadConfigurations(t *testing.T) {
 		{
 			name:    "unknown key far from any",
 			overlay: "brokers: {main: {kafka: {sasl: on}}}",
-			want:    "brokers.main.kafka.sasl: unknown key (allowed: client_id, seeds)",
+			want:    "brokers.main.kafka.sasl: unknown key (allowed: client_id, seeds, session_timeout)",
+		},
+		{
+			name:    "session_timeout 1s",
+			overlay: "brokers: {main: {kafka: {session_timeout: 1s}}}",
+			want:    "brokers.main.kafka.session_timeout: 1s is out of range (6s..300s)",
+		},
+		{
+			name:    "ack_wait 2s on the embedded NATS",
+			overlay: "brokers: {bus: {nats: {ack_wait: 2s}}}",
+			noBase:  true,
+			want:    "brokers.bus.nats.ack_wait: 2s is out of range (5s..1h)",
 		},
 		{
 			name:    "batch_size 0",
@@ -508,6 +519,24 @@ func TestLoadBadConfigurations(t *testing.T) {
 				t.Errorf("error:\n got: %s\nwant: %s", err, want)
 			}
 		})
+	}
+}
+
+// TestLoadFailoverSettings: session_timeout and ack_wait reach the broker
+// configs, from a file or from --set.
+func TestLoadFailoverSettings(t *testing.T) {
+	dir := t.TempDir()
+	f := write(t, dir, "sluice.yaml", `
+brokers:
+  main: {kafka: {seeds: ["127.0.0.1:9092"], session_timeout: 10s}}
+  bus: {nats: {url: "nats://127.0.0.1:4222", ack_wait: 1m}}
+`)
+	c := load(t, []string{f}, "--set", "brokers.bus.nats.ack_wait=12s")
+	if got := c.Brokers["main"].Kafka.SessionTimeout; got != 10*time.Second {
+		t.Errorf("brokers.main.kafka.session_timeout = %s, want 10s", got)
+	}
+	if got := c.Brokers["bus"].NATS.AckWait; got != 12*time.Second {
+		t.Errorf("brokers.bus.nats.ack_wait = %s, want 12s (from --set)", got)
 	}
 }
 

@@ -50,6 +50,8 @@ func fresh(t reflect.Type, raw any) reflect.Value {
 		v.Set(reflect.ValueOf(dispatch.FunctionConfig{Timeout: dispatch.DefaultTimeout}))
 	case reflect.TypeFor[consumer.KafkaConfig]():
 		v.Set(reflect.ValueOf(consumer.DefaultKafkaConfig()))
+	case reflect.TypeFor[consumer.NATSConfig]():
+		v.Set(reflect.ValueOf(consumer.DefaultNATSConfig()))
 	}
 	return v
 }

@@ -62,6 +62,26 @@ const (
 	DefaultBackoffMultiplier   = 2.0
 	DefaultBackoffJitter       = 0.2
 	DefaultKafkaClientID       = "sluice"
+	// Failover after a crash (SPEC §5 brokers). DefaultSessionTimeout is
+	// franz-go's (and Kafka's) own default; MinSessionTimeout is the
+	// brokers' default group.min.session.timeout.ms, below which they refuse
+	// to let a member join. Beyond MaxSessionTimeout a dead process's
+	// partitions would sit idle for minutes: almost surely a mistake (the
+	// brokers themselves allow up to group.max.session.timeout.ms, 30m).
+	DefaultSessionTimeout = 45 * time.Second
+	MinSessionTimeout     = 6 * time.Second
+	MaxSessionTimeout     = 300 * time.Second
+	// DefaultNATSAckWait is the JetStream consumers' AckWait; a stream-mode
+	// partition pins to a process for 2 × AckWait after it died. The bounds
+	// are sluice's, not JetStream's (it takes any positive AckWait): held
+	// messages are kept with InProgress every AckWait/3 and pins renewed at
+	// least every AckWait/2, so below MinNATSAckWait a network hiccup or a
+	// GC pause of a second or two would let them lapse (redeliveries, lost
+	// pins); beyond MaxNATSAckWait a dead process's partitions would sit
+	// idle for over 2 hours.
+	DefaultNATSAckWait = 30 * time.Second
+	MinNATSAckWait     = 5 * time.Second
+	MaxNATSAckWait     = time.Hour
 	// DefaultStartingPosition is trim_horizon (Lambda has no default): a
 	// new source delivers what is already in the topic, so nothing is lost.
 	DefaultStartingPosition = TrimHorizon
@@ -90,6 +110,27 @@ type KafkaConfig struct {
 	// ClientID is the client id the brokers see in their logs and quotas;
 	// default "sluice".
 	ClientID string `koanf:"client_id"`
+	// SessionTimeout is how long the group waits for a member that stopped
+	// heartbeating (it died) before its partitions move to another;
+	// default 45s, 6s..300s. The heartbeat interval follows from it
+	// (HeartbeatInterval). The brokers' group.min/max.session.timeout.ms
+	// must allow it.
+	SessionTimeout time.Duration `koanf:"session_timeout"`
+}
+
+// DefaultHeartbeatInterval is franz-go's (and Kafka's) default heartbeat
+// interval.
+const DefaultHeartbeatInterval = 3 * time.Second
+
+// HeartbeatInterval is the group heartbeat interval for SessionTimeout: a
+// third of it (Kafka's advice, so that two heartbeats may be lost without
+// the member being given up), but no longer than franz-go's default 3s.
+// Zero when SessionTimeout is zero (the client's defaults then).
+func (k KafkaConfig) HeartbeatInterval() time.Duration {
+	if k.SessionTimeout <= 0 {
+		return 0
+	}
+	return min(DefaultHeartbeatInterval, k.SessionTimeout/3)
 }
 
 // NATSConfig reaches a NATS server with JetStream.
@@ -101,7 +142,17 @@ type NATSConfig struct {
 	// Listen is where the embedded nats-server listens (only without URL);
 	// default 127.0.0.1:4222, so that `nats pub` reaches it.
 	Listen string `koanf:"listen"`
+	// AckWait is the JetStream consumers' AckWait: how long the messages a
+	// process held when it died stay invisible, and (2 × AckWait) how long
+	// a stream-mode partition stays pinned to it; default 30s, 5s..1h. It
+	// does not bound how long a function may run (held messages are kept
+	// with InProgress).
+	AckWait time.Duration `koanf:"ack_wait"`
 }
+
+// DefaultNATSConfig returns a NATSConfig (the embedded server) with the
+// defaults applied.
+func DefaultNATSConfig() NATSConfig { return NATSConfig{AckWait: DefaultNATSAckWait} }
 
 // DefaultEmbeddedListen is the embedded nats-server's default address.
 const DefaultEmbeddedListen = "127.0.0.1:4222"
@@ -114,7 +165,9 @@ const EmbeddedBroker = "embedded"
 func (n NATSConfig) Embedded() bool { return n.URL == "" }
 
 // DefaultKafkaConfig returns a KafkaConfig with the defaults applied.
-func DefaultKafkaConfig() KafkaConfig { return KafkaConfig{ClientID: DefaultKafkaClientID} }
+func DefaultKafkaConfig() KafkaConfig {
+	return KafkaConfig{ClientID: DefaultKafkaClientID, SessionTimeout: DefaultSessionTimeout}
+}
 
 // Validate checks a broker; key names it in messages (e.g. "brokers.main").
 // It reports every problem, joined.
@@ -145,10 +198,21 @@ func (k KafkaConfig) validate(key string) error {
 	if k.ClientID == "" {
 		errs = append(errs, invalid(key+".client_id", "must not be empty (default %q)", DefaultKafkaClientID))
 	}
+	if k.SessionTimeout < MinSessionTimeout || k.SessionTimeout > MaxSessionTimeout {
+		errs = append(errs, invalid(key+".session_timeout", "%s is out of range (6s..300s)", shard.FormatDuration(k.SessionTimeout)))
+	}
 	return errors.Join(errs...)
 }
 
 func (n NATSConfig) validate(key string) error {
+	var ackWait error
+	if n.AckWait < MinNATSAckWait || n.AckWait > MaxNATSAckWait {
+		ackWait = invalid(key+".ack_wait", "%s is out of range (5s..1h)", shard.FormatDuration(n.AckWait))
+	}
+	return errors.Join(n.validateAddress(key), ackWait)
+}
+
+func (n NATSConfig) validateAddress(key string) error {
 	if n.Embedded() {
 		if n.Listen == "" {
 			return nil

@@ -130,15 +130,31 @@ func TestBrokerConfigValidate(t *testing.T) {
 		want string
 	}{
 		{"kafka", BrokerConfig{Kafka: &kafka}, ""},
-		{"nats cluster", BrokerConfig{NATS: &NATSConfig{URL: "nats://a:4222, tls://b:4222"}}, ""},
-		{"embedded nats", BrokerConfig{NATS: &NATSConfig{}}, ""},
+		{"nats cluster", BrokerConfig{NATS: &NATSConfig{URL: "nats://a:4222, tls://b:4222", AckWait: DefaultNATSAckWait}}, ""},
+		{"embedded nats", BrokerConfig{NATS: ptr(DefaultNATSConfig())}, ""},
 		{"neither", BrokerConfig{}, "b: exactly one of kafka, nats is required"},
-		{"no seeds, no client id", BrokerConfig{Kafka: &KafkaConfig{}},
-			"b.kafka.seeds: required (a list of host:port)\n" + `b.kafka.client_id: must not be empty (default "sluice")`},
-		{"seed with a scheme", BrokerConfig{Kafka: &KafkaConfig{Seeds: []string{"kafka://a:9092"}, ClientID: "x"}},
+		{"no seeds, no client id, no session timeout", BrokerConfig{Kafka: &KafkaConfig{}},
+			"b.kafka.seeds: required (a list of host:port)\n" + `b.kafka.client_id: must not be empty (default "sluice")` +
+				"\nb.kafka.session_timeout: 0s is out of range (6s..300s)"},
+		{"seed with a scheme", BrokerConfig{Kafka: &KafkaConfig{Seeds: []string{"kafka://a:9092"}, ClientID: "x", SessionTimeout: DefaultSessionTimeout}},
 			`b.kafka.seeds[0]: "kafka://a:9092" is not host:port`},
-		{"bad nats url", BrokerConfig{NATS: &NATSConfig{URL: "127.0.0.1:4222"}},
+		{"bad nats url", BrokerConfig{NATS: &NATSConfig{URL: "127.0.0.1:4222", AckWait: DefaultNATSAckWait}},
 			`b.nats.url: "127.0.0.1:4222" is not a NATS URL (nats://, tls://, ws:// or wss:// and host:port; several separated by commas; empty for the embedded server)`},
+		{"session timeout at its lower bound", BrokerConfig{Kafka: withSession(kafka, 6*time.Second)}, ""},
+		{"session timeout at its upper bound", BrokerConfig{Kafka: withSession(kafka, 300*time.Second)}, ""},
+		{"session timeout too short", BrokerConfig{Kafka: withSession(kafka, time.Second)},
+			"b.kafka.session_timeout: 1s is out of range (6s..300s)"},
+		{"session timeout too long", BrokerConfig{Kafka: withSession(kafka, 301*time.Second)},
+			"b.kafka.session_timeout: 5m1s is out of range (6s..300s)"},
+		{"ack wait at its lower bound", BrokerConfig{NATS: &NATSConfig{URL: "nats://a:4222", AckWait: 5 * time.Second}}, ""},
+		{"ack wait at its upper bound", BrokerConfig{NATS: &NATSConfig{AckWait: time.Hour}}, ""},
+		{"ack wait zero", BrokerConfig{NATS: &NATSConfig{URL: "nats://a:4222"}},
+			"b.nats.ack_wait: 0s is out of range (5s..1h)"},
+		{"ack wait too short, embedded, bad listen", BrokerConfig{NATS: &NATSConfig{Listen: "x", AckWait: 4 * time.Second}},
+			`b.nats.listen: "x" is not host:port (the embedded server's address, e.g. 127.0.0.1:4222)` +
+				"\nb.nats.ack_wait: 4s is out of range (5s..1h)"},
+		{"ack wait too long", BrokerConfig{NATS: &NATSConfig{URL: "nats://a:4222", AckWait: 2 * time.Hour}},
+			"b.nats.ack_wait: 2h is out of range (5s..1h)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := ""
@@ -149,6 +165,45 @@ func TestBrokerConfigValidate(t *testing.T) {
 				t.Errorf("Validate:\n got: %s\nwant: %s", got, tc.want)
 			}
 		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func withSession(k KafkaConfig, d time.Duration) *KafkaConfig {
+	k.SessionTimeout = d
+	return &k
+}
+
+func TestHeartbeatInterval(t *testing.T) {
+	for _, tc := range []struct{ session, want time.Duration }{
+		{0, 0}, // the client's defaults
+		{6 * time.Second, 2 * time.Second},
+		{9 * time.Second, 3 * time.Second},
+		{DefaultSessionTimeout, DefaultHeartbeatInterval}, // franz-go's defaults, as before
+		{MaxSessionTimeout, DefaultHeartbeatInterval},
+	} {
+		if got := (KafkaConfig{SessionTimeout: tc.session}).HeartbeatInterval(); got != tc.want {
+			t.Errorf("session_timeout %s: heartbeat interval %s, want %s", tc.session, got, tc.want)
+		}
+	}
+}
+
+func TestDefaultBrokerConfigsAreValid(t *testing.T) {
+	k := DefaultKafkaConfig()
+	k.Seeds = []string{"127.0.0.1:9092"}
+	if k.SessionTimeout != 45*time.Second {
+		t.Errorf("default session_timeout %s, want franz-go's 45s", k.SessionTimeout)
+	}
+	if err := (BrokerConfig{Kafka: &k}).Validate("b"); err != nil {
+		t.Error(err)
+	}
+	n := DefaultNATSConfig()
+	if n.AckWait != 30*time.Second {
+		t.Errorf("default ack_wait %s, want 30s", n.AckWait)
+	}
+	if err := (BrokerConfig{NATS: &n}).Validate("b"); err != nil {
+		t.Error(err)
 	}
 }
 

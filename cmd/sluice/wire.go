@@ -198,11 +198,13 @@ func (a *app) wireSources(ctx context.Context) error {
 				src, err = natssrc.NewStream(name, nc, sc, natssrc.StreamOptions{
 					Worker:       sc.WorkerConfig(name),
 					Deliverer:    stream(func(recs []shard.Record) ([]byte, error) { return natssrc.EncodeEvent(sc.Stream, recs) }),
+					AckWait:      b.NATS.AckWait, // and the pin TTL, 2 × AckWait
 					DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
 				})
 			} else {
 				src, err = natssrc.NewAsync(name, nc, sc, natssrc.AsyncOptions{
 					Deliverer:    async(),
+					AckWait:      b.NATS.AckWait,
 					DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
 				})
 			}

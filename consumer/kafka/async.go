@@ -301,7 +301,7 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 		kgo.FetchMaxBytes(DefaultFetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(DefaultFetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-	}, opts.ClientOpts...)
+	}, append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(a.metrics); err != nil {
 			return nil, fmt.Errorf("kafka: source %q: register metrics: %w", name, err)

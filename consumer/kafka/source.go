@@ -268,7 +268,7 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		kgo.FetchMaxBytes(opts.FetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(opts.FetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-	}, opts.ClientOpts...)
+	}, append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		c := consumer.NewShardCollector(s.name, func() []consumer.ShardLoad {
 			return shardLoads(s.Shards())

@@ -54,9 +54,10 @@
 // a pull in progress is never cancelled (messages already on their way would
 // be lost to this process and come back only after AckWait, behind newer
 // ones). Every message the partition holds (buffered, in flight, throttled)
-// gets InProgress every AckWait/3, so AckWait (30 s) bounds only how long a
-// dead process's messages stay invisible, not how long a batch may be held
-// or a function may run; nothing is NAKed while held.
+// gets InProgress every AckWait/3, so AckWait (brokers.<name>.nats.ack_wait,
+// 30 s by default, 5 s..1 h) bounds only how long a dead process's messages
+// stay invisible, not how long a batch may be held or a function may run;
+// nothing is NAKed while held.
 //
 // Commit(last) acknowledges each held message up to last, in order, and
 // waits for the server to confirm the last one (the consumer processes acks
@@ -108,8 +109,14 @@
 // the new owner may have delivered too. A pending message that does not come
 // back within recovery's wait (acknowledged late by such an old owner,
 // or still leased by it) is delivered out of order when it does, after a
-// reset, and logged. Failover after a crash takes PinnedTTL (60 s by
-// default). Each process enforces the dispatcher's limits on its own.
+// reset, and logged. Failover after a crash takes PinnedTTL (2 × ack_wait,
+// 60 s by default). Every process of a source should use the same ack_wait:
+// the consumers carry the one of the process that started last, and a
+// process still on a longer one (a rolling change lowering it) sends its
+// InProgress too rarely, so its held messages' leases may lapse (stream mode
+// ignores the redelivery of a message it holds; in async mode another
+// process may invoke the event a second time). Each process enforces the
+// dispatcher's limits on its own.
 //
 // # Async mode: attempts across restarts
 //

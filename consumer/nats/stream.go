@@ -27,8 +27,9 @@ const (
 	// it has not acknowledged yet (buffered, in flight, throttled) with
 	// InProgress every AckWait/3, so AckWait bounds only how long the
 	// messages of a process that died stay invisible, not how long a
-	// function may run.
-	DefaultAckWait = 30 * time.Second
+	// function may run. The config sets it per broker
+	// (brokers.<name>.nats.ack_wait).
+	DefaultAckWait = consumer.DefaultNATSAckWait
 	// DefaultFetchWait is how long one pull request waits for messages.
 	// Shutdown waits for the pull in progress (cancelling it would drop
 	// messages already on their way, which would then come back after
