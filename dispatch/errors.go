@@ -34,6 +34,9 @@ type ThrottledError struct {
 	RetryAfter time.Duration
 	// Scope is the scope whose rule was full, for ReasonScope.
 	Scope string
+	// Status is the function's HTTP answer (429 or 503) for ReasonFunction
+	// from an HTTP function; 0 otherwise. Dead letters record it.
+	Status int
 }
 
 func (e *ThrottledError) Error() string {

@@ -295,7 +295,7 @@ func (f *HTTPFunction) Invoke(ctx context.Context, req *Request) (*Response, err
 		}
 		return out, nil
 	case s == http.StatusTooManyRequests || s == http.StatusServiceUnavailable:
-		return nil, &ThrottledError{Reason: ReasonFunction, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+		return nil, &ThrottledError{Reason: ReasonFunction, Status: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	case s == http.StatusRequestTimeout || s == http.StatusConflict || (s >= 500 && s <= 599):
 		return nil, &FunctionError{Kind: KindStatus, Status: s, Message: readMessage(resp)}
 	case s >= 400 && s <= 499:

@@ -163,6 +163,12 @@ func wantThrottled(lo, hi time.Duration) checkFunc {
 		if te.RetryAfter < lo || te.RetryAfter > hi {
 			t.Errorf("RetryAfter = %s, want %s..%s", te.RetryAfter, lo, hi)
 		}
+		if te.Status != 429 && te.Status != 503 {
+			t.Errorf("Status = %d, want the function's 429 or 503", te.Status)
+		}
+		if r := resultOf(err, nil); r.Error.Status != te.Status {
+			t.Errorf("dead-letter error status = %d, want %d", r.Error.Status, te.Status)
+		}
 		if resp != nil {
 			t.Errorf("resp = %+v, want nil", resp)
 		}

@@ -79,7 +79,7 @@ func resultOf(err error, items []string) shard.Result {
 	}
 	if t, ok := AsThrottled(err); ok {
 		return shard.Result{Outcome: shard.Throttled, Reason: string(t.Reason), RetryAfter: t.RetryAfter,
-			Error: shard.ErrorInfo{Kind: "throttled", Message: t.Error()}}
+			Error: shard.ErrorInfo{Kind: "throttled", Status: t.Status, Message: t.Error()}}
 	}
 	switch {
 	case errors.As(err, &pb):

@@ -283,8 +283,8 @@ func TestKafkaAsyncThrottledUntilEventAge(t *testing.T) {
 			continue
 		}
 		if e.Condition != shard.EventAgeExceeded || e.Attempts != 0 || e.LastError.Kind != "throttled" ||
-			!strings.Contains(e.LastError.Message, "FunctionThrottled") {
-			t.Errorf("dead letter %d: condition %s, attempts %d, last error %+v; want EventAgeExceeded, 0, a FunctionThrottled throttle",
+			e.LastError.Status != 429 || !strings.Contains(e.LastError.Message, "FunctionThrottled") {
+			t.Errorf("dead letter %d: condition %s, attempts %d, last error %+v; want EventAgeExceeded, 0, a FunctionThrottled throttle with status 429",
 				w.Offset, e.Condition, e.Attempts, e.LastError)
 		}
 		age := dl.Timestamp.Sub(w.Timestamp)

@@ -320,8 +320,8 @@ func TestNatsAsyncEventAgeExceeded(t *testing.T) {
 		}
 		// The last error is the function's throttle (dispatch keeps the
 		// reason, not the HTTP status, of a throttle).
-		if le := dl.Env.LastError; le.Kind != "throttled" || !strings.Contains(le.Message, "FunctionThrottled") {
-			t.Errorf("%s: envelope lastError %+v, want the function's throttle (kind throttled, FunctionThrottled)", ev, le)
+		if le := dl.Env.LastError; le.Kind != "throttled" || le.Status != 429 || !strings.Contains(le.Message, "FunctionThrottled") {
+			t.Errorf("%s: envelope lastError %+v, want the function's throttle (kind throttled, status 429, FunctionThrottled)", ev, le)
 		}
 		cs := calls[ev]
 		// Tried again and again (not only at the start and the end),
