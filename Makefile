@@ -29,10 +29,10 @@ test-all: ## everything, against real brokers it fetches and starts itself (Kafk
 
 # The chaos suite restarts brokers, so it always gets a set of its own (never
 # the one the integration tests share) and runs after them, not beside them.
-chaos: ## fault-injection suite, long: ≥ 20 kill -9 cycles, broker restarts, flaky function (~10 min, own brokers)
-	SLUICE_CHAOS=long scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 40m -v -run '^TestChaos$$' ./integration/
+chaos: ## fault-injection suite, long: ≥ 20 kill -9, broker restarts, flaky function; JetStream and Kafka sources (~17 min, own brokers)
+	SLUICE_CHAOS=long scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 50m -v -run '^TestChaos' ./integration/
 
-chaos-short: ## fault-injection suite, short (CI): 5 kill -9 cycles, one restart of each broker (~3 min, own brokers)
+chaos-short: ## fault-injection suite, short (CI), Kafka source: 5 kill -9, one restart of each broker (~3 min, own brokers)
 	SLUICE_CHAOS=short scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 15m -v -run '^TestChaos$$' ./integration/
 
 FUZZTIME ?= 30s

@@ -38,12 +38,15 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -229,6 +232,60 @@ func (c *chaosFunction) flip(ctx context.Context, fn *fnServer) {
 		case <-time.After(d):
 		}
 	}
+}
+
+// newChaosFnServer is newFnServer with the same recording and answering, for
+// a function whose callers get killed: a request whose body breaks off (the
+// sluice process died while sending it) is not malformed, it is ignored, as
+// a real function would. decode reads a complete body.
+func newChaosFnServer(t *testing.T, policy fnPolicy, decode func(r *http.Request, body []byte) (*fnBatch, error)) *fnServer {
+	t.Helper()
+	f := &fnServer{t: t, policy: policy}
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return // the caller is gone
+		}
+		b, err := decode(r, body)
+		if err != nil {
+			f.mu.Lock()
+			f.bad = append(f.bad, err.Error())
+			f.mu.Unlock()
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		f.mu.Lock()
+		a := f.policy(b)
+		if a.Status == 0 {
+			a.Status = http.StatusOK
+		}
+		b.Seq, b.Status = len(f.batches), a.Status
+		f.batches = append(f.batches, b)
+		f.mu.Unlock()
+		if a.Sleep > 0 {
+			time.Sleep(a.Sleep)
+		}
+		if a.RetryAfter != "" {
+			w.Header().Set("Retry-After", a.RetryAfter)
+		}
+		w.WriteHeader(a.Status)
+	}))
+	t.Cleanup(func() {
+		f.srv.CloseClientConnections()
+		f.srv.Close()
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if len(f.bad) > 0 {
+			t.Errorf("the function received %d malformed requests, first: %s", len(f.bad), f.bad[0])
+		}
+	})
+	return f
+}
+
+// decodeKafkaBatch decodes a complete Kafka batch body as fnServer does.
+func decodeKafkaBatch(r *http.Request, body []byte) (*fnBatch, error) {
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return (&fnServer{}).decode(r)
 }
 
 // chaosRecord is one produced record.
@@ -546,7 +603,7 @@ func TestChaos(t *testing.T) {
 
 	cf := &chaosFunction{timeout: plan.FunctionTimout, rng: rand.New(rand.NewPCG(seed, seed^0x5eed)),
 		mode: modeOK, phases: map[fnMode]int{}, answers: map[fnMode]int{}, end: map[*fnBatch]time.Time{}}
-	fn := newFnServer(t, cf.policy)
+	fn := newChaosFnServer(t, cf.policy, decodeKafkaBatch)
 	source := uniqueName(t, "src")
 	group := "sluice-" + source
 
