@@ -26,38 +26,41 @@ func TestHandlerAnswers(t *testing.T) {
 }
 
 // Past MAX_INFLIGHT concurrent invocations the function answers 429 with
-// Retry-After: sluice's FunctionThrottled.
+// Retry-After: sluice's FunctionThrottled. Two calls race for the one slot of
+// a function that never finishes on its own: whichever comes second must get
+// the 429, in whatever order they arrive.
 func TestHandlerThrottlesAboveMaxInflight(t *testing.T) {
 	t.Parallel()
-	h := handler(time.Hour, 1)
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(handler(time.Hour, 1))
 	t.Cleanup(srv.Close)
-	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(context.Background())
-	slow, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, strings.NewReader("x"))
-	wg.Go(func() {
-		if resp, err := http.DefaultClient.Do(slow); err == nil {
-			resp.Body.Close()
-		}
-	})
-	defer wg.Wait()
-	defer cancel() // ends the hanging call: the handler returns on its context
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Post(srv.URL, "text/plain", strings.NewReader("y"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusTooManyRequests {
-			if resp.Header.Get("Retry-After") != "1" {
-				t.Errorf("Retry-After = %q", resp.Header.Get("Retry-After"))
+	type answer struct {
+		status     int
+		retryAfter string
+		err        error
+	}
+	answers := make(chan answer, 2) // one per call, so no sender blocks
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, strings.NewReader("x"))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				answers <- answer{err: err}
+				return
 			}
-			return
+			resp.Body.Close()
+			answers <- answer{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
+		})
+	}
+	defer wg.Wait()
+	defer cancel() // ends the call holding the slot: the handler returns on its context
+	select {
+	case a := <-answers:
+		if a.err != nil || a.status != http.StatusTooManyRequests || a.retryAfter != "1" {
+			t.Fatalf("first answer: status %d, Retry-After %q, err %v; want 429 with Retry-After 1", a.status, a.retryAfter, a.err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no 429 while an invocation runs (last %d)", resp.StatusCode)
-		}
-		time.Sleep(10 * time.Millisecond)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no answer while one call holds the only slot; want a 429 for the other")
 	}
 }
