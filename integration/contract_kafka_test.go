@@ -2,6 +2,7 @@ package integration
 
 import (
 	"testing"
+	"time"
 )
 
 // kafkaBackend runs the stream contract on the real Kafka broker: a topic
@@ -19,6 +20,12 @@ type kafkaEnv struct {
 	topic      string
 	partitions int32
 	dlq        string
+	broker     map[string]any // further brokers.main.kafka settings
+}
+
+func (e *kafkaEnv) ShortenFailover() time.Duration {
+	e.broker = kafkaFastFailover
+	return kafkaFastFailoverTime
 }
 
 func (e *kafkaEnv) Topic() string     { return e.topic }
@@ -31,7 +38,7 @@ func (e *kafkaEnv) Produce(t *testing.T, n int, o produceOpts) []produced {
 
 func (e *kafkaEnv) Config(t *testing.T, source, fnURL string, settings map[string]any) string {
 	t.Helper()
-	return writeConfig(t, runConfig{Source: source, Topic: e.topic, FunctionURL: fnURL, DeadLetters: e.dlq, Settings: settings})
+	return writeConfig(t, runConfig{Source: source, Topic: e.topic, FunctionURL: fnURL, DeadLetters: e.dlq, Settings: settings, Broker: e.broker})
 }
 
 func (e *kafkaEnv) DeadLetters(t *testing.T) []deadLetter {

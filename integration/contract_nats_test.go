@@ -94,7 +94,13 @@ type natsEnv struct {
 	stream, prefix     string // the source's stream; publishers publish to <prefix>.<key>
 	dlStream, dlPrefix string // the dead-letter stream, over <dlPrefix>.>
 	partitions         int
-	keys               [][]string // by partition: the keys Produce uses
+	keys               [][]string     // by partition: the keys Produce uses
+	broker             map[string]any // further brokers.bus.nats settings
+}
+
+func (e *natsEnv) ShortenFailover() time.Duration {
+	e.broker = natsFastFailover
+	return natsFastFailoverTime
 }
 
 func (e *natsEnv) Topic() string     { return e.stream }
@@ -213,19 +219,24 @@ func (e *natsEnv) Config(t *testing.T, source, fnURL string, settings map[string
 	for k, v := range settings {
 		src[k] = v
 	}
-	return writeNATSConfig(t, fnURL, map[string]any{source: src},
+	return writeNATSConfig(t, fnURL, e.broker, map[string]any{source: src},
 		map[string]any{"dead": map[string]any{"stream": e.dlStream, "subject": e.dlPrefix + ".>", "retention": "1h"}})
 }
 
 // writeNATSConfig writes a sluice configuration with the test nats-server
-// as its one broker, the function "fn" at fnURL, and sources and
-// dead-letter destinations as given; it returns the file's path.
-func writeNATSConfig(t *testing.T, fnURL string, sources, deadLetters map[string]any) string {
+// as its one broker (with further settings, e.g. ack_wait, from broker; nil
+// for none), the function "fn" at fnURL, and sources and dead-letter
+// destinations as given; it returns the file's path.
+func writeNATSConfig(t *testing.T, fnURL string, broker, sources, deadLetters map[string]any) string {
 	t.Helper()
+	bus := map[string]any{"url": natsURL(t)}
+	for k, v := range broker {
+		bus[k] = v
+	}
 	doc := map[string]any{
 		"admin":        map[string]any{"listen": "127.0.0.1:0"},
 		"state_dir":    "./state",
-		"brokers":      map[string]any{"bus": map[string]any{"nats": map[string]any{"url": natsURL(t)}}},
+		"brokers":      map[string]any{"bus": map[string]any{"nats": bus}},
 		"functions":    map[string]any{"fn": map[string]any{"url": fnURL, "timeout": "30s"}},
 		"sources":      sources,
 		"dead_letters": deadLetters,

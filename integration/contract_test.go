@@ -56,6 +56,10 @@ type streamEnv interface {
 	// topic or stream, invoking fnURL, dead letters to this environment's
 	// destination, with further source settings.
 	Config(t *testing.T, source, fnURL string, settings map[string]any) string
+	// ShortenFailover makes the configurations Config writes from then on
+	// move a dead process's partitions after seconds (failover_test.go),
+	// and returns how long after a kill -9 that takes.
+	ShortenFailover() time.Duration
 	// DeadLetters returns every dead letter written so far, decoded.
 	DeadLetters(t *testing.T) []deadLetter
 	// Committed returns, per partition, the position below which source
@@ -586,6 +590,7 @@ func contractKill9(t *testing.T, be streamBackend) {
 
 	fn := newFnServer(t, func(*fnBatch) fnAnswer { return fnAnswer{Sleep: 10 * time.Millisecond} })
 	source := uniqueName(t, "src")
+	failover := env.ShortenFailover()
 	cfg := env.Config(t, source, fn.URL(), map[string]any{"batch_size": batchSize})
 	started := time.Now()
 	p := startSluice(t, "sluice (first)", cfg)
@@ -619,9 +624,10 @@ func contractKill9(t *testing.T, be streamBackend) {
 		killedAt.Sub(started).Round(time.Millisecond), len(atKill), committed, aheadAtKill)
 
 	// The restarted process gets the partitions only once the broker gave
-	// up on the dead one: after Kafka's session timeout (franz-go's
-	// default is 45 s) or the pin of the JetStream partition consumers
-	// (PinnedTTL, 60 s by default), which is most of this test's run time.
+	// up on the dead one: after Kafka's session timeout or the pin of the
+	// JetStream partition consumers (2 × ack_wait), shortened to seconds by
+	// ShortenFailover (the defaults, 45 s and 60 s, were most of this
+	// test's run time).
 	p2 := startSluice(t, "sluice (restarted)", cfg)
 	p2Started := time.Now()
 	var resumedAt time.Time
@@ -638,6 +644,10 @@ func contractKill9(t *testing.T, be streamBackend) {
 	waitDelivered(t, fn, records, 150*time.Second)
 	t.Logf("the restarted process delivered again %s after the kill, and all %s after it",
 		resumedAt.Sub(killedAt).Round(time.Millisecond), time.Since(killedAt).Round(time.Millisecond))
+	if d := resumedAt.Sub(killedAt); d > failover+failoverSlack {
+		t.Errorf("the restarted process delivered again only %s after the kill, want failover within %s (+%s slack): the broker setting did not take effect?",
+			d.Round(time.Millisecond), failover, failoverSlack)
+	}
 	eventually(t, 30*time.Second, "every partition is committed to its end", func() error { return env.AllCommitted(t, source) })
 	if code := p2.stop(syscall.SIGTERM); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)

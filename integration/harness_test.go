@@ -118,6 +118,7 @@ type runConfig struct {
 	FunctionURL string         // where the function listens
 	DeadLetters string         // dead-letter topic; "" for none (records are then dropped)
 	Settings    map[string]any // further source settings (batch_size, max_record_age, ...)
+	Broker      map[string]any // further settings of brokers.main.kafka (session_timeout)
 }
 
 // writeConfig writes cfg as a sluice YAML configuration file in a fresh
@@ -135,10 +136,14 @@ func writeConfig(t testing.TB, cfg runConfig) string {
 	for k, v := range cfg.Settings {
 		src[k] = v
 	}
+	kafka := map[string]any{"seeds": []string{kafkaAddr(t)}}
+	for k, v := range cfg.Broker {
+		kafka[k] = v
+	}
 	doc := map[string]any{
 		"admin":     map[string]any{"listen": "127.0.0.1:0"},
 		"state_dir": "./state",
-		"brokers":   map[string]any{"main": map[string]any{"kafka": map[string]any{"seeds": []string{kafkaAddr(t)}}}},
+		"brokers":   map[string]any{"main": map[string]any{"kafka": kafka}},
 		"functions": map[string]any{"fn": map[string]any{"url": cfg.FunctionURL, "timeout": "30s"}},
 		"sources":   map[string]any{cfg.Source: src},
 	}

@@ -330,7 +330,7 @@ func TestKafkaAsyncKill9KeepsAttempts(t *testing.T) {
 	fn := newAsyncFn(t, func(string, int) (int, string) { return http.StatusInternalServerError, "" })
 	source, group := newSource(t)
 	cfg := writeConfig(t, runConfig{Source: source, Topic: topic, FunctionURL: fn.URL(), DeadLetters: dlq,
-		Settings: asyncSettings(2, "1h", backoff)})
+		Settings: asyncSettings(2, "1h", backoff), Broker: kafkaFastFailover})
 	p := startSluice(t, "sluice (first)", cfg)
 	started := time.Now()
 
@@ -346,7 +346,8 @@ func TestKafkaAsyncKill9KeepsAttempts(t *testing.T) {
 	}
 
 	// The restarted process gets the partitions once the broker gave up on
-	// the killed member (its session timeout, 45 s by default).
+	// the killed member (its session timeout: 6 s here, 45 s by default).
+	killedAt := time.Now()
 	p2 := startSluice(t, "sluice (restarted)", cfg)
 	eventually(t, 80*time.Second, "every event dead-lettered", func() error {
 		if n := len(readDeadLetters(t, dlq)); n < events {
@@ -354,7 +355,8 @@ func TestKafkaAsyncKill9KeepsAttempts(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("every event dead-lettered %v after the first sluice was running", time.Since(started).Round(time.Millisecond))
+	t.Logf("every event dead-lettered %v after the first sluice was running, %v after the kill",
+		time.Since(started).Round(time.Millisecond), time.Since(killedAt).Round(time.Millisecond))
 	time.Sleep(time.Second) // nothing more must come
 	checkExhausted(t, fn, want, topic, dlq)
 	if code := p2.stop(syscall.SIGTERM); code != 0 {
