@@ -73,14 +73,7 @@ func EnsureTopic(ctx context.Context, broker consumer.KafkaConfig, topic string,
 		return false, nil, fmt.Errorf("kafka: create topic %q: %w", topic, opaque(err))
 	}
 
-	rcs, err := adm.DescribeTopicConfigs(ctx, topic)
-	if err != nil {
-		return false, nil, fmt.Errorf("kafka: describe topic %q: %w", topic, opaque(err))
-	}
-	rc, err := rcs.On(topic, nil)
-	if err == nil {
-		err = rc.Err
-	}
+	rc, err := describeTopicConfigs(ctx, adm, topic)
 	if err != nil {
 		return false, nil, fmt.Errorf("kafka: describe topic %q: %w", topic, opaque(err))
 	}
@@ -118,6 +111,36 @@ func EnsureTopic(ctx context.Context, broker consumer.KafkaConfig, topic string,
 	}
 	return false, changed, nil
 }
+
+// describeTopicConfigs reads topic's configs. A topic that was just created
+// (by us a moment ago, or by another process: CreateTopic said it exists)
+// can be unknown to the broker that answers for a short while, until the
+// controller's metadata reaches it: UNKNOWN_TOPIC_OR_PARTITION is retried
+// for up to topicVisibleWait, then reported.
+func describeTopicConfigs(ctx context.Context, adm *kadm.Client, topic string) (kadm.ResourceConfig, error) {
+	deadline := time.Now().Add(topicVisibleWait)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		rcs, err := adm.DescribeTopicConfigs(ctx, topic)
+		var rc kadm.ResourceConfig
+		if err == nil {
+			if rc, err = rcs.On(topic, nil); err == nil {
+				err = rc.Err
+			}
+		}
+		if err == nil || !errors.Is(err, kerr.UnknownTopicOrPartition) || time.Now().After(deadline) {
+			return rc, err
+		}
+		select {
+		case <-ctx.Done():
+			return rc, fmt.Errorf("%w (after %w)", ctx.Err(), err)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// topicVisibleWait bounds how long EnsureTopic waits for an existing topic
+// to become visible to the broker it asks.
+const topicVisibleWait = 10 * time.Second
 
 func retentionMs(d time.Duration) string {
 	if d < 0 {
