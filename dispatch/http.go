@@ -410,20 +410,26 @@ func (f *HTTPFunction) transportError(parent, ctx context.Context, start time.Ti
 // most maxMessageBytes, trimmed, valid UTF-8; the status text if it is empty.
 func readMessage(resp *http.Response) string {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxMessageBytes+1)) // an unreadable body leaves the status text
+	// Invalid UTF-8 becomes U+FFFD (3 bytes per bad byte) before the cap,
+	// so the cap bounds what is kept, not what was read.
+	msg := strings.TrimSpace(strings.ToValidUTF8(string(b), "\uFFFD"))
 	truncated := len(b) > maxMessageBytes
-	if truncated {
-		b = b[:maxMessageBytes]
+	if len(msg) > maxMessageBytes {
+		truncated = true
+		msg = msg[:maxMessageBytes]
 		// Drop a rune the cap cut in half (at most UTFMax-1 bytes).
-		for i := 0; i < utf8.UTFMax-1 && len(b) > 0; i++ {
-			if r, size := utf8.DecodeLastRune(b); r != utf8.RuneError || size != 1 {
+		for i := 0; i < utf8.UTFMax-1 && len(msg) > 0; i++ {
+			if r, size := utf8.DecodeLastRuneInString(msg); r != utf8.RuneError || size != 1 {
 				break
 			}
-			b = b[:len(b)-1]
+			msg = msg[:len(msg)-1]
 		}
 	}
-	msg := strings.TrimSpace(strings.ToValidUTF8(string(b), "\uFFFD"))
 	if msg == "" {
-		return http.StatusText(resp.StatusCode)
+		if msg = http.StatusText(resp.StatusCode); msg == "" {
+			msg = "HTTP " + strconv.Itoa(resp.StatusCode) // a status without a standard text (e.g. 514)
+		}
+		return msg
 	}
 	if truncated {
 		msg += "…"
@@ -440,7 +446,7 @@ func redactLocation(loc string) string {
 		return ""
 	}
 	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
-	return u.String()
+	return strings.ToValidUTF8(u.String(), "\uFFFD") // a header may hold any bytes; messages go into JSON
 }
 
 // parseRetryAfter reads a Retry-After value (RFC 9110 §10.2.3): a number of
