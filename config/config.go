@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -74,7 +75,7 @@ func (t TokenConfig) Secret() (string, error) {
 // Validate to prefix with the key.
 func (t TokenConfig) secret() (string, error) {
 	if t.File != "" {
-		b, err := os.ReadFile(t.File)
+		b, err := readSmallFile(t.File, maxTokenFileBytes)
 		if err != nil {
 			return "", err
 		}
@@ -89,6 +90,28 @@ func (t TokenConfig) secret() (string, error) {
 		return "", fmt.Errorf("%s is not set", t.Env)
 	}
 	return s, nil
+}
+
+// maxTokenFileBytes bounds what a token file may hold: a secret is a line,
+// and a path to a device or a huge file must fail start-up, not hang it.
+const maxTokenFileBytes = 64 << 10
+
+// readSmallFile reads name, refusing regular or special files longer than
+// limit bytes without reading more than limit+1 of them.
+func readSmallFile(name string, limit int64) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes; a token file holds one secret", name, limit)
+	}
+	return b, nil
 }
 
 // Default returns the configuration of an empty file: account limits 1000

@@ -586,12 +586,17 @@ admin:
     - {role: admin, file: missing.token}
     - {role: admin, file: empty.token}
     - {role: read, env: SLUICE_TEST_UNSET_TOKEN}
+    - {role: read, file: huge.token}
+    - {role: read, file: /dev/zero}
 `)
+	write(t, dir, "huge.token", strings.Repeat("x", 64<<10+1))
 	_, err := config.Load([]string{path}, nil)
 	want := strings.Join([]string{
 		"admin.tokens[0].file: open " + filepath.Join(dir, "missing.token") + ": no such file or directory",
 		"admin.tokens[1].file: " + filepath.Join(dir, "empty.token") + " is empty",
 		"admin.tokens[2].env: SLUICE_TEST_UNSET_TOKEN is not set",
+		"admin.tokens[3].file: " + filepath.Join(dir, "huge.token") + " is larger than 65536 bytes; a token file holds one secret",
+		"admin.tokens[4].file: /dev/zero is larger than 65536 bytes; a token file holds one secret",
 	}, "\n")
 	if err == nil || err.Error() != want {
 		t.Errorf("error:\n got: %v\nwant: %s", err, want)
