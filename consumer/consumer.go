@@ -1,6 +1,7 @@
 package consumer
 
 import (
+	"context"
 	"time"
 
 	"github.com/sluicehq/sluice/shard"
@@ -51,4 +52,24 @@ func (c SourceConfig) WorkerConfig(name string) shard.WorkerConfig {
 			Jitter:     c.RetryBackoff.Jitter,
 		},
 	}
+}
+
+// AsyncDeliverer invokes a source's function with one event (SPEC §2.2); the
+// Kafka and JetStream async sources both call it, dispatch.AsyncDeliverer
+// implements it. attempt is 1 for the first function attempt; throttled
+// tries do not count. It blocks while the invocation waits for a concurrency
+// slot; ctx bounds that wait (the source passes the event's expiry) and
+// cancels the invocation at shutdown. Outcomes: Delivered; Throttled
+// (RetryAfter: wait at least that long); Failed (consumes an attempt);
+// Permanent (dead-letter at once). Partial counts as Failed.
+type AsyncDeliverer interface {
+	Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result
+}
+
+// AsyncDelivererFunc adapts a function to AsyncDeliverer.
+type AsyncDelivererFunc func(ctx context.Context, rec shard.Record, attempt int) shard.Result
+
+// Deliver calls f.
+func (f AsyncDelivererFunc) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
+	return f(ctx, rec, attempt)
 }

@@ -41,6 +41,9 @@ const shutdownGrace = 15 * time.Second
 // an event may live (SPEC §2.2).
 const asyncSlotWait = 5 * time.Second
 
+// The dispatcher's async deliverer is what both async sources call.
+var _ consumer.AsyncDeliverer = (*dispatch.AsyncDeliverer)(nil)
+
 // app is a wired sluice: what `run` runs and, later, what `dlq replay` drives,
 // so that replays go through the same dispatcher and limits as live traffic.
 type app struct {

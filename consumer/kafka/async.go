@@ -41,32 +41,13 @@ const (
 	deadLetterTimeout = 10 * time.Second
 )
 
-// AsyncDeliverer invokes a source's function with one event (SPEC §2.2):
-// attempt is 1 for the first function attempt; throttled tries do not count.
-// It blocks while the invocation waits for a concurrency slot; ctx bounds
-// that wait (the source passes the event's expiry) and cancels the
-// invocation at shutdown. Outcomes: Delivered; Throttled (RetryAfter: wait
-// at least that long); Failed (consumes an attempt); Permanent (dead-letter
-// at once). Partial counts as Failed. dispatch.AsyncDeliverer implements it.
-type AsyncDeliverer interface {
-	Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result
-}
-
-// AsyncDelivererFunc adapts a function to AsyncDeliverer.
-type AsyncDelivererFunc func(ctx context.Context, rec shard.Record, attempt int) shard.Result
-
-// Deliver calls f.
-func (f AsyncDelivererFunc) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
-	return f(ctx, rec, attempt)
-}
-
 // AsyncOptions are the collaborators and tuning of an Async source.
 type AsyncOptions struct {
 	// Group is the consumer group of the source topic and its retry
 	// topics; default "sluice-" + the source name.
 	Group string
 	// Deliverer invokes the function; required.
-	Deliverer AsyncDeliverer
+	Deliverer consumer.AsyncDeliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
 	DeadLetterer shard.DeadLetterer

@@ -81,7 +81,7 @@ func asyncSource(maxAttempts int, maxAge time.Duration) consumer.SourceConfig {
 	return c
 }
 
-func fastAsync(d AsyncDeliverer, dlq shard.DeadLetterer) AsyncOptions {
+func fastAsync(d consumer.AsyncDeliverer, dlq shard.DeadLetterer) AsyncOptions {
 	o := AsyncOptions{Deliverer: d, Logger: testLogger(), AckWait: 2 * time.Second, FetchWait: 300 * time.Millisecond, Concurrency: 8}
 	if dlq != nil {
 		o.DeadLetterer = dlq
