@@ -421,15 +421,7 @@ func (a *Async) Run(ctx context.Context) error {
 	a.stop(parts, false)
 	stopCommits()
 	<-commitDone
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.CommitTimeout)
-	defer cancel()
-	if err := cl.CommitMarkedOffsets(cctx); err != nil {
-		a.log.Error("final commit failed; the events after the last commit will be handled again", "error", err)
-	}
-	if err := cl.LeaveGroupContext(cctx); err != nil {
-		a.log.Warn("leaving the group failed; its partitions move after the session timeout", "error", err)
-	}
-	cl.Close()
+	commitAndLeave(ctx, cl, a.opts.CommitTimeout, a.log, "the events after the last commit will be handled again")
 	a.log.Info("async source stopped")
 	return nil
 }

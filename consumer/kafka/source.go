@@ -362,17 +362,25 @@ func (s *Source) Run(ctx context.Context) error {
 	s.stop(parts, false)
 	stopCommits()
 	<-commitDone
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.CommitTimeout)
-	defer cancel()
-	if err := cl.CommitMarkedOffsets(cctx); err != nil {
-		s.log.Error("final commit failed; the records after the last commit will be delivered again", "error", err)
-	}
-	if err := cl.LeaveGroupContext(cctx); err != nil {
-		s.log.Warn("leaving the group failed; its partitions move after the session timeout", "error", err)
-	}
-	cl.Close()
+	commitAndLeave(ctx, cl, s.opts.CommitTimeout, s.log, "the records after the last commit will be delivered again")
 	s.log.Info("source stopped")
 	return nil
+}
+
+// commitAndLeave ends a group member: a final commit of what was marked,
+// leaving the group (so its partitions move at once, not after the session
+// timeout) and closing the client, within timeout even when ctx is done.
+// lost says in the log what a failed final commit means.
+func commitAndLeave(ctx context.Context, cl *kgo.Client, timeout time.Duration, log *slog.Logger, lost string) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	if err := cl.CommitMarkedOffsets(cctx); err != nil {
+		log.Error("final commit failed; "+lost, "error", err)
+	}
+	if err := cl.LeaveGroupContext(cctx); err != nil {
+		log.Warn("leaving the group failed; its partitions move after the session timeout", "error", err)
+	}
+	cl.Close()
 }
 
 // poll is the poll loop: it hands each partition's records to its worker and
