@@ -163,6 +163,24 @@ func (a *app) closeConns() {
 	a.closers = nil
 }
 
+// load reads every letter of the destinations f selects (what list and show
+// look at), closing the broker connections again before it returns; it
+// also returns the destinations' names.
+func (f *dlqFlags) load(cmd *cobra.Command, cfg *config.Config, log *slog.Logger) ([]*retention.Index, []string, error) {
+	names, err := f.destinationNames(cmd, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	a := bareApp(cfg, log)
+	defer a.closeConns()
+	dests, err := a.openDestinations(names)
+	if err != nil {
+		return nil, nil, err
+	}
+	idxs, err := loadAll(cmd.Context(), dests, log)
+	return idxs, names, err
+}
+
 // loadAll reads every named destination.
 func loadAll(ctx context.Context, dests []dlqDest, log *slog.Logger) ([]*retention.Index, error) {
 	out := make([]*retention.Index, 0, len(dests))
@@ -201,17 +219,7 @@ letter, one per line.`,
 			if err != nil {
 				return err
 			}
-			names, err := f.destinationNames(cmd, cfg)
-			if err != nil {
-				return err
-			}
-			a := bareApp(cfg, log)
-			defer a.closeConns()
-			dests, err := a.openDestinations(names)
-			if err != nil {
-				return err
-			}
-			idxs, err := loadAll(cmd.Context(), dests, log)
+			idxs, _, err := f.load(cmd, cfg, log)
 			if err != nil {
 				return err
 			}
@@ -246,17 +254,7 @@ indented JSON. Exits 1 if no destination holds it.`,
 				return err
 			}
 			f := dlqFlags{destinations: dests}
-			names, err := f.destinationNames(cmd, cfg)
-			if err != nil {
-				return err
-			}
-			a := bareApp(cfg, log)
-			defer a.closeConns()
-			opened, err := a.openDestinations(names)
-			if err != nil {
-				return err
-			}
-			idxs, err := loadAll(cmd.Context(), opened, log)
+			idxs, names, err := f.load(cmd, cfg, log)
 			if err != nil {
 				return err
 			}
