@@ -4,7 +4,9 @@
 //
 // It owns the operator settings of brokers and sources (BrokerConfig,
 // SourceConfig: the names, ranges and defaults of Lambda's event source
-// mappings, SPEC §2.1 and §2.2) and the broker-neutral parts of a source. The
+// mappings, SPEC §2.1 and §2.2) and the broker-neutral parts of a source:
+// scope extraction, the AsyncDeliverer both async sources call, the shared
+// shard and async metrics. The
 // broker clients live in consumer/kafka (the only franz-go importer) and
 // consumer/nats (the only nats.go importer), which import this package.
 //
