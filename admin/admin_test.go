@@ -346,7 +346,7 @@ func TestRulesMergeEnableDisableDelete(t *testing.T) {
 	if s := scope("acme"); s.Rule != "acme" || s.Limit != 2 || s.Available != 0 {
 		t.Fatalf("acme enabled again: %+v", s)
 	}
-	for _, l := range []*dispatch.Lease{l1, l2, l3} {
+	for _, l := range []dispatch.Lease{l1, l2, l3} {
 		l.Release()
 	}
 
