@@ -153,7 +153,7 @@ func dlqSession(cmd *cobra.Command) (*config.Config, *slog.Logger, error) {
 
 // bareApp is an app without dispatcher or sources, for list and show.
 func bareApp(cfg *config.Config, log *slog.Logger) *app {
-	return &app{cfg: cfg, log: log, natsURL: map[string]string{}}
+	return &app{cfg: cfg, log: log}
 }
 
 func (a *app) closeConns() {
@@ -173,7 +173,7 @@ func (f *dlqFlags) load(cmd *cobra.Command, cfg *config.Config, log *slog.Logger
 	}
 	a := bareApp(cfg, log)
 	defer a.closeConns()
-	dests, err := a.openDestinations(names)
+	dests, err := a.openDestinations(cmd.Context(), names)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -353,7 +353,7 @@ func runReplay(cmd *cobra.Command, f *dlqFlags, rf *replayFlags) error {
 		return err
 	}
 	defer a.close()
-	dests, err := a.openDestinations(names)
+	dests, err := a.openDestinations(ctx, names)
 	if err != nil {
 		return err
 	}

@@ -3,13 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 
-	natsgo "github.com/nats-io/nats.go"
-
-	"github.com/sluicehq/sluice/consumer/kafka"
-	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
 	"github.com/sluicehq/sluice/shard"
@@ -30,22 +25,12 @@ func (a *app) recordStream(name string, d *dispatch.StreamDeliverer) {
 }
 
 // measureDeadLetters adds destination name to the dead-letter gauges.
-func (a *app) measureDeadLetters(name string, natsConn func(string) (*natsgo.Conn, error), g *retention.Gauges) error {
-	dl := a.cfg.DeadLetters[name]
-	b := a.cfg.Brokers[dl.Broker]
-	if b.Kafka != nil {
-		r, err := kafka.NewReader(*b.Kafka, dl.Topic)
-		if err != nil {
-			return fmt.Errorf("run: dead_letters.%s: %w", name, err)
-		}
-		g.Add(name, r)
-		return nil
-	}
-	nc, err := natsConn(dl.Broker)
+func (a *app) measureDeadLetters(ctx context.Context, name string, g *retention.Gauges) error {
+	br, err := a.broker(ctx, "run", a.cfg.DeadLetters[name].Broker)
 	if err != nil {
 		return err
 	}
-	r, err := natssrc.NewReader(nc, dl.Stream)
+	r, err := br.DeadLetterReader(a.destination(name))
 	if err != nil {
 		return fmt.Errorf("run: dead_letters.%s: %w", name, err)
 	}
@@ -61,36 +46,23 @@ type dlqDest struct {
 }
 
 // openDestinations opens the named dead-letter destinations for reading and
-// for appending replay outcomes. It does not create them: a missing one
-// reads as empty. Connections are closed with a's closers.
-func (a *app) openDestinations(names []string) ([]dlqDest, error) {
+// for appending replay outcomes, over the brokers wire opened (for a
+// replay) or opening them (the embedded nats-server is started on the state
+// directory when `sluice run` does not hold it). It does not create them: a
+// missing one reads as empty. Connections are closed with a's closers.
+func (a *app) openDestinations(ctx context.Context, names []string) ([]dlqDest, error) {
 	out := make([]dlqDest, 0, len(names))
 	for _, name := range names {
-		dl := a.cfg.DeadLetters[name]
-		b := a.cfg.Brokers[dl.Broker]
-		if b.Kafka != nil {
-			r, err := kafka.NewReader(*b.Kafka, dl.Topic)
-			if err != nil {
-				return nil, fmt.Errorf("dlq: dead_letters.%s: %w", name, err)
-			}
-			w, err := kafka.NewWriter(*b.Kafka, dl.Topic)
-			if err != nil {
-				return nil, fmt.Errorf("dlq: dead_letters.%s: %w", name, err)
-			}
-			a.closers = append(a.closers, w.Close)
-			out = append(out, dlqDest{name: name, reader: r, app: w})
-			continue
-		}
-		nc, err := a.dlqNATS(dl.Broker)
+		br, err := a.broker(ctx, "dlq", a.cfg.DeadLetters[name].Broker)
 		if err != nil {
 			return nil, err
 		}
-		r, err := natssrc.NewReader(nc, dl.Stream)
+		d := a.destination(name)
+		r, err := br.DeadLetterReader(d)
 		if err != nil {
 			return nil, fmt.Errorf("dlq: dead_letters.%s: %w", name, err)
 		}
-		prefix, _ := strings.CutSuffix(dl.Subject, ".>")
-		w, err := natssrc.NewWriter(nc, dl.Stream, prefix)
+		w, err := br.DeadLetterWriter(d)
 		if err != nil {
 			return nil, fmt.Errorf("dlq: dead_letters.%s: %w", name, err)
 		}
@@ -99,40 +71,12 @@ func (a *app) openDestinations(names []string) ([]dlqDest, error) {
 	return out, nil
 }
 
-// dlqNATS connects to NATS broker name: the URL wire already uses (the
-// embedded server it started, for a replay), else the configured URL, else
-// the embedded server, started here on the state directory.
-func (a *app) dlqNATS(name string) (*natsgo.Conn, error) {
-	if a.natsURL == nil {
-		a.natsURL = map[string]string{}
-	}
-	url, err := a.natsURLOf(name)
-	if err != nil {
-		nb := a.cfg.Brokers[name].NATS
-		url = nb.URL
-		if nb.Embedded() {
-			e, err := a.startEmbedded(name, *nb)
-			if err != nil {
-				return nil, fmt.Errorf("dlq: %w (with the embedded NATS, stop 'sluice run' on this state directory first)", err)
-			}
-			url = e.ClientURL()
-			a.natsURL[name] = url
-		}
-	}
-	nc, err := natsgo.Connect(url, natsgo.Name("sluice-dlq"))
-	if err != nil {
-		return nil, fmt.Errorf("dlq: brokers.%s: connect to %s: %w", name, url, err)
-	}
-	a.closers = append(a.closers, nc.Close)
-	return nc, nil
-}
-
 // replayTargets sends letters back for `dlq replay`: to their function
 // through the app's dispatcher, or to their source's topic or stream.
 type replayTargets struct {
 	a *app
 
-	mu      sync.Mutex                    // guards writers, broken, and a's closers and NATS URLs while replaying
+	mu      sync.Mutex                    // guards writers, broken, and a's closers and brokers while replaying
 	writers map[string]retention.Appender // source name → writer to its topic or stream (--to source)
 	broken  map[string]error              // source name → why no writer can be had (a missing topic): fail fast
 }
@@ -211,47 +155,20 @@ func (t *replayTargets) sourceWriter(ctx context.Context, e *retention.Envelope)
 
 // newSourceWriter opens a writer to e's source; the topic must exist (a
 // Writer to a missing one would wait out its timeout for every letter).
+// The source's topic or stream as configured: a letter's record may come
+// from elsewhere (an async source's retry topic).
 func (t *replayTargets) newSourceWriter(ctx context.Context, e *retention.Envelope) (retention.Appender, error) {
 	sc, ok := t.a.cfg.Sources[e.Source]
 	if !ok {
 		return nil, fmt.Errorf("dlq: source %q is not in the configuration", e.Source)
 	}
-	b := t.a.cfg.Brokers[sc.Broker]
-	var w retention.Appender
-	if b.Kafka != nil {
-		// The source's topic as configured: a letter's record may come from
-		// elsewhere (an async source's retry topic).
-		topic := sc.Topic
-		if topic == "" {
-			topic = e.Record.Topic
-		}
-		r, err := kafka.NewReader(*b.Kafka, topic)
-		if err != nil {
-			return nil, fmt.Errorf("dlq: sources.%s: %w", e.Source, err)
-		}
-		switch ok, err := r.Exists(ctx); {
-		case err != nil:
-			return nil, fmt.Errorf("dlq: sources.%s: %w", e.Source, err)
-		case !ok:
-			return nil, fmt.Errorf("dlq: sources.%s: topic %q does not exist", e.Source, topic)
-		}
-		kw, err := kafka.NewWriter(*b.Kafka, topic)
-		if err != nil {
-			return nil, fmt.Errorf("dlq: sources.%s: %w", e.Source, err)
-		}
-		t.a.closers = append(t.a.closers, kw.Close)
-		w = kw
-	} else {
-		nc, err := t.a.dlqNATS(sc.Broker)
-		if err != nil {
-			return nil, err
-		}
-		// Records keep their original subject; the prefix is never used.
-		nw, err := natssrc.NewWriter(nc, sc.Stream, "sluice.replay")
-		if err != nil {
-			return nil, fmt.Errorf("dlq: sources.%s: %w", e.Source, err)
-		}
-		w = nw
+	br, err := t.a.broker(ctx, "dlq", sc.Broker)
+	if err != nil {
+		return nil, err
+	}
+	w, err := br.SourceWriter(ctx, sc, true)
+	if err != nil {
+		return nil, fmt.Errorf("dlq: sources.%s: %w", e.Source, err)
 	}
 	return w, nil
 }

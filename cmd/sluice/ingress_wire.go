@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/consumer/kafka"
-	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/ingress"
 	"github.com/sluicehq/sluice/shard"
@@ -20,7 +17,7 @@ import (
 // appended to the function's async_queue by a queueEnqueuer. It runs after
 // wireSources, which connected to the brokers.
 func (a *app) wireIngress() error {
-	q, err := a.newEnqueuer()
+	q, err := a.newEnqueuer(context.Background())
 	if err != nil {
 		return err
 	}
@@ -33,13 +30,19 @@ type appender interface {
 	Append(ctx context.Context, recs []shard.Record) error
 }
 
+// eventAddresser is what the enqueuer needs of a broker (consumer.Broker).
+type eventAddresser interface {
+	AddressEvent(sc consumer.SourceConfig, rec *shard.Record, id string)
+	EventsHaveKeys() bool
+}
+
 // asyncQueue is where the ingress appends one function's async events: the
 // async source named by its async_queue.
 type asyncQueue struct {
 	source string
 	sc     consumer.SourceConfig
 	w      appender
-	nats   bool
+	addr   eventAddresser // the source's broker
 }
 
 // queueEnqueuer is the ingress.Enqueuer over the async sources: it appends
@@ -56,7 +59,7 @@ var _ ingress.Enqueuer = (*queueEnqueuer)(nil)
 // newEnqueuer opens a writer for every async source some function names as
 // its async_queue (config validated that each is an async source of that
 // function).
-func (a *app) newEnqueuer() (*queueEnqueuer, error) {
+func (a *app) newEnqueuer(ctx context.Context) (*queueEnqueuer, error) {
 	q := &queueEnqueuer{functions: map[string]bool{}, queues: map[string]*asyncQueue{}}
 	writers := map[string]*asyncQueue{} // source → its queue, shared by the functions naming it
 	names := make([]string, 0, len(a.cfg.Functions))
@@ -75,27 +78,15 @@ func (a *app) newEnqueuer() (*queueEnqueuer, error) {
 			continue
 		}
 		sc := a.cfg.Sources[src]
-		b := a.cfg.Brokers[sc.Broker]
-		aq := &asyncQueue{source: src, sc: sc}
-		if b.Kafka != nil {
-			w, err := kafka.NewWriter(*b.Kafka, sc.Topic)
-			if err != nil {
-				return nil, fmt.Errorf("run: functions.%s.async_queue: %w", fn, err)
-			}
-			a.closers = append(a.closers, w.Close)
-			aq.w = w
-		} else {
-			nc := a.natsConns[sc.Broker]
-			if nc == nil { // wireSources connected to every broker a source uses
-				return nil, fmt.Errorf("run: functions.%s.async_queue: no connection to broker %s", fn, sc.Broker)
-			}
-			// The prefix is unused: every record carries its subject.
-			w, err := natssrc.NewWriter(nc, sc.Stream, "sluice.ingress")
-			if err != nil {
-				return nil, fmt.Errorf("run: functions.%s.async_queue: %w", fn, err)
-			}
-			aq.w, aq.nats = w, true
+		br, err := a.broker(ctx, "run", sc.Broker) // opened by wireSources
+		if err != nil {
+			return nil, err
 		}
+		w, err := br.SourceWriter(ctx, sc, false)
+		if err != nil {
+			return nil, fmt.Errorf("run: functions.%s.async_queue: %w", fn, err)
+		}
+		aq := &asyncQueue{source: src, sc: sc, w: w, addr: br}
 		writers[src] = aq
 		q.queues[fn] = aq
 	}
@@ -105,8 +96,9 @@ func (a *app) newEnqueuer() (*queueEnqueuer, error) {
 // Enqueue appends body as an event of fn's async source and returns its id.
 //
 // The id is the event's Sluice-Invocation-Id header; on Kafka also its
-// record key (unless the source's scope is the key), on JetStream the
-// subject's wildcard tokens and the Nats-Msg-Id (so a publish retried within
+// record key (unless the source's scope is the key); the broker may address
+// the event with it too (consumer.Broker.AddressEvent: on JetStream the
+// subject's wildcard tokens and the Nats-Msg-Id, so a publish retried within
 // the stream's duplicate window is stored once). The caller's Content-Type and
 // traceparent become the event's headers, which the function receives as
 // with any async event. A scope is carried the way the source reads it
@@ -143,7 +135,7 @@ func (q *queueEnqueuer) Enqueue(ctx context.Context, fn, scope string, body []by
 		switch {
 		case s.Kind == consumer.ScopeHeader:
 			rec.Headers = append(rec.Headers, shard.Header{Key: s.Arg, Value: []byte(scope)})
-		case s.Kind == consumer.ScopeKey && !aq.nats: // JetStream async records have no key
+		case s.Kind == consumer.ScopeKey && aq.addr.EventsHaveKeys():
 			rec.Key = []byte(scope)
 		case s.Kind == consumer.ScopeLiteral && s.Arg == scope:
 		default:
@@ -151,24 +143,9 @@ func (q *queueEnqueuer) Enqueue(ctx context.Context, fn, scope string, body []by
 				ingress.ErrScopeNotCarried, aq.source, s, scope)
 		}
 	}
-	if aq.nats {
-		rec.Subject = concreteSubject(aq.sc.Subject, id)
-		rec.Headers = append(rec.Headers, shard.Header{Key: "Nats-Msg-Id", Value: []byte(id)})
-	}
+	aq.addr.AddressEvent(aq.sc, &rec, id)
 	if err := aq.w.Append(ctx, []shard.Record{rec}); err != nil {
 		return "", fmt.Errorf("run: async_queue %s: %w", aq.source, err)
 	}
 	return id, nil
-}
-
-// concreteSubject turns an async source's subject (which may hold "*" and
-// ">" wildcards) into one it matches, with token in place of each wildcard.
-func concreteSubject(subject, token string) string {
-	parts := strings.Split(subject, ".")
-	for i, p := range parts {
-		if p == "*" || p == ">" {
-			parts[i] = token
-		}
-	}
-	return strings.Join(parts, ".")
 }

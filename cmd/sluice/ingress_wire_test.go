@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/consumer/kafka"
+	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/ingress"
 	"github.com/sluicehq/sluice/shard"
@@ -87,7 +89,11 @@ func TestEnqueueCarriesTheScopeTheWayTheSourceReadsIt(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			w := &recordingAppender{}
-			aq := &asyncQueue{source: "q", w: w, nats: c.nats,
+			var addr eventAddresser = &kafka.Broker{}
+			if c.nats {
+				addr = &natssrc.Broker{}
+			}
+			aq := &asyncQueue{source: "q", w: w, addr: addr,
 				sc: consumer.SourceConfig{Subject: c.subject, Scope: scope(c.scopeSpec)}}
 			q := &queueEnqueuer{functions: map[string]bool{"fn": true}, queues: map[string]*asyncQueue{"fn": aq}}
 			h := http.Header{"Content-Type": {"text/plain"}, "Traceparent": {"00-abc-def-01"}}
@@ -119,7 +125,7 @@ func TestEnqueueErrors(t *testing.T) {
 	down := errors.New("nats: no responders available for request")
 	q := &queueEnqueuer{
 		functions: map[string]bool{"fn": true, "plain": true},
-		queues:    map[string]*asyncQueue{"fn": {source: "q", w: &recordingAppender{err: down}}},
+		queues:    map[string]*asyncQueue{"fn": {source: "q", w: &recordingAppender{err: down}, addr: &kafka.Broker{}}},
 	}
 	ctx := context.Background()
 	if _, err := q.Enqueue(ctx, "nope", "", nil, http.Header{}); !errors.Is(err, dispatch.ErrUnknownFunction) {
