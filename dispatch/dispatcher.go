@@ -40,7 +40,6 @@ type options struct {
 	reg    prometheus.Registerer
 	log    *slog.Logger
 	limits Limits
-	http   []HTTPOption
 }
 
 // WithRegisterer registers the dispatcher's metrics with reg (default: none).
@@ -54,11 +53,6 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 // several processes. l must have been built from the same Config; the
 // Dispatcher owns it from then on and closes it in Close.
 func WithLimits(l Limits) Option { return func(o *options) { o.limits = l } }
-
-// WithHTTPOptions passes options to every HTTP function the Dispatcher builds.
-func WithHTTPOptions(opts ...HTTPOption) Option {
-	return func(o *options) { o.http = append(o.http, opts...) }
-}
 
 // limitsFor returns the engine given by WithLimits, or a local Limiter of
 // cfg; either way cfg must be valid.
@@ -109,7 +103,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		if fc.ReservedConcurrency != nil {
 			conns = max(1, *fc.ReservedConcurrency)
 		}
-		h, err := NewHTTPFunction(name, fc, append([]HTTPOption{WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name))}, o.http...)...)
+		h, err := NewHTTPFunction(name, fc, WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name)))
 		if err != nil {
 			d.unregister(o.reg)
 			lim.Close()

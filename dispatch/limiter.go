@@ -79,9 +79,6 @@ type scopeState struct {
 // LimiterOption configures a Limiter.
 type LimiterOption func(*Limiter)
 
-// WithClock sets the clock used for lease lifetimes (tests).
-func WithClock(now func() time.Time) LimiterOption { return func(l *Limiter) { l.now = now } }
-
 // WithLeaseGrace sets how long after a function's timeout its slot is taken
 // back from a holder that vanished.
 func WithLeaseGrace(d time.Duration) LimiterOption { return func(l *Limiter) { l.grace = d } }

@@ -1,11 +1,12 @@
 // Package retention is the dead-letter store: it writes one JSON envelope per
 // record or event that could not be delivered (SPEC §4) to a Kafka topic or a
-// JetStream stream, creates that destination if missing, reconciles its
-// retention at start-up, and reads dead letters back for `sluice dlq list`,
-// `show` and `replay`.
+// JetStream stream through an Appender, and reads dead letters back for
+// `sluice dlq list`, `show` and `replay`. Creating a destination and
+// reconciling its retention at start-up is its broker's
+// (consumer.Broker.EnsureDestination, called by cmd/sluice).
 //
 // It owns the operator settings of a destination (Config) and implements the
-// dispatcher's DeadLetterer. It builds on shard and must not import consumer,
+// shard engine's DeadLetterer (Store). It builds on shard and must not import consumer,
 // dispatch, config or cmd. Its Config carries koanf tags but does not import
 // koanf.
 //
