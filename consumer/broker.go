@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,5 +144,31 @@ func (b BrokerConfig) Kind() string {
 		return "nats"
 	default:
 		return ""
+	}
+}
+
+// Closers closes what a Broker opened, newest first (writers and
+// connections before the server they use). Its zero value is ready; it is
+// safe for concurrent use.
+type Closers struct {
+	mu sync.Mutex // guards fs
+	fs []func()
+}
+
+// Add registers f to run at Close.
+func (c *Closers) Add(f func()) {
+	c.mu.Lock()
+	c.fs = append(c.fs, f)
+	c.mu.Unlock()
+}
+
+// Close runs every registered function once, newest first.
+func (c *Closers) Close() {
+	c.mu.Lock()
+	fs := c.fs
+	c.fs = nil
+	c.mu.Unlock()
+	for i := len(fs) - 1; i >= 0; i-- {
+		fs[i]()
 	}
 }

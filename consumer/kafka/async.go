@@ -407,47 +407,20 @@ func (a *Async) Run(ctx context.Context) error {
 // so the events held in memory stay bounded (records of retry partitions
 // that are not due yet are bounded apart: see feedLocked).
 func (a *Async) poll(ctx context.Context, cl *kgo.Client) {
-	for {
-		a.mu.Lock()
-		maxUnsettled := int64(unsettledPerSlot * a.opts.Concurrency)
+	maxUnsettled := int64(unsettledPerSlot * a.opts.Concurrency)
+	next := func() int {
 		for (a.active >= a.opts.Concurrency || a.unsettled.Load() >= maxUnsettled) && ctx.Err() == nil {
 			a.cond.Wait()
 		}
-		if ctx.Err() != nil {
-			a.mu.Unlock()
-			return
-		}
-		n := min(a.opts.Concurrency-a.active, int(maxUnsettled-a.unsettled.Load()))
-		pctx, cancel := context.WithCancel(ctx)
-		a.pollCancel = cancel
-		a.mu.Unlock()
-
-		fetches := cl.PollRecords(pctx, n)
-
-		a.mu.Lock()
-		a.pollCancel = nil
-		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-			pt := a.parts[topicPartition{fp.Topic, fp.Partition}]
-			if pt == nil || len(fp.Records) == 0 {
-				return // revoked since the fetch: not marked, read again by the next owner
-			}
-			a.feedLocked(pt, fp.Records)
-		})
-		a.round++
-		a.cond.Broadcast()
-		a.mu.Unlock()
-		cancel()
-
-		if fetches.IsClientClosed() {
-			return
-		}
-		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return
-			}
-			a.log.Warn("fetch error", "fetched_topic", topic, "partition", p, "error", err)
-		})
+		return min(a.opts.Concurrency-a.active, int(maxUnsettled-a.unsettled.Load()))
 	}
+	a.pollLoop(ctx, cl, next, func(fp kgo.FetchTopicPartition) {
+		pt := a.parts[topicPartition{fp.Topic, fp.Partition}]
+		if pt == nil || len(fp.Records) == 0 {
+			return // revoked since the fetch: not marked, read again by the next owner
+		}
+		a.feedLocked(pt, fp.Records)
+	})
 }
 
 // feedLocked takes fetched records of pt. A record of the source topic is

@@ -3,7 +3,6 @@ package kafka
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 
 	"github.com/sluicehq/sluice/consumer"
@@ -28,18 +27,12 @@ func (Kind) Open(_ context.Context, name string, cfg consumer.BrokerConfig, _ co
 type Broker struct {
 	cfg consumer.KafkaConfig
 
-	mu      sync.Mutex // guards closers and pinger
-	closers []func()
+	closers consumer.Closers
+	mu      sync.Mutex // guards pinger
 	pinger  *Pinger
 }
 
 var _ consumer.Broker = (*Broker)(nil)
-
-func (b *Broker) onClose(f func()) {
-	b.mu.Lock()
-	b.closers = append(b.closers, f)
-	b.mu.Unlock()
-}
 
 // NewSource returns a stream Source or an Async source, by sc.Mode.
 func (b *Broker) NewSource(name string, sc consumer.SourceConfig, deps consumer.SourceDeps) (consumer.Source, error) {
@@ -76,7 +69,7 @@ func (b *Broker) writer(topic string) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.onClose(w.Close)
+	b.closers.Add(w.Close)
 	return w, nil
 }
 
@@ -121,7 +114,7 @@ func (b *Broker) Ping(ctx context.Context) error {
 			return err
 		}
 		b.pinger = p
-		b.closers = append(b.closers, p.Close)
+		b.closers.Add(p.Close)
 	}
 	p := b.pinger
 	b.mu.Unlock()
@@ -129,12 +122,4 @@ func (b *Broker) Ping(ctx context.Context) error {
 }
 
 // Close closes every client the Broker opened, newest first.
-func (b *Broker) Close() {
-	b.mu.Lock()
-	cs := slices.Clone(b.closers)
-	b.closers = nil
-	b.mu.Unlock()
-	for _, f := range slices.Backward(cs) {
-		f()
-	}
-}
+func (b *Broker) Close() { b.closers.Close() }

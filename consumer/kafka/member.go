@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -95,6 +96,46 @@ func (m *member[P]) shutdown(ctx context.Context, cl *kgo.Client, stopCommits fu
 	m.stop(parts, false)
 	stopCommits()
 	commitAndLeave(ctx, cl, m.commitTimeout, m.log, "the "+m.what+" after the last commit will be delivered again")
+}
+
+// pollLoop is the poll loop of both sources. Each round: under m.mu, next
+// says how many records to fetch (it may wait on m.cond; the loop ends when
+// ctx does); PollRecords runs without the lock, cancellable by assigned's
+// fence (pollCancel); then, under m.mu again, take hands out each
+// partition's records, and the round is counted and broadcast. Fetch errors
+// other than our own cancel are logged.
+func (m *member[P]) pollLoop(ctx context.Context, cl *kgo.Client, next func() int, take func(kgo.FetchTopicPartition)) {
+	for {
+		m.mu.Lock()
+		n := next()
+		if ctx.Err() != nil {
+			m.mu.Unlock()
+			return
+		}
+		pctx, cancel := context.WithCancel(ctx)
+		m.pollCancel = cancel
+		m.mu.Unlock()
+
+		fetches := cl.PollRecords(pctx, n)
+
+		m.mu.Lock()
+		m.pollCancel = nil
+		fetches.EachPartition(take)
+		m.round++
+		m.cond.Broadcast()
+		m.mu.Unlock()
+		cancel()
+
+		if fetches.IsClientClosed() {
+			return
+		}
+		fetches.EachError(func(topic string, p int32, err error) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return // our own cancel (assigned fences the poll) or shutdown
+			}
+			m.log.Warn("fetch error", "fetched_topic", topic, "partition", p, "error", err)
+		})
+	}
 }
 
 // fencePollLocked cancels the poll in progress, if any, and waits for its

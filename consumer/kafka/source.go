@@ -343,56 +343,27 @@ func (s *Source) Run(ctx context.Context) error {
 // never waits for one (Push does not block; a worker that holds too much or
 // is throttled pauses its partition instead).
 func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
-	for {
-		s.mu.Lock()
-		if ctx.Err() != nil {
-			s.mu.Unlock()
+	s.pollLoop(ctx, cl, func() int { return maxPollRecords }, func(fp kgo.FetchTopicPartition) {
+		if fp.Topic != s.topic {
 			return
 		}
-		pctx, cancel := context.WithCancel(ctx)
-		s.pollCancel = cancel
-		s.mu.Unlock()
-
-		fetches := cl.PollRecords(pctx, maxPollRecords)
-
-		s.mu.Lock()
-		s.pollCancel = nil
-		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-			if fp.Topic != s.topic {
-				return
-			}
-			pt := s.parts[fp.Partition]
-			if pt == nil {
-				// Revoked since the fetch: not marked, so whoever owns
-				// the partition now reads these records again.
-				return
-			}
-			if fp.Err == nil && fp.HighWatermark > pt.hwm {
-				pt.hwm = fp.HighWatermark
-			}
-			if len(fp.Records) == 0 {
-				return
-			}
-			if pt.first < 0 {
-				pt.first = fp.Records[0].Offset
-			}
-			pt.w.Push(convert(fp.Records))
-		})
-		s.round++
-		s.cond.Broadcast()
-		s.mu.Unlock()
-		cancel()
-
-		if fetches.IsClientClosed() {
+		pt := s.parts[fp.Partition]
+		if pt == nil {
+			// Revoked since the fetch: not marked, so whoever owns
+			// the partition now reads these records again.
 			return
 		}
-		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return // our own cancel (assigned fences the poll) or shutdown
-			}
-			s.log.Warn("fetch error", "partition", p, "error", err)
-		})
-	}
+		if fp.Err == nil && fp.HighWatermark > pt.hwm {
+			pt.hwm = fp.HighWatermark
+		}
+		if len(fp.Records) == 0 {
+			return
+		}
+		if pt.first < 0 {
+			pt.first = fp.Records[0].Offset
+		}
+		pt.w.Push(convert(fp.Records))
+	})
 }
 
 func convert(krs []*kgo.Record) []shard.Record {

@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,7 +33,7 @@ func (Kind) Open(_ context.Context, name string, cfg consumer.BrokerConfig, env 
 		if err != nil {
 			return nil, err
 		}
-		b.closers = append(b.closers, e.Shutdown)
+		b.closers.Add(e.Shutdown)
 		b.url = e.ClientURL()
 	}
 	nc, err := natsgo.Connect(b.url, natsgo.Name(env.ClientName), natsgo.MaxReconnects(-1))
@@ -44,7 +42,7 @@ func (Kind) Open(_ context.Context, name string, cfg consumer.BrokerConfig, env 
 		return nil, fmt.Errorf("connect to %s: %w", b.url, err)
 	}
 	b.nc = nc
-	b.closers = append(b.closers, nc.Close)
+	b.closers.Add(nc.Close)
 	return b, nil
 }
 
@@ -77,8 +75,7 @@ type Broker struct {
 	url string // the URL connected to: the embedded server's, when embedded
 	nc  *natsgo.Conn
 
-	mu      sync.Mutex // guards closers
-	closers []func()
+	closers consumer.Closers
 }
 
 var _ consumer.Broker = (*Broker)(nil)
@@ -175,15 +172,7 @@ func (b *Broker) Ping(context.Context) error {
 }
 
 // Close closes the connection, then stops the embedded server.
-func (b *Broker) Close() {
-	b.mu.Lock()
-	cs := slices.Clone(b.closers)
-	b.closers = nil
-	b.mu.Unlock()
-	for _, f := range slices.Backward(cs) {
-		f()
-	}
-}
+func (b *Broker) Close() { b.closers.Close() }
 
 // concreteSubject turns an async source's subject (which may hold "*" and
 // ">" wildcards) into one it matches, with token in place of each wildcard.
