@@ -325,6 +325,10 @@ func (c *Config) checkBroker(key, broker string, topic, stream bool) error {
 	return nil
 }
 
+// OnlyEmbedded reports whether the configuration's one broker is the
+// embedded NATS that an empty brokers section implies.
+func (c *Config) OnlyEmbedded() bool { return c.impliedEmbedded(consumer.EmbeddedBroker) }
+
 func (c *Config) impliedEmbedded(broker string) bool {
 	b := c.Brokers[broker]
 	return broker == consumer.EmbeddedBroker && len(c.Brokers) == 1 && b.NATS != nil && b.NATS.Embedded()

@@ -92,7 +92,7 @@ func (t *replayTargets) toFunction(ctx context.Context, e *retention.Envelope) s
 	if _, ok := t.a.cfg.Functions[e.Function]; !ok {
 		return notReplayable("function %q is not in the configuration", e.Function)
 	}
-	rec := envelopeRecord(e)
+	rec := e.Original()
 	attempt := e.Attempts + 1
 	if e.Mode == "async" {
 		// Built here rather than recorded by wire: an async deliverer is
@@ -119,7 +119,7 @@ func (t *replayTargets) toSource(ctx context.Context, e *retention.Envelope) sha
 	if err != nil {
 		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "connection", Message: err.Error()}}
 	}
-	rec := envelopeRecord(e)
+	rec := e.Original()
 	rec.Topic, rec.Partition, rec.Offset = "", 0, 0
 	if err := w.Append(ctx, []shard.Record{rec}); err != nil {
 		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "connection", Message: err.Error()}}
@@ -171,17 +171,6 @@ func (t *replayTargets) newSourceWriter(ctx context.Context, e *retention.Envelo
 		return nil, fmt.Errorf("dlq: sources.%s: %w", e.Source, err)
 	}
 	return w, nil
-}
-
-// envelopeRecord is the original record a letter carries.
-func envelopeRecord(e *retention.Envelope) shard.Record {
-	r := e.Record
-	rec := shard.Record{Topic: r.Topic, Subject: r.Subject, Partition: r.Partition, Offset: r.Offset,
-		Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
-	for _, h := range r.Headers {
-		rec.Headers = append(rec.Headers, shard.Header{Key: h.Key, Value: h.Value})
-	}
-	return rec
 }
 
 func notReplayable(format string, args ...any) shard.Result {
