@@ -60,7 +60,9 @@ func startEmbedded(name string, nb consumer.NATSConfig, env consumer.Env) (*Embe
 	dir := filepath.Join(env.StateDir, "nats")
 	e, err := StartEmbedded(dir, WithHost(host), WithPort(port), WithEmbeddedLogger(env.Logger))
 	if err != nil {
-		return nil, fmt.Errorf("embedded nats-server: %w", err)
+		// One process at a time may serve a state directory's store: the
+		// usual cause is `sluice dlq` beside a running `sluice run`.
+		return nil, fmt.Errorf("embedded nats-server: %w (with the embedded NATS, stop 'sluice run' on this state directory first)", err)
 	}
 	if env.Logger != nil {
 		env.Logger.Info("embedded nats-server started", "broker", name, "url", e.ClientURL(), "store", dir)
