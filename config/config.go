@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/cluster"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
@@ -34,6 +35,9 @@ type Config struct {
 	Rules       []dispatch.Rule                    `koanf:"rules"`
 	Sources     map[string]consumer.SourceConfig   `koanf:"sources"`
 	DeadLetters map[string]retention.Config        `koanf:"dead_letters"`
+	// Cluster, when set, shares every limit with the other processes of
+	// the same cluster name (package cluster); nil runs on its own.
+	Cluster *cluster.Config `koanf:"cluster"`
 }
 
 // AdminConfig is the admin HTTP API (SPEC §6).
@@ -158,6 +162,9 @@ func (c *Config) complete() {
 			c.DeadLetters[name] = dl
 		}
 	}
+	if c.Cluster != nil && c.Cluster.Broker == "" {
+		c.Cluster.Broker = only
+	}
 }
 
 // Validate checks every section and the references between them, and
@@ -173,6 +180,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateBrokers()...)
 	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateDeadLetters()...)
+	errs = append(errs, c.validateCluster()...)
 	return newError(errs...)
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/cluster"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
@@ -53,6 +54,8 @@ type app struct {
 
 	book      *admin.Book  // live limits: the file's, with the API's changes on top (admin_wire.go)
 	readiness *readiness   // broker checks of /readyz (admin_wire.go)
+	cluster   *cluster.Engine // the cluster-wide limits; nil without a cluster section (cluster_wire.go)
+	bookStore *cluster.Store  // the shared rule book; nil without a cluster section
 	ingress   http.Handler // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
 }
 
@@ -65,12 +68,24 @@ type source = consumer.Source
 func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d, err := dispatch.New(cfg.Dispatch(), dispatch.WithRegisterer(reg), dispatch.WithLogger(log))
+	opts := []dispatch.Option{dispatch.WithRegisterer(reg), dispatch.WithLogger(log)}
+	eng, err := newClusterEngine(cfg, reg, log) // nil without a cluster section
 	if err != nil {
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, reg: reg, disp: d}
+	if eng != nil {
+		opts = append(opts, dispatch.WithLimits(eng))
+	}
+	d, err := dispatch.New(cfg.Dispatch(), opts...)
+	if err != nil {
+		return nil, err
+	}
+	a := &app{cfg: cfg, log: log, reg: reg, disp: d, cluster: eng}
 	if err := a.wireSources(ctx); err != nil {
+		a.close()
+		return nil, err
+	}
+	if err := a.wireCluster(ctx); err != nil {
 		a.close()
 		return nil, err
 	}
