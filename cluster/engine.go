@@ -26,6 +26,10 @@ const tick = 200 * time.Millisecond
 // opTimeout bounds one engine call.
 const opTimeout = 2 * time.Second
 
+// opTimeout bounds the calls of one limit's rebalance: a quarter of the
+// lease at most, so that an engine that hangs does not hold up the round.
+func (e *Engine) opTimeout() time.Duration { return min(opTimeout, e.cfg.Lease/4) }
+
 // Engine is the cluster-wide dispatch.Limits: the global limits (the same
 // on every member, set by the admin Book from the shared rule book) and,
 // inside, a local dispatch.Limiter that runs on this member's shares of
@@ -212,8 +216,49 @@ func (e *Engine) leave(ctx context.Context, key string) {
 	}
 }
 
+// guardEvery is how often the guard looks for shares about to lapse, and
+// guardMargin how long before its claim lapses a member stops granting.
+const (
+	guardEvery  = 25 * time.Millisecond
+	guardMargin = 100 * time.Millisecond
+)
+
+// guard takes back every local share whose claim was not renewed in time:
+// it runs on its own, never waiting for the engine, so that a member cut
+// off from the engine stops granting before any other member can be given
+// its capacity.
+func (e *Engine) guard(ctx context.Context) {
+	t := time.NewTicker(guardEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		e.mu.Lock()
+		now := e.now()
+		lapsed := false
+		for _, ls := range e.limits {
+			if ls.applied > 0 && !now.Before(ls.validUntil.Add(-guardMargin)) {
+				ls.applied = 0
+				lapsed = true
+			}
+		}
+		if lapsed {
+			e.m.lapsed.Inc()
+			e.log.Warn("cluster: shares not renewed within the lease; granting nothing on them until the engine answers")
+			e.applyLocked()
+		}
+		e.mu.Unlock()
+	}
+}
+
 func (e *Engine) loop(ctx context.Context) {
 	defer close(e.done)
+	guarded := make(chan struct{})
+	go func() { defer close(guarded); e.guard(ctx) }()
+	defer func() { <-guarded }()
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var lastMembers time.Time
@@ -240,20 +285,6 @@ func (e *Engine) memberEvery() time.Duration { return min(time.Second, e.cfg.Lea
 // shares whose lease lapsed, then renews and rebalances each limit.
 func (e *Engine) round(ctx context.Context) {
 	e.mu.Lock()
-	now := e.now()
-	lapsed := false
-	for _, ls := range e.limits {
-		// Stop granting a tick before the claim lapses, so that no other
-		// member can be given it while this one still admits against it.
-		if ls.applied > 0 && !now.Before(ls.validUntil.Add(-tick)) {
-			ls.applied = 0
-			lapsed = true
-		}
-	}
-	if lapsed {
-		e.m.lapsed.Inc()
-		e.applyLocked()
-	}
 	demand := e.demandLocked()
 	for key := range demand {
 		if e.limits[key] == nil {
@@ -277,7 +308,7 @@ func (e *Engine) round(ctx context.Context) {
 // its fair share: shrinking the local share before the claim, growing the
 // claim (compare-and-swap on the entry's revision) before the local share.
 func (e *Engine) rebalance(ctx context.Context, key string, demand int) {
-	cctx, cancel := context.WithTimeout(ctx, opTimeout)
+	cctx, cancel := context.WithTimeout(ctx, e.opTimeout())
 	defer cancel()
 	val, rev, err := e.kv.Get(cctx, key)
 	if err != nil && !errors.Is(err, consumer.ErrKVNotFound) {
