@@ -258,7 +258,7 @@ func TestLoadBadConfigurations(t *testing.T) {
 		{
 			name:    "unknown top-level key",
 			overlay: "sourcess: {}",
-			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, dead_letters, functions, rules, sources, state_dir)",
+			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, cluster, dead_letters, functions, rules, sources, state_dir)",
 		},
 		{
 			name:    "unknown nested key with a typo",

@@ -52,11 +52,12 @@ type app struct {
 	streams map[string]*dispatch.StreamDeliverer // stream source name → its deliverer, for `dlq replay` (see recordStream)
 	ready   atomic.Bool                          // set once everything started; /readyz reports it
 
-	book      *admin.Book     // live limits: the file's, with the API's changes on top (admin_wire.go)
-	readiness *readiness      // broker checks of /readyz (admin_wire.go)
+	book      *admin.Book  // live limits: the file's, with the API's changes on top (admin_wire.go)
+	readiness *readiness   // broker checks of /readyz (admin_wire.go)
+	ingress   http.Handler // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
+
 	cluster   *cluster.Engine // the cluster-wide limits; nil without a cluster section (cluster_wire.go)
 	bookStore *cluster.Store  // the shared rule book; nil without a cluster section
-	ingress   http.Handler    // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
 }
 
 // source is a running source as the app sees it.
