@@ -8,7 +8,9 @@
 // dispatch.Limits engine at once and kept by a Store so that they survive a
 // restart. The local Store is FileStore, state_dir/limits.json; a shared one
 // (for limits shared by several processes) is given with WithStore, next to
-// a shared dispatch.Limits engine, and the Book works the same over both.
+// a shared dispatch.Limits engine, and the Book works the same over both;
+// Book.Refresh reads a shared Store again when another process changed it.
+// GET /v1/cluster shows what Options.Cluster returns (cluster mode).
 // A reload of the configuration (SIGHUP) replaces the configuration layer
 // and keeps the API layer on top.
 //

@@ -225,3 +225,55 @@ func TestFair(t *testing.T) {
 		}
 	}
 }
+
+// TestKilledMemberCapacityComesBackAfterLease: a member that vanishes
+// without giving its shares back (kill -9) keeps them until its lease
+// ends, not longer and not shorter, as the others see it.
+func TestKilledMemberCapacityComesBackAfterLease(t *testing.T) {
+	kv := newMemKV()
+	es := startEngines(t, kv, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	a, b := es[0], es[1]
+	var held []dispatch.Lease
+	for i := range 6 {
+		l, err := a.Acquire(ctx, "fn", []string{fmt.Sprintf("s%d", i%3)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, l)
+	}
+	// "kill -9": the loop stops, nothing is given back.
+	a.mu.Lock()
+	stop, done := a.cancel, a.done
+	a.cancel = nil
+	a.mu.Unlock()
+	stop()
+	<-done
+	killed := time.Now()
+	a.mu.Lock()
+	validUntil := time.Time{}
+	for _, ls := range a.limits {
+		if ls.validUntil.After(validUntil) {
+			validUntil = ls.validUntil
+		}
+	}
+	a.mu.Unlock()
+	l, err := b.Acquire(ctx, "fn", []string{"z"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := time.Now()
+	l.Release()
+	t.Logf("capacity of the killed member granted elsewhere %s after the kill (its claims ran until %s after the kill; lease %s)",
+		got.Sub(killed).Round(time.Millisecond), validUntil.Sub(killed).Round(time.Millisecond), a.cfg.Lease)
+	if got.Before(validUntil) {
+		t.Fatalf("granted %s before the killed member's claim lapsed", validUntil.Sub(got))
+	}
+	if d := got.Sub(killed); d > a.cfg.Lease+time.Second {
+		t.Fatalf("granted %s after the kill, want within lease (%s) + a second", d, a.cfg.Lease)
+	}
+	for _, l := range held {
+		l.Release()
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -132,9 +133,13 @@ type clusterEnv struct {
 	js             jetstream.JetStream
 	stream, prefix string
 	cfgs           []string // one configuration per process (own state_dir)
+	published      int      // guarded by the function's mu
 }
 
-func (e *clusterEnv) publish(ctx context.Context, t *testing.T, rate int) {
+// publish keeps about backlog records waiting: it publishes (at most 200
+// a second) while fewer than backlog records are published and not yet
+// invoked. Records carry tenants 0..4 in turn.
+func (e *clusterEnv) publish(ctx context.Context, fn *concFn, backlog int) {
 	seq := 0
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -144,16 +149,60 @@ func (e *clusterEnv) publish(ctx context.Context, t *testing.T, rate int) {
 			return
 		case <-tick.C:
 		}
-		for range rate / 20 {
+		for range 10 {
+			fn.mu.Lock()
+			waiting := e.published - fn.requests
+			fn.mu.Unlock()
+			if waiting >= backlog {
+				break
+			}
 			m := nats.NewMsg(fmt.Sprintf("%s.k%d", e.prefix, seq))
 			m.Header.Set("tenant", fmt.Sprintf("tenant-%d", seq%5))
 			m.Data = []byte("x")
 			seq++
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			_, _ = e.js.PublishMsg(pctx, m) // the nats-server outage phase loses some publishes: fine, nothing is checked on them
+			if _, err := e.js.PublishMsg(pctx, m); err == nil { // the nats-server outage loses publishes: fine, nothing is checked on them
+				fn.mu.Lock()
+				e.published++
+				fn.mu.Unlock()
+			}
 			cancel()
 		}
 	}
+}
+
+// ingressLoad runs clients synchronous invocations of fn through the HTTP
+// ingress of the processes chosen by pick (called before each request),
+// with tenants in turn; a 429 (no slot here now) is retried after 20 ms.
+// It is the load that reaches every process, whichever owns the stream's
+// partitions (JetStream pins them all to one process while it lives).
+func ingressLoad(ctx context.Context, clients int, pick func(i int) *sluiceProc) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	hc := &http.Client{Timeout: 15 * time.Second}
+	for c := range clients {
+		wg.Go(func() {
+			for n := 0; ctx.Err() == nil; n++ {
+				p := pick(c)
+				if p == nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				url := fmt.Sprintf("http://%s/v1/scope/tenant-%d/functions/fn/invocations", p.admin, (c+n)%5)
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := hc.Do(req)
+				if err != nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				_ = resp.Body.Close()
+				if resp.StatusCode == http.StatusTooManyRequests {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		})
+	}
+	return &wg
 }
 
 func writeClusterConfig(t *testing.T, url, clusterName, stream, prefix, fnURL string) string {
@@ -283,7 +332,7 @@ func TestClusterNATS(t *testing.T) {
 	}
 	pubCtx, stopPub := context.WithCancel(t.Context())
 	defer stopPub()
-	go env.publish(pubCtx, t, 100)
+	go env.publish(pubCtx, fn, 150)
 
 	check := func(phase string) {
 		if v := fn.violations(); len(v) > 0 {
@@ -315,6 +364,61 @@ func TestClusterNATS(t *testing.T) {
 	if avg < 3 {
 		t.Errorf("steady: average concurrency %.2f, want most of the 6 in use", avg)
 	}
+
+	// Uneven demand: ingress load on one process, then on another; the time
+	// from the switch until the newly loaded process holds its fair part
+	// (3 of 6: the stream's process keeps its demand) is one hand-off.
+	var (
+		loadMu sync.Mutex
+		loaded *sluiceProc
+	)
+	share := func(p *sluiceProc) float64 {
+		v, _ := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
+		return v
+	}
+	uctx, stopUneven := context.WithCancel(t.Context())
+	uwg := ingressLoad(uctx, 6, func(int) *sluiceProc { loadMu.Lock(); defer loadMu.Unlock(); return loaded })
+	var handoffs []time.Duration
+	for round := range 6 {
+		next := procs[1+round%2] // processes 2 and 3 in turn (1 owns the stream's partitions)
+		loadMu.Lock()
+		loaded = next
+		loadMu.Unlock()
+		switched := time.Now()
+		eventually(t, 15*time.Second, "the loaded process holds its fair part", func() error {
+			if v := share(next); v < 3 {
+				return fmt.Errorf("share %v", v)
+			}
+			return nil
+		})
+		handoffs = append(handoffs, time.Since(switched))
+		time.Sleep(1500 * time.Millisecond)
+	}
+	stopUneven()
+	uwg.Wait()
+	slices.Sort(handoffs)
+	t.Logf("uneven demand: %d hand-offs to the newly loaded process (its share of fn ≥ 3 of 6, from the switch of the load, metrics polled): %v; max %s",
+		len(handoffs), handoffs, handoffs[len(handoffs)-1].Round(time.Millisecond))
+	if handoffs[len(handoffs)-1] > 3*time.Second {
+		t.Errorf("a hand-off took %s, want about a second", handoffs[len(handoffs)-1])
+	}
+	check("uneven demand")
+
+	// From here on every process has demand: ingress load on all three
+	// beside the stream on the process that owns its partitions.
+	var aliveMu sync.Mutex
+	alive := func(i int) *sluiceProc {
+		aliveMu.Lock()
+		defer aliveMu.Unlock()
+		return procs[i%3]
+	}
+	lctx, stopLoad := context.WithCancel(t.Context())
+	lwg := ingressLoad(lctx, 6, alive)
+	defer func() { stopLoad(); lwg.Wait() }()
+	fn.window()
+	time.Sleep(5 * time.Second)
+	t.Logf("load on all three processes: time-weighted average concurrency %.2f of 6 over 5s", fn.average())
+	check("load on all three")
 
 	// Phase 2: a rule changed through process 1's API holds on 2 and 3.
 	changed := time.Now()
@@ -364,7 +468,11 @@ func TestClusterNATS(t *testing.T) {
 	if victim < 0 {
 		t.Fatal("no process holds a share of fn")
 	}
-	procs[victim].kill()
+	aliveMu.Lock()
+	dead := procs[victim]
+	procs[victim] = nil
+	aliveMu.Unlock()
+	dead.kill()
 	killed := time.Now()
 	fn.mu.Lock()
 	fn.reached6 = time.Time{}
@@ -373,7 +481,7 @@ func TestClusterNATS(t *testing.T) {
 	eventually(t, 30*time.Second, "the others' shares of fn reach 6 again", func() error {
 		sum := 0.0
 		for i, p := range procs {
-			if i == victim {
+			if i == victim || p == nil {
 				continue
 			}
 			v, err := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
@@ -404,7 +512,10 @@ func TestClusterNATS(t *testing.T) {
 		t.Errorf("the others took %s to hold the whole reservation again, want lease (3s) + about a second", shareBack)
 	}
 	check("kill -9")
-	procs[victim] = startSluice(t, fmt.Sprintf("sluice %d again", victim+1), env.cfgs[victim])
+	restarted := startSluice(t, fmt.Sprintf("sluice %d again", victim+1), env.cfgs[victim])
+	aliveMu.Lock()
+	procs[victim] = restarted
+	aliveMu.Unlock()
 
 	// Phase 4: the nats-server stops for 20 s.
 	if brokersDir != "" {
@@ -437,9 +548,10 @@ func TestClusterNATS(t *testing.T) {
 	t.Logf("hand-off (sluice_cluster_rebalance_seconds over the live processes): %0.f hand-offs, p50 ≤ %.2fs, p99 ≤ %.2fs", n, p50, p99)
 
 	// Phase 5: all three restart; the rule changed through the API is kept.
-	for i, p := range procs {
+	stopLoad()
+	lwg.Wait()
+	for _, p := range procs {
 		p.stop(syscall.SIGTERM)
-		procs[i] = nil
 	}
 	for i := range procs {
 		procs[i] = startSluice(t, fmt.Sprintf("sluice %d restarted", i+1), env.cfgs[i])
