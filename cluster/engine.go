@@ -66,6 +66,7 @@ type Engine struct {
 type limitState struct {
 	key, kind, name string
 	applied         int       // the share the inner Limiter runs on
+	others          int       // the live others' claims when the share was last computed
 	claim           int       // the share last written to the engine
 	demand          int       // the demand last written
 	validUntil      time.Time // when the last written claim lapses for this member
@@ -73,6 +74,22 @@ type limitState struct {
 	obs             map[string]seen // other members' claims as first seen here
 	view            entry           // the last entry read
 	hungrySince     time.Time       // when demand first exceeded the share; zero when not
+	peak            int             // the highest demand seen within demandHold
+	peakAt          time.Time       // when peak was seen
+}
+
+// demandHold is how long a demand counts after it was seen: invocations
+// whose scopes change from one to the next (many tenants) make a scope's
+// demand come and go between rounds; holding it briefly keeps the share
+// where it is used instead of moving it back and forth.
+const demandHold = 500 * time.Millisecond
+
+// held returns the demand to publish for a current demand of now.
+func (ls *limitState) held(demand int, now time.Time) int {
+	if demand >= ls.peak || now.Sub(ls.peakAt) > demandHold {
+		ls.peak, ls.peakAt = demand, now
+	}
+	return ls.peak
 }
 
 // seen is when a member's claim of a given Seq was first seen here.
@@ -286,11 +303,15 @@ func (e *Engine) memberEvery() time.Duration { return min(time.Second, e.cfg.Lea
 func (e *Engine) round(ctx context.Context) {
 	e.mu.Lock()
 	demand := e.demandLocked()
-	for key := range demand {
-		if e.limits[key] == nil {
+	now := e.now()
+	for key, d := range demand {
+		ls := e.limits[key]
+		if ls == nil {
 			kind, name := parseKey(key)
-			e.limits[key] = &limitState{key: key, kind: kind, name: name, obs: map[string]seen{}}
+			ls = &limitState{key: key, kind: kind, name: name, obs: map[string]seen{}}
+			e.limits[key] = ls
 		}
+		demand[key] = ls.held(d, now)
 	}
 	clear(e.tries)
 	keys := slices.Sorted(maps.Keys(e.limits))
@@ -355,6 +376,7 @@ func (e *Engine) rebalance(ctx context.Context, key string, demand int) {
 		}
 	}
 	ls.view = ent
+	ls.others = others
 	free := max(0, capacity-others)
 	target := min(fair(capacity, demands)[e.id], free)
 	inUse := e.inUseLocked(key)
@@ -560,12 +582,18 @@ func (e *Engine) inUseLocked(key string) int {
 // a scope without a share waiting until one is won. A share is never above
 // the limit's current capacity, so a lowered limit holds at once.
 func (e *Engine) applyLocked() {
+	// A share never exceeds what the capacity leaves after the others'
+	// claims as last seen: when a limit is lowered, every member shrinks
+	// at once to what is provably its own under the new capacity (the
+	// member that wrote last sees every earlier writer's claim, so the
+	// shares kept add up to at most the new capacity), and the next rounds
+	// split it again.
 	share := func(key string) int {
 		ls := e.limits[key]
 		if ls == nil {
 			return 0
 		}
-		return max(0, min(ls.applied, e.capacityLocked(key)))
+		return max(0, min(ls.applied, e.capacityLocked(key)-ls.others))
 	}
 	res := make(map[string]int, len(e.reserved))
 	total := 0

@@ -277,3 +277,54 @@ func TestKilledMemberCapacityComesBackAfterLease(t *testing.T) {
 		l.Release()
 	}
 }
+
+// TestLoweredRuleHoldsAtOnce: two members each hold one slot of a scope
+// whose rule allows 2; the rule drops to 1 on both: from then on the two
+// together never hold more than 1, before any rebalance round ran.
+func TestLoweredRuleHoldsAtOnce(t *testing.T) {
+	kv := newMemKV()
+	es := startEngines(t, kv, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var held []dispatch.Lease
+	for _, e := range es {
+		l, err := e.Acquire(ctx, "fn", []string{"t"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, l)
+	}
+	for _, e := range es {
+		if err := e.SetRule(dispatch.Rule{Pattern: "t", Concurrency: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range held {
+		l.Release()
+	}
+	// Both try at once, again and again, for a second.
+	deadline := time.Now().Add(time.Second)
+	both, granted := 0, 0
+	for time.Now().Before(deadline) {
+		a, errA := es[0].TryAcquire("fn", []string{"t"})
+		b, errB := es[1].TryAcquire("fn", []string{"t"})
+		if errA == nil && errB == nil {
+			both++
+		}
+		if errA == nil {
+			granted++
+			a.Release()
+		}
+		if errB == nil {
+			granted++
+			b.Release()
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if both > 0 {
+		t.Fatalf("both members granted scope t at once %d times under a rule of 1", both)
+	}
+	if granted == 0 {
+		t.Fatal("nobody was granted scope t within a second")
+	}
+}

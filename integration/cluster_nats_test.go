@@ -457,6 +457,11 @@ func TestClusterNATS(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	check("rule change")
 
+	// Hand-off latency as the members measured it.
+	p50, n := histogramQuantile(t, procs, "sluice_cluster_rebalance_seconds", 0.5)
+	p99, _ := histogramQuantile(t, procs, "sluice_cluster_rebalance_seconds", 0.99)
+	t.Logf("hand-off (sluice_cluster_rebalance_seconds over the three processes, before the kill): %0.f hand-offs, p50 ≤ %.2fs, p99 ≤ %.2fs", n, p50, p99)
+
 	// Phase 3: kill -9 of a process holding capacity.
 	victim := -1
 	for i, p := range procs {
@@ -541,11 +546,6 @@ func TestClusterNATS(t *testing.T) {
 	} else {
 		t.Log("SLUICE_TEST_BROKERS_DIR unset: the nats-server outage phase needs scripts/brokers/with-brokers.sh")
 	}
-
-	// Hand-off latency as the members measured it.
-	p50, n := histogramQuantile(t, procs, "sluice_cluster_rebalance_seconds", 0.5)
-	p99, _ := histogramQuantile(t, procs, "sluice_cluster_rebalance_seconds", 0.99)
-	t.Logf("hand-off (sluice_cluster_rebalance_seconds over the live processes): %0.f hand-offs, p50 ≤ %.2fs, p99 ≤ %.2fs", n, p50, p99)
 
 	// Phase 5: all three restart; the rule changed through the API is kept.
 	stopLoad()
