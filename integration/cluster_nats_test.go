@@ -94,7 +94,13 @@ func (f *concFn) serve(w http.ResponseWriter, r *http.Request) {
 		f.reached6 = now
 	}
 	f.mu.Unlock()
-	time.Sleep(f.hold)
+	// The invocation runs for hold, or until sluice gives it up (it
+	// cancels an invocation whose caller went away or that it abandons at
+	// shutdown, and frees the slot: the request is not running any more).
+	select {
+	case <-time.After(f.hold):
+	case <-r.Context().Done():
+	}
 	f.mu.Lock()
 	f.advanceLocked(time.Now())
 	f.cur--
@@ -176,6 +182,9 @@ func (e *clusterEnv) publish(ctx context.Context, fn *concFn, backlog int) {
 // with tenants in turn; a 429 (no slot here now) is retried after 20 ms.
 // It is the load that reaches every process, whichever owns the stream's
 // partitions (JetStream pins them all to one process while it lives).
+//
+// Ending ctx stops the clients after their current request: none is
+// cancelled in flight.
 func ingressLoad(ctx context.Context, clients int, pick func(i int) *sluiceProc) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	hc := &http.Client{Timeout: 15 * time.Second}
@@ -188,7 +197,7 @@ func ingressLoad(ctx context.Context, clients int, pick func(i int) *sluiceProc)
 					continue
 				}
 				url := fmt.Sprintf("http://%s/v1/scope/tenant-%d/functions/fn/invocations", p.admin, (c+n)%5)
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader("{}"))
+				req, _ := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodPost, url, strings.NewReader("{}"))
 				req.Header.Set("Content-Type", "application/json")
 				resp, err := hc.Do(req)
 				if err != nil {
