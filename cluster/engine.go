@@ -378,7 +378,8 @@ func (e *Engine) rebalance(ctx context.Context, key string, demand int) {
 	ls.view = ent
 	ls.others = others
 	free := max(0, capacity-others)
-	target := min(fair(capacity, demands)[e.id], free)
+	fairMe := fair(capacity, demands)[e.id]
+	target := min(fairMe, free)
 	inUse := e.inUseLocked(key)
 	// The claim covers what is granted and what is still held; the local
 	// share never exceeds the claim, and grows only once the claim is
@@ -389,12 +390,15 @@ func (e *Engine) rebalance(ctx context.Context, key string, demand int) {
 		ls.applied = grant
 		e.applyLocked()
 	}
-	if demand > ls.applied && demand > 0 {
+	// Owed capacity: its fair part is more than it has (the others must
+	// give some back first, or the free capacity is being taken). The wait
+	// until it has it is a hand-off (sluice_cluster_rebalance_seconds).
+	if fairMe > ls.applied && demand > ls.applied {
 		if ls.hungrySince.IsZero() {
 			ls.hungrySince = now
 		}
-	} else {
-		ls.hungrySince = time.Time{}
+	} else if !ls.hungrySince.IsZero() {
+		ls.hungrySince = time.Time{} // no longer owed (its demand went down)
 	}
 	renew := now.Sub(ls.lastWrite) >= e.cfg.Lease/3
 	dropped := len(live) != len(ent.Members)-boolInt(ent.Members[e.id] != nil)
@@ -444,11 +448,9 @@ func (e *Engine) rebalance(ctx context.Context, key string, demand int) {
 	ls.validUntil = start.Add(e.cfg.Lease)
 	if grant > ls.applied {
 		ls.applied = grant
-		if !ls.hungrySince.IsZero() {
+		if !ls.hungrySince.IsZero() && grant >= min(fairMe, demand) {
 			e.m.rebalance.Observe(e.now().Sub(ls.hungrySince).Seconds())
-			if grant >= demand {
-				ls.hungrySince = time.Time{}
-			}
+			ls.hungrySince = time.Time{}
 		}
 		e.applyLocked()
 	}

@@ -20,7 +20,7 @@ func newMetrics(r prometheus.Registerer) *metrics {
 		share: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sluice_cluster_share",
 			Help: "This process's share of a function's reservation (the slots it may grant locally)."}, []string{"function"}),
 		rebalance: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "sluice_cluster_rebalance_seconds",
-			Help:    "Time from a demand this process could not admit until its share grew (hand-off latency).",
+			Help:    "Time from when this process was owed capacity (its fair part above its share) until its share reached it (hand-off latency).",
 			Buckets: []float64{0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30}}),
 		renewFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "sluice_cluster_lease_renew_failures_total",
 			Help: "Failed attempts to renew or change a share or the member record in the engine (conflicts excluded)."}),
