@@ -33,7 +33,9 @@
 // per active limit per round, fewer when nothing changed (a claim is
 // renewed every lease/3). Inside the local Limiter, a scope without a share
 // meets a "*" rule of 0 and waits; its waiting is demand, and the next
-// round wins it a share.
+// round wins it a share. TryAcquire (synchronous ingress) never waits: a
+// refusal counts as demand for the next round, so a cold process answers
+// 429 until then.
 //
 // Entries and compare-and-swap. An entry is {capacity, members: {id:
 // {share, demand, seq}}}. Every change is a compare-and-swap on the entry's
