@@ -108,6 +108,12 @@
 // GET /v1/cluster (members, shares, demand, lease age). Queues are each
 // process's own.
 //
+// Limits of this design. A round visits its limits one after the other
+// (a read and at most one write each): with thousands of scopes active on
+// one process at once a round takes longer, and hand-offs with it. The
+// configuration file's layer of the limits is each process's own: members
+// must run with the same limits in their files.
+//
 // Engines. The engine is reached through consumer.KVOpener, which the NATS
 // broker implements with JetStream KV (so the broker's connection settings
 // apply). A Kafka engine (compacted topics for the rule book and the
