@@ -141,6 +141,9 @@ func New(cfg Config, base dispatch.Config, opts ...Option) (*Engine, error) {
 	if e.m == nil {
 		e.m = newMetrics(nil)
 	}
+	for fn := range e.reserved {
+		e.m.share.WithLabelValues(fn).Set(0) // a series from the start, for alerts and rate()
+	}
 	e.mu.Lock()
 	e.applyLocked()
 	e.mu.Unlock()
@@ -454,9 +457,6 @@ func (e *Engine) rebalance(ctx context.Context, key string, demand int) {
 		}
 		e.applyLocked()
 	}
-	if kind, name := parseKey(key); kind == kindFunction {
-		e.m.share.WithLabelValues(name).Set(float64(ls.applied))
-	}
 }
 
 func boolInt(b bool) int {
@@ -603,6 +603,7 @@ func (e *Engine) applyLocked() {
 		n := share(limitKey(kindFunction, fn))
 		res[fn] = n
 		total += n
+		e.m.share.WithLabelValues(fn).Set(float64(n))
 	}
 	account := total + share(limitKey(kindPool, ""))
 	var rules []dispatch.Rule
