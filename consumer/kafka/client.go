@@ -218,18 +218,22 @@ func explain(broker consumer.KafkaConfig, err error) error {
 		verify  *tls.CertificateVerificationError
 		unknown x509.UnknownAuthorityError
 		host    x509.HostnameError
-		alert   tls.AlertError
 		header  tls.RecordHeaderError
 		kerror  *kerr.Error
 	)
 	seeds := bootstrapServers(broker)
+	msg := err.Error()
 	switch {
 	case errors.As(err, &unknown) || errors.As(err, &host) || errors.As(err, &verify):
 		return fmt.Errorf("kafka: TLS: the certificate of %s is not trusted (check tls.ca_file and tls.server_name): %w", seeds, err)
 	case errors.As(err, &header):
 		return fmt.Errorf("kafka: TLS: %s does not speak TLS on that port (a plaintext listener? then remove tls): %w", seeds, err)
-	case errors.As(err, &alert):
-		return fmt.Errorf("kafka: TLS: %s refused the handshake (it may require a client certificate: tls.cert_file and tls.key_file): %w", seeds, err)
+	case strings.Contains(msg, "remote error: tls:"):
+		// The server's alert (crypto/tls does not export its type).
+		return fmt.Errorf("kafka: TLS: %s refused the handshake (does it require a client certificate? tls.cert_file and tls.key_file): %w", seeds, err)
+	case strings.Contains(msg, "invalid large response size"):
+		// franz-go read a TLS record as the size of a Kafka response.
+		return fmt.Errorf("kafka: %s answered in TLS: its listener wants TLS (set tls.enabled, and tls.ca_file for a private CA): %w", seeds, err)
 	case errors.As(err, &kerror) && (kerror.Code == kerr.SaslAuthenticationFailed.Code || kerror.Code == kerr.UnsupportedSaslMechanism.Code || kerror.Code == kerr.IllegalSaslState.Code):
 		return fmt.Errorf("kafka: SASL %s as %q refused by %s (check sasl.username and its password or token): %w",
 			broker.SASL.Mechanism, broker.SASL.Username, seeds, err)
@@ -248,10 +252,10 @@ func hangupHint(broker consumer.KafkaConfig) string {
 	switch {
 	case !broker.TLS.On() && !broker.SASL.On():
 		return "TLS or SASL? set tls and sasl"
+	case broker.TLS.On() && !broker.SASL.On():
+		return "a plaintext listener? then remove tls; or SASL? then set sasl"
 	case !broker.TLS.On():
 		return "TLS? set tls.enabled"
-	case !broker.SASL.On():
-		return "SASL? set sasl, or a client certificate: tls.cert_file and tls.key_file"
 	default:
 		return "another SASL mechanism, or a client certificate?"
 	}
