@@ -32,8 +32,8 @@ import (
 // secureKafka is the secured broker's addresses and files.
 type secureKafka struct {
 	sasl, mtls, internal string // host:port of the SASL_SSL, SSL (client auth) and plaintext listeners
-	pki                      string // directory of the PEM files (internal/testpki)
-	passwordFile             string // the password of alice (SCRAM-SHA-512), bob (SCRAM-SHA-256), carol (PLAIN)
+	pki                  string // directory of the PEM files (internal/testpki)
+	passwordFile         string // the password of alice (SCRAM-SHA-512), bob (SCRAM-SHA-256), carol (PLAIN)
 }
 
 // secureKafkaEnv returns the secured broker, skipping the test when
