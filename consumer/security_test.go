@@ -52,7 +52,9 @@ func TestBrokerSecurityValidate(t *testing.T) {
 		{"scram from file", kafka(func(k *KafkaConfig) {
 			k.SASL = SASLConfig{Mechanism: SASLScramSHA512, Username: "u", PasswordFile: pw}
 		}), nil},
-		{"plain from env", kafka(func(k *KafkaConfig) { k.SASL = SASLConfig{Mechanism: SASLPlain, Username: "u", PasswordEnv: "SLUICE_TEST_PW"} }), nil},
+		{"plain from env", kafka(func(k *KafkaConfig) {
+			k.SASL = SASLConfig{Mechanism: SASLPlain, Username: "u", PasswordEnv: "SLUICE_TEST_PW"}
+		}), nil},
 		{"unknown mechanism", kafka(func(k *KafkaConfig) { k.SASL.Mechanism = "GSSAPI" }),
 			[]string{`b.kafka.sasl.mechanism: "GSSAPI" is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, AWS_MSK_IAM`}},
 		{"sasl fields without mechanism", kafka(func(k *KafkaConfig) { k.SASL.Username = "u" }), []string{`b.kafka.sasl.mechanism: "" is not one of`}},
@@ -63,7 +65,9 @@ func TestBrokerSecurityValidate(t *testing.T) {
 		}), []string{"b.kafka.sasl.password_file: set together with password_env; use one"}},
 		{"no password", kafka(func(k *KafkaConfig) { k.SASL = SASLConfig{Mechanism: SASLPlain, Username: "u"} }),
 			[]string{"b.kafka.sasl.password_file: one of password_file or password_env is required"}},
-		{"unset env", kafka(func(k *KafkaConfig) { k.SASL = SASLConfig{Mechanism: SASLPlain, Username: "u", PasswordEnv: "SLUICE_TEST_UNSET"} }),
+		{"unset env", kafka(func(k *KafkaConfig) {
+			k.SASL = SASLConfig{Mechanism: SASLPlain, Username: "u", PasswordEnv: "SLUICE_TEST_UNSET"}
+		}),
 			[]string{"b.kafka.sasl.password_env: environment variable SLUICE_TEST_UNSET is not set"}},
 		{"secret file too large", kafka(func(k *KafkaConfig) { k.SASL = SASLConfig{Mechanism: SASLPlain, Username: "u", PasswordFile: big} }),
 			[]string{"b.kafka.sasl.password_file:", "is larger than 65536 bytes"}},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -22,6 +23,9 @@ func (a *app) connectNATS(name, url, client string, opts ...natsgo.Option) (*nat
 	opts = append([]natsgo.Option{natsgo.Name(client)}, opts...)
 	if e := a.embedded[name]; e != nil && nb.Embedded() && nb.TLS.On() {
 		opts = append(opts, natsgo.InProcessServer(e))
+		// The server's URL says tls://, which would make nats.go start a
+		// handshake that the in-process connection does not need.
+		url = strings.Replace(url, "tls://", "nats://", 1)
 	}
 	nc, err := natssrc.Connect(url, nb, opts...)
 	if err != nil {
