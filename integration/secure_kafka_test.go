@@ -320,6 +320,10 @@ func TestSecureKafkaFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	topic, dlt := k.createTopic(t), k.createTopic(t)
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, `{"error":"invalid_client"}`, http.StatusUnauthorized)
+	}))
+	t.Cleanup(refusing.Close)
 	scram := func(pwFile string) map[string]any {
 		return map[string]any{"mechanism": "SCRAM-SHA-512", "username": "alice", "password_file": pwFile}
 	}
@@ -337,6 +341,9 @@ func TestSecureKafkaFailsFast(t *testing.T) {
 			1, []string{"brokers.main", "wants TLS", "tls.enabled"}},
 		{"no client certificate", map[string]any{"seeds": []string{k.mtls}, "tls": map[string]any{"ca_file": k.file("ca.pem")}},
 			1, []string{"brokers.main", "client certificate"}},
+		{"token endpoint refuses", map[string]any{"seeds": []string{k.sasl}, "tls": map[string]any{"ca_file": k.file("ca.pem")},
+			"sasl": map[string]any{"mechanism": "OAUTHBEARER", "token_url": refusing.URL, "client_id": "sluice", "client_secret_file": k.passwordFile}},
+			1, []string{"brokers.main", "SASL OAUTHBEARER: cannot get credentials", "401"}},
 		{"missing CA file", map[string]any{"seeds": []string{k.sasl}, "tls": map[string]any{"ca_file": filepath.Join(dir, "nope.pem")}, "sasl": scram(k.passwordFile)},
 			2, []string{"brokers.main.kafka.tls.ca_file", "no such file"}},
 		{"unknown mechanism", map[string]any{"seeds": []string{k.sasl}, "sasl": map[string]any{"mechanism": "GSSAPI"}},

@@ -27,14 +27,6 @@ import (
 	"github.com/sluicehq/sluice/internal/testpki"
 )
 
-// secureNATS is a running nats-server with TLS and authentication.
-type secureNATS struct {
-	url  string
-	pki  *testpki.PKI
-	auth map[string]any // the credentials keys of brokers.X.nats that a client uses
-	opts []nats.Option  // the same credentials for the test's own client
-}
-
 // startSecureNATS starts a nats-server with TLS, JetStream and authBlock
 // (nats-server config text) and waits until a client with opts gets in.
 func startSecureNATS(t *testing.T, pki *testpki.PKI, authBlock string, opts ...nats.Option) string {

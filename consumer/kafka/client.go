@@ -101,7 +101,7 @@ func mechanism(s consumer.SASLConfig) (sasl.Mechanism, error) {
 		return oauth.Oauth(func(context.Context) (oauth.Auth, error) {
 			t, err := ts.Token()
 			if err != nil {
-				return oauth.Auth{}, fmt.Errorf("kafka: OAUTHBEARER token from %s: %w", s.TokenURL, err)
+				return oauth.Auth{}, credentialsError{fmt.Errorf("OAUTHBEARER token from %s: %w", s.TokenURL, err)}
 			}
 			return oauth.Auth{Token: t.AccessToken}, nil
 		}), nil
@@ -181,15 +181,22 @@ func mskIAM(region string) sasl.Mechanism {
 			prov = c.Credentials
 		})
 		if cfgE != nil {
-			return aws.Auth{}, fmt.Errorf("kafka: AWS_MSK_IAM: load AWS config: %w", cfgE)
+			return aws.Auth{}, credentialsError{fmt.Errorf("AWS_MSK_IAM: load AWS config: %w", cfgE)}
 		}
 		c, err := prov.Retrieve(ctx)
 		if err != nil {
-			return aws.Auth{}, fmt.Errorf("kafka: AWS_MSK_IAM: AWS credentials: %w", err)
+			return aws.Auth{}, credentialsError{fmt.Errorf("AWS_MSK_IAM: AWS credentials: %w", err)}
 		}
 		return aws.Auth{AccessKey: c.AccessKeyID, SecretKey: c.SecretAccessKey, SessionToken: c.SessionToken}, nil
 	})
 }
+
+// credentialsError is a failure to obtain SASL credentials (a token
+// endpoint that refused, nothing in the AWS chain), for Check to report.
+type credentialsError struct{ err error }
+
+func (e credentialsError) Error() string { return e.err.Error() }
+func (e credentialsError) Unwrap() error { return e.err }
 
 // Check connects to broker once and reports, for start-up, whether its
 // security settings work: a TLS handshake that fails (wrong CA, TLS
@@ -224,6 +231,8 @@ func explain(broker consumer.KafkaConfig, err error) error {
 	seeds := bootstrapServers(broker)
 	msg := err.Error()
 	switch {
+	case errors.As(err, new(credentialsError)):
+		return fmt.Errorf("kafka: SASL %s: cannot get credentials: %w", broker.SASL.Mechanism, err)
 	case errors.As(err, &unknown) || errors.As(err, &host) || errors.As(err, &verify):
 		return fmt.Errorf("kafka: TLS: the certificate of %s is not trusted (check tls.ca_file and tls.server_name): %w", seeds, err)
 	case errors.As(err, &header):
