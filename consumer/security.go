@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -163,7 +164,7 @@ func (s SASLConfig) validate(key string) error {
 	}
 	// notFor reports fields that the mechanism does not read.
 	notFor := func(fields map[string]string) {
-		for _, f := range slices.Sorted(mapKeys(fields)) {
+		for _, f := range slices.Sorted(maps.Keys(fields)) {
 			if fields[f] != "" {
 				add(f, "not used by mechanism %s", s.Mechanism)
 			}
@@ -213,16 +214,6 @@ func (s SASLConfig) validate(key string) error {
 		add("mechanism", "%q is not one of %s", s.Mechanism, strings.Join(SASLMechanisms, ", "))
 	}
 	return errors.Join(errs...)
-}
-
-func mapKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // maxSecretFileBytes bounds a password or token file: a secret is a line,
