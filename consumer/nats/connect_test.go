@@ -57,3 +57,34 @@ func TestEmbeddedSecured(t *testing.T) {
 		t.Errorf("the error shows the secret: %v", err)
 	}
 }
+
+// TestConnectExplains: a client with tls against a server without TLS and
+// a client without credentials against one that requires them get messages
+// that say so; a URL's password never shows.
+func TestConnectExplains(t *testing.T) {
+	e, err := StartEmbedded(t.TempDir(), WithPort(-1), WithUser("sluice", "pw-secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Shutdown()
+	url := e.ClientURL()
+	for _, tc := range []struct {
+		name string
+		cfg  consumer.NATSConfig
+		want string
+	}{
+		{"tls against plaintext", consumer.NATSConfig{URL: url, TLS: consumer.TLSConfig{Enabled: true}}, "TLS is set but the server does not offer it"},
+		{"no credentials", consumer.NATSConfig{URL: url}, "credentials refused (the server requires credentials"},
+		{"unreachable, password redacted", consumer.NATSConfig{URL: "nats://u:pw-secret@127.0.0.1:1"}, "connect to nats://u:xxxxx@127.0.0.1:1: cannot reach the server"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Connect(tc.cfg.URL, tc.cfg)
+			if err != nil && strings.Contains(err.Error(), "pw-secret") {
+				t.Errorf("the error shows the password: %v", err)
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Connect = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
