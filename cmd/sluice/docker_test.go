@@ -254,6 +254,7 @@ func registeredMetrics(t *testing.T) map[string][]string {
 	cfgPath := writeFile(t, filepath.Join(dir, "sluice.yaml"), fmt.Sprintf(`
 admin: {listen: "127.0.0.1:0"}
 state_dir: %s
+metrics: {per_partition: true}
 brokers:
   local: {nats: {listen: "127.0.0.1:0"}}
 functions:
@@ -318,13 +319,17 @@ func TestDockerQueriesUseRegisteredMetrics(t *testing.T) {
 		"sluice_invocation_duration_seconds", "sluice_iterator_age_seconds", "sluice_offset_lag", "sluice_shards",
 		"sluice_async_events_received_total", "sluice_async_event_age_seconds", "sluice_async_events_dropped_total",
 		"sluice_dead_letters_total", "sluice_dead_letter_errors_total", "sluice_queue_waiting",
-		"sluice_http_connection_wait_seconds",
+		"sluice_http_connection_wait_seconds", "sluice_build_info",
+		"sluice_partition_offset_lag", "sluice_partition_iterator_age_seconds",
 	} {
 		if _, ok := reg[name]; !ok {
 			t.Errorf("%s is not registered", name)
 		}
 	}
-	bounded := []string{"function", "reason", "outcome", "source", "state", "condition", "destination"}
+	// version and goversion are sluice_build_info's, one series per
+	// process; partition is the per-partition option's, bounded by the
+	// sources' partition counts (metrics.per_partition is on here).
+	bounded := []string{"function", "reason", "outcome", "source", "state", "condition", "destination", "version", "goversion", "partition"}
 	for name, labels := range reg {
 		for _, l := range labels {
 			if !slices.Contains(bounded, l) {
