@@ -319,7 +319,7 @@ func TestDockerQueriesUseRegisteredMetrics(t *testing.T) {
 		"sluice_invocation_duration_seconds", "sluice_iterator_age_seconds", "sluice_offset_lag", "sluice_shards",
 		"sluice_async_events_received_total", "sluice_async_event_age_seconds", "sluice_async_events_dropped_total",
 		"sluice_dead_letters_total", "sluice_dead_letter_errors_total", "sluice_queue_waiting",
-		"sluice_http_connection_wait_seconds", "sluice_build_info",
+		"sluice_http_connection_wait_seconds", "sluice_build_info", "sluice_ready",
 		"sluice_partition_offset_lag", "sluice_partition_iterator_age_seconds",
 	} {
 		if _, ok := reg[name]; !ok {

@@ -133,6 +133,7 @@ dead_letters:
 		labels map[string]string
 	}{
 		{"sluice_build_info", map[string]string{}},
+		{"sluice_ready", map[string]string{}},
 		{"sluice_invocations_total", map[string]string{"function": "fn", "outcome": "error"}},
 		{"sluice_invocations_total", map[string]string{"function": "fn", "outcome": "success"}},
 		{"sluice_dead_letters_total", map[string]string{"source": "clicks", "condition": "RecordAgeExceeded"}},
@@ -144,7 +145,7 @@ dead_letters:
 	} {
 		v, ok := sampleValue(m, want.name, want.labels)
 		wantV := 0.0
-		if want.name == "sluice_build_info" {
+		if want.name == "sluice_build_info" || want.name == "sluice_ready" {
 			wantV = 1
 		}
 		if !ok || v != wantV {
@@ -216,4 +217,34 @@ dead_letters:
 		t.Errorf("service names %v, want sluice-test", services)
 	}
 	p.stop()
+}
+
+// `sluice healthcheck` exits 0 when /readyz answers 200 and 1 otherwise,
+// with the answer on stderr.
+func TestHealthcheck(t *testing.T) {
+	ready := true
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.URL.Path != "/readyz" || !ready {
+			http.Error(w, "not ready: brokers.main: connection refused", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	}))
+	t.Cleanup(srv.Close)
+	if code, out, stderr := sluice(t, "healthcheck", "--url", srv.URL+"/readyz"); code != exitOK || out != "ready\n" {
+		t.Errorf("ready: exit %d, stdout %q, stderr %q; want 0 and ready", code, out, stderr)
+	}
+	mu.Lock()
+	ready = false
+	mu.Unlock()
+	if code, _, stderr := sluice(t, "healthcheck", "--url", srv.URL+"/readyz"); code != exitFailure || !strings.Contains(stderr, "503") || !strings.Contains(stderr, "connection refused") {
+		t.Errorf("not ready: exit %d, stderr %q; want 1 naming the 503 and the reason", code, stderr)
+	}
+	srv.Close()
+	if code, _, stderr := sluice(t, "healthcheck", "--url", srv.URL+"/readyz", "--timeout", "2s"); code != exitFailure {
+		t.Errorf("nothing listening: exit %d, stderr %q; want 1", code, stderr)
+	}
 }

@@ -37,7 +37,7 @@ func tracer(cfg telemetry.Config, closers *[]func()) ([]dispatch.Option, error) 
 	return []dispatch.Option{dispatch.WithTracer(p.Tracer())}, nil
 }
 
-// wireObservability registers sluice_build_info and, with
+// wireObservability registers sluice_build_info, sluice_ready and, with
 // metrics.per_partition, the per-partition lag and iterator age of every
 // stream source. It runs after wireSources.
 func (a *app) wireObservability() error {
@@ -47,8 +47,21 @@ func (a *app) wireObservability() error {
 		Help: "Always 1; the labels name the version of sluice and the Go release it was built with.",
 	}, []string{"version", "goversion"})
 	info.WithLabelValues(v, runtime.Version()).Set(1)
-	if err := a.reg.Register(info); err != nil {
-		return fmt.Errorf("run: metrics: %w", err)
+	// What /readyz answers, as a series an alert can watch; the broker
+	// checks are cached (readyCacheFor), so a scrape adds no broker load.
+	ready := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_ready",
+		Help: "1 when sluice is ready to work (/readyz answers 200), 0 while it starts, stops or a broker in use does not answer.",
+	}, func() float64 {
+		if a.ready.Load() && a.readiness.check() == nil {
+			return 1
+		}
+		return 0
+	})
+	for _, c := range []prometheus.Collector{info, ready} {
+		if err := a.reg.Register(c); err != nil {
+			return fmt.Errorf("run: metrics: %w", err)
+		}
 	}
 	if !a.cfg.Metrics.PerPartition {
 		return nil
