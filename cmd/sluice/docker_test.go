@@ -192,9 +192,50 @@ func TestDockerAlertsCoverTheSpec(t *testing.T) {
 		"SluiceDeadLettersAccumulating": "sluice_dead_letters_total",
 		"SluiceSustainedThrottling":     "sluice_throttles_total",
 		"SluiceHTTPConnectionPoolWait":  "sluice_http_connection_wait_seconds_bucket",
+		"SluiceDown":                    `up{job="sluice"}`,
+		"SluiceNotReady":                "sluice_ready",
+		"SluiceFunctionErrorRatio":      "sluice_invocations_total",
 	} {
 		if !strings.Contains(exprs[alert], metric) {
 			t.Errorf("alert %s: expr %q does not use %s", alert, exprs[alert], metric)
+		}
+	}
+}
+
+// The liveness, readiness and error-ratio alerts each have promtool unit
+// tests in alerts_test.yml (run by `make test-alerts`), which load
+// alerts.yml itself.
+func TestDockerAlertsHaveUnitTests(t *testing.T) {
+	var u struct {
+		RuleFiles []string `yaml:"rule_files"`
+		Tests     []struct {
+			AlertRuleTest []struct {
+				Alertname string           `yaml:"alertname"`
+				ExpAlerts []map[string]any `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	readYAML(t, "alerts_test.yml", &u)
+	if !slices.Equal(u.RuleFiles, []string{"alerts.yml"}) {
+		t.Errorf("alerts_test.yml rule_files = %v, want [alerts.yml]", u.RuleFiles)
+	}
+	fires, quiet := map[string]bool{}, map[string]bool{}
+	for _, tc := range u.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.Alertname] = true
+			} else {
+				quiet[a.Alertname] = true
+			}
+		}
+	}
+	exprs := alertExprs(t)
+	for _, alert := range []string{"SluiceDown", "SluiceNotReady", "SluiceFunctionErrorRatio"} {
+		if exprs[alert] == "" {
+			t.Errorf("alerts.yml has no alert %s", alert)
+		}
+		if !fires[alert] || !quiet[alert] {
+			t.Errorf("alerts_test.yml: %s is not tested both firing (%v) and quiet (%v)", alert, fires[alert], quiet[alert])
 		}
 	}
 }
