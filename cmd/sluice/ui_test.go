@@ -75,7 +75,7 @@ func browser(t *testing.T) context.Context {
 }
 
 // inTab runs steps in the tab, failing the test after timeout.
-func inTab(t *testing.T, ctx context.Context, timeout time.Duration, what string, steps ...chromedp.Action[chromedp.Void]) {
+func inTab(ctx context.Context, t *testing.T, timeout time.Duration, what string, steps ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
 	c, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -85,7 +85,7 @@ func inTab(t *testing.T, ctx context.Context, timeout time.Duration, what string
 }
 
 // value runs one action that returns a value in the tab.
-func value[T any](t *testing.T, ctx context.Context, what string, a chromedp.Action[T]) T {
+func value[T any](ctx context.Context, t *testing.T, what string, a chromedp.Action[T]) T {
 	t.Helper()
 	c, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -142,24 +142,24 @@ dead_letters:
 	})
 
 	// A wrong token: the page says so and shows nothing.
-	inTab(t, ctx, 30*time.Second, "wrong token",
+	inTab(ctx, t, 30*time.Second, "wrong token",
 		chromedp.Navigate(p.admin+"/ui/"),
 		chromedp.WaitVisible(chromedp.CSS("#token")),
 		chromedp.SendKeys(chromedp.CSS("#token"), "not-a-token"),
 		chromedp.Click(chromedp.CSS("#connect")),
 		chromedp.WaitVisible(chromedp.CSS("#status.error")),
 	)
-	status := value(t, ctx, "status text", chromedp.Text(chromedp.CSS("#status")))
+	status := value(ctx, t, "status text", chromedp.Text(chromedp.CSS("#status")))
 	if !strings.Contains(status, "refused") {
 		t.Errorf("status with a wrong token: %q, want it to say the token was refused", status)
 	}
-	rows := value(t, ctx, "count rows", chromedp.Evaluate[int](`document.querySelectorAll("#shards tr[data-shard]").length`))
+	rows := value(ctx, t, "count rows", chromedp.Evaluate[int](`document.querySelectorAll("#shards tr[data-shard]").length`))
 	if rows != 0 {
 		t.Errorf("%d shard rows shown with a wrong token, want 0", rows)
 	}
 
 	// The read token: data, and the token survives a reload of the tab.
-	inTab(t, ctx, 30*time.Second, "read token",
+	inTab(ctx, t, 30*time.Second, "read token",
 		chromedp.SendKeys(chromedp.CSS("#token"), readTok),
 		chromedp.Click(chromedp.CSS("#connect")),
 		chromedp.WaitVisible(chromedp.CSS(`#shards tr[data-shard="clicks/0"]`)),
@@ -168,7 +168,7 @@ dead_letters:
 		chromedp.WaitVisible(chromedp.CSS(`#functions tr[data-function="fn"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#deadletters tr[data-source="clicks"][data-condition="RetryAttemptsExhausted"]`)),
 	)
-	stored := value(t, ctx, "session storage", chromedp.Evaluate[string](`sessionStorage.getItem("sluice.token")`))
+	stored := value(ctx, t, "session storage", chromedp.Evaluate[string](`sessionStorage.getItem("sluice.token")`))
 	if stored != readTok {
 		t.Errorf("sessionStorage holds %q, want the read token", stored)
 	}
@@ -189,11 +189,11 @@ dead_letters:
 		}
 		return fmt.Errorf("shards %+v", v.Shards)
 	})
-	inTab(t, ctx, 30*time.Second, "the page shows clicks/0 throttled",
+	inTab(ctx, t, 30*time.Second, "the page shows clicks/0 throttled",
 		chromedp.WaitVisible(chromedp.CSS(`#shards tr[data-shard="clicks/0"][data-state="throttled"]`)),
 	)
 	took := time.Since(happened)
-	reason := value(t, ctx, "read the reason", chromedp.Text(chromedp.CSS(`#shards tr[data-shard="clicks/0"] td:nth-child(4)`)))
+	reason := value(ctx, t, "read the reason", chromedp.Text(chromedp.CSS(`#shards tr[data-shard="clicks/0"] td:nth-child(4)`)))
 	t.Logf("the page showed the throttled shard %s after the API did (reason %q)", took.Round(time.Millisecond), reason)
 	if took > 2*time.Second {
 		t.Errorf("the page showed the throttled shard %s after it happened, want within 2s", took)
@@ -202,7 +202,7 @@ dead_letters:
 		t.Errorf("reason shown %q, want ReservedFunctionConcurrentInvocationLimitExceeded", reason)
 	}
 
-	png := value(t, ctx, "screenshot", chromedp.FullScreenshot(100))
+	png := value(ctx, t, "screenshot", chromedp.FullScreenshot(100))
 	shot := filepath.Join(t.ArtifactDir(), "status-page-throttled.png")
 	if err := os.WriteFile(shot, png, 0o644); err != nil {
 		t.Fatal(err)
@@ -211,7 +211,7 @@ dead_letters:
 
 	// Let the record through, so the shard recovers.
 	p.must(http.MethodDelete, "/v1/functions/fn/concurrency", adminTok, "", http.StatusNoContent, nil)
-	inTab(t, ctx, 30*time.Second, "the page shows clicks/0 no longer throttled",
+	inTab(ctx, t, 30*time.Second, "the page shows clicks/0 no longer throttled",
 		chromedp.WaitVisible(chromedp.CSS(`#shards tr[data-shard="clicks/0"]:not([data-state="throttled"])`)))
 	p.stop()
 }
