@@ -83,7 +83,7 @@
       badge.className = "state state-" + s.state;
       badge.textContent = s.state;
       st.appendChild(badge);
-      cell(tr, s.reason || "");
+      cell(tr, s.reason || "", "wrap");
       cell(tr, since(s.since));
       cell(tr, s.position, "num");
       cell(tr, s.lag, "num");
@@ -141,7 +141,7 @@
       cell(tr, q.scopes.join(", "));
       cell(tr, q.waiting, "num");
       cell(tr, seconds(q.oldestWaitSeconds), "num");
-      cell(tr, q.reason);
+      cell(tr, q.reason, "wrap");
     }, "nothing waits");
   }
 
