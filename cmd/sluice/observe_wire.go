@@ -83,23 +83,28 @@ func (a *app) wireObservability() error {
 func partitionLoads(src source) (string, func() []consumer.PartitionLoad) {
 	switch s := src.(type) {
 	case *kafka.Source:
-		return s.Name(), func() []consumer.PartitionLoad {
-			var out []consumer.PartitionLoad
-			for _, st := range s.Shards() {
-				out = append(out, consumer.PartitionLoad{Partition: st.Shard.Partition, Lag: st.Lag, IteratorAge: st.IteratorAge})
-			}
-			return out
-		}
+		return s.Name(), loadsOf(s.Shards, func(st *kafka.ShardStatus) consumer.PartitionLoad {
+			return consumer.PartitionLoad{Partition: st.Shard.Partition, Lag: st.Lag, IteratorAge: st.IteratorAge}
+		})
 	case *natssrc.Stream:
-		return s.Name(), func() []consumer.PartitionLoad {
-			var out []consumer.PartitionLoad
-			for _, st := range s.Shards() {
-				out = append(out, consumer.PartitionLoad{Partition: st.Shard.Partition, Lag: st.Lag, IteratorAge: st.IteratorAge})
-			}
-			return out
-		}
+		return s.Name(), loadsOf(s.Shards, func(st *natssrc.ShardStatus) consumer.PartitionLoad {
+			return consumer.PartitionLoad{Partition: st.Shard.Partition, Lag: st.Lag, IteratorAge: st.IteratorAge}
+		})
 	}
 	return "", nil
+}
+
+// loadsOf reads a source's shard statuses (of its own type) as
+// PartitionLoads.
+func loadsOf[T any](shards func() []T, load func(*T) consumer.PartitionLoad) func() []consumer.PartitionLoad {
+	return func() []consumer.PartitionLoad {
+		st := shards()
+		out := make([]consumer.PartitionLoad, len(st))
+		for i := range st {
+			out[i] = load(&st[i])
+		}
+		return out
+	}
 }
 
 // shardLags returns the lag of every shard of the stream sources, for the
