@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -78,9 +80,10 @@ type Provider struct {
 // NewProvider returns the tracer provider of c, exporting in batches over
 // OTLP/HTTP, or nil when c is not Enabled. version is sluice's version, the
 // service.version of every span. Nothing is sent before the first span; an
-// unreachable receiver costs dropped spans and a log line from the
-// exporter, never a delayed invocation.
-func NewProvider(c Config, version string) (*Provider, error) {
+// unreachable receiver costs dropped spans and a warning on log (the
+// process-wide OpenTelemetry error handler is set to it), never a delayed
+// invocation.
+func NewProvider(c Config, version string, log *slog.Logger) (*Provider, error) {
 	if !c.Enabled() {
 		return nil, nil
 	}
@@ -90,6 +93,11 @@ func NewProvider(c Config, version string) (*Provider, error) {
 	opts := []otlptracehttp.Option{otlptracehttp.WithEndpointURL(c.OTLPEndpoint), otlptracehttp.WithTimeout(10 * time.Second)}
 	if u, _ := url.Parse(c.OTLPEndpoint); u.Path == "" || u.Path == "/" {
 		opts = append(opts, otlptracehttp.WithURLPath("/v1/traces"))
+	}
+	if log != nil {
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+			log.Warn("tracing: span export failed", "endpoint", c.OTLPEndpoint, "err", err)
+		}))
 	}
 	// New does not connect: the first export does.
 	exp, err := otlptracehttp.New(context.Background(), opts...)

@@ -35,14 +35,14 @@ func TestValidate(t *testing.T) {
 // Off costs nothing: no provider at all. On: a provider whose tracer makes
 // recording spans, shut down cleanly without a receiver ever contacted.
 func TestNewProvider(t *testing.T) {
-	p, err := NewProvider(Config{}.WithDefaults(), "v1")
+	p, err := NewProvider(Config{}.WithDefaults(), "v1", nil)
 	if err != nil || p != nil {
 		t.Fatalf("NewProvider without an endpoint = %v, %v; want nil, nil", p, err)
 	}
-	if _, err := NewProvider(Config{OTLPEndpoint: "ftp://x"}.WithDefaults(), "v1"); !errors.Is(err, ErrInvalid) {
+	if _, err := NewProvider(Config{OTLPEndpoint: "ftp://x"}.WithDefaults(), "v1", nil); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("NewProvider with a bad endpoint: %v, want ErrInvalid", err)
 	}
-	p, err = NewProvider(Config{OTLPEndpoint: "http://127.0.0.1:1", SampleRatio: 1}.WithDefaults(), "v1")
+	p, err = NewProvider(Config{OTLPEndpoint: "http://127.0.0.1:1", SampleRatio: 1}.WithDefaults(), "v1", nil)
 	if err != nil || p == nil {
 		t.Fatalf("NewProvider = %v, %v", p, err)
 	}

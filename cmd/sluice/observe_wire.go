@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"time"
 
@@ -23,9 +24,9 @@ const tracingShutdown = 5 * time.Second
 // tracer starts the OTLP exporter of tracing.otlp_endpoint and returns the
 // dispatcher option that makes invocation spans, or nothing when tracing is
 // off. The exporter is flushed and stopped by the app's last closer.
-func tracer(cfg telemetry.Config, closers *[]func()) ([]dispatch.Option, error) {
+func tracer(cfg telemetry.Config, log *slog.Logger, closers *[]func()) ([]dispatch.Option, error) {
 	v, _ := buildInfo()
-	p, err := telemetry.NewProvider(cfg, v)
+	p, err := telemetry.NewProvider(cfg, v, log)
 	if err != nil || p == nil {
 		return nil, err
 	}

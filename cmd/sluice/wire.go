@@ -76,7 +76,7 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var closers []func()
-	tracing, err := tracer(cfg.Tracing, &closers)
+	tracing, err := tracer(cfg.Tracing, log, &closers)
 	if err != nil {
 		return nil, err
 	}
