@@ -12,6 +12,7 @@
   let generation = 0; // bumped by start and stop, so a poll in flight from before does not reschedule
 
   const $ = (id) => document.getElementById(id);
+  const askText = "This sluice's API needs a token: type one of role read or above; it is kept for this tab only.";
 
   function setStatus(text, error) {
     const s = $("status");
@@ -173,11 +174,14 @@
       document.body.dataset.updated = String(Date.now());
     } catch (e) {
       if (gen !== generation) return;
-      setStatus(e.message, true);
       if (e.auth) {
         stop();
+        // No token typed yet: the API wants one, so ask for it.
+        if (sessionStorage.getItem(tokenKey) === null) setStatus(askText, false);
+        else setStatus(e.message, true);
         return;
       }
+      setStatus(e.message, true);
     }
     timer = setTimeout(() => poll(gen), interval);
   }
@@ -203,8 +207,11 @@
     $("forget").addEventListener("click", () => {
       sessionStorage.removeItem(tokenKey);
       stop();
+      for (const t of document.querySelectorAll("tbody")) t.replaceChildren();
       setStatus("Token forgotten.", false);
     });
-    if (sessionStorage.getItem(tokenKey) !== null) start();
+    // With a token kept for this tab, or none yet (an API without tokens
+    // answers at once; one with tokens makes the page ask for one).
+    start();
   });
 })();

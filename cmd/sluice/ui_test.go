@@ -141,10 +141,19 @@ dead_letters:
 		return nil
 	})
 
-	// A wrong token: the page says so and shows nothing.
-	inTab(ctx, t, 30*time.Second, "wrong token",
+	// No token yet: the page tries, learns the API needs one and asks.
+	inTab(ctx, t, 30*time.Second, "open the page",
 		chromedp.Navigate(p.admin+"/ui/"),
 		chromedp.WaitVisible(chromedp.CSS("#token")),
+	)
+	waitUntil(t, 10*time.Second, "the page asks for a token", func() error {
+		if s := value(ctx, t, "status text", chromedp.Text(chromedp.CSS("#status"))); !strings.Contains(s, "needs a token") {
+			return fmt.Errorf("status %q", s)
+		}
+		return nil
+	})
+	// A wrong token: the page says so and shows nothing.
+	inTab(ctx, t, 30*time.Second, "wrong token",
 		chromedp.SendKeys(chromedp.CSS("#token"), "not-a-token"),
 		chromedp.Click(chromedp.CSS("#connect")),
 		chromedp.WaitVisible(chromedp.CSS("#status.error")),
