@@ -171,6 +171,7 @@ func (d *Dispatcher) TryInvoke(ctx context.Context, req *Request) (resp *Respons
 	if err != nil {
 		if t, ok := AsThrottled(err); ok {
 			d.metrics.throttled(req.Function, t.Reason)
+			throttleEvent(span, t.Reason)
 		}
 		return nil, err
 	}

@@ -130,3 +130,38 @@ func TestDispatcherNoTracerPassesTraceContext(t *testing.T) {
 		t.Errorf("function heard %q / %q, want the record's trace context unchanged", h.Get("Traceparent"), h.Get("Tracestate"))
 	}
 }
+
+// A synchronous call refused at once (TryInvoke) ends its span throttled,
+// with the reason as an event.
+func TestDispatcherTryInvokeSpan(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	d, _ := newTestDispatcher(t, Config{
+		Account:   AccountConfig{Concurrency: 10, MinUnreserved: 1},
+		Functions: map[string]FunctionConfig{"fn": {URL: "http://127.0.0.1:1", ReservedConcurrency: ptr(0)}},
+	}, WithTracer(tp.Tracer("test")))
+	if _, err := d.TryInvoke(context.Background(), &Request{Function: "fn"}); !IsThrottled(err) {
+		t.Fatalf("TryInvoke = %v, want throttled", err)
+	}
+	spans := rec.Ended()
+	if len(spans) != 1 || attrOf(spans[0], "sluice.outcome") != "throttled" || len(spans[0].Events()) != 1 ||
+		spans[0].Events()[0].Attributes[0].Value.AsString() != string(ReasonReserved) {
+		t.Fatalf("spans %+v, want one, throttled, with a %s event", spans, ReasonReserved)
+	}
+}
+
+// Tracing off costs nothing per invocation: no span, no allocation.
+func TestNoTracerNoCost(t *testing.T) {
+	d, _ := newTestDispatcher(t, Config{})
+	req := &Request{Function: "fn", TraceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+	ctx := context.Background()
+	if n := testing.AllocsPerRun(100, func() {
+		c, span := d.startSpan(ctx, req)
+		throttleEvent(span, ReasonScope)
+		endSpan(span, nil)
+		_ = c
+	}); n != 0 {
+		t.Errorf("%v allocations per invocation with tracing off, want 0", n)
+	}
+}
