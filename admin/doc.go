@@ -1,7 +1,9 @@
 // Package admin is sluice's admin HTTP API (SPEC §6): the account, function
-// concurrency, rules, limits, shards and queues endpoints under /v1, bearer
-// token auth with the roles read / invoke / admin, the open /metrics,
-// /healthz and /readyz, and the mount point of the HTTP ingress.
+// concurrency, rules, limits, shards, queues and dead-letter-count endpoints
+// under /v1, bearer token auth with the roles read / invoke / admin, the
+// open /metrics, /healthz and /readyz, the mount point of the HTTP ingress,
+// and the status page under /ui/ (ui.go: static files embedded from ui/,
+// holding no data; the page reads /v1 with the token typed into it).
 //
 // It owns the Book: the live limits as the configuration file gives them
 // with the changes made through the API on top, applied to the
@@ -11,6 +13,6 @@
 //
 // It imports dispatch (the Limiter it changes) and shard (the statuses it
 // shows). It must not import cmd, config, consumer or a broker client: cmd
-// hands it the shard statuses, the readiness check, the tokens and the
-// ingress handler.
+// hands it the shard statuses and lags, the dead-letter counts, the
+// readiness check, the tokens and the ingress handler.
 package admin

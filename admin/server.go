@@ -82,7 +82,13 @@ type Options struct {
 	// Tokens are the accepted bearer tokens. Without any, /v1 is open: the
 	// caller must only serve it on a loopback address (config checks that).
 	Tokens []Token
-	Logger *slog.Logger
+	// Lags returns the lag of every shard (records not yet checkpointed),
+	// for GET /v1/shards; nil shows 0.
+	Lags func() map[shard.ID]int64
+	// DeadLetterCounts returns the dead letters written since start, by
+	// source and condition, for GET /v1/dead-letter-counts; nil shows none.
+	DeadLetterCounts func() []DeadLetterCount
+	Logger           *slog.Logger
 	// Now is the clock of the views (tests); default time.Now.
 	Now func() time.Time
 }
@@ -136,6 +142,7 @@ func New(o Options) (*Server, error) {
 	for _, rt := range s.routes() {
 		s.mux.Handle(rt.pattern, s.guard(rt))
 	}
+	s.mountUI()
 	// Anything else under /v1: authenticated first (an unknown path must
 	// not tell a stranger what exists), then 404.
 	s.mux.Handle("/v1/", s.guard(route{}))
@@ -177,6 +184,7 @@ func (s *Server) routes() []route {
 	}
 	return []route{
 		{"/v1/account", get(s.getAccount)},
+		{"/v1/functions", get(s.getFunctions)},
 		{"/v1/functions/{fn}", get(s.getFunction)},
 		{"/v1/functions/{fn}/concurrency", map[string]endpoint{
 			http.MethodPut:    {RoleAdmin, s.putConcurrency},
@@ -193,6 +201,7 @@ func (s *Server) routes() []route {
 		{"/v1/limits", get(s.getLimits)},
 		{"/v1/shards", get(s.getShards)},
 		{"/v1/queues", get(s.getQueues)},
+		{"/v1/dead-letter-counts", get(s.getDeadLetterCounts)},
 		{"/v1/functions/{fn}/invocations", map[string]endpoint{http.MethodPost: {RoleInvoke, s.ingress}}},
 		{"/v1/scope/{scope}/functions/{fn}/invocations", map[string]endpoint{http.MethodPost: {RoleInvoke, s.ingress}}},
 	}
@@ -349,6 +358,10 @@ func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("admin: function %q is not configured", fn))
 		return
 	}
+	writeJSON(w, http.StatusOK, s.functionView(fn, cfg))
+}
+
+func (s *Server) functionView(fn string, cfg dispatch.FunctionConfig) FunctionView {
 	var v FunctionView
 	v.FunctionName = fn
 	v.Configuration.URL = cfg.URL
@@ -368,7 +381,7 @@ func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 	if fu, ok := s.o.Book.Limiter().Usage().Functions[fn]; ok {
 		v.Usage.ConcurrentExecutions, v.Usage.Waiting = fu.InFlight, fu.Waiting
 	}
-	writeJSON(w, http.StatusOK, v)
+	return v
 }
 
 // ConcurrencyBody is the body of PUT /v1/functions/{fn}/concurrency.
@@ -473,6 +486,7 @@ type ShardView struct {
 	Since       time.Time `json:"since"`
 	Reason      string    `json:"reason,omitempty"`
 	Position    int64     `json:"position"`
+	Lag         int64     `json:"lag"`
 	IteratorAge float64   `json:"iteratorAgeSeconds"`
 	Buffered    int       `json:"buffered"`
 	Delivered   int64     `json:"delivered"`
@@ -482,9 +496,13 @@ type ShardView struct {
 func (s *Server) getShards(w http.ResponseWriter, _ *http.Request) {
 	now := s.o.Now()
 	out := []ShardView{}
+	var lags map[shard.ID]int64
+	if s.o.Lags != nil {
+		lags = s.o.Lags()
+	}
 	for _, st := range s.o.Shards() {
 		v := ShardView{Source: st.Shard.Source, Shard: st.Shard.Partition, State: string(st.State), Since: st.Since,
-			Reason: st.Reason, Position: st.Position, Buffered: st.Buffered, Delivered: st.Delivered, DeadLetters: st.DeadLetters}
+			Reason: st.Reason, Position: st.Position, Lag: lags[st.Shard], Buffered: st.Buffered, Delivered: st.Delivered, DeadLetters: st.DeadLetters}
 		if !st.Oldest.IsZero() {
 			v.IteratorAge = max(0, now.Sub(st.Oldest).Seconds())
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
 	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/telemetry"
 )
 
 // Defaults of the settings this package owns.
@@ -33,6 +34,17 @@ type Config struct {
 	Rules       []dispatch.Rule                    `koanf:"rules"`
 	Sources     map[string]consumer.SourceConfig   `koanf:"sources"`
 	DeadLetters map[string]retention.Config        `koanf:"dead_letters"`
+	Metrics     MetricsConfig                      `koanf:"metrics"`
+	Tracing     telemetry.Config                   `koanf:"tracing"`
+}
+
+// MetricsConfig is the /metrics exposition.
+type MetricsConfig struct {
+	// PerPartition adds sluice_partition_offset_lag and
+	// sluice_partition_iterator_age_seconds, one series per source and
+	// partition owned here (label partition): as many series as the
+	// sources have partitions, so it is off by default.
+	PerPartition bool `koanf:"per_partition"`
 }
 
 // AdminConfig is the admin HTTP API (SPEC §6).
@@ -121,6 +133,7 @@ func Default() *Config {
 		Account:  dispatch.AccountConfig{}.WithDefaults(),
 		Admin:    AdminConfig{Listen: DefaultAdminListen},
 		StateDir: DefaultStateDir,
+		Tracing:  telemetry.Config{SampleRatio: telemetry.DefaultSampleRatio}.WithDefaults(),
 	}
 }
 
@@ -171,6 +184,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateBrokers()...)
 	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateDeadLetters()...)
+	errs = append(errs, c.Tracing.Validate("tracing"))
 	return newError(errs...)
 }
 

@@ -258,7 +258,27 @@ func TestLoadBadConfigurations(t *testing.T) {
 		{
 			name:    "unknown top-level key",
 			overlay: "sourcess: {}",
-			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, dead_letters, functions, rules, sources, state_dir)",
+			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, dead_letters, functions, metrics, rules, sources, state_dir, tracing)",
+		},
+		{
+			name:    "tracing endpoint not a URL",
+			overlay: "tracing: {otlp_endpoint: \"collector:4318\"}",
+			want:    `tracing.otlp_endpoint: "collector:4318" is not an http:// or https:// URL (an OTLP/HTTP receiver, e.g. http://localhost:4318)`,
+		},
+		{
+			name:    "tracing sample ratio out of range",
+			overlay: "tracing: {otlp_endpoint: \"http://127.0.0.1:4318\", sample_ratio: 1.5}",
+			want:    "tracing.sample_ratio: 1.5 is out of range (0..1)",
+		},
+		{
+			name:    "unknown tracing key",
+			overlay: "tracing: {endpoint: \"http://127.0.0.1:4318\"}",
+			want:    "tracing.endpoint: unknown key (allowed: otlp_endpoint, sample_ratio, service_name)",
+		},
+		{
+			name:    "per_partition not a boolean",
+			overlay: "metrics: {per_partition: maybe}",
+			want:    `metrics.per_partition: expected true or false, got "maybe"`,
 		},
 		{
 			name:    "unknown nested key with a typo",

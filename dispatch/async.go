@@ -34,6 +34,7 @@ func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt 
 		Attempt:        attempt,
 		IdempotencyKey: asyncIdempotencyKey(a.Source, &rec),
 		TraceParent:    header(&rec, "traceparent"),
+		TraceState:     header(&rec, "tracestate"),
 		Header: http.Header{
 			"Sluice-Source":     {a.Source},
 			"Sluice-Event-Time": {rec.Timestamp.UTC().Format(time.RFC3339Nano)},

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrUnknownFunction is returned for an invocation of a function that is not
@@ -22,6 +23,7 @@ type Dispatcher struct {
 	lim     *Limiter
 	log     *slog.Logger
 	metrics *metrics
+	tracer  trace.Tracer // nil: no spans (WithTracer)
 
 	mu  sync.RWMutex         // guards fns
 	fns map[string]*function // registered functions by name
@@ -40,6 +42,7 @@ type options struct {
 	log     *slog.Logger
 	limiter []LimiterOption
 	http    []HTTPOption
+	tracer  trace.Tracer
 }
 
 // WithRegisterer registers the dispatcher's metrics with reg (default: none).
@@ -70,7 +73,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{lim: lim, log: o.log, fns: make(map[string]*function, len(cfg.Functions))}
+	d := &Dispatcher{lim: lim, log: o.log, tracer: o.tracer, fns: make(map[string]*function, len(cfg.Functions))}
 	// The metrics come first: each HTTP function reports its connection
 	// waits to them.
 	d.metrics, err = newMetrics(o.reg, lim)
@@ -81,6 +84,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 	unreserved := lim.Usage().UnreservedLimit
 	for _, name := range sortedKeys(cfg.Functions) {
 		fc := cfg.Functions[name]
+		d.metrics.initFunction(name)
 		if fc.URL == "" {
 			continue
 		}
@@ -106,6 +110,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 func (d *Dispatcher) Register(name string, h Handler, timeout time.Duration) {
 	timeout = timeoutOrDefault(timeout)
 	d.lim.SetFunctionTimeout(name, timeout)
+	d.metrics.initFunction(name)
 	d.mu.Lock()
 	d.fns[name] = &function{h: h, timeout: timeout}
 	d.mu.Unlock()
@@ -123,11 +128,13 @@ func (d *Dispatcher) Limiter() *Limiter { return d.lim }
 // (see Handler). A wait cut short by ctx returns an error matching both
 // ctx.Err() and *ThrottledError; one cut short by req.MaxWait returns the
 // *ThrottledError alone.
-func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reason)) (*Response, error) {
+func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reason)) (resp *Response, err error) {
 	f, err := d.function(req.Function)
 	if err != nil {
 		return nil, err
 	}
+	ctx, span := d.startSpan(ctx, req)
+	defer func() { endSpan(span, err) }()
 	actx := ctx
 	if req.MaxWait > 0 {
 		var cancel context.CancelFunc
@@ -136,6 +143,7 @@ func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reaso
 	}
 	lease, err := d.lim.Acquire(actx, req.Function, scopesOf(req), func(r Reason) {
 		d.metrics.throttled(req.Function, r)
+		throttleEvent(span, r)
 		if onWait != nil {
 			onWait(r)
 		}
@@ -152,15 +160,18 @@ func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reaso
 
 // TryInvoke runs req.Function if its slots are free now, and otherwise
 // returns a *ThrottledError at once.
-func (d *Dispatcher) TryInvoke(ctx context.Context, req *Request) (*Response, error) {
+func (d *Dispatcher) TryInvoke(ctx context.Context, req *Request) (resp *Response, err error) {
 	f, err := d.function(req.Function)
 	if err != nil {
 		return nil, err
 	}
+	ctx, span := d.startSpan(ctx, req)
+	defer func() { endSpan(span, err) }()
 	lease, err := d.lim.TryAcquire(req.Function, scopesOf(req))
 	if err != nil {
 		if t, ok := AsThrottled(err); ok {
 			d.metrics.throttled(req.Function, t.Reason)
+			throttleEvent(span, t.Reason)
 		}
 		return nil, err
 	}

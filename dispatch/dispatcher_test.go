@@ -114,8 +114,15 @@ func TestDispatcherOutcomes(t *testing.T) {
 			if n := testutil.ToFloat64(d.metrics.invocations.WithLabelValues("fn", string(tc.outcome))); n != 1 {
 				t.Errorf("sluice_invocations_total{outcome=%q} = %v, want 1", tc.outcome, n)
 			}
-			if n, err := testutil.GatherAndCount(reg, "sluice_invocations_total"); err != nil || n != 1 {
-				t.Errorf("sluice_invocations_total series = %d (%v), want 1", n, err)
+			// Every outcome's series exists from the start (at zero); only
+			// this one counted the invocation.
+			if n, err := testutil.GatherAndCount(reg, "sluice_invocations_total"); err != nil || n != len(outcomes) {
+				t.Errorf("sluice_invocations_total series = %d (%v), want %d (one per outcome)", n, err, len(outcomes))
+			}
+			for _, o := range outcomes {
+				if n := testutil.ToFloat64(d.metrics.invocations.WithLabelValues("fn", string(o))); o != tc.outcome && n != 0 {
+					t.Errorf("sluice_invocations_total{outcome=%q} = %v, want 0", o, n)
+				}
 			}
 		})
 	}

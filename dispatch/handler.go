@@ -22,7 +22,9 @@ type Request struct {
 	// Scope alone is used.
 	Scopes         []string
 	IdempotencyKey string
-	TraceParent    string      // W3C traceparent carried by the record, if any
+	TraceParent    string      // W3C traceparent carried by the record, if any; with a tracer, the invocation span's
+	TraceState     string      // W3C tracestate going with TraceParent, if any
+	Shard          string      // the shard of a stream batch ("orders/2"), for the invocation's span; empty otherwise
 	Header         http.Header // further headers, e.g. Sluice-Source and Sluice-Event-Time
 	ContentType    string      // default application/json
 	Body           []byte

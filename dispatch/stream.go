@@ -48,6 +48,8 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.R
 		// a function can drop a batch it already handled.
 		IdempotencyKey:     fmt.Sprintf("%s-%d-%d-%d", s.Source, first.Partition, first.Offset, last.Offset),
 		TraceParent:        header(&first, "traceparent"),
+		TraceState:         header(&first, "tracestate"),
+		Shard:              s.Source + "/" + strconv.FormatInt(int64(first.Partition), 10),
 		Header:             http.Header{"Sluice-Source": {s.Source}},
 		Body:               body,
 		Items:              items,

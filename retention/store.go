@@ -146,6 +146,15 @@ func NewStoreMetrics(reg prometheus.Registerer) (*StoreMetrics, error) {
 	return m, nil
 }
 
+// Init creates the sluice_dead_letters_total series of source at zero, one
+// per condition, so that an alert on their rate has series before the first
+// dead letter.
+func (m *StoreMetrics) Init(source string, conds ...shard.Condition) {
+	for _, c := range conds {
+		m.letters.WithLabelValues(source, string(c))
+	}
+}
+
 // NewStore returns a Store writing to destination name through app.
 func NewStore(name string, app Appender, m *StoreMetrics) *Store {
 	return &Store{name: name, app: app, letters: m.letters, errs: m.errs.WithLabelValues(name)}

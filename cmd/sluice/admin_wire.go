@@ -101,10 +101,12 @@ func (a *app) adminAPI() (http.Handler, error) {
 			}
 			return a.readiness.check()
 		},
-		Metrics: promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}),
-		Ingress: a.ingress,
-		Tokens:  tokens,
-		Logger:  a.log,
+		Metrics:          promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}),
+		Ingress:          a.ingress,
+		Tokens:           tokens,
+		Lags:             a.shardLags,
+		DeadLetterCounts: a.deadLetterCounts,
+		Logger:           a.log,
 	})
 }
 

@@ -68,6 +68,7 @@ func newRootCmd() *cobra.Command {
 		newQueuesCmd(),
 		newDLQCmd(),
 		newVersionCmd(),
+		newHealthcheckCmd(),
 	)
 	root.Long = `sluice consumes event streams from Kafka or NATS JetStream and invokes functions
 with them, under concurrency limits that behave like AWS Lambda's: an account

@@ -77,12 +77,24 @@ type source interface {
 func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d, err := dispatch.New(cfg.Dispatch(), dispatch.WithRegisterer(reg), dispatch.WithLogger(log))
+	var closers []func()
+	tracing, err := tracer(cfg.Tracing, log, &closers)
 	if err != nil {
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, reg: reg, disp: d, natsURL: map[string]string{}, natsConns: map[string]*natsgo.Conn{}}
+	d, err := dispatch.New(cfg.Dispatch(), append([]dispatch.Option{dispatch.WithRegisterer(reg), dispatch.WithLogger(log)}, tracing...)...)
+	if err != nil {
+		for _, c := range closers {
+			c()
+		}
+		return nil, err
+	}
+	a := &app{cfg: cfg, log: log, reg: reg, disp: d, closers: closers, natsURL: map[string]string{}, natsConns: map[string]*natsgo.Conn{}}
 	if err := a.wireSources(ctx); err != nil {
+		a.close()
+		return nil, err
+	}
+	if err := a.wireObservability(); err != nil {
 		a.close()
 		return nil, err
 	}
@@ -226,6 +238,9 @@ func (a *app) wireSources(ctx context.Context) error {
 			if err := e.Ensure(ctx); err != nil {
 				return fmt.Errorf("run: sources.%s: %w", name, err)
 			}
+		}
+		if sc.OnFailure != "" {
+			storeMetrics.Init(name, deadLetterConditions(sc.Mode)...)
 		}
 		a.sources = append(a.sources, src)
 	}
