@@ -26,7 +26,7 @@ var keyDocs = map[string]KeyDoc{
 	"state_dir": {Doc: "Directory for changes made through the admin API (limits.json) and the embedded broker's data. A relative path is relative to the configuration file.",
 		Range: "a directory sluice may create and write", Example: "/var/lib/sluice"},
 
-	"brokers": {Doc: "Named connections to Kafka clusters and NATS servers. With none at all, sluice runs an embedded NATS JetStream named `embedded`."},
+	"brokers":              {Doc: "Named connections to Kafka clusters and NATS servers. With none at all, sluice runs an embedded NATS JetStream named `embedded`."},
 	"brokers.<name>.kafka": {Doc: "This broker is a Kafka cluster. Exactly one of kafka and nats."},
 	"brokers.<name>.kafka.seeds": {Doc: "host:port of some brokers of the cluster; the client finds the rest.",
 		Range: "one or more host:port", Example: "[b-1:9092, b-2:9092]"},
