@@ -176,6 +176,7 @@ func (s *Server) routes() []route {
 		return map[string]endpoint{http.MethodGet: {RoleRead, h}}
 	}
 	return []route{
+		{"/v1/openapi.json", get(s.getOpenAPI)},
 		{"/v1/account", get(s.getAccount)},
 		{"/v1/functions/{fn}", get(s.getFunction)},
 		{"/v1/functions/{fn}/concurrency", map[string]endpoint{
