@@ -24,7 +24,9 @@ import (
 // enqueuerFunc is an ingress.Enqueuer that stores nothing.
 type enqueuerFunc func() (string, error)
 
-func (f enqueuerFunc) Enqueue(context.Context, string, string, []byte, http.Header) (string, error) { return f() }
+func (f enqueuerFunc) Enqueue(context.Context, string, string, []byte, http.Header) (string, error) {
+	return f()
+}
 
 // The OpenAPI document against the real handlers: it is a valid OpenAPI 3
 // document; its operations are exactly the server's routes, each with the
