@@ -1,7 +1,10 @@
 // Package admin is sluice's admin HTTP API (SPEC §6): the account, function
 // concurrency, rules, limits, shards and queues endpoints under /v1, bearer
 // token auth with the roles read / invoke / admin, the open /metrics,
-// /healthz and /readyz, and the mount point of the HTTP ingress.
+// /healthz and /readyz, and the mount point of the HTTP ingress. The API is
+// described by an OpenAPI 3 document (openapi.json, the OpenAPI variable),
+// served at GET /v1/openapi.json; its test calls every operation it lists
+// against the real handlers and checks that every route is listed.
 //
 // It owns the Book: the live limits as the configuration file gives them
 // with the changes made through the API on top, applied to the
