@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
+	natsgo "github.com/nats-io/nats.go"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicehq/sluice/admin"
@@ -434,4 +437,95 @@ func TestQuickstartBinary(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("quick start after Ctrl-C: %v", err)
 	}
+}
+
+// dlq list, show and completion over real letters: a `sluice run` on the
+// embedded NATS dead-letters what a function refuses (400), stops, then the
+// dlq commands read the letters as YAML, JSON and a table, and complete
+// their ids.
+func TestCLIDLQWithLetters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "no such tenant", http.StatusBadRequest) // a permanent error: dead-lettered at once
+	}))
+	defer fn.Close()
+	dir := t.TempDir()
+	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), fmt.Sprintf(`
+admin: {listen: "127.0.0.1:0"}
+state_dir: %s
+brokers:
+  local: {nats: {listen: "127.0.0.1:0"}}
+functions:
+  fn: {url: %q}
+sources:
+  clicks: {stream: CLICKS, subject: "clicks.*", partitions: 1, function: fn, batch_size: 1, on_failure: dead}
+dead_letters:
+  dead: {stream: DEAD, subject: "sluice.dead.>"}
+`, filepath.Join(dir, "state"), fn.URL))
+	p := runSluice(t, cfg)
+	nc, err := natsgo.Connect(p.nats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tenant := range []string{"acme", "globex"} {
+		if err := nc.Publish("clicks."+tenant, []byte(`{"click": 1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc.Close()
+	for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+		var v struct{ Shards []admin.ShardView }
+		_, js, _ := runBin(t, nil, "shards", "--admin", p.admin, "-o", "json")
+		if json.Unmarshal([]byte(js), &v) == nil && len(v.Shards) == 1 && v.Shards[0].DeadLetters == 2 {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("two letters not written within 30s: %s", js)
+		}
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM) // the dlq commands open the state dir's embedded server
+	<-p.done
+
+	code, out, errOut := runBin(t, nil, "dlq", "list", "-c", cfg, "--log-level", "warn", "-o", "yaml")
+	var letters []map[string]any
+	if err := yaml.Unmarshal([]byte(out), &letters); code != 0 || err != nil || len(letters) != 2 ||
+		letters[0]["condition"] != "PermanentError" || letters[0]["source"] != "clicks" {
+		t.Fatalf("dlq list -o yaml: exit %d, %v\n%s\n%s", code, err, out, errOut)
+	}
+	id, _ := letters[0]["id"].(string)
+	_, js, _ := runBin(t, nil, "dlq", "list", "-c", cfg, "--log-level", "warn", "-o", "json")
+	_, alias, _ := runBin(t, nil, "dlq", "list", "-c", cfg, "--log-level", "warn", "--json")
+	if js != alias || strings.Count(js, "\n") != 2 || !strings.Contains(js, `"id":"`+id+`"`) {
+		t.Errorf("dlq list -o json:\n%s\n--json:\n%s", js, alias)
+	}
+	_, out, _ = runBin(t, nil, "dlq", "show", id, "-c", cfg, "--log-level", "warn", "-o", "yaml")
+	var e map[string]any
+	if err := yaml.Unmarshal([]byte(out), &e); err != nil || e["id"] != id || e["function"] != "fn" {
+		t.Errorf("dlq show -o yaml: %v\n%s", err, out)
+	}
+	_, out, _ = runBin(t, nil, "dlq", "show", id, "-c", cfg, "--log-level", "warn", "-o", "table")
+	if !strings.Contains(out, "condition") || !strings.Contains(out, "PermanentError") || !strings.Contains(out, "status 400") {
+		t.Errorf("dlq show -o table:\n%s", out)
+	}
+	_, out, _ = runBin(t, nil, "__complete", "-c", cfg, "--log-level", "warn", "dlq", "show", "")
+	ids := completions(out)
+	if len(ids) != 2 || !slices.Contains(ids, id) {
+		t.Errorf("dlq show completion = %q, want the 2 letter ids", ids)
+	}
+	// A source of a letter is known even when the configuration lost it.
+	noSource := writeFile(t, filepath.Join(dir, "renamed.yaml"), strings.Replace(mustRead(t, cfg), "  clicks:", "  taps:", 1))
+	if code, _, errOut := runBin(t, nil, "dlq", "list", "-c", noSource, "--log-level", "warn", "--source", "clicks"); code != 0 {
+		t.Errorf("dlq list --source of a letter, not of the configuration: exit %d, %s", code, errOut)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
