@@ -106,6 +106,8 @@ func TestExitCodes(t *testing.T) {
 		{"version", []string{"version"}, exitOK, ""},
 		{"unknown command", []string{"bogus"}, exitConfig, `sluice: unknown command "bogus" for "sluice"`},
 		{"unknown subcommand", []string{"config", "bogus"}, exitConfig, `sluice: unknown command "bogus" for "sluice config"`},
+		{"unknown completion shell", []string{"completion", "bogus"}, exitConfig, `sluice: unknown command "bogus" for "sluice completion"`},
+		{"version flag", []string{"--version"}, exitOK, ""},
 		{"unknown flag", []string{"config", "validate", "--bogus"}, exitConfig, "sluice: unknown flag: --bogus"},
 		{"validate without a file", []string{"config", "validate"}, exitConfig, "sluice: -c/--config FILE is required"},
 		{"missing file", []string{"config", "validate", "-c", "/nonexistent/sluice.yaml"}, exitConfig, "open /nonexistent/sluice.yaml: no such file or directory"},

@@ -93,6 +93,15 @@ sets account.concurrency: two underscores between levels), then flags
 	config.RegisterFlags(pf)
 	_ = root.RegisterFlagCompletionFunc(flagLogLevel, fixed("debug", "info", "warn", "error")) // cannot fail: the flag was just added
 	_ = root.MarkPersistentFlagFilename(flagConfig, "yaml", "yml", "json", "toml")
+	// cobra's completion command, made now so that, like every group, an
+	// unknown shell is a usage error rather than help and exit 0.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Args = usageArgs(cobra.NoArgs)
+			c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		}
+	}
 	v, _ := buildInfo()
 	root.Version = v
 	root.SetVersionTemplate(versionText()) // the same as `sluice version`
