@@ -55,6 +55,7 @@ func TestCLIVersionFlag(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
+	t.Parallel()
 	code, flag, _ := runBin(t, nil, "--version")
 	_, cmd, _ := runBin(t, nil, "version")
 	if code != 0 || flag != cmd || !strings.HasPrefix(flag, "sluice ") {
@@ -68,6 +69,7 @@ func TestCLIOutputFormats(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), fmt.Sprintf(`
 admin: {listen: "127.0.0.1:0"}
@@ -158,6 +160,7 @@ func TestCLIDLQ(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
+	t.Parallel()
 	cfg := dlqEmbeddedConfig(t)
 	for _, tc := range []struct {
 		args []string
@@ -221,6 +224,7 @@ func TestCLIConfigMessages(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
+	t.Parallel()
 	dir := t.TempDir()
 	good := writeFile(t, filepath.Join(dir, "sluice.yaml"), `
 functions:
@@ -267,6 +271,7 @@ func TestCLIRunWarnsAboutUnknownEnv(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
+	t.Parallel()
 	bin, err := adminBin()
 	if err != nil {
 		t.Fatal(err)
@@ -349,6 +354,7 @@ func TestQuickstartBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
+	t.Parallel()
 	bin, err := adminBin()
 	if err != nil {
 		t.Fatal(err)
@@ -447,6 +453,7 @@ func TestCLIDLQWithLetters(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
+	t.Parallel()
 	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "no such tenant", http.StatusBadRequest) // a permanent error: dead-lettered at once
 	}))

@@ -93,8 +93,11 @@ func newQuickstartCmd() *cobra.Command {
 HTTP function that answers 429 for one tenant half of the time, a producer
 publishing clicks for five tenants, and sluice itself with per-tenant rules,
 then prints every second what the shards and the limits are doing: shards
-blocking (throttled) and resuming, tenants at their limit. The config it runs
-is printed first; copy it to start your own.`,
+blocking (throttled) and resuming, tenants at their limit, and how many
+records were published and delivered in how many invocations (batches). The
+config it runs is printed first; copy it to start your own. It also prints
+the admin API's URL (127.0.0.1:9400 when that port is free), the status
+page's, and a 'sluice shards --admin URL' line for another terminal.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()

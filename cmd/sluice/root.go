@@ -88,7 +88,7 @@ sets account.concurrency: two underscores between levels), then flags
 	}
 
 	pf := root.PersistentFlags()
-	pf.StringArrayP(flagConfig, "c", nil, "configuration `FILE` (YAML, or TOML by .toml); repeat to layer files, later ones win")
+	pf.StringArrayP(flagConfig, "c", nil, "configuration `FILE` (YAML: .yaml, .yml, .json; TOML: .toml); repeat to layer files, later ones win")
 	pf.String(flagLogLevel, "info", "log `level`: debug, info, warn or error")
 	config.RegisterFlags(pf)
 	_ = root.RegisterFlagCompletionFunc(flagLogLevel, fixed("debug", "info", "warn", "error")) // cannot fail: the flag was just added
