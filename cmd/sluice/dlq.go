@@ -24,7 +24,8 @@ import (
 func newDLQCmd() *cobra.Command {
 	cmd := groupCmd("dlq", "List, show and replay dead letters", newDLQListCmd(), newDLQShowCmd(), newDLQReplayCmd())
 	cmd.Long = `The dead-letter destinations (dead_letters in the configuration) hold one JSON
-envelope per record or event sluice could not deliver (SPEC §4).
+envelope per record or event sluice could not deliver (docs/concepts.md,
+"Dead letters").
 
 A replay records its outcome in the destination itself, so that it works from
 any machine and survives restarts: a letter delivered gets a small resolution
