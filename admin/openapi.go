@@ -18,3 +18,15 @@ func (s *Server) getOpenAPI(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(OpenAPI)
 }
+
+// listFunctions is GET /v1/functions: every configured function's view,
+// sorted by name (Lambda's ListFunctions).
+func (s *Server) listFunctions(w http.ResponseWriter, _ *http.Request) {
+	out := []FunctionView{}
+	for _, fn := range s.o.Book.Functions() {
+		if v, ok := s.functionView(fn); ok {
+			out = append(out, v)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"functions": out})
+}

@@ -178,6 +178,7 @@ func (s *Server) routes() []route {
 	return []route{
 		{"/v1/openapi.json", get(s.getOpenAPI)},
 		{"/v1/account", get(s.getAccount)},
+		{"/v1/functions", get(s.listFunctions)},
 		{"/v1/functions/{fn}", get(s.getFunction)},
 		{"/v1/functions/{fn}/concurrency", map[string]endpoint{
 			http.MethodPut:    {RoleAdmin, s.putConcurrency},
@@ -345,10 +346,20 @@ type FunctionView struct {
 
 func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 	fn := r.PathValue("fn")
-	cfg, ok := s.o.Book.Function(fn)
+	v, ok := s.functionView(fn)
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("admin: function %q is not configured", fn))
 		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// functionView returns the view of function fn, false if it is not
+// configured.
+func (s *Server) functionView(fn string) (FunctionView, bool) {
+	cfg, ok := s.o.Book.Function(fn)
+	if !ok {
+		return FunctionView{}, false
 	}
 	var v FunctionView
 	v.FunctionName = fn
@@ -369,7 +380,7 @@ func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 	if fu, ok := s.o.Book.Limiter().Usage().Functions[fn]; ok {
 		v.Usage.ConcurrentExecutions, v.Usage.Waiting = fu.InFlight, fu.Waiting
 	}
-	writeJSON(w, http.StatusOK, v)
+	return v, true
 }
 
 // ConcurrencyBody is the body of PUT /v1/functions/{fn}/concurrency.

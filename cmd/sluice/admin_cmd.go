@@ -229,7 +229,18 @@ func newFunctionsCmd() *cobra.Command {
 		})
 	get.ValidArgsFunction = completeFunctionArg
 	addOutputFlag(get, outTable)
-	g := groupCmd("functions", "Functions as the running sluice sees them", get)
+	list := clientCmd("list", "List the functions with their reservation and usage", cobra.NoArgs,
+		func(cmd *cobra.Command, c *adminClient, _ []string) error {
+			var v struct {
+				Functions []admin.FunctionView `json:"functions"`
+			}
+			if err := c.do(cmd.Context(), http.MethodGet, "/v1/functions", nil, &v); err != nil {
+				return err
+			}
+			return render(cmd, v, func(out io.Writer) error { return printFunctions(out, v.Functions) })
+		})
+	addOutputFlag(list, outTable)
+	g := groupCmd("functions", "Functions as the running sluice sees them", get, list)
 	addClientFlags(g)
 	return g
 }

@@ -91,6 +91,7 @@ rules:
 		{[]string{"queues"}, "FUNCTION", "queues"},
 		{[]string{"rules", "list"}, "PATTERN", "rules"},
 		{[]string{"functions", "get", "fn"}, "function ", "functionName"},
+		{[]string{"functions", "list"}, "FUNCTION", "functions"},
 	} {
 		name := strings.Join(tc.args, " ")
 		args := append(tc.args, "--admin", p.admin)
@@ -124,8 +125,16 @@ rules:
 	if code != exitConfig || !strings.HasPrefix(errOut, `sluice: --output: "xml" is not one of table, json, yaml`) {
 		t.Errorf("-o xml: exit %d, stderr %q", code, errOut)
 	}
-	// Rule patterns complete from the running sluice.
-	_, out, _ := runBin(t, nil, "__complete", "rules", "disable", "--admin", p.admin, "")
+	// Function names and rule patterns complete from the running sluice.
+	_, out, _ := runBin(t, nil, "__complete", "functions", "get", "--admin", p.admin, "")
+	if got := completions(out); !slices.Equal(got, []string{"fn"}) {
+		t.Errorf("function completion from the API = %q, want [fn]", got)
+	}
+	_, out, _ = runBin(t, nil, "functions", "list", "--admin", p.admin)
+	if !strings.HasPrefix(out, "FUNCTION") || !strings.Contains(out, "fn ") || !strings.Contains(out, " 5 ") {
+		t.Errorf("functions list:\n%s", out)
+	}
+	_, out, _ = runBin(t, nil, "__complete", "rules", "disable", "--admin", p.admin, "")
 	if !slices.Contains(strings.Split(out, "\n"), "*") {
 		t.Errorf("rule completion = %q, want *", out)
 	}

@@ -62,13 +62,28 @@ func names[V any](m map[string]V, prefix string) []string {
 // oneArg completes the first positional argument only.
 func oneArg(args []string) bool { return len(args) == 0 }
 
-// completeFunctions completes a --function flag.
+// completeFunctions completes a --function flag: the functions of -c, else
+// those of the running sluice (--admin, or the default address).
 func completeFunctions(cmd *cobra.Command, _ []string, prefix string) ([]cobra.Completion, cobra.ShellCompDirective) {
-	cfg := completionConfig(cmd)
-	if cfg == nil {
-		return nil, cobra.ShellCompDirectiveNoFileComp
+	if cfg := completionConfig(cmd); cfg != nil {
+		return names(cfg.Functions, prefix), cobra.ShellCompDirectiveNoFileComp
 	}
-	return names(cfg.Functions, prefix), cobra.ShellCompDirectiveNoFileComp
+	fns := map[string]bool{}
+	if cmd.Flags().Lookup(flagAdmin) != nil {
+		if c, err := newAdminClient(cmd); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), completeTimeout)
+			defer cancel()
+			var v struct {
+				Functions []admin.FunctionView `json:"functions"`
+			}
+			if c.do(ctx, http.MethodGet, "/v1/functions", nil, &v) == nil {
+				for _, f := range v.Functions {
+					fns[f.FunctionName] = true
+				}
+			}
+		}
+	}
+	return names(fns, prefix), cobra.ShellCompDirectiveNoFileComp
 }
 
 // completeFunctionArg completes a command's one FUNCTION argument.

@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/sluicehq/sluice/admin"
 )
 
 // Output formats of the views (-o/--output).
@@ -96,4 +99,20 @@ func plain(n *yaml.Node) {
 	for _, c := range n.Content {
 		plain(c)
 	}
+}
+
+// printFunctions writes one line per function: its reservation (or "-"
+// for the unreserved pool), usage, timeout and URL.
+func printFunctions(out io.Writer, fns []admin.FunctionView) error {
+	w := table(out)
+	fmt.Fprintln(w, "FUNCTION\tRESERVED\tRUNNING\tWAITING\tTIMEOUT\tURL")
+	for _, f := range fns {
+		reserved := "-"
+		if r := f.Concurrency.ReservedConcurrentExecutions; r != nil {
+			reserved = strconv.Itoa(*r)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\n", f.FunctionName, reserved, f.Usage.ConcurrentExecutions, f.Usage.Waiting,
+			f.Configuration.Timeout, f.Configuration.URL)
+	}
+	return w.Flush()
 }
