@@ -338,7 +338,7 @@ func (o *overrides) set(origin string, segs []string, value string, fold bool) {
 		if j := strings.IndexByte(seg, '['); j > 0 {
 			// rules[0].concurrency: a list's items have no names to set.
 			path = append(path, seg[:j])
-			if _, isList := m(cur)[seg[:j]].([]any); isList || seg[:j] == "rules" || seg[:j] == "tokens" {
+			if isList(path) {
 				o.problems = append(o.problems, problem(origin, "%s is a list; its items can only be set in a file%s", strings.Join(path, "."), listHint(path)))
 			} else {
 				o.problems = append(o.problems, problem(origin, "%s: [index] is not part of a key; write keys as in messages, e.g. sources.orders.batch_size", strings.Join(path, ".")))
@@ -380,9 +380,28 @@ func (o *overrides) set(origin string, segs []string, value string, fold bool) {
 	o.origins[key] = "set by " + origin
 }
 
-func m(v any) map[string]any {
-	out, _ := v.(map[string]any)
-	return out
+// isList reports whether the key at path (names of entries included) is a
+// list, by the configuration's types.
+func isList(path []string) bool {
+	t := reflect.TypeFor[Config]()
+	for _, name := range path {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		switch t.Kind() {
+		case reflect.Map:
+			t = t.Elem()
+		case reflect.Struct:
+			i, ok := tagged(t)[name]
+			if !ok {
+				return false
+			}
+			t = t.Field(i).Type
+		default:
+			return false
+		}
+	}
+	return t.Kind() == reflect.Slice
 }
 
 // listHint points at the live way to change a list's items, where there is
