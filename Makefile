@@ -23,8 +23,8 @@ test-race: ## unit tests with the race detector (integration has its own target)
 integration: ## integration tests; needs SLUICE_TEST_KAFKA and SLUICE_TEST_NATS (see test-all)
 	$(GO) test -race -count=1 -timeout 20m ./integration/...
 
-test-all: ## everything, against real brokers it fetches and starts itself (Kafka via Maven, nats-server via Go)
-	scripts/brokers/with-brokers.sh $(MAKE) vet test-race integration
+test-all: ## everything, against real brokers it fetches and starts itself (Kafka via Maven, nats-server via Go), plus a secured Kafka (TLS, SASL)
+	SLUICE_BROKERS_SECURE=1 scripts/brokers/with-brokers.sh $(MAKE) vet test-race integration
 	$(MAKE) chaos-short
 
 # The chaos suite restarts brokers, so it always gets a set of its own (never

@@ -267,8 +267,8 @@ func TestLoadBadConfigurations(t *testing.T) {
 		},
 		{
 			name:    "unknown key far from any",
-			overlay: "brokers: {main: {kafka: {sasl: on}}}",
-			want:    "brokers.main.kafka.sasl: unknown key (allowed: client_id, seeds, session_timeout)",
+			overlay: "brokers: {main: {kafka: {kerberos: on}}}",
+			want:    "brokers.main.kafka.kerberos: unknown key (allowed: client_id, sasl, seeds, session_timeout, tls)",
 		},
 		{
 			name:    "session_timeout 1s",

@@ -200,8 +200,34 @@ func readFile(path string) (map[string]any, error) {
 			}
 		}
 	}
+	relBrokerFiles(m, rel)
 	return m, nil
 }
+
+// brokerFileKeys are the keys of brokers.X.kafka and brokers.X.nats (and
+// of their tls and sasl blocks) that name files.
+var brokerFileKeys = []string{"ca_file", "cert_file", "key_file", "password_file", "token_file",
+	"client_secret_file", "creds_file", "nkey_file"}
+
+// relBrokerFiles resolves the broker file paths of m with rel.
+func relBrokerFiles(m map[string]any, rel func(any) any) {
+	brokers, _ := m["brokers"].(map[string]any)
+	for _, b := range brokers {
+		b, _ := b.(map[string]any)
+		for _, kind := range []string{"kafka", "nats"} {
+			k, _ := b[kind].(map[string]any)
+			for _, block := range []map[string]any{k, asMap(k["tls"]), asMap(k["sasl"])} {
+				for _, key := range brokerFileKeys {
+					if v, ok := block[key]; ok {
+						block[key] = rel(v)
+					}
+				}
+			}
+		}
+	}
+}
+
+func asMap(v any) map[string]any { m, _ := v.(map[string]any); return m }
 
 // overrides gathers what the environment and flags set on top of the files.
 type overrides struct {

@@ -69,6 +69,9 @@ func (a *app) openDestinations(names []string) ([]dlqDest, error) {
 		dl := a.cfg.DeadLetters[name]
 		b := a.cfg.Brokers[dl.Broker]
 		if b.Kafka != nil {
+			if err := a.checkKafkaBroker(context.Background(), "dlq", dl.Broker); err != nil {
+				return nil, err
+			}
 			r, err := kafka.NewReader(*b.Kafka, dl.Topic)
 			if err != nil {
 				return nil, fmt.Errorf("dlq: dead_letters.%s: %w", name, err)
@@ -119,9 +122,9 @@ func (a *app) dlqNATS(name string) (*natsgo.Conn, error) {
 			a.natsURL[name] = url
 		}
 	}
-	nc, err := natsgo.Connect(url, natsgo.Name("sluice-dlq"))
+	nc, err := a.connectNATS(name, url, "sluice-dlq")
 	if err != nil {
-		return nil, fmt.Errorf("dlq: brokers.%s: connect to %s: %w", name, url, err)
+		return nil, fmt.Errorf("dlq: %w", err)
 	}
 	a.closers = append(a.closers, nc.Close)
 	return nc, nil

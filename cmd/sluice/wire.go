@@ -57,10 +57,12 @@ type app struct {
 	streams map[string]*dispatch.StreamDeliverer // stream source name → its deliverer, for `dlq replay` (see recordStream)
 	ready   atomic.Bool                          // set once everything started; /readyz reports it
 
-	book      *admin.Book             // live limits: the file's, with the API's changes on top (admin_wire.go)
-	readiness *readiness              // broker checks of /readyz (admin_wire.go)
-	natsConns map[string]*natsgo.Conn // NATS broker name → the connection in use, for readiness
-	ingress   http.Handler            // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
+	book         *admin.Book                  // live limits: the file's, with the API's changes on top (admin_wire.go)
+	readiness    *readiness                   // broker checks of /readyz (admin_wire.go)
+	natsConns    map[string]*natsgo.Conn      // NATS broker name → the connection in use, for readiness
+	embedded     map[string]*natssrc.Embedded // NATS broker name → the embedded server this process started
+	kafkaChecked map[string]bool              // Kafka broker names whose security settings worked (broker_security.go)
+	ingress      http.Handler                 // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
 }
 
 // source is a running source as the app sees it.
@@ -103,6 +105,9 @@ func (a *app) wireSources(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := a.checkKafka(ctx, "run"); err != nil {
+		return err
+	}
 	gauges := retention.NewGauges(a.log)
 	if err := a.reg.Register(gauges); err != nil {
 		return err
@@ -121,9 +126,9 @@ func (a *app) wireSources(ctx context.Context) error {
 			}
 			url = e.ClientURL()
 		}
-		nc, err := natsgo.Connect(url, natsgo.Name("sluice"), natsgo.MaxReconnects(-1))
+		nc, err := a.connectNATS(name, url, "sluice", natsgo.MaxReconnects(-1))
 		if err != nil {
-			return nil, fmt.Errorf("run: brokers.%s: connect to %s: %w", name, url, err)
+			return nil, fmt.Errorf("run: %w", err)
 		}
 		a.natsURL[name] = url
 		a.natsConns[name] = nc
@@ -240,11 +245,19 @@ func (a *app) startEmbedded(name string, nb consumer.NATSConfig) (*natssrc.Embed
 		port = -1 // any free port
 	}
 	dir := filepath.Join(a.cfg.StateDir, "nats")
-	e, err := natssrc.StartEmbedded(dir, natssrc.WithHost(host), natssrc.WithPort(port), natssrc.WithEmbeddedLogger(a.log))
+	security, err := a.embeddedSecurity(name)
+	if err != nil {
+		return nil, fmt.Errorf("run: %w", err)
+	}
+	e, err := natssrc.StartEmbedded(dir, append([]natssrc.EmbeddedOption{natssrc.WithHost(host), natssrc.WithPort(port), natssrc.WithEmbeddedLogger(a.log)}, security...)...)
 	if err != nil {
 		return nil, fmt.Errorf("run: brokers.%s: embedded nats-server: %w", name, err)
 	}
 	a.closers = append(a.closers, e.Shutdown)
+	if a.embedded == nil {
+		a.embedded = map[string]*natssrc.Embedded{}
+	}
+	a.embedded[name] = e
 	a.log.Info("embedded nats-server started", "broker", name, "url", e.ClientURL(), "store", dir)
 	return e, nil
 }

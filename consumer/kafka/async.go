@@ -263,9 +263,11 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 		a.isRetry[t.topic] = true
 		topics = append(topics, t.topic)
 	}
-	a.kopts = append([]kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
+	base, err := ClientOpts(broker)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
+	}
+	a.kopts = append(append(base,
 		kgo.WithLogger(kgoLogger{a.log}),
 		kgo.ConsumerGroup(opts.Group),
 		kgo.ConsumeTopics(topics...),
@@ -282,7 +284,7 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 		kgo.FetchMaxBytes(DefaultFetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(DefaultFetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-	}, append(sessionOpts(broker), opts.ClientOpts...)...)
+	), append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(a.metrics); err != nil {
 			return nil, fmt.Errorf("kafka: source %q: register metrics: %w", name, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -39,8 +40,7 @@ func NewReader(broker consumer.KafkaConfig, topic string, opts ...kgo.Opt) (*Rea
 }
 
 func (r *Reader) client(extra ...kgo.Opt) (*kgo.Client, error) {
-	opts := append([]kgo.Opt{kgo.SeedBrokers(r.broker.Seeds...), kgo.ClientID(clientID(r.broker))}, r.opts...)
-	cl, err := kgo.NewClient(append(opts, extra...)...)
+	cl, err := newClient(r.broker, append(slices.Clip(r.opts), extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: reader of %q: %w", r.topic, err)
 	}

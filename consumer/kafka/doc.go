@@ -19,6 +19,12 @@
 //   - Writer: a synchronous producer to one topic, what the dead-letter store
 //     writes Kafka destinations with.
 //   - EnsureTopic: creates a topic or reconciles its retention (SPEC §4).
+//   - ClientOpts: the options every client of a broker starts from (seeds,
+//     client id, TLS, SASL with franz-go's pkg/sasl: PLAIN, SCRAM,
+//     OAUTHBEARER with a fixed token or OAuth 2 client credentials,
+//     AWS_MSK_IAM over the AWS SDK's credential chain). Every kgo.Client of
+//     this package is built on it; Check tries it once at start-up and
+//     names the cause when it cannot work (client.go).
 //   - the sources' metrics: sluice_offset_lag, sluice_iterator_age_seconds
 //     and sluice_shards, per source, read at scrape time.
 //

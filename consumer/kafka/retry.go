@@ -221,8 +221,6 @@ func retryRecord(ev *event, source, topic string) *kgo.Record {
 // complete fails after retryProduceTimout instead of hanging (as Writer).
 func newRetryProducer(broker consumer.KafkaConfig, extra []kgo.Opt) (*kgo.Client, error) {
 	opts := []kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.DisableIdempotentWrite(), // see NewWriter: a write must be able to fail on time
@@ -230,7 +228,7 @@ func newRetryProducer(broker consumer.KafkaConfig, extra []kgo.Opt) (*kgo.Client
 		kgo.RecordDeliveryTimeout(retryProduceTimout),
 		kgo.ProduceRequestTimeout(retryProduceTimout),
 	}
-	return kgo.NewClient(append(opts, extra...)...)
+	return newClient(broker, append(opts, extra...)...)
 }
 
 // produceRetry writes kr and returns nil once it was acknowledged.
@@ -250,7 +248,7 @@ func produceRetry(ctx context.Context, cl *kgo.Client, kr *kgo.Record) error {
 func ensureRetryTopics(ctx context.Context, broker consumer.KafkaConfig, topic string, tiers []retryTier,
 	retention time.Duration, opts []kgo.Opt,
 ) (created []string, changed []string, err error) {
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(broker.Seeds...), kgo.ClientID(clientID(broker))}, opts...)...)
+	cl, err := newClient(broker, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kafka: retry topics: %w", err)
 	}

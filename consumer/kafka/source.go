@@ -245,9 +245,11 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		commits:   newCommitter(),
 	}
 	s.cond = sync.NewCond(&s.mu)
-	s.kopts = append([]kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
+	base, err := ClientOpts(broker)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
+	}
+	s.kopts = append(append(base,
 		kgo.WithLogger(kgoLogger{s.log}),
 		kgo.ConsumerGroup(opts.Group),
 		kgo.ConsumeTopics(src.Topic),
@@ -268,7 +270,7 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		kgo.FetchMaxBytes(opts.FetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(opts.FetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-	}, append(sessionOpts(broker), opts.ClientOpts...)...)
+	), append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		c := consumer.NewShardCollector(s.name, func() []consumer.ShardLoad {
 			return shardLoads(s.Shards())

@@ -69,8 +69,6 @@ func NewWriter(broker consumer.KafkaConfig, topic string, opts ...WriterOption) 
 		c.timeout = DefaultWriteTimeout
 	}
 	kopts := []kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
 		kgo.DefaultProduceTopic(topic),
 		// The same key lands in the same partition, so letters of one key
 		// stay in order; keyless records stick to a partition per batch.
@@ -87,7 +85,7 @@ func NewWriter(broker consumer.KafkaConfig, topic string, opts ...WriterOption) 
 		kgo.RecordDeliveryTimeout(c.timeout),
 		kgo.ProduceRequestTimeout(min(c.timeout, 10*time.Second)),
 	}
-	cl, err := kgo.NewClient(append(kopts, c.opts...)...)
+	cl, err := newClient(broker, append(kopts, c.opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: writer to %q: %w", topic, err)
 	}

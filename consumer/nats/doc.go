@@ -13,6 +13,10 @@
 //   - EncodeEvent: the request body of a stream batch (SPEC §3).
 //   - Writer and EnsureStream: a JetStream dead-letter destination (SPEC §4);
 //     Writer implements retention.Appender.
+//   - ConnectOptions and Connect: TLS and the one way to authenticate of a
+//     broker (creds file, nkey seed file, token, user and password), used
+//     for every connection sluice makes; errors name the cause and redact
+//     URL passwords (connect.go).
 //   - Embedded: the in-process nats-server sluice starts when the config
 //     names no broker.
 //   - the sources' metrics, per source: sluice_offset_lag,
