@@ -3,7 +3,7 @@ GO ?= go
 GOLANGCI_LINT_VERSION ?= v2.6.2
 BIN := $(CURDIR)/bin
 
-.PHONY: help build test test-race integration test-all chaos chaos-short fuzz bench lint fmt vet quickstart clean test-alerts
+.PHONY: help build test test-race integration test-all chaos chaos-short fuzz bench lint fmt vet quickstart docs clean test-alerts
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ vet: ## go vet
 lint: ## golangci-lint, pinned version
 	GOBIN=$(BIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	$(BIN)/golangci-lint run ./...
+
+docs: ## regenerate the references under docs/reference (configuration, metrics, CLI); tests fail when they are stale
+	$(GO) test -count=1 -run '^TestGenerated' ./config ./cmd/sluice -args -update
 
 fmt: ## gofmt the tree
 	gofmt -w $$(git ls-files '*.go')

@@ -3,7 +3,10 @@
 // under /v1, bearer token auth with the roles read / invoke / admin, the
 // open /metrics, /healthz and /readyz, the mount point of the HTTP ingress,
 // and the status page under /ui/ (ui.go: static files embedded from ui/,
-// holding no data; the page reads /v1 with the token typed into it).
+// holding no data; the page reads /v1 with the token typed into it). The
+// API is described by an OpenAPI 3 document (openapi.json, the OpenAPI
+// variable), served at GET /v1/openapi.json; its test calls every operation
+// it lists against the real handlers and checks that every route is listed.
 //
 // It owns the Book: the live limits as the configuration file gives them
 // with the changes made through the API on top, applied to the

@@ -183,8 +183,9 @@ func (s *Server) routes() []route {
 		return map[string]endpoint{http.MethodGet: {RoleRead, h}}
 	}
 	return []route{
+		{"/v1/openapi.json", get(s.getOpenAPI)},
 		{"/v1/account", get(s.getAccount)},
-		{"/v1/functions", get(s.getFunctions)},
+		{"/v1/functions", get(s.listFunctions)},
 		{"/v1/functions/{fn}", get(s.getFunction)},
 		{"/v1/functions/{fn}/concurrency", map[string]endpoint{
 			http.MethodPut:    {RoleAdmin, s.putConcurrency},
@@ -353,15 +354,21 @@ type FunctionView struct {
 
 func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 	fn := r.PathValue("fn")
-	cfg, ok := s.o.Book.Function(fn)
+	v, ok := s.functionView(fn)
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("admin: function %q is not configured", fn))
 		return
 	}
-	writeJSON(w, http.StatusOK, s.functionView(fn, cfg))
+	writeJSON(w, http.StatusOK, v)
 }
 
-func (s *Server) functionView(fn string, cfg dispatch.FunctionConfig) FunctionView {
+// functionView returns the view of function fn, false if it is not
+// configured.
+func (s *Server) functionView(fn string) (FunctionView, bool) {
+	cfg, ok := s.o.Book.Function(fn)
+	if !ok {
+		return FunctionView{}, false
+	}
 	var v FunctionView
 	v.FunctionName = fn
 	v.Configuration.URL = cfg.URL
@@ -381,7 +388,7 @@ func (s *Server) functionView(fn string, cfg dispatch.FunctionConfig) FunctionVi
 	if fu, ok := s.o.Book.Limiter().Usage().Functions[fn]; ok {
 		v.Usage.ConcurrentExecutions, v.Usage.Waiting = fu.InFlight, fu.Waiting
 	}
-	return v
+	return v, true
 }
 
 // ConcurrencyBody is the body of PUT /v1/functions/{fn}/concurrency.

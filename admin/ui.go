@@ -46,16 +46,6 @@ type FunctionsView struct {
 	Functions []FunctionView `json:"functions"`
 }
 
-func (s *Server) getFunctions(w http.ResponseWriter, _ *http.Request) {
-	v := FunctionsView{Functions: []FunctionView{}}
-	for _, fn := range s.o.Book.Functions() {
-		if cfg, ok := s.o.Book.Function(fn); ok {
-			v.Functions = append(v.Functions, s.functionView(fn, cfg))
-		}
-	}
-	writeJSON(w, http.StatusOK, v)
-}
-
 // DeadLetterCount is the number of records or events of one source
 // dead-lettered with one condition since sluice started (the value of
 // sluice_dead_letters_total).

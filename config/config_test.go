@@ -510,7 +510,7 @@ func TestLoadBadConfigurations(t *testing.T) {
 			name:    "unknown file type",
 			file:    "overlay.ini",
 			overlay: "[sources]",
-			want:    `{file}: unknown file type ".ini" (use .yaml, .yml or .toml)`,
+			want:    `{file}: unknown file type ".ini" (use .yaml, .yml, .json or .toml)`,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -577,7 +577,7 @@ func TestLoadBadOverrides(t *testing.T) {
 	want := strings.Join([]string{
 		`--set nonsense: want key=value, e.g. --set sources.orders.batch_size=200`,
 		`SLUICE_ACCOUNT_CONCURRENCY: not a configuration key; levels are separated by two underscores (did you mean SLUICE_ACCOUNT__CONCURRENCY?)`,
-		`SLUICE_RULES__0__CONCURRENCY: rules is a list; its items can only be set in a file`,
+		`SLUICE_RULES__0__CONCURRENCY: rules is a list; its items can only be set in a file (a running sluice changes a rule with ` + "`sluice rules set PATTERN --concurrency N`" + `)`,
 		`sources.orders.batchsize: unknown key (set by SLUICE_SOURCES__ORDERS__BATCHSIZE); did you mean batch_size? (allowed: ` + sourceKeys + `)`,
 		`sources.orders.parallelization_factor: expected an integer, got "ten" (set by --set sources.orders.parallelization_factor)`,
 	}, "\n")
