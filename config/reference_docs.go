@@ -159,4 +159,11 @@ var keyDocs = map[string]KeyDoc{
 		Range: "-1 or 1m or more", Example: "720h"},
 	"dead_letters.<name>.max_bytes": {Doc: "Size cap of the destination (the oldest letters go first); 0 means no cap.",
 		Range: "0 or a size", Example: "1GiB"},
+
+	"metrics":               {Doc: "Optional metrics."},
+	"metrics.per_partition": {Doc: "Also export lag and iterator age per partition (label partition): one series per partition owned here, so off by default.", Range: "true, false", Example: "true"},
+	"tracing":               {Doc: "OpenTelemetry tracing of invocations, exported with OTLP/HTTP; off without otlp_endpoint."},
+	"tracing.otlp_endpoint": {Doc: "URL of an OTLP/HTTP receiver; spans go to its /v1/traces unless the URL has a path. Empty: tracing off.", Example: "http://localhost:4318"},
+	"tracing.service_name":  {Doc: "service.name of the spans.", Example: "sluice"},
+	"tracing.sample_ratio":  {Doc: "Fraction of the traces sluice starts that are sampled; an invocation continuing a record's traceparent follows its sampled flag.", Range: "0..1", Example: "0.1"},
 }
