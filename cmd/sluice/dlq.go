@@ -378,10 +378,10 @@ func runReplay(cmd *cobra.Command, f *dlqFlags, rf *replayFlags) error {
 		return err
 	}
 
-	targets := &replayTargets{a: a}
-	deliver := targets.toFunction
+	targets := a.replayTargets()
+	deliver := targets.ToFunction
 	if rf.to == retention.ToSource {
-		deliver = targets.toSource
+		deliver = targets.ToSource
 	}
 	var total retention.ReplaySummary
 	skipped := 0
