@@ -10,11 +10,14 @@
 //
 // It owns the Book: the live limits as the configuration file gives them
 // with the changes made through the API on top, applied to the
-// dispatch.Limiter at once and kept in state_dir/limits.json so that they
-// survive a restart. A reload of the configuration (SIGHUP) replaces the
-// configuration layer and keeps the API layer on top.
+// dispatch.Limits engine at once and kept by a Store so that they survive a
+// restart. The local Store is FileStore, state_dir/limits.json; a shared one
+// (for limits shared by several processes) is given with WithStore, next to
+// a shared dispatch.Limits engine, and the Book works the same over both.
+// A reload of the configuration (SIGHUP) replaces the configuration layer
+// and keeps the API layer on top.
 //
-// It imports dispatch (the Limiter it changes) and shard (the statuses it
+// It imports dispatch (the Limits it changes) and shard (the statuses it
 // shows). It must not import cmd, config, consumer or a broker client: cmd
 // hands it the shard statuses and lags, the dead-letter counts, the
 // readiness check, the tokens and the ingress handler.

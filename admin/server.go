@@ -21,38 +21,48 @@ import (
 )
 
 // Role is what a bearer token may do; each role may do everything the
-// previous one may.
-type Role int
+// previous one may. Its value is the name the configuration uses
+// (admin.tokens[].role), so package config decodes it as it is.
+type Role string
 
 // The roles of SPEC §6.
 const (
-	RoleNone   Role = iota
-	RoleRead        // GET
-	RoleInvoke      // also the HTTP ingress
-	RoleAdmin       // everything, including changing limits
+	RoleNone   Role = ""       // no valid token
+	RoleRead   Role = "read"   // GET
+	RoleInvoke Role = "invoke" // also the HTTP ingress
+	RoleAdmin  Role = "admin"  // everything, including changing limits
 )
 
-func (r Role) String() string {
+// rank orders the roles: 0 for none or an unknown name.
+func (r Role) rank() int {
 	switch r {
 	case RoleRead:
-		return "read"
+		return 1
 	case RoleInvoke:
-		return "invoke"
+		return 2
 	case RoleAdmin:
-		return "admin"
+		return 3
 	}
-	return "none"
+	return 0
+}
+
+// Valid reports whether r is one of read, invoke, admin.
+func (r Role) Valid() bool { return r.rank() > 0 }
+
+// Allows reports whether a token of role r may do what needs role need.
+func (r Role) Allows(need Role) bool { return r.Valid() && r.rank() >= need.rank() }
+
+func (r Role) String() string {
+	if r == RoleNone {
+		return "none"
+	}
+	return string(r)
 }
 
 // ParseRole returns the role named s (read, invoke, admin).
 func ParseRole(s string) (Role, error) {
-	switch s {
-	case "read":
-		return RoleRead, nil
-	case "invoke":
-		return RoleInvoke, nil
-	case "admin":
-		return RoleAdmin, nil
+	if r := Role(s); r.Valid() {
+		return r, nil
 	}
 	return RoleNone, fmt.Errorf("admin: role %q is not one of read, invoke, admin", s)
 }
@@ -124,7 +134,7 @@ func New(o Options) (*Server, error) {
 	}
 	s := &Server{o: o, mux: http.NewServeMux()}
 	for i, t := range o.Tokens {
-		if t.Secret == "" || t.Role < RoleRead || t.Role > RoleAdmin {
+		if t.Secret == "" || !t.Role.Valid() {
 			return nil, fmt.Errorf("admin: token %d: empty secret or unknown role", i)
 		}
 		// Hashing first makes every comparison the same length, so neither
@@ -250,7 +260,7 @@ func (s *Server) guard(rt route) http.Handler {
 			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("admin: %s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", ")))
 			return
 		}
-		if role < ep.role {
+		if !role.Allows(ep.role) {
 			writeError(w, http.StatusForbidden, fmt.Sprintf("admin: %s %s needs a token of role %s, this one is %s", r.Method, r.URL.Path, ep.role, role))
 			return
 		}

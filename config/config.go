@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
@@ -55,14 +56,15 @@ type AdminConfig struct {
 	Tokens []TokenConfig `koanf:"tokens"`
 }
 
-// Role is what a bearer token may do on the admin API.
-type Role string
+// Role is what a bearer token may do on the admin API: the admin
+// package's one Role type, named here for the configuration's readers.
+type Role = admin.Role
 
 // The roles, each allowed everything the previous one is.
 const (
-	RoleRead   Role = "read"   // GET only
-	RoleInvoke Role = "invoke" // also the invocation ingress
-	RoleAdmin  Role = "admin"  // everything, including changing limits
+	RoleRead   = admin.RoleRead   // GET only
+	RoleInvoke = admin.RoleInvoke // also the invocation ingress
+	RoleAdmin  = admin.RoleAdmin  // everything, including changing limits
 )
 
 // TokenConfig is one admin API token: a role and where its secret is kept,
@@ -336,6 +338,10 @@ func (c *Config) checkBroker(key, broker string, topic, stream bool) error {
 	}
 	return nil
 }
+
+// OnlyEmbedded reports whether the configuration's one broker is the
+// embedded NATS that an empty brokers section implies.
+func (c *Config) OnlyEmbedded() bool { return c.impliedEmbedded(consumer.EmbeddedBroker) }
 
 func (c *Config) impliedEmbedded(broker string) bool {
 	b := c.Brokers[broker]

@@ -40,10 +40,10 @@ const (
 // Source settings: SPEC §2.1 (stream) and §2.2 (async), with Lambda's ranges
 // and defaults where it has them.
 const (
-	DefaultBatchSize           = 100
+	DefaultBatchSize           = shard.DefaultBatchSize
 	MaxBatchSize               = 10000
 	MaxBatchingWindow          = 300 * time.Second
-	DefaultMaxBatchBytes       = 6 * shard.MiB
+	DefaultMaxBatchBytes       = shard.Bytes(shard.DefaultMaxBatchBytes)
 	MinMaxBatchBytes           = 1 * shard.KiB   // a smaller body could not hold one record with its envelope
 	MaxMaxBatchBytes           = 256 * shard.MiB // beyond this an HTTP body is almost surely a typo
 	MaxParallelizationFactor   = 10
@@ -482,7 +482,7 @@ func (c SourceConfig) Validate(key string) error {
 	case c.Topic != "" && c.Stream != "":
 		errs = append(errs, invalid(key, "topic (Kafka) and stream (NATS JetStream) are both set; use one"))
 	case c.Topic != "":
-		if !validTopic(c.Topic) {
+		if !shard.ValidTopic(c.Topic) {
 			add("topic", "%q is not a valid Kafka topic name (1..249 of a-z, A-Z, 0-9, \".\", \"_\", \"-\")", c.Topic)
 		}
 		if c.Subject != "" {
@@ -492,13 +492,13 @@ func (c SourceConfig) Validate(key string) error {
 			add("partitions", "not allowed with topic (Kafka partitions come from the topic)")
 		}
 	default:
-		if !validStream(c.Stream) {
+		if !shard.ValidStream(c.Stream) {
 			add("stream", "%q is not a valid stream name (no spaces, \".\", \"*\", \">\", \"/\" or \"\\\")", c.Stream)
 		}
 		switch {
 		case c.Subject == "":
 			add("subject", "required with stream (the subject published to, e.g. \"clicks.*\")")
-		case !validSubject(c.Subject):
+		case !shard.ValidSubject(c.Subject):
 			add("subject", "%q is not a valid subject (%s)", c.Subject, natsSubjectSyntax)
 		case c.Mode == ModeStream && !oneKeyToken(c.Subject):
 			add("subject", "%q %s", c.Subject, streamModeSubjectRequirement)
@@ -597,38 +597,6 @@ func oneOf(s string, set ...string) bool {
 }
 
 func lastPart(key string) string { return key[strings.LastIndexByte(key, '.')+1:] }
-
-// validTopic follows Kafka's rule for topic names.
-func validTopic(s string) bool {
-	if s == "" || len(s) > 249 || s == "." || s == ".." {
-		return false
-	}
-	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == ""
-}
-
-// validStream follows JetStream's rule for stream names.
-func validStream(s string) bool {
-	return s != "" && !strings.ContainsAny(s, " \t\r\n.*>/\\")
-}
-
-// validSubject checks NATS subject syntax, wildcards allowed.
-func validSubject(s string) bool {
-	if strings.ContainsAny(s, " \t\r\n") {
-		return false
-	}
-	tokens := strings.Split(s, ".")
-	for i, t := range tokens {
-		switch {
-		case t == "":
-			return false
-		case t == ">" && i != len(tokens)-1:
-			return false
-		case t != "*" && t != ">" && strings.ContainsAny(t, "*>"):
-			return false
-		}
-	}
-	return true
-}
 
 // oneKeyToken reports whether a stream-mode subject has exactly one "*"
 // token (the record key) and no ">".

@@ -65,11 +65,3 @@ func (c SourceConfig) WorkerConfig(name string) shard.WorkerConfig {
 type AsyncDeliverer interface {
 	Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result
 }
-
-// AsyncDelivererFunc adapts a function to AsyncDeliverer.
-type AsyncDelivererFunc func(ctx context.Context, rec shard.Record, attempt int) shard.Result
-
-// Deliver calls f.
-func (f AsyncDelivererFunc) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
-	return f(ctx, rec, attempt)
-}

@@ -14,6 +14,14 @@ type PartitionLoad struct {
 	IteratorAge time.Duration
 }
 
+// PartitionLoader is a stream source that reports the load of each of its
+// partitions (the per-partition metrics and the admin API's shard lags read
+// it); async sources have no shards and do not implement it.
+type PartitionLoader interface {
+	Name() string
+	PartitionLoads() []PartitionLoad
+}
+
 // partitionCollector is the per-partition breakdown of sluice_offset_lag
 // and sluice_iterator_age_seconds (config metrics.per_partition), read at
 // scrape time like shardCollector. Its series are bounded by the source's

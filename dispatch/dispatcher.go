@@ -16,11 +16,12 @@ import (
 // registered.
 var ErrUnknownFunction = errors.New("dispatch: unknown function")
 
-// Dispatcher invokes functions under the Limiter's limits. Stream shards and
+// Dispatcher invokes functions under the limits of its Limits engine (a
+// local Limiter unless WithLimits gives another). Stream shards and
 // async consumers call Invoke, which waits for slots; synchronous ingress
 // calls TryInvoke, which answers at once with the throttle reason.
 type Dispatcher struct {
-	lim     *Limiter
+	lim     Limits
 	log     *slog.Logger
 	metrics *metrics
 	tracer  trace.Tracer // nil: no spans (WithTracer)
@@ -38,11 +39,10 @@ type function struct {
 type Option func(*options)
 
 type options struct {
-	reg     prometheus.Registerer
-	log     *slog.Logger
-	limiter []LimiterOption
-	http    []HTTPOption
-	tracer  trace.Tracer
+	reg    prometheus.Registerer
+	log    *slog.Logger
+	limits Limits
+	tracer trace.Tracer
 }
 
 // WithRegisterer registers the dispatcher's metrics with reg (default: none).
@@ -51,14 +51,27 @@ func WithRegisterer(reg prometheus.Registerer) Option { return func(o *options) 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithLimiterOptions passes options to the Limiter.
-func WithLimiterOptions(opts ...LimiterOption) Option {
-	return func(o *options) { o.limiter = append(o.limiter, opts...) }
-}
+// WithLimits makes the Dispatcher take its slots from l instead of a local
+// Limiter built from the Config: the plug for a limit engine shared by
+// several processes. l must have been built from the same Config; the
+// Dispatcher owns it from then on and closes it in Close.
+func WithLimits(l Limits) Option { return func(o *options) { o.limits = l } }
 
-// WithHTTPOptions passes options to every HTTP function the Dispatcher builds.
-func WithHTTPOptions(opts ...HTTPOption) Option {
-	return func(o *options) { o.http = append(o.http, opts...) }
+// limitsFor returns the engine given by WithLimits, or a local Limiter of
+// cfg; either way cfg must be valid.
+func (o *options) limitsFor(cfg Config) (Limits, error) {
+	if o.limits == nil {
+		l, err := NewLimiter(cfg)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return l, nil
+	}
+	cfg.Account = cfg.Account.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return o.limits, nil
 }
 
 // New returns a Dispatcher for cfg. Every function of cfg with a URL gets an
@@ -69,7 +82,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	lim, err := NewLimiter(cfg, o.limiter...)
+	lim, err := o.limitsFor(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +107,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		if fc.ReservedConcurrency != nil {
 			conns = max(1, *fc.ReservedConcurrency)
 		}
-		h, err := NewHTTPFunction(name, fc, append([]HTTPOption{WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name))}, o.http...)...)
+		h, err := NewHTTPFunction(name, fc, WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name)))
 		if err != nil {
 			d.unregister(o.reg)
 			lim.Close()
@@ -116,8 +129,8 @@ func (d *Dispatcher) Register(name string, h Handler, timeout time.Duration) {
 	d.mu.Unlock()
 }
 
-// Limiter returns the limiter, for live changes and usage snapshots.
-func (d *Dispatcher) Limiter() *Limiter { return d.lim }
+// Limiter returns the limit engine, for live changes and usage snapshots.
+func (d *Dispatcher) Limiter() Limits { return d.lim }
 
 // Invoke runs req.Function once it holds the slots of its function and scopes,
 // waiting in line for them (ctx bounds the wait: a stream shard passes the age

@@ -17,7 +17,7 @@ type metrics struct {
 	collectors  []prometheus.Collector // what newMetrics registered
 }
 
-func newMetrics(reg prometheus.Registerer, lim *Limiter) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, lim Limits) (*metrics, error) {
 	m := &metrics{
 		throttles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_throttles_total",
@@ -110,7 +110,7 @@ var (
 
 // usageCollector reads the limiter's counts at scrape time, so the hot path
 // pays nothing for these gauges.
-type usageCollector struct{ lim *Limiter }
+type usageCollector struct{ lim Limits }
 
 func (c usageCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAccount, descUnreserved, descFunction, descWaiting, descExpired} {

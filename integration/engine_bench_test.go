@@ -249,7 +249,7 @@ func BenchmarkMemoryPerScope(b *testing.B) {
 			names[j] = []string{fmt.Sprintf("tenant-%05d", j)}
 		}
 		before := memInUse()
-		leases := make([]*dispatch.Lease, n)
+		leases := make([]dispatch.Lease, n)
 		for j := range leases {
 			if leases[j], err = lim.TryAcquire("f", names[j]); err != nil {
 				b.Fatalf("scope %d: %v", j, err)

@@ -144,24 +144,43 @@ type pendingRec struct {
 	done bool
 }
 
+// The shard engine's defaults, the one place they are set (the source
+// settings' defaults in package consumer are these).
+const (
+	DefaultBatchSize     = 100
+	DefaultMaxBatchBytes = 6 << 20
+	// minBuffer is the least Buffer by default.
+	minBuffer = 500
+)
+
+// WithDefaults returns c with the zero fields set to their defaults: a batch
+// of DefaultBatchSize up to DefaultMaxBatchBytes, one lane, no record age
+// limit, a Buffer of 2 × BatchSize × ParallelizationFactor (at least 500),
+// stream mode. NewWorker applies it; a source that sizes its fetches from
+// the worker's settings applies it first.
+func (c WorkerConfig) WithDefaults() WorkerConfig {
+	if c.BatchSize < 1 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	c.ParallelizationFactor = max(1, c.ParallelizationFactor)
+	if c.MaxRecordAge == 0 {
+		c.MaxRecordAge = -1 // the zero value must not expire every record at once; the config's range starts at 60s
+	}
+	if c.Buffer <= 0 {
+		c.Buffer = max(minBuffer, 2*c.BatchSize*c.ParallelizationFactor)
+	}
+	if c.Mode == "" {
+		c.Mode = "stream"
+	}
+	return c
+}
+
 // NewWorker returns a Worker for shard id. Run starts it.
 func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
-	if cfg.BatchSize < 1 {
-		cfg.BatchSize = 100
-	}
-	if cfg.MaxBatchBytes <= 0 {
-		cfg.MaxBatchBytes = 6 << 20
-	}
-	cfg.ParallelizationFactor = max(1, cfg.ParallelizationFactor)
-	if cfg.MaxRecordAge == 0 {
-		cfg.MaxRecordAge = -1 // the zero value must not expire every record at once; the config's range starts at 60s
-	}
-	if cfg.Buffer <= 0 {
-		cfg.Buffer = max(500, 2*cfg.BatchSize*cfg.ParallelizationFactor)
-	}
-	if cfg.Mode == "" {
-		cfg.Mode = "stream"
-	}
+	cfg = cfg.WithDefaults()
 	if h.Now == nil {
 		h.Now = time.Now
 	}

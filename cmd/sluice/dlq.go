@@ -199,7 +199,7 @@ func dlqSession(cmd *cobra.Command) (*config.Config, *slog.Logger, error) {
 
 // bareApp is an app without dispatcher or sources, for list and show.
 func bareApp(cfg *config.Config, log *slog.Logger) *app {
-	return &app{cfg: cfg, log: log, natsURL: map[string]string{}}
+	return &app{cfg: cfg, log: log}
 }
 
 func (a *app) closeConns() {
@@ -219,7 +219,7 @@ func (f *dlqFlags) load(cmd *cobra.Command, cfg *config.Config, log *slog.Logger
 	}
 	a := bareApp(cfg, log)
 	defer a.closeConns()
-	dests, err := a.openDestinations(names)
+	dests, err := a.openDestinations(cmd.Context(), names)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -414,7 +414,7 @@ func runReplay(cmd *cobra.Command, f *dlqFlags, rf *replayFlags) error {
 		return err
 	}
 	defer a.close()
-	dests, err := a.openDestinations(names)
+	dests, err := a.openDestinations(ctx, names)
 	if err != nil {
 		return err
 	}
@@ -442,10 +442,10 @@ func runReplay(cmd *cobra.Command, f *dlqFlags, rf *replayFlags) error {
 		return err
 	}
 
-	targets := &replayTargets{a: a}
-	deliver := targets.toFunction
+	targets := a.replayTargets()
+	deliver := targets.ToFunction
 	if rf.to == retention.ToSource {
-		deliver = targets.toSource
+		deliver = targets.ToSource
 	}
 	var total retention.ReplaySummary
 	skipped := 0

@@ -11,8 +11,6 @@ import (
 
 	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/consumer/kafka"
-	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/shard"
 	"github.com/sluicehq/sluice/telemetry"
@@ -82,30 +80,10 @@ func (a *app) wireObservability() error {
 // partitionLoads returns the name of a stream source and the reader of its
 // partitions' lag and iterator age; nil for a source without shards.
 func partitionLoads(src source) (string, func() []consumer.PartitionLoad) {
-	switch s := src.(type) {
-	case *kafka.Source:
-		return s.Name(), loadsOf(s.Shards, func(st *kafka.ShardStatus) consumer.PartitionLoad {
-			return consumer.PartitionLoad{Partition: st.Shard.Partition, Lag: st.Lag, IteratorAge: st.IteratorAge}
-		})
-	case *natssrc.Stream:
-		return s.Name(), loadsOf(s.Shards, func(st *natssrc.ShardStatus) consumer.PartitionLoad {
-			return consumer.PartitionLoad{Partition: st.Shard.Partition, Lag: st.Lag, IteratorAge: st.IteratorAge}
-		})
+	if l, ok := src.(consumer.PartitionLoader); ok {
+		return l.Name(), l.PartitionLoads
 	}
 	return "", nil
-}
-
-// loadsOf reads a source's shard statuses (of its own type) as
-// PartitionLoads.
-func loadsOf[T any](shards func() []T, load func(*T) consumer.PartitionLoad) func() []consumer.PartitionLoad {
-	return func() []consumer.PartitionLoad {
-		st := shards()
-		out := make([]consumer.PartitionLoad, len(st))
-		for i := range st {
-			out[i] = load(&st[i])
-		}
-		return out
-	}
 }
 
 // shardLags returns the lag of every shard of the stream sources, for the

@@ -157,7 +157,7 @@ func runQuickstart(ctx context.Context, out io.Writer) error {
 	ran := make(chan error, 1) // run's one result
 	go func() { ran <- a.run(ctx) }()
 
-	url, err := a.natsURLOf("local")
+	url, err := a.brokerURL("local")
 	if err != nil {
 		return err
 	}

@@ -109,21 +109,17 @@ type Async struct {
 	ensureMu sync.Mutex
 	ensured  bool
 
-	// mu guards everything below, and serializes the poll loop's feeding
-	// with assignment changes (as Source.mu).
-	mu   sync.Mutex
-	cond *sync.Cond // on mu: a poll round ended, or an event finished
+	// member is the group-member lifecycle (member.go); its mu guards the
+	// fields below too, and serializes the poll loop's feeding with
+	// assignment changes (as in Source). Its cond is also signalled when
+	// an event finished.
+	member[*apart]
 	// parts are the partitions (of every topic of the source) this member
 	// owns.
-	parts      map[topicPartition]*apart
-	pollCancel context.CancelFunc
-	round      uint64
-	active     int // events being handled (goroutines started by dispatchLocked)
-	running    bool
-	closing    bool
-	workCtx    context.Context
-	cl         *kgo.Client
-	prod       *kgo.Client
+	parts  map[topicPartition]*apart
+	active int // events being handled (goroutines started by dispatchLocked)
+	cl     *kgo.Client
+	prod   *kgo.Client
 
 	// unsettled counts the records started and not yet behind their
 	// partition's mark (see unsettledPerSlot): raised by startLocked,
@@ -257,7 +253,9 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 		commits:  newCommitter(),
 		metrics:  consumer.NewAsyncMetrics(name),
 	}
-	a.cond = sync.NewCond(&a.mu)
+	a.member = member[*apart]{log: a.log, commitTimeout: opts.CommitTimeout, what: "events",
+		startLocked: a.startPartsLocked, detachLocked: a.detachLocked, stop: a.stop}
+	a.init()
 	topics := []string{src.Topic}
 	for _, t := range tiers {
 		a.isRetry[t.topic] = true
@@ -365,16 +363,11 @@ func (a *Async) Ensure(ctx context.Context) error {
 // leaves the group and closes its clients. It returns an error only if it
 // could not start.
 func (a *Async) Run(ctx context.Context) error {
-	a.mu.Lock()
-	if a.running {
-		a.mu.Unlock()
-		return ErrRunning
+	stopWork, err := a.begin(ctx)
+	if err != nil {
+		return err
 	}
-	a.running = true
-	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
-	a.workCtx = workCtx
-	a.mu.Unlock()
 	if a.opts.Registerer != nil {
 		defer a.opts.Registerer.Unregister(a.metrics)
 	}
@@ -395,12 +388,7 @@ func (a *Async) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	a.log.Info("async source started", "group", a.group, "concurrency", a.opts.Concurrency, "retry_topics", a.RetryTopics())
 
-	commitCtx, stopCommits := context.WithCancel(context.WithoutCancel(ctx))
-	commitDone := make(chan struct{})
-	go func() {
-		defer close(commitDone)
-		a.commits.run(commitCtx, cl, a.opts.CommitTimeout, a.log)
-	}()
+	stopCommits := a.runCommits(ctx, cl, a.commits)
 	pollDone := make(chan struct{})
 	go func() {
 		defer close(pollDone)
@@ -411,19 +399,7 @@ func (a *Async) Run(ctx context.Context) error {
 	a.cond.Broadcast() // the poll loop may wait for a free slot
 	a.mu.Unlock()
 	<-pollDone
-
-	a.mu.Lock()
-	a.closing = true
-	parts := make([]*apart, 0, len(a.parts))
-	for tp, pt := range a.parts {
-		parts = append(parts, pt)
-		delete(a.parts, tp)
-	}
-	a.mu.Unlock()
-	a.stop(parts, false)
-	stopCommits()
-	<-commitDone
-	commitAndLeave(ctx, cl, a.opts.CommitTimeout, a.log, "the events after the last commit will be handled again")
+	a.shutdown(ctx, cl, stopCommits)
 	a.log.Info("async source stopped")
 	return nil
 }
@@ -433,47 +409,20 @@ func (a *Async) Run(ctx context.Context) error {
 // so the events held in memory stay bounded (records of retry partitions
 // that are not due yet are bounded apart: see feedLocked).
 func (a *Async) poll(ctx context.Context, cl *kgo.Client) {
-	for {
-		a.mu.Lock()
-		maxUnsettled := int64(unsettledPerSlot * a.opts.Concurrency)
+	maxUnsettled := int64(unsettledPerSlot * a.opts.Concurrency)
+	next := func() int {
 		for (a.active >= a.opts.Concurrency || a.unsettled.Load() >= maxUnsettled) && ctx.Err() == nil {
 			a.cond.Wait()
 		}
-		if ctx.Err() != nil {
-			a.mu.Unlock()
-			return
-		}
-		n := min(a.opts.Concurrency-a.active, int(maxUnsettled-a.unsettled.Load()))
-		pctx, cancel := context.WithCancel(ctx)
-		a.pollCancel = cancel
-		a.mu.Unlock()
-
-		fetches := cl.PollRecords(pctx, n)
-
-		a.mu.Lock()
-		a.pollCancel = nil
-		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-			pt := a.parts[topicPartition{fp.Topic, fp.Partition}]
-			if pt == nil || len(fp.Records) == 0 {
-				return // revoked since the fetch: not marked, read again by the next owner
-			}
-			a.feedLocked(pt, fp.Records)
-		})
-		a.round++
-		a.cond.Broadcast()
-		a.mu.Unlock()
-		cancel()
-
-		if fetches.IsClientClosed() {
-			return
-		}
-		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return
-			}
-			a.log.Warn("fetch error", "fetched_topic", topic, "partition", p, "error", err)
-		})
+		return min(a.opts.Concurrency-a.active, int(maxUnsettled-a.unsettled.Load()))
 	}
+	a.pollLoop(ctx, cl, next, func(fp kgo.FetchTopicPartition) {
+		pt := a.parts[topicPartition{fp.Topic, fp.Partition}]
+		if pt == nil || len(fp.Records) == 0 {
+			return // revoked since the fetch: not marked, read again by the next owner
+		}
+		a.feedLocked(pt, fp.Records)
+	})
 }
 
 // feedLocked takes fetched records of pt. A record of the source topic is
@@ -744,24 +693,15 @@ func (a *Async) settle(pt *apart, e *entry) {
 // Source.assigned does (a poll that began before an earlier revoke of the
 // same partition must not feed its stale records to the new owner state).
 func (a *Async) assigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
-	if len(assigned) == 0 {
-		return
+	if len(assigned) > 0 {
+		a.member.assigned(cl, assigned, assigned)
 	}
-	cl.ResumeFetchPartitions(assigned) // pauses persist across rebalances in franz-go
+}
 
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.pollCancel != nil {
-		r := a.round
-		a.pollCancel()
-		for a.round == r {
-			a.cond.Wait()
-		}
-	}
-	if a.closing || a.workCtx == nil {
-		return
-	}
-	for topic, ps := range assigned {
+// startPartsLocked takes up the partitions of m of the source topic and of
+// the retry topics that are new to this member. Called with a.mu held.
+func (a *Async) startPartsLocked(_ *kgo.Client, m map[string][]int32) {
+	for topic, ps := range m {
 		if topic != a.topic && !a.isRetry[topic] {
 			continue
 		}
@@ -774,43 +714,32 @@ func (a *Async) assigned(_ context.Context, cl *kgo.Client, assigned map[string]
 			a.parts[tp] = &apart{tp: tp, retry: a.isRetry[topic], ctx: ctx, cancel: cancel}
 		}
 	}
-	a.log.Info("partitions assigned", "partitions", assigned)
 }
 
 // revoked stops the revoked partitions' events (waiting for them, at most
 // StopTimeout), fences their marks, and commits what was marked, so the
 // next owner starts right after it.
 func (a *Async) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
-	parts := a.detach(revoked)
-	if len(parts) == 0 {
-		return
-	}
-	a.stop(parts, false)
-	cl.ResumeFetchPartitions(revoked)
-	cctx, cancel := context.WithTimeout(ctx, a.opts.CommitTimeout)
-	defer cancel()
-	if err := cl.CommitMarkedOffsets(cctx); err != nil {
-		a.log.Warn("commit at revoke failed; the next owner handles again what came after the previous commit", "error", err)
-	}
-	a.log.Info("partitions revoked", "partitions", revoked)
+	a.member.revoked(ctx, cl, revoked, revoked)
 }
 
 // lost stops the lost partitions' events with their marks fenced first:
 // the partitions may already be someone else's. Nothing is committed.
 func (a *Async) lost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
-	parts := a.detach(lost)
-	if len(parts) == 0 {
-		return
-	}
-	a.stop(parts, true)
-	cl.ResumeFetchPartitions(lost)
-	a.log.Warn("partitions lost; their events after the last commit will be handled again", "partitions", lost)
+	a.member.lost(cl, lost, lost)
 }
 
-func (a *Async) detach(m map[string][]int32) []*apart {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+// detachLocked removes the partitions of m (all of them when m is nil)
+// from a.parts and returns them. Called with a.mu held.
+func (a *Async) detachLocked(m map[string][]int32) []*apart {
 	var out []*apart
+	if m == nil {
+		for tp, pt := range a.parts {
+			out = append(out, pt)
+			delete(a.parts, tp)
+		}
+		return out
+	}
 	for topic, ps := range m {
 		for _, p := range ps {
 			tp := topicPartition{topic, p}

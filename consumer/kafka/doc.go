@@ -39,13 +39,15 @@
 // partition, Worker.Push, which never blocks); the lag refresher; the
 // committer; one goroutine per assigned partition (Worker.Run); and
 // franz-go's group goroutine, which calls the assigned/revoked/lost
-// callbacks. Source.mu
+// callbacks. The group-member lifecycle (start once, fence the poll loop on
+// assign, revoke, loss, the commit loop, shutdown) is written once, in
+// member.go, for the Source and the Async source alike. member.mu (Source.mu)
 // guards the partition table and the poll round; part.mu fences a worker's
 // hooks (mark, pause) against its revocation. Lock order: Source.mu, then a
 // Worker's lock (Push and Status), then part.mu (the Pause hook), then
 // franz-go's. No lock is held while waiting for a worker to stop. The
 // sequences that make a revoke, a loss and a re-assignment safe without
-// BlockRebalanceOnPoll are written out on Source.assigned and Source.revoked.
+// BlockRebalanceOnPoll are written out on member and Source.assigned.
 //
 // # Async sources
 //

@@ -36,19 +36,12 @@ type WriterOption func(*writerConfig)
 
 type writerConfig struct {
 	timeout time.Duration
-	opts    []kgo.Opt
 }
 
 // WithWriteTimeout sets how long one Append may take (default
 // DefaultWriteTimeout).
 func WithWriteTimeout(d time.Duration) WriterOption {
 	return func(c *writerConfig) { c.timeout = d }
-}
-
-// WithWriterClientOpts adds franz-go options to the Writer's client (tests,
-// TLS, SASL).
-func WithWriterClientOpts(opts ...kgo.Opt) WriterOption {
-	return func(c *writerConfig) { c.opts = append(c.opts, opts...) }
 }
 
 // NewWriter returns a Writer to topic on the cluster broker reaches. It does
@@ -85,7 +78,7 @@ func NewWriter(broker consumer.KafkaConfig, topic string, opts ...WriterOption) 
 		kgo.RecordDeliveryTimeout(c.timeout),
 		kgo.ProduceRequestTimeout(min(c.timeout, 10*time.Second)),
 	}
-	cl, err := newClient(broker, append(kopts, c.opts...)...)
+	cl, err := newClient(broker, kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: writer to %q: %w", topic, err)
 	}

@@ -69,10 +69,6 @@ func WithPort(port int) EmbeddedOption { return func(c *embeddedConfig) { c.port
 // WithHost sets the listen address (default 127.0.0.1).
 func WithHost(host string) EmbeddedOption { return func(c *embeddedConfig) { c.host = host } }
 
-// WithServerName sets the server's name (default "sluice-embedded").
-// JetStream keeps it in its metadata; keep it stable across restarts.
-func WithServerName(name string) EmbeddedOption { return func(c *embeddedConfig) { c.name = name } }
-
 // WithEmbeddedLogger sends the server's warnings and errors to l (its
 // notices at debug level); default: discarded.
 func WithEmbeddedLogger(l *slog.Logger) EmbeddedOption {

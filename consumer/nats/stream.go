@@ -180,18 +180,10 @@ func NewStream(name string, nc *natsgo.Conn, src consumer.SourceConfig, opts Str
 	if w.Source == "" {
 		w.Source = name
 	}
-	if w.Mode == "" {
-		w.Mode = string(consumer.ModeStream)
-	}
 	// The worker's own defaults, made explicit: the fetch sizes and the
 	// server's MaxAckPending are derived from them.
-	if w.BatchSize < 1 {
-		w.BatchSize = consumer.DefaultBatchSize
-	}
-	par := max(1, w.ParallelizationFactor)
-	if w.Buffer <= 0 {
-		w.Buffer = max(500, 2*w.BatchSize*par)
-	}
+	*w = w.WithDefaults()
+	par := w.ParallelizationFactor
 	s := &Stream{
 		name: name, nc: nc, js: js, src: src, pt: pt, opts: opts,
 		log:        opts.Logger.With("source", name, "stream", src.Stream),
@@ -1160,3 +1152,16 @@ func settleInOrder(ctx context.Context, nc *natsgo.Conn, msgs []heldMsg, body []
 	}
 	return nil
 }
+
+// PartitionLoads reports the lag and iterator age of every partition this
+// process owns (consumer.PartitionLoader).
+func (s *Stream) PartitionLoads() []consumer.PartitionLoad {
+	st := s.Shards()
+	out := make([]consumer.PartitionLoad, len(st))
+	for i := range st {
+		out[i] = consumer.PartitionLoad{Partition: st[i].Shard.Partition, Lag: st[i].Lag, IteratorAge: st[i].IteratorAge}
+	}
+	return out
+}
+
+var _ consumer.PartitionLoader = (*Stream)(nil)

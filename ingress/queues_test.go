@@ -1,4 +1,4 @@
-package main
+package ingress_test
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/consumer/kafka"
+	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/ingress"
 	"github.com/sluicehq/sluice/shard"
@@ -87,9 +89,13 @@ func TestEnqueueCarriesTheScopeTheWayTheSourceReadsIt(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			w := &recordingAppender{}
-			aq := &asyncQueue{source: "q", w: w, nats: c.nats,
-				sc: consumer.SourceConfig{Subject: c.subject, Scope: scope(c.scopeSpec)}}
-			q := &queueEnqueuer{functions: map[string]bool{"fn": true}, queues: map[string]*asyncQueue{"fn": aq}}
+			var addr ingress.EventAddresser = &kafka.Broker{}
+			if c.nats {
+				addr = &natssrc.Broker{}
+			}
+			aq := &ingress.Queue{Source: "q", Writer: w, Broker: addr,
+				Config: consumer.SourceConfig{Subject: c.subject, Scope: scope(c.scopeSpec)}}
+			q := ingress.NewQueues([]string{"fn"}, map[string]*ingress.Queue{"fn": aq})
 			h := http.Header{"Content-Type": {"text/plain"}, "Traceparent": {"00-abc-def-01"}}
 			id, err := q.Enqueue(context.Background(), "fn", c.scope, []byte("body"), h)
 			if c.wantErr != nil {
@@ -117,10 +123,8 @@ func TestEnqueueCarriesTheScopeTheWayTheSourceReadsIt(t *testing.T) {
 
 func TestEnqueueErrors(t *testing.T) {
 	down := errors.New("nats: no responders available for request")
-	q := &queueEnqueuer{
-		functions: map[string]bool{"fn": true, "plain": true},
-		queues:    map[string]*asyncQueue{"fn": {source: "q", w: &recordingAppender{err: down}}},
-	}
+	q := ingress.NewQueues([]string{"fn", "plain"},
+		map[string]*ingress.Queue{"fn": {Source: "q", Writer: &recordingAppender{err: down}, Broker: &kafka.Broker{}}})
 	ctx := context.Background()
 	if _, err := q.Enqueue(ctx, "nope", "", nil, http.Header{}); !errors.Is(err, dispatch.ErrUnknownFunction) {
 		t.Errorf("unknown function: %v", err)
