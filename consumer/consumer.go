@@ -58,18 +58,20 @@ func (c SourceConfig) WorkerConfig(name string) shard.WorkerConfig {
 // Kafka and JetStream async sources both call it, dispatch.AsyncDeliverer
 // implements it. attempt is 1 for the first function attempt; throttled
 // tries do not count. It blocks while the invocation waits for a concurrency
-// slot; ctx bounds that wait (the source passes the event's expiry) and
-// cancels the invocation at shutdown. Outcomes: Delivered; Throttled
+// slot, at most until waitUntil (the source passes the event's expiry; past
+// it the Result is Throttled). waitUntil never bounds the invocation itself,
+// which runs to its answer or the function's timeout. ctx cancels the wait
+// and the invocation at shutdown. Outcomes: Delivered; Throttled
 // (RetryAfter: wait at least that long); Failed (consumes an attempt);
 // Permanent (dead-letter at once). Partial counts as Failed.
 type AsyncDeliverer interface {
-	Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result
+	Deliver(ctx context.Context, rec shard.Record, attempt int, waitUntil time.Time) shard.Result
 }
 
 // AsyncDelivererFunc adapts a function to AsyncDeliverer.
-type AsyncDelivererFunc func(ctx context.Context, rec shard.Record, attempt int) shard.Result
+type AsyncDelivererFunc func(ctx context.Context, rec shard.Record, attempt int, waitUntil time.Time) shard.Result
 
 // Deliver calls f.
-func (f AsyncDelivererFunc) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
-	return f(ctx, rec, attempt)
+func (f AsyncDelivererFunc) Deliver(ctx context.Context, rec shard.Record, attempt int, waitUntil time.Time) shard.Result {
+	return f(ctx, rec, attempt, waitUntil)
 }

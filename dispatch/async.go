@@ -26,8 +26,10 @@ type AsyncDeliverer struct {
 	MaxSlotWait time.Duration
 }
 
-// Deliver invokes the function with rec as attempt number attempt.
-func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
+// Deliver invokes the function with rec as attempt number attempt, waiting
+// for a slot at most MaxSlotWait and until waitUntil (if not zero; the
+// event's expiry). Neither bounds the invocation once it started.
+func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt int, waitUntil time.Time) shard.Result {
 	req := &Request{
 		Function:       a.Function,
 		InvocationID:   newID(),
@@ -41,6 +43,7 @@ func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt 
 		ContentType: "application/octet-stream",
 		Body:        rec.Value,
 		MaxWait:     a.MaxSlotWait,
+		WaitUntil:   waitUntil,
 	}
 	if ct := header(&rec, "Content-Type"); ct != "" {
 		req.ContentType = ct

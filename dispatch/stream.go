@@ -52,6 +52,7 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.R
 		Body:               body,
 		Items:              items,
 		ReportItemFailures: s.ReportItemFailures,
+		WaitUntil:          d.WaitUntil,
 	}
 	if s.Scope != nil {
 		req.Scopes = scopesOfBatch(d.Records, s.Scope)

@@ -91,6 +91,8 @@ func TestStreamContract(t *testing.T) {
 		{"RecordAgeExpiry", contractRecordAgeExpiry},
 		{"PartialBatch", contractPartialBatch},
 		{"Kill9", contractKill9},
+		{"InvocationOutlivesRecordAge", contractInvocationOutlivesRecordAge},
+		{"NoRetryPastRecordAge", contractNoRetryPastRecordAge},
 	}
 	for _, be := range streamBackends() {
 		t.Run(be.Name(), func(t *testing.T) {
@@ -699,4 +701,205 @@ func acceptedPast(batches []*fnBatch, committed map[int32]int64) (ahead map[int3
 		}
 	}
 	return ahead, len(seen)
+}
+
+// The two record-age scenarios below need an invocation that is still
+// running when its records reach max_record_age (60 s, the smallest the
+// configuration allows) within the function's 30 s timeout. Where the broker
+// allows it (Kafka) the records are stamped 55 s in the past, so each
+// scenario takes about 10 s; JetStream stamps the time it stored a message,
+// so there the function throttles (429) until the oldest record is 40 s old
+// and each scenario takes about 65 s of real time (they run in parallel
+// with the rest of the contract, whose record-age expiry already waits 60 s).
+const (
+	ageLimit      = 60 * time.Second // max_record_age
+	ageThrottleTo = 40 * time.Second // the function answers 429 until the oldest record is this old
+)
+
+// ageGate answers 429 while the oldest record of b is younger than
+// ageThrottleTo, and reports whether it did.
+func ageGate(b *fnBatch) (fnAnswer, bool) {
+	oldest := b.Records[0].Timestamp
+	for _, r := range b.Records {
+		if r.Timestamp.Before(oldest) {
+			oldest = r.Timestamp
+		}
+	}
+	if b.At.Sub(oldest) < ageThrottleTo {
+		return fnAnswer{Status: http.StatusTooManyRequests, RetryAfter: "1"}, true
+	}
+	return fnAnswer{}, false
+}
+
+// sentYoung checks that no batch carried a record already past
+// max_record_age when the function received it.
+func sentYoung(t *testing.T, batches []*fnBatch) {
+	t.Helper()
+	for _, b := range batches {
+		for _, r := range b.Records {
+			if !b.At.Before(r.Timestamp.Add(ageLimit)) {
+				t.Errorf("batch %d (attempt %d, status %d) sent record %d at age %s, past max_record_age %s",
+					b.Seq, b.Attempt, b.Status, r.Offset, b.At.Sub(r.Timestamp).Round(time.Millisecond), ageLimit)
+			}
+		}
+	}
+}
+
+// zeroMetric checks that a counter sample is absent or 0.
+func zeroMetric(t *testing.T, p *sluiceProc, name string, labels map[string]string) {
+	t.Helper()
+	if n, err := p.metric(name, labels); err == nil && n != 0 {
+		t.Errorf("%s%v = %v, want 0", name, labels, n)
+	}
+}
+
+// contractInvocationOutlivesRecordAge: an invocation that is still running
+// when its records reach max_record_age is not cut short: the function's
+// answer (200, 3 s after the records passed 60 s) counts, the records are
+// delivered and committed, and nothing is dead-lettered. (Before the fix the
+// record age also bounded the running invocation: it was cut, counted as a
+// timeout, and the records were dead-lettered as RecordAgeExceeded although
+// the function had handled them.)
+func contractInvocationOutlivesRecordAge(t *testing.T, be streamBackend) {
+	env := be.Setup(t, 1)
+	var o produceOpts
+	if env.CanBackdate() {
+		stamp := time.Now().Add(-55 * time.Second).Truncate(time.Millisecond)
+		o.Timestamp = func(int) time.Time { return stamp }
+	}
+	recs := env.Produce(t, 3, o)
+	newest := recs[0].Timestamp
+	for _, r := range recs {
+		if r.Timestamp.After(newest) {
+			newest = r.Timestamp
+		}
+	}
+	answerAt := newest.Add(ageLimit + 3*time.Second) // every record past its age when the function answers
+
+	fn := newFnServer(t, func(b *fnBatch) fnAnswer {
+		if a, ok := ageGate(b); ok {
+			return a
+		}
+		return fnAnswer{Sleep: max(0, answerAt.Sub(b.At))}
+	})
+	source := uniqueName(t, "src")
+	cfg := env.Config(t, source, fn.URL(), map[string]any{"batch_size": 10, "max_record_age": "60s", "max_retry_attempts": 2})
+	p := startSluice(t, "sluice", cfg)
+
+	waitDelivered(t, fn, len(recs), time.Until(answerAt)+60*time.Second)
+	eventually(t, 30*time.Second, "the partition is committed to its end", func() error { return env.AllCommitted(t, source) })
+
+	batches := fn.snapshot()
+	sentYoung(t, batches)
+	var invoked []*fnBatch // the batches not answered 429
+	for _, b := range batches {
+		if b.Status != http.StatusTooManyRequests {
+			invoked = append(invoked, b)
+		}
+	}
+	if len(invoked) != 1 || invoked[0].Attempt != 1 || len(invoked[0].Records) != len(recs) {
+		t.Fatalf("%d invocations besides the throttled tries, want one (attempt 1, all %d records): %+v", len(invoked), len(recs), invoked)
+	}
+	if n, err := p.metric("sluice_invocations_total", map[string]string{"function": "fn", "outcome": "success"}); err != nil || n != 1 {
+		t.Errorf("sluice_invocations_total{outcome=\"success\"} = %v (%v), want 1", n, err)
+	}
+	zeroMetric(t, p, "sluice_invocations_total", map[string]string{"function": "fn", "outcome": "timeout"})
+	zeroMetric(t, p, "sluice_dead_letters_total", map[string]string{"source": source, "condition": "RecordAgeExceeded"})
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+	checkDeliveries(t, fn.snapshot(), recs, nil)
+	if dl := env.DeadLetters(t); len(dl) != 0 {
+		t.Errorf("%d records dead-lettered (first %s), want none: the function answered 200", len(dl), dl[0].Env.Condition)
+	}
+}
+
+// contractNoRetryPastRecordAge: a batch of two old records and a younger one
+// fails (500) after its two old records passed max_record_age. The old
+// records are dead-lettered as RecordAgeExceeded after that one attempt and
+// never sent again; the young one alone is retried as attempt 2 and
+// delivered. No batch ever carries a record past its max age.
+func contractNoRetryPastRecordAge(t *testing.T, be streamBackend) {
+	env := be.Setup(t, 1)
+	var recs []produced
+	if env.CanBackdate() {
+		now := time.Now().Truncate(time.Millisecond)
+		recs = env.Produce(t, 3, produceOpts{Timestamp: func(seq int) time.Time {
+			if seq < 2 {
+				return now.Add(-55 * time.Second)
+			}
+			return now.Add(-35 * time.Second)
+		}})
+	} else {
+		recs = env.Produce(t, 2, produceOpts{})
+		time.Sleep(20 * time.Second) // the third record is 20 s younger
+		recs = append(recs, env.Produce(t, 1, produceOpts{First: 2})...)
+	}
+	old, young := recs[:2], recs[2]
+	failAt := old[1].Timestamp.Add(ageLimit + 2*time.Second) // both old records past their age, the young one 42 s old
+
+	failed := false // guarded by the server's lock
+	fn := newFnServer(t, func(b *fnBatch) fnAnswer {
+		if a, ok := ageGate(b); ok {
+			return a
+		}
+		if !failed {
+			failed = true
+			return fnAnswer{Status: http.StatusInternalServerError, Sleep: max(0, failAt.Sub(b.At))}
+		}
+		return fnAnswer{}
+	})
+	source := uniqueName(t, "src")
+	cfg := env.Config(t, source, fn.URL(), map[string]any{"batch_size": 10, "max_record_age": "60s", "max_retry_attempts": 2})
+	p := startSluice(t, "sluice", cfg)
+
+	waitDelivered(t, fn, 1, time.Until(failAt)+60*time.Second)
+	var letters []deadLetter
+	eventually(t, 30*time.Second, "the old records are dead-lettered", func() error {
+		if letters = env.DeadLetters(t); len(letters) < len(old) {
+			return fmt.Errorf("%d dead letters, want %d", len(letters), len(old))
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "the partition is committed to its end", func() error { return env.AllCommitted(t, source) })
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+
+	batches := fn.snapshot()
+	sentYoung(t, batches)
+	var invoked []*fnBatch
+	for _, b := range batches {
+		if b.Status != http.StatusTooManyRequests {
+			invoked = append(invoked, b)
+		}
+	}
+	if len(invoked) != 2 {
+		t.Fatalf("%d invocations besides the throttled tries, want 2 (the failed batch, the young record's retry): %+v", len(invoked), invoked)
+	}
+	if b := invoked[0]; b.Status != http.StatusInternalServerError || b.Attempt != 1 || len(b.Records) != 3 {
+		t.Errorf("first invocation: status %d, attempt %d, %d records; want 500, 1, all 3", b.Status, b.Attempt, len(b.Records))
+	}
+	if b := invoked[1]; b.Status != http.StatusOK || b.Attempt != 2 || len(b.Records) != 1 || b.Records[0].Offset != young.Offset {
+		t.Errorf("the retry: status %d, attempt %d, offsets %v; want 200, attempt 2, only the young record %d", b.Status, b.Attempt, b.offsets(), young.Offset)
+	}
+	letters = env.DeadLetters(t)
+	if len(letters) != len(old) {
+		t.Errorf("%d dead letters, want %d (the old records)", len(letters), len(old))
+	}
+	for _, dl := range letters {
+		e := dl.Env
+		if e.Condition != shard.RecordAgeExceeded || e.Attempts != 1 || e.LastError.Status != http.StatusInternalServerError {
+			t.Errorf("record %d dead-lettered with %s after %d attempts, last error %+v; want RecordAgeExceeded after 1, the 500",
+				e.Record.Offset, e.Condition, e.Attempts, e.LastError)
+		}
+		if e.Record.Offset == young.Offset {
+			t.Errorf("the young record %d was dead-lettered", young.Offset)
+		}
+	}
+	skip := map[producedKey]bool{}
+	for _, r := range old {
+		skip[producedKey{r.Partition, r.Offset}] = true
+	}
+	checkDeliveries(t, batches, recs, skip)
 }

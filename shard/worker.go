@@ -577,28 +577,24 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 			}
 		}
 
-		// Wait for a slot no longer than the oldest record may live.
-		dctx, cancel := ctx, context.CancelFunc(func() {})
+		// Wait for a slot no longer than the oldest record may live; the
+		// invocation itself is bounded by the function's timeout only, so a
+		// record that ages while its function runs is still delivered (the
+		// check above runs before every attempt, never during one).
+		var waitUntil time.Time
 		if cfg.MaxRecordAge >= 0 {
-			oldest := recs[0].Timestamp
-			for _, r := range recs[1:] {
-				if r.Timestamp.Before(oldest) {
-					oldest = r.Timestamp
-				}
-			}
-			dctx, cancel = context.WithDeadline(ctx, oldest.Add(cfg.MaxRecordAge))
+			waitUntil = oldestOf(recs).Add(cfg.MaxRecordAge)
 		}
 		if at.first.IsZero() {
 			at.first = w.now()
 		}
-		res := w.h.Deliverer.Deliver(dctx, Delivery{
-			Shard: w.id, Records: recs, Attempt: at.n + 1,
+		res := w.h.Deliverer.Deliver(ctx, Delivery{
+			Shard: w.id, Records: recs, Attempt: at.n + 1, WaitUntil: waitUntil,
 			OnWait: func(reason string) {
 				l.setBlocked(true)
 				w.setState(StateThrottled, reason)
 			},
 		})
-		cancel()
 		at.last = w.now()
 
 		switch res.Outcome {
@@ -661,6 +657,18 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 	return true
 }
 
+// oldestOf returns the earliest timestamp of recs (not necessarily the
+// first's: a producer may stamp records out of order).
+func oldestOf(recs []Record) time.Time {
+	oldest := recs[0].Timestamp
+	for i := range recs[1:] {
+		if t := recs[i+1].Timestamp; t.Before(oldest) {
+			oldest = t
+		}
+	}
+	return oldest
+}
+
 // anyExpired reports whether a record of recs is past age at now; the usual
 // answer, no, then costs no allocation.
 func anyExpired(recs []Record, now time.Time, age time.Duration) bool {
@@ -680,11 +688,12 @@ func (l *lane) retryWait(ctx context.Context, at *attempts, recs []Record) bool 
 	return l.sleep(ctx, l.w.cfg.Backoff.Delay(at.n, rand.Float64()), recs)
 }
 
-// sleep waits d, cut short when the first of recs passes max_record_age
-// (the caller then dead-letters it). It reports false when ctx ended.
+// sleep waits d, cut short when the oldest of recs passes max_record_age
+// (the caller then dead-letters it before the next attempt). It reports
+// false when ctx ended.
 func (l *lane) sleep(ctx context.Context, d time.Duration, recs []Record) bool {
 	if age := l.w.cfg.MaxRecordAge; age >= 0 {
-		until := recs[0].Timestamp.Add(age).Sub(l.w.now())
+		until := oldestOf(recs).Add(age).Sub(l.w.now())
 		d = min(d, max(until, 0))
 	}
 	t := time.NewTimer(d)

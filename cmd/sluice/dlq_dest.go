@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 
@@ -157,7 +158,7 @@ func (t *replayTargets) toFunction(ctx context.Context, e *retention.Envelope) s
 		if !sc.Scope.IsNone() {
 			d.Scope = sc.Scope.Of
 		}
-		return d.Deliver(ctx, rec, attempt)
+		return d.Deliver(ctx, rec, attempt, time.Time{}) // replay: no age limit on the wait
 	}
 	sd, ok := t.a.streams[e.Source]
 	if !ok {

@@ -580,9 +580,9 @@ func (a *Async) handle(pt *apart, e *entry) {
 	if ev.first.IsZero() {
 		ev.first = now
 	}
-	dctx, cancel := context.WithDeadline(ctx, expiry)
-	res := a.opts.Deliverer.Deliver(dctx, ev.rec, ev.attempts+1)
-	cancel()
+	// The expiry bounds only the wait for a slot: an invocation that
+	// started runs to its answer, however old the event grows meanwhile.
+	res := a.opts.Deliverer.Deliver(ctx, ev.rec, ev.attempts+1, expiry)
 	ev.last = time.Now()
 	if res.Outcome != shard.Delivered && ctx.Err() != nil {
 		return // stopping: the outcome does not count; the event is read again

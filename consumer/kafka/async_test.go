@@ -38,7 +38,7 @@ func newAsyncFake(behave func(rec shard.Record, attempt int) shard.Result) *asyn
 	return &asyncFake{behave: behave, calls: map[int64][]asyncCall{}, ok: map[[2]int64]int{}}
 }
 
-func (f *asyncFake) Deliver(_ context.Context, rec shard.Record, attempt int) shard.Result {
+func (f *asyncFake) Deliver(_ context.Context, rec shard.Record, attempt int, _ time.Time) shard.Result {
 	f.mu.Lock()
 	f.calls[rec.Offset] = append(f.calls[rec.Offset], asyncCall{rec: rec, attempt: attempt, at: time.Now()})
 	f.mu.Unlock()

@@ -429,9 +429,9 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 	if st.First.IsZero() {
 		st.First = now
 	}
-	dctx, cancel := context.WithDeadline(ctx, expiry)
-	res := a.opts.Deliverer.Deliver(dctx, rec, attempts+1)
-	cancel()
+	// The expiry bounds only the wait for a slot: an invocation that
+	// started runs to its answer, however old the event grows meanwhile.
+	res := a.opts.Deliverer.Deliver(ctx, rec, attempts+1, expiry)
 	st.Last = time.Now()
 
 	switch res.Outcome {

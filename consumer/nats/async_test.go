@@ -33,7 +33,7 @@ type asyncRecorder struct {
 	hold   time.Duration
 }
 
-func (r *asyncRecorder) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
+func (r *asyncRecorder) Deliver(ctx context.Context, rec shard.Record, attempt int, _ time.Time) shard.Result {
 	cur := r.active.Add(1)
 	defer r.active.Add(-1)
 	for {
