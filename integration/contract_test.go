@@ -706,29 +706,61 @@ func acceptedPast(batches []*fnBatch, committed map[int32]int64) (ahead map[int3
 // The two record-age scenarios below need an invocation that is still
 // running when its records reach max_record_age (60 s, the smallest the
 // configuration allows) within the function's 30 s timeout. Where the broker
-// allows it (Kafka) the records are stamped 55 s in the past, so each
-// scenario takes about 10 s; JetStream stamps the time it stored a message,
-// so there the function throttles (429) until the oldest record is 40 s old
-// and each scenario takes about 65 s of real time (they run in parallel
-// with the rest of the contract, whose record-age expiry already waits 60 s).
+// allows it (Kafka) the records are stamped 45 s in the past and produced
+// once sluice consumes the partition (so the time sluice takes to start does
+// not age them), and each scenario takes about 20 s; JetStream stamps the
+// time it stored a message, so there the function throttles (429) until the
+// oldest record of a batch is 40 s old and each scenario takes about 65 s
+// of real time (they run in parallel with the rest of the contract, whose
+// record-age expiry already waits 60 s).
 const (
 	ageLimit      = 60 * time.Second // max_record_age
-	ageThrottleTo = 40 * time.Second // the function answers 429 until the oldest record is this old
+	ageBackdate   = 45 * time.Second // how old Kafka records are stamped
+	ageThrottleTo = 40 * time.Second // the function answers 429 until the oldest record of a batch is this old
 )
 
-// ageGate answers 429 while the oldest record of b is younger than
-// ageThrottleTo, and reports whether it did.
-func ageGate(b *fnBatch) (fnAnswer, bool) {
-	oldest := b.Records[0].Timestamp
+// stamps returns the oldest and newest record timestamps of b.
+func (b *fnBatch) stamps() (oldest, newest time.Time) {
+	oldest, newest = b.Records[0].Timestamp, b.Records[0].Timestamp
 	for _, r := range b.Records {
 		if r.Timestamp.Before(oldest) {
 			oldest = r.Timestamp
 		}
+		if r.Timestamp.After(newest) {
+			newest = r.Timestamp
+		}
 	}
-	if b.At.Sub(oldest) < ageThrottleTo {
+	return oldest, newest
+}
+
+// ageGate answers 429 while the oldest record of b is younger than
+// ageThrottleTo, and reports whether it did.
+func ageGate(b *fnBatch) (fnAnswer, bool) {
+	if oldest, _ := b.stamps(); b.At.Sub(oldest) < ageThrottleTo {
 		return fnAnswer{Status: http.StatusTooManyRequests, RetryAfter: "1"}, true
 	}
 	return fnAnswer{}, false
+}
+
+// startAged starts sluice over env and has the records produce writes
+// consumed by it: on a broker that can backdate, sluice starts first and
+// the records are produced once it owns the partition (produce gets the
+// time to stamp them relative to); elsewhere they are produced first.
+func startAged(t *testing.T, env streamEnv, cfg string, produce func(now time.Time) []produced) (*sluiceProc, []produced) {
+	t.Helper()
+	if !env.CanBackdate() {
+		recs := produce(time.Time{})
+		return startSluice(t, "sluice", cfg), recs
+	}
+	p := startSluice(t, "sluice", cfg)
+	eventually(t, 60*time.Second, "sluice owns the partition", func() error {
+		views, err := p.shards()
+		if err == nil && len(views) == 0 {
+			err = errors.New("no shard yet")
+		}
+		return err
+	})
+	return p, produce(time.Now().Truncate(time.Millisecond))
 }
 
 // sentYoung checks that no batch carried a record already past
@@ -762,31 +794,24 @@ func zeroMetric(t *testing.T, p *sluiceProc, name string, labels map[string]stri
 // the function had handled them.)
 func contractInvocationOutlivesRecordAge(t *testing.T, be streamBackend) {
 	env := be.Setup(t, 1)
-	var o produceOpts
-	if env.CanBackdate() {
-		stamp := time.Now().Add(-55 * time.Second).Truncate(time.Millisecond)
-		o.Timestamp = func(int) time.Time { return stamp }
-	}
-	recs := env.Produce(t, 3, o)
-	newest := recs[0].Timestamp
-	for _, r := range recs {
-		if r.Timestamp.After(newest) {
-			newest = r.Timestamp
-		}
-	}
-	answerAt := newest.Add(ageLimit + 3*time.Second) // every record past its age when the function answers
-
 	fn := newFnServer(t, func(b *fnBatch) fnAnswer {
 		if a, ok := ageGate(b); ok {
 			return a
 		}
-		return fnAnswer{Sleep: max(0, answerAt.Sub(b.At))}
+		_, newest := b.stamps() // answer once every record is past its age
+		return fnAnswer{Sleep: max(0, newest.Add(ageLimit+3*time.Second).Sub(b.At))}
 	})
 	source := uniqueName(t, "src")
 	cfg := env.Config(t, source, fn.URL(), map[string]any{"batch_size": 10, "max_record_age": "60s", "max_retry_attempts": 2})
-	p := startSluice(t, "sluice", cfg)
+	p, recs := startAged(t, env, cfg, func(now time.Time) []produced {
+		var o produceOpts
+		if !now.IsZero() {
+			o.Timestamp = func(int) time.Time { return now.Add(-ageBackdate) }
+		}
+		return env.Produce(t, 3, o)
+	})
 
-	waitDelivered(t, fn, len(recs), time.Until(answerAt)+60*time.Second)
+	waitDelivered(t, fn, len(recs), time.Until(recs[0].Timestamp.Add(ageLimit))+60*time.Second)
 	eventually(t, 30*time.Second, "the partition is committed to its end", func() error { return env.AllCommitted(t, source) })
 
 	batches := fn.snapshot()
@@ -814,30 +839,13 @@ func contractInvocationOutlivesRecordAge(t *testing.T, be streamBackend) {
 	}
 }
 
-// contractNoRetryPastRecordAge: a batch of two old records and a younger one
-// fails (500) after its two old records passed max_record_age. The old
-// records are dead-lettered as RecordAgeExceeded after that one attempt and
-// never sent again; the young one alone is retried as attempt 2 and
+// contractNoRetryPastRecordAge: a batch of two old records and one 20 s
+// younger fails (500) after its two old records passed max_record_age. The
+// old records are dead-lettered as RecordAgeExceeded after that one attempt
+// and never sent again; the young one alone is retried as attempt 2 and
 // delivered. No batch ever carries a record past its max age.
 func contractNoRetryPastRecordAge(t *testing.T, be streamBackend) {
 	env := be.Setup(t, 1)
-	var recs []produced
-	if env.CanBackdate() {
-		now := time.Now().Truncate(time.Millisecond)
-		recs = env.Produce(t, 3, produceOpts{Timestamp: func(seq int) time.Time {
-			if seq < 2 {
-				return now.Add(-55 * time.Second)
-			}
-			return now.Add(-35 * time.Second)
-		}})
-	} else {
-		recs = env.Produce(t, 2, produceOpts{})
-		time.Sleep(20 * time.Second) // the third record is 20 s younger
-		recs = append(recs, env.Produce(t, 1, produceOpts{First: 2})...)
-	}
-	old, young := recs[:2], recs[2]
-	failAt := old[1].Timestamp.Add(ageLimit + 2*time.Second) // both old records past their age, the young one 42 s old
-
 	failed := false // guarded by the server's lock
 	fn := newFnServer(t, func(b *fnBatch) fnAnswer {
 		if a, ok := ageGate(b); ok {
@@ -845,15 +853,30 @@ func contractNoRetryPastRecordAge(t *testing.T, be streamBackend) {
 		}
 		if !failed {
 			failed = true
-			return fnAnswer{Status: http.StatusInternalServerError, Sleep: max(0, failAt.Sub(b.At))}
+			// Answer once the old records are 62 s old (the young one 42 s).
+			oldest, _ := b.stamps()
+			return fnAnswer{Status: http.StatusInternalServerError, Sleep: max(0, oldest.Add(ageLimit+2*time.Second).Sub(b.At))}
 		}
 		return fnAnswer{}
 	})
 	source := uniqueName(t, "src")
 	cfg := env.Config(t, source, fn.URL(), map[string]any{"batch_size": 10, "max_record_age": "60s", "max_retry_attempts": 2})
-	p := startSluice(t, "sluice", cfg)
+	p, recs := startAged(t, env, cfg, func(now time.Time) []produced {
+		if !now.IsZero() {
+			return env.Produce(t, 3, produceOpts{Timestamp: func(seq int) time.Time {
+				if seq < 2 {
+					return now.Add(-ageBackdate)
+				}
+				return now.Add(-ageBackdate + 20*time.Second)
+			}})
+		}
+		recs := env.Produce(t, 2, produceOpts{})
+		time.Sleep(20 * time.Second) // the third record is 20 s younger
+		return append(recs, env.Produce(t, 1, produceOpts{First: 2})...)
+	})
+	old, young := recs[:2], recs[2]
 
-	waitDelivered(t, fn, 1, time.Until(failAt)+60*time.Second)
+	waitDelivered(t, fn, 1, time.Until(old[0].Timestamp.Add(ageLimit))+60*time.Second)
 	var letters []deadLetter
 	eventually(t, 30*time.Second, "the old records are dead-lettered", func() error {
 		if letters = env.DeadLetters(t); len(letters) < len(old) {
