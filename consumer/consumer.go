@@ -4,13 +4,14 @@ import (
 	"context"
 	"time"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
 // Of returns the scope of record r under s: its key, one of its headers (the
 // first of that name), a literal, or "" for none (and for a record without
 // the header).
-func (s Scope) Of(r *shard.Record) string {
+func (s Scope) Of(r *event.Record) string {
 	switch s.Kind {
 	case ScopeKey:
 		return string(r.Key)
@@ -45,7 +46,7 @@ func (c SourceConfig) WorkerConfig(name string) shard.WorkerConfig {
 		MaxRetryAttempts:      c.MaxRetryAttempts,
 		MaxRecordAge:          age,
 		BisectOnError:         c.BisectBatchOnError,
-		Backoff: shard.Backoff{
+		Backoff: event.Backoff{
 			Initial:    c.RetryBackoff.Initial,
 			Max:        c.RetryBackoff.Max,
 			Multiplier: c.RetryBackoff.Multiplier,
@@ -65,13 +66,13 @@ func (c SourceConfig) WorkerConfig(name string) shard.WorkerConfig {
 // (RetryAfter: wait at least that long); Failed (consumes an attempt);
 // Permanent (dead-letter at once). Partial counts as Failed.
 type AsyncDeliverer interface {
-	Deliver(ctx context.Context, rec shard.Record, attempt int, waitUntil time.Time) shard.Result
+	Deliver(ctx context.Context, rec event.Record, attempt int, waitUntil time.Time) event.Result
 }
 
 // AsyncDelivererFunc adapts a function to AsyncDeliverer.
-type AsyncDelivererFunc func(ctx context.Context, rec shard.Record, attempt int, waitUntil time.Time) shard.Result
+type AsyncDelivererFunc func(ctx context.Context, rec event.Record, attempt int, waitUntil time.Time) event.Result
 
 // Deliver calls f.
-func (f AsyncDelivererFunc) Deliver(ctx context.Context, rec shard.Record, attempt int, waitUntil time.Time) shard.Result {
+func (f AsyncDelivererFunc) Deliver(ctx context.Context, rec event.Record, attempt int, waitUntil time.Time) event.Result {
 	return f(ctx, rec, attempt, waitUntil)
 }

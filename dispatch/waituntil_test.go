@@ -7,6 +7,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -64,14 +65,14 @@ func TestDeliverersInvocationOutlivesExpiry(t *testing.T) {
 			}
 		}), 30*time.Second)
 		expiry := time.Now().Add(time.Second)
-		rec := shard.Record{Topic: "t", Offset: 7, Timestamp: time.Now(), Value: []byte("v")}
+		rec := event.Record{Topic: "t", Offset: 7, Timestamp: time.Now(), Value: []byte("v")}
 
-		s := &StreamDeliverer{D: d, Source: "s", Function: "f", Encode: func([]shard.Record) ([]byte, error) { return []byte("{}"), nil }}
-		if r := s.Deliver(context.Background(), shard.Delivery{Records: []shard.Record{rec}, Attempt: 1, WaitUntil: expiry}); r.Outcome != shard.Delivered {
+		s := &StreamDeliverer{D: d, Source: "s", Function: "f", Encode: func([]event.Record) ([]byte, error) { return []byte("{}"), nil }}
+		if r := s.Deliver(context.Background(), shard.Delivery{Records: []event.Record{rec}, Attempt: 1, WaitUntil: expiry}); r.Outcome != event.Delivered {
 			t.Errorf("stream: %+v, want Delivered", r)
 		}
 		a := &AsyncDeliverer{D: d, Source: "s", Function: "f", MaxSlotWait: time.Second}
-		if r := a.Deliver(context.Background(), rec, 1, expiry); r.Outcome != shard.Delivered {
+		if r := a.Deliver(context.Background(), rec, 1, expiry); r.Outcome != event.Delivered {
 			t.Errorf("async: %+v, want Delivered", r)
 		}
 	})

@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -336,7 +337,7 @@ func contractPoisonRecordBisect(t *testing.T, be streamBackend) {
 	}
 	dl := letters[0]
 	e := dl.Env
-	if e.Source != source || e.Function != "fn" || e.Mode != "stream" || e.Condition != shard.RetryAttemptsExhausted || e.Replays != 0 {
+	if e.Source != source || e.Function != "fn" || e.Mode != "stream" || e.Condition != event.RetryAttemptsExhausted || e.Replays != 0 {
 		t.Errorf("envelope source %q function %q mode %q condition %q replays %d, want %q fn stream RetryAttemptsExhausted 0",
 			e.Source, e.Function, e.Mode, e.Condition, e.Replays, source)
 	}
@@ -359,7 +360,7 @@ func contractPoisonRecordBisect(t *testing.T, be streamBackend) {
 	if !r.Timestamp.Equal(poison.Timestamp) {
 		t.Errorf("envelope record timestamp %s, want %s", r.Timestamp, poison.Timestamp)
 	}
-	if e.ID == "" || dl.Headers["sluice-condition"] != string(shard.RetryAttemptsExhausted) ||
+	if e.ID == "" || dl.Headers["sluice-condition"] != string(event.RetryAttemptsExhausted) ||
 		dl.Headers["sluice-source"] != source || dl.Headers["sluice-function"] != "fn" {
 		t.Errorf("dead letter id %q headers %v", e.ID, dl.Headers)
 	}
@@ -445,7 +446,7 @@ func contractRecordAgeExpiry(t *testing.T, be streamBackend) {
 	seen := map[int64]bool{}
 	for _, dl := range letters {
 		e := dl.Env
-		if e.Condition != shard.RecordAgeExceeded || e.Attempts != 0 {
+		if e.Condition != event.RecordAgeExceeded || e.Attempts != 0 {
 			t.Errorf("record %d dead-lettered with %s after %d attempts, want RecordAgeExceeded after 0 (throttles consume none)",
 				e.Record.Offset, e.Condition, e.Attempts)
 		}
@@ -912,7 +913,7 @@ func contractNoRetryPastRecordAge(t *testing.T, be streamBackend) {
 	}
 	for _, dl := range letters {
 		e := dl.Env
-		if e.Condition != shard.RecordAgeExceeded || e.Attempts != 1 || e.LastError.Status != http.StatusInternalServerError {
+		if e.Condition != event.RecordAgeExceeded || e.Attempts != 1 || e.LastError.Status != http.StatusInternalServerError {
 			t.Errorf("record %d dead-lettered with %s after %d attempts, last error %+v; want RecordAgeExceeded after 1, the 500",
 				e.Record.Offset, e.Condition, e.Attempts, e.LastError)
 		}

@@ -8,13 +8,15 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/sluicehq/sluice/event"
 )
 
 // ctxDeliverer is a Deliverer that, like a real one, runs its invocation
 // under the ctx it is given: an invocation taking run(d) is cut short if
 // ctx ends first (and then reports a timeout, as the dispatcher would).
 type ctxDeliverer struct {
-	run func(d Delivery, call int) (time.Duration, Result)
+	run func(d Delivery, call int) (time.Duration, event.Result)
 
 	mu    sync.Mutex
 	calls []expiryCall
@@ -29,7 +31,7 @@ type expiryCall struct {
 	cut       bool // ctx ended while the invocation ran
 }
 
-func (c *ctxDeliverer) Deliver(ctx context.Context, d Delivery) Result {
+func (c *ctxDeliverer) Deliver(ctx context.Context, d Delivery) event.Result {
 	call := expiryCall{at: time.Now(), attempt: d.Attempt, waitUntil: d.WaitUntil}
 	for _, r := range d.Records {
 		call.offsets = append(call.offsets, r.Offset)
@@ -45,7 +47,7 @@ func (c *ctxDeliverer) Deliver(ctx context.Context, d Delivery) Result {
 	case <-t.C:
 	case <-ctx.Done():
 		call.cut = true
-		res = Result{Outcome: Failed, Error: ErrorInfo{Kind: "timeout", Message: "cut short"}}
+		res = event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "timeout", Message: "cut short"}}
 	}
 	c.mu.Lock()
 	c.calls = append(c.calls, call)
@@ -68,10 +70,10 @@ func startExpiryWorker(t *testing.T, maxAttempts int, d *ctxDeliverer) (*Worker,
 	)
 	w := NewWorker(ID{Source: "orders", Partition: 2}, WorkerConfig{
 		Source: "orders", Function: "fn", BatchSize: 10, MaxRecordAge: time.Minute, MaxRetryAttempts: maxAttempts,
-		Backoff: Backoff{Initial: 100 * time.Millisecond, Max: time.Second, Multiplier: 2},
+		Backoff: event.Backoff{Initial: 100 * time.Millisecond, Max: time.Second, Multiplier: 2},
 	}, Hooks{
 		Deliverer: d, DeadLetterer: dlq, Logger: slog.New(slog.DiscardHandler),
-		Commit: func(r Record) { mu.Lock(); last = r.Offset; mu.Unlock() },
+		Commit: func(r event.Record) { mu.Lock(); last = r.Offset; mu.Unlock() },
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -88,8 +90,8 @@ func TestWorkerInvocationOutlivesRecordAge(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		start := time.Now()
 		stamp := start.Add(-50 * time.Second) // 10 s left
-		d := &ctxDeliverer{run: func(Delivery, int) (time.Duration, Result) {
-			return 20 * time.Second, Result{Outcome: Delivered}
+		d := &ctxDeliverer{run: func(Delivery, int) (time.Duration, event.Result) {
+			return 20 * time.Second, event.Result{Outcome: event.Delivered}
 		}}
 		w, dlq, last := startExpiryWorker(t, 2, d)
 		w.Push(records(0, 3, 1, stamp))
@@ -117,11 +119,11 @@ func TestWorkerNoRetryPastRecordAge(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		start := time.Now()
 		old, young := start.Add(-50*time.Second), start.Add(-30*time.Second)
-		d := &ctxDeliverer{run: func(_ Delivery, call int) (time.Duration, Result) {
+		d := &ctxDeliverer{run: func(_ Delivery, call int) (time.Duration, event.Result) {
 			if call == 1 {
-				return 20 * time.Second, Result{Outcome: Failed, Error: ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
+				return 20 * time.Second, event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
 			}
-			return time.Second, Result{Outcome: Delivered}
+			return time.Second, event.Result{Outcome: event.Delivered}
 		}}
 		w, dlq, last := startExpiryWorker(t, 2, d)
 		w.Push(append(records(0, 3, 1, old), records(3, 2, 1, young)...))
@@ -149,7 +151,7 @@ func TestWorkerNoRetryPastRecordAge(t *testing.T) {
 			t.Fatalf("%d dead letters, want the 3 old records", len(dl))
 		}
 		for _, l := range dl {
-			if l.Condition != RecordAgeExceeded || l.Attempts != 1 || l.LastError.Status != 500 || l.Record.Offset > 2 {
+			if l.Condition != event.RecordAgeExceeded || l.Attempts != 1 || l.LastError.Status != 500 || l.Record.Offset > 2 {
 				t.Errorf("dead letter of %d: %s after %d attempts, last error %+v; want RecordAgeExceeded after 1, the 500",
 					l.Record.Offset, l.Condition, l.Attempts, l.LastError)
 			}

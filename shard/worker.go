@@ -8,36 +8,9 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/event"
 )
-
-// Backoff bounds the waits between retries of a batch: Initial, multiplied by
-// Multiplier after each retry up to Max, each wait spread by ±Jitter.
-type Backoff struct {
-	Initial    time.Duration
-	Max        time.Duration
-	Multiplier float64
-	Jitter     float64
-}
-
-// Delay returns the wait before retry number n (1-based): a pure function of
-// n and a random draw r in [0,1), so it can be table-tested.
-func (b Backoff) Delay(n int, r float64) time.Duration {
-	if b.Initial <= 0 {
-		b.Initial = time.Second
-	}
-	if b.Max < b.Initial {
-		b.Max = b.Initial
-	}
-	if b.Multiplier < 1 {
-		b.Multiplier = 1
-	}
-	d := float64(b.Initial) * math.Pow(b.Multiplier, float64(max(0, n-1)))
-	d = min(d, float64(b.Max))
-	if b.Jitter > 0 {
-		d *= 1 + b.Jitter*(2*r-1)
-	}
-	return time.Duration(d)
-}
 
 // WorkerConfig is how one shard delivers: SPEC §2.1's settings.
 type WorkerConfig struct {
@@ -52,7 +25,7 @@ type WorkerConfig struct {
 	MaxRetryAttempts      int           // -1: infinite
 	MaxRecordAge          time.Duration // < 0 (or 0): infinite
 	BisectOnError         bool
-	Backoff               Backoff
+	Backoff               event.Backoff
 	// Buffer is how many records a shard may hold before it asks its source
 	// to stop fetching (default 2 × BatchSize × ParallelizationFactor, at
 	// least 500).
@@ -70,12 +43,12 @@ type Hooks struct {
 	Deliverer Deliverer
 	// DeadLetterer stores undeliverable records; nil means the records are
 	// dropped, counted and logged (a source without on_failure).
-	DeadLetterer DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Commit moves the shard's checkpoint: every record up to and including
 	// last was delivered or durably dead-lettered. Called from a lane's
 	// goroutine, serialized and in offset order, never for a record twice. It
 	// may block (e.g. until the broker confirms): the lane's next batch waits.
-	Commit func(last Record)
+	Commit func(last event.Record)
 	// Pause asks the source to stop (true) or restart (false) fetching this
 	// shard. Called on changes only, from the source's Push or the worker.
 	Pause  func(paused bool)
@@ -126,7 +99,7 @@ type Worker struct {
 	// was given, in order, without copying them (a source pushes thousands
 	// of records per poll; take hands out sub-slices of them). bufLen and
 	// bufBytes are its record count and estimated size.
-	buf      [][]Record
+	buf      [][]event.Record
 	bufLen   int
 	bufBytes int64
 	inflight int       // records taken by lanes, not yet checkpointed
@@ -140,7 +113,7 @@ type Worker struct {
 }
 
 type pendingRec struct {
-	rec  Record
+	rec  event.Record
 	done bool
 }
 
@@ -182,7 +155,7 @@ func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
 // the worker holds Buffer records (or BufferBytes) or more it asks the source
 // to pause. The worker keeps recs itself: the caller must not modify it
 // afterwards.
-func (w *Worker) Push(recs []Record) {
+func (w *Worker) Push(recs []event.Record) {
 	if len(recs) == 0 {
 		return
 	}
@@ -266,13 +239,13 @@ func (w *Worker) Run(ctx context.Context) {
 		w.runLane(ctx, nil)
 		return
 	}
-	lanes := make([]chan []Record, n)
+	lanes := make([]chan []event.Record, n)
 	var wg sync.WaitGroup
 	for i := range lanes {
 		// Capacity 1: the router hands a lane its next batch while the lane
 		// delivers the current one; the router then waits for that lane, which
 		// bounds in-flight records to two batches per lane.
-		lanes[i] = make(chan []Record, 1)
+		lanes[i] = make(chan []event.Record, 1)
 		wg.Go(func() { w.runLane(ctx, lanes[i]) })
 	}
 	w.route(ctx, lanes)
@@ -284,7 +257,7 @@ func (w *Worker) Run(ctx context.Context) {
 
 // route spreads buffered records over lanes by key, keeping each key's
 // records in order, in batches of at most BatchSize.
-func (w *Worker) route(ctx context.Context, lanes []chan []Record) {
+func (w *Worker) route(ctx context.Context, lanes []chan []event.Record) {
 	n := len(lanes)
 	for {
 		recs, ok := w.take(ctx, w.cfg.BatchSize*n, math.MaxInt64)
@@ -296,7 +269,7 @@ func (w *Worker) route(ctx context.Context, lanes []chan []Record) {
 			w.pending = append(w.pending, pendingRec{rec: r})
 		}
 		w.mu.Unlock()
-		parts := make([][]Record, n)
+		parts := make([][]event.Record, n)
 		for _, r := range recs {
 			i := laneOf(r.Key, n)
 			parts[i] = append(parts[i], r)
@@ -324,7 +297,7 @@ func laneOf(key []byte, n int) int {
 // take waits for records and returns up to maxRecs of them, within maxBytes
 // (at least one record), once there are enough or the batching window since
 // the first one has passed. It reports false when ctx ended.
-func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]Record, bool) {
+func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]event.Record, bool) {
 	var window <-chan time.Time
 	windowOver := w.cfg.BatchingWindow <= 0
 	for {
@@ -368,9 +341,9 @@ func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]Recor
 // after it. (A pushed slice's array lives until its last record is taken
 // and that batch ends: a shard may hold, beyond its counted records, the
 // delivered part of one pushed slice, at most one fetch's share.)
-func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]Record, int64) {
+func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]event.Record, int64) {
 	var (
-		out  []Record
+		out  []event.Record
 		size int64
 	)
 	for len(w.buf) > 0 && len(out) < maxRecs {
@@ -388,7 +361,7 @@ func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]Record, int64) {
 		case out == nil && (k < len(head) || len(w.buf) == 1 || k == maxRecs):
 			out = head[:k:k] // the whole batch is in this slice
 		case out == nil:
-			out = make([]Record, 0, min(maxRecs, w.bufLen))
+			out = make([]event.Record, 0, min(maxRecs, w.bufLen))
 			fallthrough
 		default:
 			out = append(out, head[:k]...)
@@ -411,9 +384,9 @@ func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]Record, int64) {
 // runLane delivers batches one at a time, in order. With in == nil it takes
 // records from the buffer itself (ParallelizationFactor 1); otherwise it
 // delivers what the router sends it.
-func (w *Worker) runLane(ctx context.Context, in <-chan []Record) {
+func (w *Worker) runLane(ctx context.Context, in <-chan []event.Record) {
 	for {
-		var recs []Record
+		var recs []event.Record
 		if in == nil {
 			var ok bool
 			if recs, ok = w.take(ctx, w.cfg.BatchSize, w.cfg.MaxBatchBytes); !ok {
@@ -443,8 +416,8 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []Record) {
 
 // splitBytes cuts recs into runs whose estimated size stays within limit; a
 // record larger than limit on its own is a run of one.
-func splitBytes(recs []Record, limit int64) [][]Record {
-	var out [][]Record
+func splitBytes(recs []event.Record, limit int64) [][]event.Record {
+	var out [][]event.Record
 	start, size := 0, int64(0)
 	for i := range recs {
 		s := recs[i].Size()
@@ -459,7 +432,7 @@ func splitBytes(recs []Record, limit int64) [][]Record {
 
 // done records that every record of b was delivered or dead-lettered and
 // moves the checkpoint as far as it may go.
-func (w *Worker) done(b []Record) {
+func (w *Worker) done(b []event.Record) {
 	// commitMu makes "compute the checkpoint, then Commit" one step, so two
 	// lanes finishing at once commit in offset order (20 must not follow 30).
 	w.commitMu.Lock()
@@ -471,7 +444,7 @@ func (w *Worker) done(b []Record) {
 	w.mu.Lock()
 	w.inflight -= len(b)
 	w.inBytes -= size
-	var last *Record
+	var last *event.Record
 	if w.cfg.ParallelizationFactor == 1 {
 		last = &b[len(b)-1]
 	} else {
@@ -520,7 +493,7 @@ type attempts struct {
 	n       int // function attempts that failed
 	first   time.Time
 	last    time.Time
-	lastErr ErrorInfo
+	lastErr event.ErrorInfo
 }
 
 // lane is one sequential deliverer of a shard.
@@ -547,7 +520,7 @@ func (l *lane) setBlocked(b bool) {
 
 // process delivers recs until each is delivered or dead-lettered; it reports
 // false when ctx ended first (then nothing of recs may be checkpointed).
-func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
+func (l *lane) process(ctx context.Context, recs []event.Record, at *attempts) bool {
 	w := l.w
 	cfg := &w.cfg
 	throttles := 0
@@ -556,11 +529,11 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 			return false
 		}
 		if len(recs) == 1 && recs[0].Size() > cfg.MaxBatchBytes {
-			return l.deadLetter(ctx, recs, RecordTooLarge, at)
+			return l.deadLetter(ctx, recs, event.RecordTooLarge, at)
 		}
 		// Records past max_record_age are dead-lettered, not delivered.
 		if now := w.now(); cfg.MaxRecordAge >= 0 && anyExpired(recs, now, cfg.MaxRecordAge) {
-			var live, expired []Record
+			var live, expired []event.Record
 			for _, r := range recs {
 				if !r.Timestamp.Add(cfg.MaxRecordAge).After(now) {
 					expired = append(expired, r)
@@ -569,7 +542,7 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 				}
 			}
 			if len(expired) > 0 {
-				if !l.deadLetter(ctx, expired, RecordAgeExceeded, at) {
+				if !l.deadLetter(ctx, expired, event.RecordAgeExceeded, at) {
 					return false
 				}
 				recs = live
@@ -598,11 +571,11 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 		at.last = w.now()
 
 		switch res.Outcome {
-		case Delivered:
+		case event.Delivered:
 			w.delivered(len(recs))
 			return true
 
-		case Throttled:
+		case event.Throttled:
 			if ctx.Err() != nil {
 				return false
 			}
@@ -616,7 +589,7 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 				return false
 			}
 
-		case Partial:
+		case event.Partial:
 			if res.FailedFrom > 0 && res.FailedFrom < len(recs) {
 				w.delivered(res.FailedFrom)
 				recs = recs[res.FailedFrom:]
@@ -624,13 +597,13 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 			at.n++
 			at.lastErr = res.Error
 			if cfg.MaxRetryAttempts >= 0 && at.n > cfg.MaxRetryAttempts {
-				return l.deadLetter(ctx, recs, RetryAttemptsExhausted, at)
+				return l.deadLetter(ctx, recs, event.RetryAttemptsExhausted, at)
 			}
 			if !l.retryWait(ctx, at, recs) {
 				return false
 			}
 
-		case Failed, Permanent:
+		case event.Failed, event.Permanent:
 			at.lastErr = res.Error
 			if cfg.BisectOnError && len(recs) > 1 {
 				// Split and deliver each half on its own, in order: the
@@ -641,13 +614,13 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 				}
 				return l.process(ctx, recs[half:], &attempts{})
 			}
-			if res.Outcome == Permanent {
+			if res.Outcome == event.Permanent {
 				at.n++
-				return l.deadLetter(ctx, recs, PermanentError, at)
+				return l.deadLetter(ctx, recs, event.PermanentError, at)
 			}
 			at.n++
 			if cfg.MaxRetryAttempts >= 0 && at.n > cfg.MaxRetryAttempts {
-				return l.deadLetter(ctx, recs, RetryAttemptsExhausted, at)
+				return l.deadLetter(ctx, recs, event.RetryAttemptsExhausted, at)
 			}
 			if !l.retryWait(ctx, at, recs) {
 				return false
@@ -659,7 +632,7 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 
 // oldestOf returns the earliest timestamp of recs (not necessarily the
 // first's: a producer may stamp records out of order).
-func oldestOf(recs []Record) time.Time {
+func oldestOf(recs []event.Record) time.Time {
 	oldest := recs[0].Timestamp
 	for i := range recs[1:] {
 		if t := recs[i+1].Timestamp; t.Before(oldest) {
@@ -671,7 +644,7 @@ func oldestOf(recs []Record) time.Time {
 
 // anyExpired reports whether a record of recs is past age at now; the usual
 // answer, no, then costs no allocation.
-func anyExpired(recs []Record, now time.Time, age time.Duration) bool {
+func anyExpired(recs []event.Record, now time.Time, age time.Duration) bool {
 	for i := range recs {
 		if !recs[i].Timestamp.Add(age).After(now) {
 			return true
@@ -682,7 +655,7 @@ func anyExpired(recs []Record, now time.Time, age time.Duration) bool {
 
 // retryWait backs off after a function error; the shard shows as retrying
 // and stops fetching meanwhile.
-func (l *lane) retryWait(ctx context.Context, at *attempts, recs []Record) bool {
+func (l *lane) retryWait(ctx context.Context, at *attempts, recs []event.Record) bool {
 	l.setBlocked(true)
 	l.w.setState(StateRetrying, at.lastErr.Kind)
 	return l.sleep(ctx, l.w.cfg.Backoff.Delay(at.n, rand.Float64()), recs)
@@ -691,7 +664,7 @@ func (l *lane) retryWait(ctx context.Context, at *attempts, recs []Record) bool 
 // sleep waits d, cut short when the oldest of recs passes max_record_age
 // (the caller then dead-letters it before the next attempt). It reports
 // false when ctx ended.
-func (l *lane) sleep(ctx context.Context, d time.Duration, recs []Record) bool {
+func (l *lane) sleep(ctx context.Context, d time.Duration, recs []event.Record) bool {
 	if age := l.w.cfg.MaxRecordAge; age >= 0 {
 		until := oldestOf(recs).Add(age).Sub(l.w.now())
 		d = min(d, max(until, 0))
@@ -709,7 +682,7 @@ func (l *lane) sleep(ctx context.Context, d time.Duration, recs []Record) bool {
 // deadLetter stores recs with condition, retrying until it succeeds or ctx
 // ends (false): a shard whose dead letters cannot be written blocks, and
 // nothing is checkpointed past them.
-func (l *lane) deadLetter(ctx context.Context, recs []Record, cond Condition, at *attempts) bool {
+func (l *lane) deadLetter(ctx context.Context, recs []event.Record, cond event.Condition, at *attempts) bool {
 	w := l.w
 	if w.h.DeadLetterer == nil {
 		w.log.Warn("dropping undeliverable records: the source has no on_failure destination",
@@ -728,9 +701,9 @@ func (l *lane) deadLetter(ctx context.Context, recs []Record, cond Condition, at
 	if last.IsZero() {
 		last = now
 	}
-	letters := make([]DeadLetter, len(recs))
+	letters := make([]event.DeadLetter, len(recs))
 	for i, r := range recs {
-		letters[i] = DeadLetter{
+		letters[i] = event.DeadLetter{
 			Source: w.cfg.Source, Function: w.cfg.Function, Mode: w.cfg.Mode,
 			Condition: cond, Attempts: at.n, FirstAttemptAt: first, LastAttemptAt: last,
 			LastError: at.lastErr, Record: r,

@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/consumer/kafka"
 	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
 	"github.com/sluicehq/sluice/shard"
 )
@@ -141,7 +142,7 @@ type replayTargets struct {
 // toFunction invokes e's function with the original record: a stream letter
 // as a one-record batch encoded as its source encodes batches, an async
 // letter as the raw payload, both through the dispatcher's limits.
-func (t *replayTargets) toFunction(ctx context.Context, e *retention.Envelope) shard.Result {
+func (t *replayTargets) toFunction(ctx context.Context, e *retention.Envelope) event.Result {
 	sc, ok := t.a.cfg.Sources[e.Source]
 	if !ok {
 		return notReplayable("source %q is not in the configuration", e.Source)
@@ -166,22 +167,22 @@ func (t *replayTargets) toFunction(ctx context.Context, e *retention.Envelope) s
 	}
 	d := *sd
 	d.Function = e.Function // the function that failed it, even if the source points elsewhere now
-	return d.Deliver(ctx, shard.Delivery{Records: []shard.Record{rec}, Attempt: attempt})
+	return d.Deliver(ctx, shard.Delivery{Records: []event.Record{rec}, Attempt: attempt})
 }
 
 // toSource appends e's original record (key, value, headers) to its source's
 // topic or stream again, for the source to consume as new.
-func (t *replayTargets) toSource(ctx context.Context, e *retention.Envelope) shard.Result {
+func (t *replayTargets) toSource(ctx context.Context, e *retention.Envelope) event.Result {
 	w, err := t.sourceWriter(ctx, e)
 	if err != nil {
-		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "connection", Message: err.Error()}}
+		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "connection", Message: err.Error()}}
 	}
 	rec := envelopeRecord(e)
 	rec.Topic, rec.Partition, rec.Offset = "", 0, 0
-	if err := w.Append(ctx, []shard.Record{rec}); err != nil {
-		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "connection", Message: err.Error()}}
+	if err := w.Append(ctx, []event.Record{rec}); err != nil {
+		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "connection", Message: err.Error()}}
 	}
-	return shard.Result{Outcome: shard.Delivered}
+	return event.Result{Outcome: event.Delivered}
 }
 
 // sourceWriter returns (once per source) a writer to the topic or stream
@@ -258,16 +259,16 @@ func (t *replayTargets) newSourceWriter(ctx context.Context, e *retention.Envelo
 }
 
 // envelopeRecord is the original record a letter carries.
-func envelopeRecord(e *retention.Envelope) shard.Record {
+func envelopeRecord(e *retention.Envelope) event.Record {
 	r := e.Record
-	rec := shard.Record{Topic: r.Topic, Subject: r.Subject, Partition: r.Partition, Offset: r.Offset,
+	rec := event.Record{Topic: r.Topic, Subject: r.Subject, Partition: r.Partition, Offset: r.Offset,
 		Timestamp: r.Timestamp, Key: r.Key, Value: r.Value}
 	for _, h := range r.Headers {
-		rec.Headers = append(rec.Headers, shard.Header{Key: h.Key, Value: h.Value})
+		rec.Headers = append(rec.Headers, event.Header{Key: h.Key, Value: h.Value})
 	}
 	return rec
 }
 
-func notReplayable(format string, args ...any) shard.Result {
-	return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "replay", Message: fmt.Sprintf(format, args...)}}
+func notReplayable(format string, args ...any) event.Result {
+	return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "replay", Message: fmt.Sprintf(format, args...)}}
 }

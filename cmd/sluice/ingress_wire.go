@@ -11,8 +11,8 @@ import (
 	"github.com/sluicehq/sluice/consumer/kafka"
 	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/ingress"
-	"github.com/sluicehq/sluice/shard"
 )
 
 // wireIngress builds the HTTP ingress (SPEC §2.3) that the admin API mounts:
@@ -30,7 +30,7 @@ func (a *app) wireIngress() error {
 
 // appender durably writes records: kafka.Writer and nats.Writer.
 type appender interface {
-	Append(ctx context.Context, recs []shard.Record) error
+	Append(ctx context.Context, recs []event.Record) error
 }
 
 // asyncQueue is where the ingress appends one function's async events: the
@@ -124,8 +124,8 @@ func (q *queueEnqueuer) Enqueue(ctx context.Context, fn, scope string, body []by
 		return "", fmt.Errorf("%w: functions.%s.async_queue is not set (it names an async source of %s)", ingress.ErrNoQueue, fn, fn)
 	}
 	id := ingress.NewID()
-	rec := shard.Record{Key: []byte(id), Value: body,
-		Headers: []shard.Header{{Key: ingress.HeaderInvocationID, Value: []byte(id)}}}
+	rec := event.Record{Key: []byte(id), Value: body,
+		Headers: []event.Header{{Key: ingress.HeaderInvocationID, Value: []byte(id)}}}
 	if aq.sc.Scope.Kind == consumer.ScopeKey {
 		// The key is the scope here, so an unscoped event has none:
 		// the id as key would make each event a scope of its own.
@@ -133,16 +133,16 @@ func (q *queueEnqueuer) Enqueue(ctx context.Context, fn, scope string, body []by
 	}
 	// The header names the async deliverer reads (dispatch.AsyncDeliverer).
 	if v := header.Get("Content-Type"); v != "" {
-		rec.Headers = append(rec.Headers, shard.Header{Key: "Content-Type", Value: []byte(v)})
+		rec.Headers = append(rec.Headers, event.Header{Key: "Content-Type", Value: []byte(v)})
 	}
 	if v := header.Get("Traceparent"); v != "" {
-		rec.Headers = append(rec.Headers, shard.Header{Key: "traceparent", Value: []byte(v)})
+		rec.Headers = append(rec.Headers, event.Header{Key: "traceparent", Value: []byte(v)})
 	}
 	if scope != "" {
 		s := aq.sc.Scope
 		switch {
 		case s.Kind == consumer.ScopeHeader:
-			rec.Headers = append(rec.Headers, shard.Header{Key: s.Arg, Value: []byte(scope)})
+			rec.Headers = append(rec.Headers, event.Header{Key: s.Arg, Value: []byte(scope)})
 		case s.Kind == consumer.ScopeKey && !aq.nats: // JetStream async records have no key
 			rec.Key = []byte(scope)
 		case s.Kind == consumer.ScopeLiteral && s.Arg == scope:
@@ -153,9 +153,9 @@ func (q *queueEnqueuer) Enqueue(ctx context.Context, fn, scope string, body []by
 	}
 	if aq.nats {
 		rec.Subject = concreteSubject(aq.sc.Subject, id)
-		rec.Headers = append(rec.Headers, shard.Header{Key: "Nats-Msg-Id", Value: []byte(id)})
+		rec.Headers = append(rec.Headers, event.Header{Key: "Nats-Msg-Id", Value: []byte(id)})
 	}
-	if err := aq.w.Append(ctx, []shard.Record{rec}); err != nil {
+	if err := aq.w.Append(ctx, []event.Record{rec}); err != nil {
 		return "", fmt.Errorf("run: async_queue %s: %w", aq.source, err)
 	}
 	return id, nil

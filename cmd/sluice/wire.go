@@ -26,6 +26,7 @@ import (
 	"github.com/sluicehq/sluice/consumer/kafka"
 	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
 	"github.com/sluicehq/sluice/shard"
 )
@@ -132,8 +133,8 @@ func (a *app) wireSources(ctx context.Context) error {
 		return nc, nil
 	}
 
-	stores := map[string]shard.DeadLetterer{}
-	deadLetterer := func(name string) (shard.DeadLetterer, error) {
+	stores := map[string]event.DeadLetterer{}
+	deadLetterer := func(name string) (event.DeadLetterer, error) {
 		if name == "" {
 			return nil, nil // no on_failure: undeliverable records are dropped, counted and logged
 		}
@@ -164,11 +165,11 @@ func (a *app) wireSources(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		var scope func(*shard.Record) string
+		var scope func(*event.Record) string
 		if !sc.Scope.IsNone() {
 			scope = sc.Scope.Of
 		}
-		stream := func(encode func([]shard.Record) ([]byte, error)) *dispatch.StreamDeliverer {
+		stream := func(encode func([]event.Record) ([]byte, error)) *dispatch.StreamDeliverer {
 			d := &dispatch.StreamDeliverer{D: a.disp, Source: name, Function: sc.Function, Encode: encode,
 				Scope: scope, ReportItemFailures: sc.ReportBatchItemFailures}
 			a.recordStream(name, d)
@@ -184,7 +185,7 @@ func (a *app) wireSources(ctx context.Context) error {
 			bootstrap := strings.Join(b.Kafka.Seeds, ",")
 			src, err = kafka.New(name, *b.Kafka, sc, kafka.Options{
 				Worker:       sc.WorkerConfig(name),
-				Deliverer:    stream(func(recs []shard.Record) ([]byte, error) { return kafka.EncodeEvent(bootstrap, recs) }),
+				Deliverer:    stream(func(recs []event.Record) ([]byte, error) { return kafka.EncodeEvent(bootstrap, recs) }),
 				DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
 			})
 		case b.Kafka != nil:
@@ -200,7 +201,7 @@ func (a *app) wireSources(ctx context.Context) error {
 			if sc.Mode == consumer.ModeStream {
 				src, err = natssrc.NewStream(name, nc, sc, natssrc.StreamOptions{
 					Worker:       sc.WorkerConfig(name),
-					Deliverer:    stream(func(recs []shard.Record) ([]byte, error) { return natssrc.EncodeEvent(sc.Stream, recs) }),
+					Deliverer:    stream(func(recs []event.Record) ([]byte, error) { return natssrc.EncodeEvent(sc.Stream, recs) }),
 					AckWait:      b.NATS.AckWait, // and the pin TTL, 2 × AckWait
 					DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
 				})

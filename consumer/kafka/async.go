@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -50,7 +51,7 @@ type AsyncOptions struct {
 	Deliverer consumer.AsyncDeliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics.
@@ -96,7 +97,7 @@ type Async struct {
 	src      consumer.SourceConfig
 	opts     AsyncOptions
 	log      *slog.Logger
-	backoff  shard.Backoff
+	backoff  event.Backoff
 	maxAge   time.Duration
 	attempts int // max_retry_attempts
 	tiers    []retryTier
@@ -188,7 +189,7 @@ type apart struct {
 // entry is one fetched record.
 type entry struct {
 	kr   *kgo.Record
-	ev   event
+	ev   retryEvent
 	err  error // reading its retry headers failed (see eventOf)
 	done bool  // delivered, moved to a retry topic or dead-lettered; guarded by apart.mu
 }
@@ -248,7 +249,7 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 	a := &Async{
 		name: name, topic: src.Topic, group: opts.Group, broker: broker, src: src, opts: opts,
 		log:      opts.Logger.With("source", name, "topic", src.Topic),
-		backoff:  shard.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
+		backoff:  event.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
 		maxAge:   src.MaxEventAge,
 		attempts: src.MaxRetryAttempts,
 		tiers:    tiers,
@@ -570,11 +571,11 @@ func (a *Async) handle(pt *apart, e *entry) {
 	expiry := ev.rec.Timestamp.Add(a.maxAge)
 	switch {
 	case !now.Before(expiry):
-		a.giveUp(pt, e, &ev, shard.EventAgeExceeded)
+		a.giveUp(pt, e, &ev, event.EventAgeExceeded)
 		return
 	case ev.attempts > a.attempts:
 		// max_retry_attempts was lowered since the event was retried.
-		a.giveUp(pt, e, &ev, shard.RetryAttemptsExhausted)
+		a.giveUp(pt, e, &ev, event.RetryAttemptsExhausted)
 		return
 	}
 	if ev.first.IsZero() {
@@ -584,20 +585,20 @@ func (a *Async) handle(pt *apart, e *entry) {
 	// started runs to its answer, however old the event grows meanwhile.
 	res := a.opts.Deliverer.Deliver(ctx, ev.rec, ev.attempts+1, expiry)
 	ev.last = time.Now()
-	if res.Outcome != shard.Delivered && ctx.Err() != nil {
+	if res.Outcome != event.Delivered && ctx.Err() != nil {
 		return // stopping: the outcome does not count; the event is read again
 	}
 
 	switch res.Outcome {
-	case shard.Delivered:
+	case event.Delivered:
 		a.settle(pt, e)
 
-	case shard.Throttled:
+	case event.Throttled:
 		if !ev.last.Before(expiry) {
 			if ev.lastError.Message == "" || res.Error.Kind != "cancelled" {
 				ev.lastError = res.Error
 			}
-			a.giveUp(pt, e, &ev, shard.EventAgeExceeded)
+			a.giveUp(pt, e, &ev, event.EventAgeExceeded)
 			return
 		}
 		ev.throttles++
@@ -605,26 +606,26 @@ func (a *Async) handle(pt *apart, e *entry) {
 		delay := max(a.backoff.Delay(ev.throttles, rand.Float64()), min(res.RetryAfter, maxRetryAfter))
 		a.retry(pt, e, &ev, delay, expiry)
 
-	case shard.Failed, shard.Partial:
+	case event.Failed, event.Partial:
 		ev.attempts++
 		ev.lastError = res.Error
 		if ev.attempts > a.attempts {
-			a.giveUp(pt, e, &ev, shard.RetryAttemptsExhausted)
+			a.giveUp(pt, e, &ev, event.RetryAttemptsExhausted)
 			return
 		}
 		a.retry(pt, e, &ev, a.backoff.Delay(ev.attempts, rand.Float64()), expiry)
 
-	case shard.Permanent:
+	case event.Permanent:
 		ev.attempts++
 		ev.lastError = res.Error
-		a.giveUp(pt, e, &ev, shard.PermanentError)
+		a.giveUp(pt, e, &ev, event.PermanentError)
 	}
 }
 
 // retry writes ev to the retry tier of delay, due after delay (but at the
 // latest at its expiry, when it is then dead-lettered on time), retrying the
 // write until it is acknowledged or the partition stops; then settles it.
-func (a *Async) retry(pt *apart, e *entry, ev *event, delay time.Duration, expiry time.Time) {
+func (a *Async) retry(pt *apart, e *entry, ev *retryEvent, delay time.Duration, expiry time.Time) {
 	now := time.Now()
 	ev.due = now.Add(delay)
 	if ev.due.After(expiry) {
@@ -660,7 +661,7 @@ func (a *Async) retry(pt *apart, e *entry, ev *event, delay time.Duration, expir
 // the partition stops; the event is held meanwhile), or drops it without a
 // destination; then settles it. The dead letter carries the original
 // record's coordinates.
-func (a *Async) giveUp(pt *apart, e *entry, ev *event, cond shard.Condition) {
+func (a *Async) giveUp(pt *apart, e *entry, ev *retryEvent, cond event.Condition) {
 	now := time.Now()
 	first, last := ev.first, ev.last
 	if first.IsZero() {
@@ -676,7 +677,7 @@ func (a *Async) giveUp(pt *apart, e *entry, ev *event, cond shard.Condition) {
 	} else {
 		rec := ev.rec
 		rec.Ref = nil
-		dl := shard.DeadLetter{
+		dl := event.DeadLetter{
 			Source: a.name, Function: a.src.Function, Mode: string(consumer.ModeAsync),
 			Condition: cond, Attempts: ev.attempts, FirstAttemptAt: first, LastAttemptAt: last,
 			LastError: ev.lastError, Record: rec,
@@ -685,7 +686,7 @@ func (a *Async) giveUp(pt *apart, e *entry, ev *event, cond shard.Condition) {
 			// Not cut short when the partition stops, as in retry (a
 			// letter written but reported failed would be written twice).
 			wctx, cancel := context.WithTimeout(context.WithoutCancel(pt.ctx), deadLetterTimeout)
-			err := a.opts.DeadLetterer.DeadLetter(wctx, []shard.DeadLetter{dl})
+			err := a.opts.DeadLetterer.DeadLetter(wctx, []event.DeadLetter{dl})
 			cancel()
 			if err == nil {
 				break

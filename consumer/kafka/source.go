@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -55,7 +56,7 @@ const (
 	maxPollRecords = 10000
 	// DefaultShardBufferBytes bounds what one shard holds (buffered and in
 	// flight) by the estimated encoded size of its records
-	// (shard.Record.Size, about what they occupy in memory too): it pauses
+	// (event.Record.Size, about what they occupy in memory too): it pauses
 	// its partition at this, and resumes at half. With a fetch share of at
 	// most FetchMaxPartitionBytes on top, a shard holds a few MiB at most.
 	DefaultShardBufferBytes = 4 << 20
@@ -84,7 +85,7 @@ type Options struct {
 	Deliverer shard.Deliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics (metrics.go).
@@ -439,16 +440,16 @@ func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
 	}
 }
 
-func convert(krs []*kgo.Record) []shard.Record {
-	recs := make([]shard.Record, len(krs))
+func convert(krs []*kgo.Record) []event.Record {
+	recs := make([]event.Record, len(krs))
 	for i, kr := range krs {
 		r := &recs[i]
 		r.Topic, r.Partition, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.Offset, kr.Timestamp
 		r.Key, r.Value, r.Ref = kr.Key, kr.Value, kr
 		if len(kr.Headers) > 0 {
-			r.Headers = make([]shard.Header, len(kr.Headers))
+			r.Headers = make([]event.Header, len(kr.Headers))
 			for j, h := range kr.Headers {
-				r.Headers[j] = shard.Header{Key: h.Key, Value: h.Value}
+				r.Headers[j] = event.Header{Key: h.Key, Value: h.Value}
 			}
 		}
 	}
@@ -510,7 +511,7 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
-		Commit: func(last shard.Record) {
+		Commit: func(last event.Record) {
 			kr, ok := last.Ref.(*kgo.Record)
 			if !ok {
 				s.log.Error("bug: a checkpointed record has no *kgo.Record", "partition", p, "offset", last.Offset)

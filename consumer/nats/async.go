@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -45,7 +46,7 @@ type AsyncOptions struct {
 	Deliverer consumer.AsyncDeliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics.
@@ -89,7 +90,7 @@ type Async struct {
 	src      consumer.SourceConfig
 	opts     AsyncOptions
 	log      *slog.Logger
-	backoff  shard.Backoff
+	backoff  event.Backoff
 	maxAge   time.Duration
 	attempts int // max_retry_attempts
 	metrics  *consumer.AsyncMetrics
@@ -161,7 +162,7 @@ func NewAsync(name string, nc *natsgo.Conn, src consumer.SourceConfig, opts Asyn
 	a := &Async{
 		name: name, nc: nc, js: js, src: src, opts: opts,
 		log:      opts.Logger.With("source", name, "stream", src.Stream),
-		backoff:  shard.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
+		backoff:  event.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
 		maxAge:   src.MaxEventAge,
 		attempts: src.MaxRetryAttempts,
 		inflight: make(map[uint64]jetstream.Msg),
@@ -384,7 +385,7 @@ type asyncState struct {
 	Failures  int             `json:"failures"`  // function attempts that failed
 	First     time.Time       `json:"firstAttemptAt"`
 	Last      time.Time       `json:"lastAttemptAt"`
-	LastError shard.ErrorInfo `json:"lastError"`
+	LastError event.ErrorInfo `json:"lastError"`
 }
 
 // handle invokes one event and settles it: Ack, NakWithDelay (retry state
@@ -418,11 +419,11 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 
 	switch {
 	case !now.Before(expiry):
-		a.finish(ctx, m, rec, key, hasState, shard.EventAgeExceeded, attempts, st)
+		a.finish(ctx, m, rec, key, hasState, event.EventAgeExceeded, attempts, st)
 		return
 	case attempts > a.attempts:
 		// The last attempt's outcome was lost (see above).
-		a.finish(ctx, m, rec, key, hasState, shard.RetryAttemptsExhausted, attempts, st)
+		a.finish(ctx, m, rec, key, hasState, event.RetryAttemptsExhausted, attempts, st)
 		return
 	}
 
@@ -435,7 +436,7 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 	st.Last = time.Now()
 
 	switch res.Outcome {
-	case shard.Delivered:
+	case event.Delivered:
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
 		defer cancel()
 		if err := m.Ack(); err != nil {
@@ -445,32 +446,32 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 			a.dropState(bctx, key)
 		}
 
-	case shard.Throttled:
+	case event.Throttled:
 		if !st.Last.Before(expiry) {
 			if st.LastError.Message == "" || res.Error.Kind != "cancelled" {
 				st.LastError = res.Error
 			}
-			a.finish(ctx, m, rec, key, hasState, shard.EventAgeExceeded, attempts, st)
+			a.finish(ctx, m, rec, key, hasState, event.EventAgeExceeded, attempts, st)
 			return
 		}
 		st.Throttles++
 		st.LastError = res.Error
 		a.retry(ctx, m, key, st, max(a.backoff.Delay(st.Throttles, rand.Float64()), res.RetryAfter), expiry, attempts)
 
-	case shard.Failed, shard.Partial:
+	case event.Failed, event.Partial:
 		attempts++
 		st.Failures = attempts
 		st.LastError = res.Error
 		if attempts > a.attempts {
-			a.finish(ctx, m, rec, key, hasState, shard.RetryAttemptsExhausted, attempts, st)
+			a.finish(ctx, m, rec, key, hasState, event.RetryAttemptsExhausted, attempts, st)
 			return
 		}
 		a.retry(ctx, m, key, st, a.backoff.Delay(attempts, rand.Float64()), expiry, attempts)
 
-	case shard.Permanent:
+	case event.Permanent:
 		st.Failures = attempts + 1
 		st.LastError = res.Error
-		a.finish(ctx, m, rec, key, hasState, shard.PermanentError, attempts+1, st)
+		a.finish(ctx, m, rec, key, hasState, event.PermanentError, attempts+1, st)
 	}
 }
 
@@ -496,8 +497,8 @@ func (a *Async) retry(ctx context.Context, m jetstream.Msg, key string, st async
 
 // finish dead-letters the event (retrying the write until it succeeds or the
 // source stops; the event is kept meanwhile), then terminates it.
-func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec shard.Record, key string, hasState bool,
-	cond shard.Condition, attempts int, st asyncState,
+func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec event.Record, key string, hasState bool,
+	cond event.Condition, attempts int, st asyncState,
 ) {
 	now := time.Now()
 	first, last := st.First, st.Last
@@ -511,13 +512,13 @@ func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec shard.Record, k
 		a.log.Warn("dropping an undeliverable event: the source has no on_failure destination",
 			"condition", cond, "sequence", rec.Offset, "attempts", attempts, "error", st.LastError.Message)
 	} else {
-		dl := shard.DeadLetter{
+		dl := event.DeadLetter{
 			Source: a.name, Function: a.src.Function, Mode: string(consumer.ModeAsync),
 			Condition: cond, Attempts: attempts, FirstAttemptAt: first, LastAttemptAt: last,
 			LastError: st.LastError, Record: rec,
 		}
 		for try := 1; ; try++ {
-			err := a.opts.DeadLetterer.DeadLetter(ctx, []shard.DeadLetter{dl})
+			err := a.opts.DeadLetterer.DeadLetter(ctx, []event.DeadLetter{dl})
 			if err == nil {
 				break
 			}
@@ -542,7 +543,7 @@ func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec shard.Record, k
 	}
 }
 
-func (a *Async) loadState(key string, rec shard.Record) (asyncState, bool) {
+func (a *Async) loadState(key string, rec event.Record) (asyncState, bool) {
 	fresh := asyncState{Stamp: rec.Timestamp.UnixNano()}
 	ctx, cancel := context.WithTimeout(context.Background(), bookTimeout)
 	defer cancel()
