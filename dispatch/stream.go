@@ -34,7 +34,7 @@ var _ shard.Deliverer = (*StreamDeliverer)(nil)
 func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.Result {
 	body, err := s.Encode(d.Records)
 	if err != nil {
-		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "encode", Message: err.Error()}}
+		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindEncode, Message: err.Error()}}
 	}
 	first, last := d.Records[0], d.Records[len(d.Records)-1]
 	items := make([]string, len(d.Records))
@@ -81,22 +81,22 @@ func resultOf(err error, items []string) event.Result {
 	}
 	if t, ok := AsThrottled(err); ok {
 		return event.Result{Outcome: event.Throttled, Reason: string(t.Reason), RetryAfter: t.RetryAfter,
-			Error: event.ErrorInfo{Kind: "throttled", Status: t.Status, Message: t.Error()}}
+			Error: event.ErrorInfo{Kind: event.KindThrottled, Status: t.Status, Message: t.Error()}}
 	}
 	switch {
 	case errors.As(err, &pb):
 		return event.Result{Outcome: event.Partial, FailedFrom: slices.Index(items, pb.Failed[0]),
-			Error: event.ErrorInfo{Kind: "partial", Message: pb.Error()}}
+			Error: event.ErrorInfo{Kind: event.KindPartial, Message: pb.Error()}}
 	case errors.As(err, &pe):
-		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: pe.Status, Message: pe.Message}}
+		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindStatus, Status: pe.Status, Message: pe.Message}}
 	case errors.As(err, &fe):
-		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: string(fe.Kind), Status: fe.Status, Message: fe.Message}}
+		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: event.ErrorKind(fe.Kind), Status: fe.Status, Message: fe.Message}}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrClosed):
-		// The shard is stopping (or its records expired while waiting):
-		// nothing ran, so nothing is consumed.
-		return event.Result{Outcome: event.Throttled, Error: event.ErrorInfo{Kind: "cancelled", Message: err.Error()}}
+		// The caller is stopping, or the dispatcher closed: nothing ran,
+		// so nothing is consumed.
+		return event.Result{Outcome: event.Throttled, Error: event.ErrorInfo{Kind: event.KindCancelled, Message: err.Error()}}
 	default:
-		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: string(KindHandler), Message: err.Error()}}
+		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: event.ErrorKind(KindHandler), Message: err.Error()}}
 	}
 }
 

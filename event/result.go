@@ -15,12 +15,32 @@ const (
 	Partial                  // records before FailedFrom were handled; the rest failed (consumes an attempt)
 )
 
+// ErrorKind classifies a failure, as a dead letter's lastError.kind names
+// it.
+type ErrorKind string
+
+// The error kinds.
+const (
+	KindStatus     ErrorKind = "status"     // the function answered an error status
+	KindTimeout    ErrorKind = "timeout"    // no answer within the function's timeout
+	KindConnection ErrorKind = "connection" // the function could not be reached
+	KindResponse   ErrorKind = "response"   // the answer could not be read or made no sense
+	KindHandler    ErrorKind = "handler"    // an in-process handler failed
+	KindThrottled  ErrorKind = "throttled"  // not run: no slot, or the function answered 429/503
+	KindPartial    ErrorKind = "partial"    // some items of the batch failed
+	KindEncode     ErrorKind = "encode"     // the request body could not be built
+	// KindCancelled: the delivery was cut short by its caller (shutdown,
+	// revoke) or the dispatcher closing; nothing ran, so it consumes no
+	// attempt, and it never hides an earlier real error.
+	KindCancelled ErrorKind = "cancelled"
+)
+
 // ErrorInfo describes the last failure of a record, as a dead letter's
 // lastError carries it.
 type ErrorInfo struct {
-	Kind    string `json:"kind"`             // status, timeout, connection, response, handler, throttled, ...
-	Status  int    `json:"status,omitempty"` // HTTP status, when there was one
-	Message string `json:"message"`
+	Kind    ErrorKind `json:"kind"`
+	Status  int       `json:"status,omitempty"` // HTTP status, when there was one
+	Message string    `json:"message"`
 }
 
 // Result is what a Deliverer reports for one delivery.

@@ -239,7 +239,7 @@ func describe(e event.ErrorInfo) string {
 		return fmt.Sprintf("%s %d: %s", e.Kind, e.Status, e.Message)
 	}
 	if e.Kind != "" {
-		return e.Kind + ": " + e.Message
+		return string(e.Kind) + ": " + e.Message
 	}
 	return e.Message
 }

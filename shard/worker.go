@@ -5,11 +5,11 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/event"
+	"github.com/sluicehq/sluice/redelivery"
 )
 
 // WorkerConfig is how one shard delivers: SPEC §2.1's settings.
@@ -81,11 +81,12 @@ type Status struct {
 // in flight, and the checkpoint moves to just before the lowest unfinished
 // record of all lanes.
 type Worker struct {
-	id  ID
-	cfg WorkerConfig
-	h   Hooks
-	log *slog.Logger
-	now func() time.Time
+	id     ID
+	cfg    WorkerConfig
+	policy redelivery.Policy // what follows each delivery; from cfg
+	h      Hooks
+	log    *slog.Logger
+	now    func() time.Time
 
 	wake chan struct{} // capacity 1: a pending "records arrived" signal, never blocks Push
 
@@ -146,6 +147,10 @@ func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
 		log:  h.Logger.With("source", id.Source, "partition", id.Partition),
 		now:  h.Now,
 		wake: make(chan struct{}, 1),
+	}
+	w.policy = redelivery.Policy{
+		MaxAttempts: cfg.MaxRetryAttempts, MaxAge: cfg.MaxRecordAge, AgeCondition: event.RecordAgeExceeded,
+		Bisect: cfg.BisectOnError, Backoff: cfg.Backoff,
 	}
 	w.status = Status{Shard: id, State: StateIdle, Since: w.now(), Position: -1}
 	return w
@@ -405,7 +410,7 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []event.Record) {
 		}
 		for _, b := range splitBytes(recs, w.cfg.MaxBatchBytes) {
 			l := &lane{w: w}
-			if !l.process(ctx, b, &attempts{}) {
+			if !l.process(ctx, b, &redelivery.State{}) {
 				return // ctx ended: nothing more is checkpointed; the source redelivers
 			}
 			l.setBlocked(false)
@@ -487,15 +492,6 @@ func searchPending(p []pendingRec, off int64) int {
 	return lo
 }
 
-// attempts is the retry state of one batch (and of its halves after a
-// bisection, which start afresh: bisecting does not consume attempts).
-type attempts struct {
-	n       int // function attempts that failed
-	first   time.Time
-	last    time.Time
-	lastErr event.ErrorInfo
-}
-
 // lane is one sequential deliverer of a shard.
 type lane struct {
 	w       *Worker
@@ -519,110 +515,90 @@ func (l *lane) setBlocked(b bool) {
 }
 
 // process delivers recs until each is delivered or dead-lettered; it reports
-// false when ctx ended first (then nothing of recs may be checkpointed).
-func (l *lane) process(ctx context.Context, recs []event.Record, at *attempts) bool {
+// false when ctx ended first (then nothing of recs may be checkpointed). st
+// is the retry state of recs (a fresh one for each half of a bisection).
+// What follows each delivery is the redelivery policy's decision; the lane
+// only holds the batch, sleeps and dead-letters.
+func (l *lane) process(ctx context.Context, recs []event.Record, st *redelivery.State) bool {
 	w := l.w
 	cfg := &w.cfg
-	throttles := 0
+	pol := &w.policy
 	for len(recs) > 0 {
 		if ctx.Err() != nil {
 			return false
 		}
 		if len(recs) == 1 && recs[0].Size() > cfg.MaxBatchBytes {
-			return l.deadLetter(ctx, recs, event.RecordTooLarge, at)
+			return l.deadLetter(ctx, recs, event.RecordTooLarge, st)
 		}
-		// Records past max_record_age are dead-lettered, not delivered.
-		if now := w.now(); cfg.MaxRecordAge >= 0 && anyExpired(recs, now, cfg.MaxRecordAge) {
+		// Records past max_record_age are dead-lettered, not delivered:
+		// before the first attempt and before every retry.
+		if now := w.now(); pol.MaxAge > 0 && anyExpired(recs, now, pol) {
 			var live, expired []event.Record
 			for _, r := range recs {
-				if !r.Timestamp.Add(cfg.MaxRecordAge).After(now) {
+				if pol.Expired(r.Timestamp, now) {
 					expired = append(expired, r)
 				} else {
 					live = append(live, r)
 				}
 			}
-			if len(expired) > 0 {
-				if !l.deadLetter(ctx, expired, event.RecordAgeExceeded, at) {
-					return false
-				}
-				recs = live
-				continue
+			if !l.deadLetter(ctx, expired, pol.AgeCondition, st) {
+				return false
 			}
+			recs = live
+			continue
 		}
 
 		// Wait for a slot no longer than the oldest record may live; the
 		// invocation itself is bounded by the function's timeout only, so a
 		// record that ages while its function runs is still delivered (the
 		// check above runs before every attempt, never during one).
-		var waitUntil time.Time
-		if cfg.MaxRecordAge >= 0 {
-			waitUntil = oldestOf(recs).Add(cfg.MaxRecordAge)
-		}
-		if at.first.IsZero() {
-			at.first = w.now()
-		}
+		oldest := oldestOf(recs)
+		pol.Begin(st, w.now())
 		res := w.h.Deliverer.Deliver(ctx, Delivery{
-			Shard: w.id, Records: recs, Attempt: at.n + 1, WaitUntil: waitUntil,
+			Shard: w.id, Records: recs, Attempt: st.Attempts + 1, WaitUntil: pol.Expiry(oldest),
 			OnWait: func(reason string) {
 				l.setBlocked(true)
 				w.setState(StateThrottled, reason)
 			},
 		})
-		at.last = w.now()
-
-		switch res.Outcome {
-		case event.Delivered:
+		n := len(recs)
+		if res.Outcome == event.Partial && res.FailedFrom > 0 && res.FailedFrom < len(recs) {
+			// The records before the first failed one were handled.
+			w.delivered(res.FailedFrom)
+			recs = recs[res.FailedFrom:]
+			n, oldest = len(recs), oldestOf(recs)
+		}
+		dec := pol.After(st, res, n, oldest, w.now(), ctx.Err() != nil)
+		switch dec.Action {
+		case redelivery.Done:
 			w.delivered(len(recs))
 			return true
-
-		case event.Throttled:
-			if ctx.Err() != nil {
+		case redelivery.Abandon:
+			return false
+		case redelivery.Split:
+			// Deliver each half on its own, in order: the halves start
+			// with fresh attempts (bisection is free).
+			half := len(recs) / 2
+			if !l.process(ctx, recs[:half], &redelivery.State{}) {
 				return false
 			}
-			// No attempt consumed. Hold the batch (and stop fetching) until a
-			// slot frees or the records expire; the loop re-checks expiry.
+			return l.process(ctx, recs[half:], &redelivery.State{})
+		case redelivery.DeadLetter:
+			if dec.Condition == pol.AgeCondition {
+				continue // the check above dead-letters the expired records and keeps the others
+			}
+			return l.deadLetter(ctx, recs, dec.Condition, st)
+		case redelivery.Retry:
+			// Hold the batch (and stop fetching) meanwhile: throttled (no
+			// attempt consumed) until a slot frees or the records expire,
+			// or retrying after a function error.
 			l.setBlocked(true)
-			w.setState(StateThrottled, res.Reason)
-			throttles++
-			d := max(cfg.Backoff.Delay(throttles, rand.Float64()), res.RetryAfter)
-			if !l.sleep(ctx, d, recs) {
-				return false
+			if dec.Throttled {
+				w.setState(StateThrottled, res.Reason)
+			} else {
+				w.setState(StateRetrying, string(st.LastError.Kind))
 			}
-
-		case event.Partial:
-			if res.FailedFrom > 0 && res.FailedFrom < len(recs) {
-				w.delivered(res.FailedFrom)
-				recs = recs[res.FailedFrom:]
-			}
-			at.n++
-			at.lastErr = res.Error
-			if cfg.MaxRetryAttempts >= 0 && at.n > cfg.MaxRetryAttempts {
-				return l.deadLetter(ctx, recs, event.RetryAttemptsExhausted, at)
-			}
-			if !l.retryWait(ctx, at, recs) {
-				return false
-			}
-
-		case event.Failed, event.Permanent:
-			at.lastErr = res.Error
-			if cfg.BisectOnError && len(recs) > 1 {
-				// Split and deliver each half on its own, in order: the
-				// halves start with fresh attempts (bisection is free).
-				half := len(recs) / 2
-				if !l.process(ctx, recs[:half], &attempts{}) {
-					return false
-				}
-				return l.process(ctx, recs[half:], &attempts{})
-			}
-			if res.Outcome == event.Permanent {
-				at.n++
-				return l.deadLetter(ctx, recs, event.PermanentError, at)
-			}
-			at.n++
-			if cfg.MaxRetryAttempts >= 0 && at.n > cfg.MaxRetryAttempts {
-				return l.deadLetter(ctx, recs, event.RetryAttemptsExhausted, at)
-			}
-			if !l.retryWait(ctx, at, recs) {
+			if !sleepCtx(ctx, dec.Delay) {
 				return false
 			}
 		}
@@ -642,33 +618,19 @@ func oldestOf(recs []event.Record) time.Time {
 	return oldest
 }
 
-// anyExpired reports whether a record of recs is past age at now; the usual
-// answer, no, then costs no allocation.
-func anyExpired(recs []event.Record, now time.Time, age time.Duration) bool {
+// anyExpired reports whether a record of recs is past the policy's age at
+// now; the usual answer, no, then costs no allocation.
+func anyExpired(recs []event.Record, now time.Time, pol *redelivery.Policy) bool {
 	for i := range recs {
-		if !recs[i].Timestamp.Add(age).After(now) {
+		if pol.Expired(recs[i].Timestamp, now) {
 			return true
 		}
 	}
 	return false
 }
 
-// retryWait backs off after a function error; the shard shows as retrying
-// and stops fetching meanwhile.
-func (l *lane) retryWait(ctx context.Context, at *attempts, recs []event.Record) bool {
-	l.setBlocked(true)
-	l.w.setState(StateRetrying, at.lastErr.Kind)
-	return l.sleep(ctx, l.w.cfg.Backoff.Delay(at.n, rand.Float64()), recs)
-}
-
-// sleep waits d, cut short when the oldest of recs passes max_record_age
-// (the caller then dead-letters it before the next attempt). It reports
-// false when ctx ended.
-func (l *lane) sleep(ctx context.Context, d time.Duration, recs []event.Record) bool {
-	if age := l.w.cfg.MaxRecordAge; age >= 0 {
-		until := oldestOf(recs).Add(age).Sub(l.w.now())
-		d = min(d, max(until, 0))
-	}
+// sleepCtx waits d; it reports false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -679,59 +641,34 @@ func (l *lane) sleep(ctx context.Context, d time.Duration, recs []event.Record) 
 	}
 }
 
-// deadLetter stores recs with condition, retrying until it succeeds or ctx
-// ends (false): a shard whose dead letters cannot be written blocks, and
-// nothing is checkpointed past them.
-func (l *lane) deadLetter(ctx context.Context, recs []event.Record, cond event.Condition, at *attempts) bool {
+// deadLetter stores recs with condition through the policy's bounded,
+// retried write, until it succeeds or ctx ends (false): a shard whose dead
+// letters cannot be written blocks, and nothing is checkpointed past them.
+func (l *lane) deadLetter(ctx context.Context, recs []event.Record, cond event.Condition, st *redelivery.State) bool {
 	w := l.w
 	if w.h.DeadLetterer == nil {
 		w.log.Warn("dropping undeliverable records: the source has no on_failure destination",
-			"condition", cond, "count", len(recs), "first_offset", recs[0].Offset, "error", at.lastErr.Message)
+			"condition", cond, "count", len(recs), "first_offset", recs[0].Offset, "error", st.LastError.Message)
 		w.mu.Lock()
 		w.status.DeadLetters += int64(len(recs))
 		w.status.Dropped += int64(len(recs))
 		w.mu.Unlock()
 		return true
 	}
-	now := w.now()
-	first, last := at.first, at.last
-	if first.IsZero() {
-		first = now
-	}
-	if last.IsZero() {
-		last = now
-	}
-	letters := make([]event.DeadLetter, len(recs))
-	for i, r := range recs {
-		letters[i] = event.DeadLetter{
-			Source: w.cfg.Source, Function: w.cfg.Function, Mode: w.cfg.Mode,
-			Condition: cond, Attempts: at.n, FirstAttemptAt: first, LastAttemptAt: last,
-			LastError: at.lastErr, Record: r,
-		}
-	}
-	for try := 1; ; try++ {
-		err := w.h.DeadLetterer.DeadLetter(ctx, letters)
-		if err == nil {
-			w.mu.Lock()
-			w.status.DeadLetters += int64(len(recs))
-			w.mu.Unlock()
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
+	letters := redelivery.Letters(w.cfg.Source, w.cfg.Function, w.cfg.Mode, cond, st, w.now(), recs)
+	err := w.policy.Store(ctx, w.h.DeadLetterer, letters, func(try int, err error) {
 		w.log.Error("dead-letter write failed; the shard is blocked until it succeeds",
 			"condition", cond, "count", len(recs), "first_offset", recs[0].Offset, "try", try, "error", err)
 		l.setBlocked(true)
 		w.setState(StateBlocked, "DeadLetterWriteFailed")
-		t := time.NewTimer(w.cfg.Backoff.Delay(try, rand.Float64()))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return false
-		case <-t.C:
-		}
+	})
+	if err != nil {
+		return false
 	}
+	w.mu.Lock()
+	w.status.DeadLetters += int64(len(recs))
+	w.mu.Unlock()
+	return true
 }
 
 func (w *Worker) delivered(n int) {

@@ -542,29 +542,6 @@ func TestWorkerStopsWithoutCommittingInFlight(t *testing.T) {
 	})
 }
 
-func TestBackoffDelay(t *testing.T) {
-	b := event.Backoff{Initial: time.Second, Max: 10 * time.Second, Multiplier: 2, Jitter: 0.5}
-	cases := []struct {
-		n    int
-		r    float64
-		want time.Duration
-	}{
-		{1, 0.5, time.Second},
-		{2, 0.5, 2 * time.Second},
-		{4, 0.5, 8 * time.Second},
-		{5, 0.5, 10 * time.Second}, // capped
-		{50, 0.5, 10 * time.Second},
-		{1, 0, 500 * time.Millisecond}, // -50%
-		{1, 1, 1500 * time.Millisecond},
-		{0, 0.5, time.Second},
-	}
-	for _, c := range cases {
-		if got := b.Delay(c.n, c.r); got != c.want {
-			t.Errorf("Delay(%d, %v) = %s, want %s", c.n, c.r, got, c.want)
-		}
-	}
-}
-
 // A shard bounded by BufferBytes pauses on the estimated size of what it
 // holds, whatever the count, and resumes only once it drained to half.
 func TestWorkerBufferBytesPausesWithHysteresis(t *testing.T) {

@@ -458,7 +458,7 @@ func printLetters(w io.Writer, ls []*retention.Letter, asJSON bool) error {
 }
 
 func lastError(e event.ErrorInfo) string {
-	s := e.Kind
+	s := string(e.Kind)
 	if e.Status != 0 {
 		s += fmt.Sprintf(" %d", e.Status)
 	}

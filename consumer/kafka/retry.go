@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/event"
+	"github.com/sluicehq/sluice/redelivery"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -108,8 +109,9 @@ func tierFor(tiers []retryTier, d time.Duration) int {
 	return i
 }
 
-// event is one async event as the source handles it: the original record
-// (coordinates, timestamp, key, value, headers) and its retry state.
+// retryEvent is one async event as the source handles it: the original
+// record (coordinates, timestamp, key, value, headers) and its retry state,
+// which retry records carry in their headers.
 type retryEvent struct {
 	rec       event.Record // the original record: what the function and a dead letter see
 	attempts  int
@@ -118,6 +120,16 @@ type retryEvent struct {
 	last      time.Time
 	due       time.Time // zero for a record of the source topic
 	lastError event.ErrorInfo
+}
+
+// state returns ev's retry state, as the redelivery policy sees it.
+func (ev *retryEvent) state() redelivery.State {
+	return redelivery.State{Attempts: ev.attempts, Throttles: ev.throttles, First: ev.first, Last: ev.last, LastError: ev.lastError}
+}
+
+// setState takes back the retry state the policy updated.
+func (ev *retryEvent) setState(st redelivery.State) {
+	ev.attempts, ev.throttles, ev.first, ev.last, ev.lastError = st.Attempts, st.Throttles, st.First, st.Last, st.LastError
 }
 
 // eventOf reads kr: a record of the source topic is a fresh event; a record
