@@ -20,8 +20,9 @@ type StreamDeliverer struct {
 	D        *Dispatcher
 	Source   string
 	Function string
-	// Encode builds the request body of a batch (the source's event format).
-	Encode func(recs []event.Record) ([]byte, error)
+	// Encode builds the request body of a batch: the source package's
+	// own Encoder (kafka.Encoder, nats.Encoder).
+	Encode event.Encoder
 	// Scope returns a record's scope, "" for none; nil means no scopes.
 	Scope              func(r *event.Record) string
 	ReportItemFailures bool
@@ -32,7 +33,7 @@ var _ shard.Deliverer = (*StreamDeliverer)(nil)
 // Deliver invokes the function with d's records and maps the outcome for the
 // shard engine.
 func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.Result {
-	body, err := s.Encode(d.Records)
+	body, err := s.Encode.Encode(d.Records)
 	if err != nil {
 		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindEncode, Message: err.Error()}}
 	}

@@ -34,7 +34,7 @@ func TestStreamDelivererOverHTTP(t *testing.T) {
 		Functions: map[string]FunctionConfig{"fn": {URL: srv.URL, Timeout: 5 * time.Second}},
 	})
 	sd := &StreamDeliverer{D: d, Source: "orders", Function: "fn", ReportItemFailures: true,
-		Encode: func(recs []event.Record) ([]byte, error) { return json.Marshal(len(recs)) },
+		Encode: event.EncoderFunc(func(recs []event.Record) ([]byte, error) { return json.Marshal(len(recs)) }),
 		Scope:  func(r *event.Record) string { return string(r.Key) }}
 	recs := streamRecords(5)
 
@@ -84,7 +84,7 @@ func TestStreamDelivererScopesAllOrNone(t *testing.T) {
 		t.Fatal(err)
 	}
 	sd := &StreamDeliverer{D: d, Source: "s", Function: "fn",
-		Encode: func([]event.Record) ([]byte, error) { return nil, nil },
+		Encode: event.EncoderFunc(func([]event.Record) ([]byte, error) { return nil, nil }),
 		Scope:  func(r *event.Record) string { return string(r.Key) }}
 	waited := make(chan string, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)

@@ -67,7 +67,7 @@ func TestDeliverersInvocationOutlivesExpiry(t *testing.T) {
 		expiry := time.Now().Add(time.Second)
 		rec := event.Record{Topic: "t", Offset: 7, Timestamp: time.Now(), Value: []byte("v")}
 
-		s := &StreamDeliverer{D: d, Source: "s", Function: "f", Encode: func([]event.Record) ([]byte, error) { return []byte("{}"), nil }}
+		s := &StreamDeliverer{D: d, Source: "s", Function: "f", Encode: event.EncoderFunc(func([]event.Record) ([]byte, error) { return []byte("{}"), nil })}
 		if r := s.Deliver(context.Background(), shard.Delivery{Records: []event.Record{rec}, Attempt: 1, WaitUntil: expiry}); r.Outcome != event.Delivered {
 			t.Errorf("stream: %+v, want Delivered", r)
 		}

@@ -57,7 +57,7 @@ func BenchmarkThrottledResume(b *testing.B) {
 	}), 0)
 	w := shard.NewWorker(shard.ID{Source: "resume"}, shard.WorkerConfig{BatchSize: 1, MaxRecordAge: -1}, shard.Hooks{
 		Deliverer: &dispatch.StreamDeliverer{D: d, Source: "resume", Function: "fn",
-			Encode: func(recs []event.Record) ([]byte, error) { return kafka.EncodeEvent("b:9092", recs) }},
+			Encode: event.EncoderFunc(func(recs []event.Record) ([]byte, error) { return kafka.EncodeEvent("b:9092", recs) })},
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	ctx, cancel := context.WithCancel(b.Context())

@@ -169,8 +169,8 @@ func (a *app) wireSources(ctx context.Context) error {
 		if !sc.Scope.IsNone() {
 			scope = sc.Scope.Of
 		}
-		stream := func(encode func([]event.Record) ([]byte, error)) *dispatch.StreamDeliverer {
-			d := &dispatch.StreamDeliverer{D: a.disp, Source: name, Function: sc.Function, Encode: encode,
+		stream := func(enc event.Encoder) *dispatch.StreamDeliverer { // enc: the source package's own
+			d := &dispatch.StreamDeliverer{D: a.disp, Source: name, Function: sc.Function, Encode: enc,
 				Scope: scope, ReportItemFailures: sc.ReportBatchItemFailures}
 			a.recordStream(name, d)
 			return d
@@ -182,10 +182,9 @@ func (a *app) wireSources(ctx context.Context) error {
 		var src source
 		switch {
 		case b.Kafka != nil && sc.Mode == consumer.ModeStream:
-			bootstrap := strings.Join(b.Kafka.Seeds, ",")
 			src, err = kafka.New(name, *b.Kafka, sc, kafka.Options{
 				Worker:       sc.WorkerConfig(name),
-				Deliverer:    stream(func(recs []event.Record) ([]byte, error) { return kafka.EncodeEvent(bootstrap, recs) }),
+				Deliverer:    stream(kafka.NewEncoder(*b.Kafka)),
 				DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
 			})
 		case b.Kafka != nil:
@@ -201,7 +200,7 @@ func (a *app) wireSources(ctx context.Context) error {
 			if sc.Mode == consumer.ModeStream {
 				src, err = natssrc.NewStream(name, nc, sc, natssrc.StreamOptions{
 					Worker:       sc.WorkerConfig(name),
-					Deliverer:    stream(func(recs []event.Record) ([]byte, error) { return natssrc.EncodeEvent(sc.Stream, recs) }),
+					Deliverer:    stream(natssrc.Encoder{Stream: sc.Stream}),
 					AckWait:      b.NATS.AckWait, // and the pin TTL, 2 × AckWait
 					DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
 				})

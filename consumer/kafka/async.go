@@ -619,10 +619,8 @@ func (a *Async) giveUp(pt *apart, e *entry, ev *retryEvent, cond event.Condition
 			"condition", cond, "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset,
 			"attempts", ev.attempts, "error", ev.lastError.Message)
 	} else {
-		rec := ev.rec
-		rec.Ref = nil
 		st := ev.state()
-		letters := redelivery.Letters(a.name, a.src.Function, string(consumer.ModeAsync), cond, &st, time.Now(), []event.Record{rec})
+		letters := redelivery.Letters(a.name, a.src.Function, string(consumer.ModeAsync), cond, &st, time.Now(), []event.Record{ev.rec})
 		err := a.policy.Store(pt.ctx, a.opts.DeadLetterer, letters, func(try int, err error) {
 			a.log.Error("dead-letter write failed; retrying (the event is held meanwhile)",
 				"condition", cond, "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset, "try", try, "error", err)

@@ -360,7 +360,6 @@ func TestRetryRecordRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got.rec.Ref = nil
 	if fmt.Sprint(got.rec) != fmt.Sprint(ev.rec) || got.attempts != 2 || got.throttles != 5 || !got.first.Equal(ev.first) ||
 		!got.last.Equal(ev.last) || !got.due.Equal(ev.due) || got.lastError != ev.lastError {
 		t.Errorf("round trip:\n got %+v\nwant %+v", got, ev)

@@ -15,7 +15,9 @@
 //     revoke and shutdown, never for lost partitions.
 //   - Async: an async-mode source (SPEC §2.2), see "Async sources" below.
 //   - EncodeEvent: the request body of a batch, Lambda's self-managed Kafka
-//     event (SPEC §3).
+//     event (SPEC §3); Encoder is it as the stream deliverer's
+//     event.Encoder. Records carry their timestamp type and leader epoch,
+//     so a checkpoint is marked from the record itself.
 //   - Writer: a synchronous producer to one topic, what the dead-letter store
 //     writes Kafka destinations with.
 //   - EnsureTopic: creates a topic or reconciles its retention (SPEC §4).

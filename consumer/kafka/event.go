@@ -4,9 +4,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
+	"strings"
 	"unicode/utf8"
-
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/event"
@@ -33,13 +32,35 @@ var ErrEmptyBatch = errors.New("kafka: empty batch")
 // partition first appears, each group in batch order (a stream batch holds
 // one partition). A nil key or value is left out, as Lambda does for a null
 // key or a tombstone; an empty one is "". Header values are arrays of signed
-// bytes: 0xff is -1. timestampType is CREATE_TIME unless the record's Ref is
-// a *kgo.Record stamped by the broker (LOG_APPEND_TIME).
+// bytes: 0xff is -1. timestampType is the record's (CREATE_TIME unless the
+// broker stamped it: LOG_APPEND_TIME).
 //
 // It sizes the buffer from the records first, so a batch is encoded with one
 // allocation and no reflection; AppendEvent appends to a buffer of the
 // caller's (e.g. a pooled one).
 func EncodeEvent(bootstrapServers string, recs []event.Record) ([]byte, error) {
+	return encodeEvent(bootstrapServers, recs)
+}
+
+// Encoder is the event.Encoder of a Kafka stream source: EncodeEvent with
+// the brokers the source reads from.
+type Encoder struct {
+	BootstrapServers string // comma-separated, as the event's bootstrapServers
+}
+
+// NewEncoder returns the Encoder of a source reading from broker.
+func NewEncoder(broker consumer.KafkaConfig) Encoder {
+	return Encoder{BootstrapServers: strings.Join(broker.Seeds, ",")}
+}
+
+// Encode is EncodeEvent.
+func (e Encoder) Encode(recs []event.Record) ([]byte, error) {
+	return encodeEvent(e.BootstrapServers, recs)
+}
+
+var _ event.Encoder = Encoder{}
+
+func encodeEvent(bootstrapServers string, recs []event.Record) ([]byte, error) {
 	return AppendEvent(make([]byte, 0, eventSize(bootstrapServers, recs)), bootstrapServers, recs)
 }
 
@@ -151,12 +172,7 @@ func appendRecord(dst []byte, r *event.Record) []byte {
 	return append(dst, "]}"...)
 }
 
-func timestampType(r *event.Record) string {
-	if kr, ok := r.Ref.(*kgo.Record); ok && kr.Attrs.TimestampType() == 1 {
-		return "LOG_APPEND_TIME"
-	}
-	return "CREATE_TIME"
-}
+func timestampType(r *event.Record) string { return r.TimestampType.String() }
 
 // eventSize returns an upper bound of the encoded size, so that EncodeEvent
 // allocates once. It is tight for the usual topic name (no character to

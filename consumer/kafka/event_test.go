@@ -137,13 +137,29 @@ func TestEncodeEventGroupsPartitionsAndEscapes(t *testing.T) {
 }
 
 func TestEncodeEventZeroTimestamp(t *testing.T) {
-	// A *kgo.Record from a create-time batch (the zero attributes).
-	body, err := EncodeEvent("b", []event.Record{{Topic: "t", Ref: &kgo.Record{}}})
+	// A record from a create-time batch (the zero timestamp type).
+	body, err := EncodeEvent("b", []event.Record{{Topic: "t", TimestampType: event.CreateTime}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(body), `"timestamp":-1,"timestampType":"CREATE_TIME"`) {
 		t.Errorf("zero timestamp / create time: %s", body)
+	}
+}
+
+// A record of a log-append-time topic says so: the type rides on the
+// record (convert reads it from the batch attributes).
+func TestEncodeEventLogAppendTime(t *testing.T) {
+	recs := []event.Record{{Topic: "t", Timestamp: time.UnixMilli(1714550400124), TimestampType: event.LogAppendTime}}
+	body, err := EncodeEvent("b", recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(body), `"timestamp":1714550400124,"timestampType":"LOG_APPEND_TIME"`) {
+		t.Errorf("log append time: %s", body)
+	}
+	if got := timestampTypeOf(&kgo.Record{}); got != event.CreateTime {
+		t.Errorf("zero attributes: %v, want CreateTime", got)
 	}
 }
 

@@ -140,7 +140,7 @@ func (ev *retryEvent) setState(st redelivery.State) {
 func eventOf(kr *kgo.Record, source string) (retryEvent, error) {
 	ev := retryEvent{rec: event.Record{
 		Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset, Timestamp: kr.Timestamp,
-		Key: kr.Key, Value: kr.Value, Ref: kr,
+		Key: kr.Key, Value: kr.Value, TimestampType: timestampTypeOf(kr),
 	}}
 	var retry map[string]string
 	for _, h := range kr.Headers {
@@ -176,7 +176,7 @@ func eventOf(kr *kgo.Record, source string) (retryEvent, error) {
 	}
 	orig := event.Record{
 		Topic: retry[hdrTopic], Partition: int32(num(hdrPartition)), Offset: num(hdrOffset),
-		Timestamp: at(hdrEventTime), Key: kr.Key, Value: kr.Value, Headers: ev.rec.Headers, Ref: kr,
+		Timestamp: at(hdrEventTime), Key: kr.Key, Value: kr.Value, Headers: ev.rec.Headers,
 	}
 	out := retryEvent{
 		rec: orig, attempts: int(num(hdrAttempts)), throttles: int(num(hdrThrottles)),

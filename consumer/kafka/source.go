@@ -440,12 +440,21 @@ func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
 	}
 }
 
+// timestampTypeOf reads the timestamp type of kr's attributes.
+func timestampTypeOf(kr *kgo.Record) event.TimestampType {
+	if kr.Attrs.TimestampType() == 1 {
+		return event.LogAppendTime
+	}
+	return event.CreateTime
+}
+
 func convert(krs []*kgo.Record) []event.Record {
 	recs := make([]event.Record, len(krs))
 	for i, kr := range krs {
 		r := &recs[i]
-		r.Topic, r.Partition, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.Offset, kr.Timestamp
-		r.Key, r.Value, r.Ref = kr.Key, kr.Value, kr
+		r.Topic, r.Partition, r.LeaderEpoch, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.LeaderEpoch, kr.Offset, kr.Timestamp
+		r.TimestampType = timestampTypeOf(kr)
+		r.Key, r.Value = kr.Key, kr.Value
 		if len(kr.Headers) > 0 {
 			r.Headers = make([]event.Header, len(kr.Headers))
 			for j, h := range kr.Headers {
@@ -512,11 +521,8 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
 		Commit: func(last event.Record) {
-			kr, ok := last.Ref.(*kgo.Record)
-			if !ok {
-				s.log.Error("bug: a checkpointed record has no *kgo.Record", "partition", p, "offset", last.Offset)
-				return
-			}
+			// What a mark reads of a record: its coordinates and epoch.
+			kr := &kgo.Record{Topic: last.Topic, Partition: last.Partition, LeaderEpoch: last.LeaderEpoch, Offset: last.Offset}
 			pt.mu.Lock()
 			marked := !pt.revoked
 			if marked {

@@ -83,7 +83,6 @@ func (r *Reader) Scan(ctx context.Context, fn func(event.Record) error) error {
 				return nil // stored after Scan began
 			}
 			rec := newRecord(m, md)
-			rec.Ref = nil
 			if err := fn(rec); err != nil {
 				return err
 			}

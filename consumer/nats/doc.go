@@ -10,7 +10,8 @@
 //   - Async: an async-mode source (SPEC §2.2): one durable consumer shared
 //     by every process, each event invoked on its own, retries left to the
 //     server (NakWithDelay), attempts counted across restarts.
-//   - EncodeEvent: the request body of a stream batch (SPEC §3).
+//   - EncodeEvent: the request body of a stream batch (SPEC §3); Encoder is
+//     it as the stream deliverer's event.Encoder.
 //   - Writer and EnsureStream: a JetStream dead-letter destination (SPEC §4);
 //     Writer implements retention.Appender.
 //   - Embedded: the in-process nats-server sluice starts when the config

@@ -33,6 +33,21 @@ var ErrEmptyBatch = errors.New("nats: empty batch")
 // each group in batch order. headers is always present ({} without any);
 // a name's values keep their order.
 func EncodeEvent(stream string, recs []event.Record) ([]byte, error) {
+	return encodeEvent(stream, recs)
+}
+
+// Encoder is the event.Encoder of a JetStream stream source: EncodeEvent
+// with the source's stream.
+type Encoder struct {
+	Stream string
+}
+
+// Encode is EncodeEvent.
+func (e Encoder) Encode(recs []event.Record) ([]byte, error) { return encodeEvent(e.Stream, recs) }
+
+var _ event.Encoder = Encoder{}
+
+func encodeEvent(stream string, recs []event.Record) ([]byte, error) {
 	return AppendEvent(make([]byte, 0, eventSize(stream, recs)), stream, recs)
 }
 

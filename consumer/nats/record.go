@@ -15,8 +15,8 @@ import (
 const pinHeader = "Nats-Pin-Id"
 
 // newRecord converts a delivered message. Partition, Key and Subject are
-// the caller's (stream mode parses them from the partition subject); Ref is
-// the jetstream.Msg.
+// the caller's (stream mode parses them from the partition subject); the
+// source settles the message by its stream sequence (Offset).
 func newRecord(m jetstream.Msg, md *jetstream.MsgMetadata) event.Record {
 	return event.Record{
 		Topic:     md.Stream,
@@ -25,7 +25,6 @@ func newRecord(m jetstream.Msg, md *jetstream.MsgMetadata) event.Record {
 		Timestamp: md.Timestamp,
 		Value:     m.Data(),
 		Headers:   recordHeaders(m.Headers()),
-		Ref:       m,
 	}
 }
 
