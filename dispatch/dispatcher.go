@@ -133,14 +133,16 @@ func (d *Dispatcher) Register(name string, h Handler, timeout time.Duration) {
 func (d *Dispatcher) Limiter() Limits { return d.lim }
 
 // Invoke runs req.Function once it holds the slots of its function and scopes,
-// waiting in line for them (ctx bounds the wait: a stream shard passes the age
-// limit of its oldest record). onWait, if not nil, hears once that the
-// invocation is waiting and why; use it to show a shard as throttled.
+// waiting in line for them. req.MaxWait and req.WaitUntil bound the wait
+// only; ctx bounds the wait and cancels the invocation (shutdown, revoke),
+// and the function's timeout bounds the invocation. onWait, if not nil,
+// hears once that the invocation is waiting and why; use it to show a shard
+// as throttled.
 //
 // The error is nil on success, or one of the outcome errors of this package
 // (see Handler). A wait cut short by ctx returns an error matching both
-// ctx.Err() and *ThrottledError; one cut short by req.MaxWait returns the
-// *ThrottledError alone.
+// ctx.Err() and *ThrottledError; one cut short by req.MaxWait or
+// req.WaitUntil returns the *ThrottledError alone.
 func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reason)) (resp *Response, err error) {
 	f, err := d.function(req.Function)
 	if err != nil {
@@ -149,9 +151,9 @@ func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reaso
 	ctx, span := d.startSpan(ctx, req)
 	defer func() { endSpan(span, err) }()
 	actx := ctx
-	if req.MaxWait > 0 {
+	if until := waitBound(req); !until.IsZero() {
 		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(ctx, req.MaxWait)
+		actx, cancel = context.WithDeadline(ctx, until)
 		defer cancel()
 	}
 	lease, err := d.lim.Acquire(actx, req.Function, scopesOf(req), func(r Reason) {
@@ -163,7 +165,7 @@ func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reaso
 	})
 	if err != nil {
 		if t, ok := AsThrottled(err); ok && ctx.Err() == nil {
-			return nil, t // MaxWait ran out, not the caller's ctx: a plain throttle
+			return nil, t // MaxWait or WaitUntil ran out, not the caller's ctx: a plain throttle
 		}
 		return nil, err
 	}
@@ -258,6 +260,18 @@ func classify(ctx context.Context, req *Request, err error) error {
 	default:
 		return &FunctionError{Kind: KindHandler, Message: err.Error(), Err: err}
 	}
+}
+
+// waitBound is when the wait for a slot ends: the earlier of now + MaxWait
+// and WaitUntil; zero when neither is set.
+func waitBound(req *Request) time.Time {
+	until := req.WaitUntil
+	if req.MaxWait > 0 {
+		if m := time.Now().Add(req.MaxWait); until.IsZero() || m.Before(until) {
+			until = m
+		}
+	}
+	return until
 }
 
 func scopesOf(req *Request) []string {

@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 func newTestDispatcher(t *testing.T, cfg Config, opts ...Option) (*Dispatcher, *prometheus.Registry) {
@@ -235,7 +235,7 @@ func TestInvokeMaxWaitReturnsThrottle(t *testing.T) {
 		if errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("err = %v matches DeadlineExceeded; a MaxWait throttle must not look like a cancelled caller", err)
 		}
-		if r := resultOf(err, nil); r.Outcome != shard.Throttled || r.Reason != string(ReasonReserved) {
+		if r := resultOf(err, nil); r.Outcome != event.Throttled || r.Reason != string(ReasonReserved) {
 			t.Errorf("resultOf = %+v, want Throttled with %s", r, ReasonReserved)
 		}
 

@@ -4,14 +4,16 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
 // AsyncDeliverer invokes a function with one event (consumer.AsyncDeliverer,
 // implemented by dispatch.AsyncDeliverer).
 type AsyncDeliverer interface {
-	Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result
+	Deliver(ctx context.Context, rec event.Record, attempt int, waitUntil time.Time) event.Result
 }
 
 // Targets sends letters back for Replay (ReplayOptions.Deliver): to their
@@ -40,7 +42,7 @@ type Targets struct {
 // ToFunction invokes e's function with the original record: a stream
 // letter as a one-record batch encoded as its source encodes batches, an
 // async letter as the raw payload; it is attempt e.Attempts+1.
-func (t *Targets) ToFunction(ctx context.Context, e *Envelope) shard.Result {
+func (t *Targets) ToFunction(ctx context.Context, e *Envelope) event.Result {
 	if !t.HasSource(e.Source) {
 		return notReplayable("source %q is not in the configuration", e.Source)
 	}
@@ -50,29 +52,29 @@ func (t *Targets) ToFunction(ctx context.Context, e *Envelope) shard.Result {
 	rec := e.Original()
 	attempt := e.Attempts + 1
 	if e.Mode == "async" {
-		return t.Async(e.Source, e.Function).Deliver(ctx, rec, attempt)
+		return t.Async(e.Source, e.Function).Deliver(ctx, rec, attempt, time.Time{}) // replay: no age bound on the wait
 	}
 	// The function that failed it, even if the source points elsewhere now.
 	d, ok := t.Stream(e.Source, e.Function)
 	if !ok {
 		return notReplayable("source %q is not a stream source in the configuration", e.Source)
 	}
-	return d.Deliver(ctx, shard.Delivery{Records: []shard.Record{rec}, Attempt: attempt})
+	return d.Deliver(ctx, shard.Delivery{Records: []event.Record{rec}, Attempt: attempt})
 }
 
 // ToSource appends e's original record (key, value, headers) to its
 // source's topic or stream again, for the source to consume as new.
-func (t *Targets) ToSource(ctx context.Context, e *Envelope) shard.Result {
+func (t *Targets) ToSource(ctx context.Context, e *Envelope) event.Result {
 	w, err := t.sourceWriter(ctx, e.Source)
 	if err != nil {
-		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "connection", Message: err.Error()}}
+		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "connection", Message: err.Error()}}
 	}
 	rec := e.Original()
 	rec.Topic, rec.Partition, rec.Offset = "", 0, 0
-	if err := w.Append(ctx, []shard.Record{rec}); err != nil {
-		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "connection", Message: err.Error()}}
+	if err := w.Append(ctx, []event.Record{rec}); err != nil {
+		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "connection", Message: err.Error()}}
 	}
-	return shard.Result{Outcome: shard.Delivered}
+	return event.Result{Outcome: event.Delivered}
 }
 
 // sourceWriter returns (once per source) a writer to src's topic or
@@ -110,6 +112,6 @@ func (t *Targets) markBroken(src string, err error) {
 	t.broken[src] = err
 }
 
-func notReplayable(format string, args ...any) shard.Result {
-	return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "replay", Message: fmt.Sprintf(format, args...)}}
+func notReplayable(format string, args ...any) event.Result {
+	return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "replay", Message: fmt.Sprintf(format, args...)}}
 }

@@ -5,14 +5,15 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
 type recordingAppender struct {
-	recs []shard.Record
+	recs []event.Record
 }
 
-func (a *recordingAppender) Append(_ context.Context, recs []shard.Record) error {
+func (a *recordingAppender) Append(_ context.Context, recs []event.Record) error {
 	a.recs = append(a.recs, recs...)
 	return nil
 }
@@ -51,18 +52,18 @@ func TestTargets(t *testing.T) {
 		{Source: "src", Function: "nope"},
 		{Source: "src", Function: "fn", Mode: "stream"},
 	} {
-		if r := tg.ToFunction(ctx, e); r.Outcome != shard.Permanent || r.Error.Kind != "replay" {
+		if r := tg.ToFunction(ctx, e); r.Outcome != event.Permanent || r.Error.Kind != "replay" {
 			t.Errorf("ToFunction(%s → %s) = %+v, want a permanent replay error", e.Source, e.Function, r)
 		}
 	}
 	for range 2 {
-		if r := tg.ToSource(ctx, &Envelope{Source: "gone-topic"}); r.Outcome != shard.Failed {
+		if r := tg.ToSource(ctx, &Envelope{Source: "gone-topic"}); r.Outcome != event.Failed {
 			t.Errorf("ToSource to a missing topic = %+v, want Failed", r)
 		}
 	}
 	e := &Envelope{Source: "src", Record: EnvelopeRecord{Topic: "t", Partition: 3, Offset: 9, Key: []byte("k"), Value: []byte("v")}}
 	for range 2 {
-		if r := tg.ToSource(ctx, e); r.Outcome != shard.Delivered {
+		if r := tg.ToSource(ctx, e); r.Outcome != event.Delivered {
 			t.Fatalf("ToSource = %+v, want Delivered", r)
 		}
 	}

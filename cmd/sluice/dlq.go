@@ -17,8 +17,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
-	"github.com/sluicehq/sluice/shard"
 )
 
 func newDLQCmd() *cobra.Command {
@@ -126,7 +126,7 @@ func conditionList() string {
 // filter checks the filter flags; a bad value is a usage error naming the
 // flag and what it accepts.
 func (f *dlqFlags) filter(cmd *cobra.Command, now time.Time) (retention.Filter, error) {
-	flt := retention.Filter{Source: f.source, Function: f.function, Condition: shard.Condition(f.condition)}
+	flt := retention.Filter{Source: f.source, Function: f.function, Condition: event.Condition(f.condition)}
 	if f.condition != "" && !retention.IsCondition(flt.Condition) {
 		return flt, usagef(cmd, "--%s: %q is not one of %s", flagCondition, f.condition, conditionList())
 	}
@@ -553,8 +553,8 @@ func printLetters(w io.Writer, ls []*retention.Letter, asJSON bool) error {
 	return tw.Flush()
 }
 
-func lastError(e shard.ErrorInfo) string {
-	s := e.Kind
+func lastError(e event.ErrorInfo) string {
+	s := string(e.Kind)
 	if e.Status != 0 {
 		s += fmt.Sprintf(" %d", e.Status)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 	"github.com/sluicehq/sluice/telemetry"
 )
@@ -104,11 +105,11 @@ func (a *app) shardLags() map[shard.ID]int64 {
 
 // deadLetterConditions are the conditions a source of mode can dead-letter
 // with, the sluice_dead_letters_total series created at zero for it.
-func deadLetterConditions(mode consumer.Mode) []shard.Condition {
+func deadLetterConditions(mode consumer.Mode) []event.Condition {
 	if mode == consumer.ModeAsync {
-		return []shard.Condition{shard.RetryAttemptsExhausted, shard.EventAgeExceeded, shard.PermanentError}
+		return []event.Condition{event.RetryAttemptsExhausted, event.EventAgeExceeded, event.PermanentError}
 	}
-	return []shard.Condition{shard.RetryAttemptsExhausted, shard.RecordAgeExceeded, shard.PermanentError, shard.RecordTooLarge}
+	return []event.Condition{event.RetryAttemptsExhausted, event.RecordAgeExceeded, event.PermanentError, event.RecordTooLarge}
 }
 
 // deadLetterCounts reads sluice_dead_letters_total from the registry, for

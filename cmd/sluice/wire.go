@@ -20,8 +20,8 @@ import (
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
-	"github.com/sluicehq/sluice/shard"
 )
 
 // shutdownGrace bounds how long a stopping sluice waits for in-flight work
@@ -109,8 +109,8 @@ func (a *app) wireSources(ctx context.Context) error {
 	if err := a.reg.Register(gauges); err != nil {
 		return err
 	}
-	stores := map[string]shard.DeadLetterer{}
-	deadLetterer := func(name string) (shard.DeadLetterer, error) {
+	stores := map[string]event.DeadLetterer{}
+	deadLetterer := func(name string) (event.DeadLetterer, error) {
 		if name == "" {
 			return nil, nil // no on_failure: undeliverable records are dropped, counted and logged
 		}
@@ -140,7 +140,7 @@ func (a *app) wireSources(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		var scope func(*shard.Record) string
+		var scope func(*event.Record) string
 		if !sc.Scope.IsNone() {
 			scope = sc.Scope.Of
 		}

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // Kind is the Kafka broker kind (brokers.<name>.kafka).
@@ -58,10 +58,7 @@ func (b *Broker) NewSource(name string, sc consumer.SourceConfig, deps consumer.
 }
 
 // Encoder encodes batches as Lambda's self-managed Kafka event.
-func (b *Broker) Encoder(consumer.SourceConfig) func([]shard.Record) ([]byte, error) {
-	bootstrap := bootstrapServers(b.cfg)
-	return func(recs []shard.Record) ([]byte, error) { return EncodeEvent(bootstrap, recs) }
-}
+func (b *Broker) Encoder(consumer.SourceConfig) event.Encoder { return NewEncoder(b.cfg) }
 
 // EnsureDestination creates or reconciles d's topic (one partition).
 func (b *Broker) EnsureDestination(ctx context.Context, d consumer.Destination) (bool, []string, error) {
@@ -112,7 +109,7 @@ func (b *Broker) SourceWriter(ctx context.Context, sc consumer.SourceConfig, mus
 }
 
 // AddressEvent does nothing: the topic is the address.
-func (b *Broker) AddressEvent(consumer.SourceConfig, *shard.Record, string) {}
+func (b *Broker) AddressEvent(consumer.SourceConfig, *event.Record, string) {}
 
 // EventsHaveKeys is true: Kafka records have keys.
 func (b *Broker) EventsHaveKeys() bool { return true }

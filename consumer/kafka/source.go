@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -55,7 +56,7 @@ const (
 	maxPollRecords = 10000
 	// DefaultShardBufferBytes bounds what one shard holds (buffered and in
 	// flight) by the estimated encoded size of its records
-	// (shard.Record.Size, about what they occupy in memory too): it pauses
+	// (event.Record.Size, about what they occupy in memory too): it pauses
 	// its partition at this, and resumes at half. With a fetch share of at
 	// most FetchMaxPartitionBytes on top, a shard holds a few MiB at most.
 	DefaultShardBufferBytes = 4 << 20
@@ -84,7 +85,7 @@ type Options struct {
 	Deliverer shard.Deliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics (metrics.go).
@@ -368,16 +369,25 @@ func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
 	})
 }
 
-func convert(krs []*kgo.Record) []shard.Record {
-	recs := make([]shard.Record, len(krs))
+// timestampTypeOf reads the timestamp type of kr's attributes.
+func timestampTypeOf(kr *kgo.Record) event.TimestampType {
+	if kr.Attrs.TimestampType() == 1 {
+		return event.LogAppendTime
+	}
+	return event.CreateTime
+}
+
+func convert(krs []*kgo.Record) []event.Record {
+	recs := make([]event.Record, len(krs))
 	for i, kr := range krs {
 		r := &recs[i]
-		r.Topic, r.Partition, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.Offset, kr.Timestamp
-		r.Key, r.Value, r.Ref = kr.Key, kr.Value, kr
+		r.Topic, r.Partition, r.LeaderEpoch, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.LeaderEpoch, kr.Offset, kr.Timestamp
+		r.TimestampType = timestampTypeOf(kr)
+		r.Key, r.Value = kr.Key, kr.Value
 		if len(kr.Headers) > 0 {
-			r.Headers = make([]shard.Header, len(kr.Headers))
+			r.Headers = make([]event.Header, len(kr.Headers))
 			for j, h := range kr.Headers {
-				r.Headers[j] = shard.Header{Key: h.Key, Value: h.Value}
+				r.Headers[j] = event.Header{Key: h.Key, Value: h.Value}
 			}
 		}
 	}
@@ -426,12 +436,9 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
-		Commit: func(last shard.Record) {
-			kr, ok := last.Ref.(*kgo.Record)
-			if !ok {
-				s.log.Error("bug: a checkpointed record has no *kgo.Record", "partition", p, "offset", last.Offset)
-				return
-			}
+		Commit: func(last event.Record) {
+			// What a mark reads of a record: its coordinates and epoch.
+			kr := &kgo.Record{Topic: last.Topic, Partition: last.Partition, LeaderEpoch: last.LeaderEpoch, Offset: last.Offset}
 			pt.mu.Lock()
 			marked := !pt.revoked
 			if marked {

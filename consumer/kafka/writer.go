@@ -10,7 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // DefaultWriteTimeout bounds one Writer.Append: a topic that is missing or a
@@ -93,7 +93,7 @@ func (w *Writer) Topic() string { return w.topic }
 // topic's retention counts from then) and returns nil only once every one of
 // them was acknowledged. It gives up after the Writer's timeout or when ctx
 // ends; records may then have been written or not (at-least-once).
-func (w *Writer) Append(ctx context.Context, recs []shard.Record) error {
+func (w *Writer) Append(ctx context.Context, recs []event.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}

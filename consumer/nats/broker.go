@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // Kind is the JetStream broker kind (brokers.<name>.nats).
@@ -137,10 +137,7 @@ func (b *Broker) NewSource(name string, sc consumer.SourceConfig, deps consumer.
 }
 
 // Encoder encodes batches as sluice's JetStream event (event.go).
-func (b *Broker) Encoder(sc consumer.SourceConfig) func([]shard.Record) ([]byte, error) {
-	stream := sc.Stream
-	return func(recs []shard.Record) ([]byte, error) { return EncodeEvent(stream, recs) }
-}
+func (b *Broker) Encoder(sc consumer.SourceConfig) event.Encoder { return Encoder{Stream: sc.Stream} }
 
 // EnsureDestination creates or reconciles d's stream over d.Subject.
 func (b *Broker) EnsureDestination(ctx context.Context, d consumer.Destination) (bool, []string, error) {
@@ -196,9 +193,9 @@ func (b *Broker) SourceWriter(_ context.Context, sc consumer.SourceConfig, _ boo
 // AddressEvent publishes rec to a subject of sc (its wildcards replaced by
 // id) with id as its Nats-Msg-Id, so a publish retried within the stream's
 // duplicate window is stored once.
-func (b *Broker) AddressEvent(sc consumer.SourceConfig, rec *shard.Record, id string) {
+func (b *Broker) AddressEvent(sc consumer.SourceConfig, rec *event.Record, id string) {
 	rec.Subject = concreteSubject(sc.Subject, id)
-	rec.Headers = append(rec.Headers, shard.Header{Key: "Nats-Msg-Id", Value: []byte(id)})
+	rec.Headers = append(rec.Headers, event.Header{Key: "Nats-Msg-Id", Value: []byte(id)})
 }
 
 // EventsHaveKeys is false: JetStream messages have no key.
