@@ -661,7 +661,9 @@ func TestDLQRetentionReconciled(t *testing.T) {
 	}
 
 	p := startSluice(t, "sluice A", config("336h"))
-	p.stop(syscall.SIGTERM)
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("sluice A: exit code %d after SIGTERM, want 0", code)
+	}
 	if got := retentionMs(); got != "1209600000" {
 		t.Errorf("created with retention.ms %s, want 1209600000 (14 days)", got)
 	}
@@ -672,7 +674,9 @@ func TestDLQRetentionReconciled(t *testing.T) {
 	logged(p, "dead-letter stream created", dlStream)
 
 	p = startSluice(t, "sluice B", config("168h"))
-	p.stop(syscall.SIGTERM)
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("sluice B: exit code %d after SIGTERM, want 0", code)
+	}
 	if got := retentionMs(); got != "604800000" {
 		t.Errorf("after the change retention.ms is %s, want 604800000 (7 days)", got)
 	}
