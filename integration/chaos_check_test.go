@@ -19,7 +19,7 @@ package integration
 //     settled: the Kafka group committed to the end of every partition, or
 //     every JetStream partition consumer with NumPending = NumAckPending = 0.
 //
-// TestChaosCheckerCatchesLoss shows the checker failing on an injected loss.
+// TestLossCheckerCatchesInjectedLoss shows the checker failing on an injected loss.
 
 import (
 	"context"
@@ -499,7 +499,7 @@ func (r *recorder) Errorf(format string, args ...any) {
 	r.errs = append(r.errs, fmt.Sprintf(format, args...))
 }
 
-// TestChaosCheckerCatchesLoss shows that the chaos checker fails on a lost
+// TestLossCheckerCatchesInjectedLoss shows that the chaos checker fails on a lost
 // record that the producer never saw acknowledged and that the source's
 // committed position has passed, the loss a dropped commit guard causes.
 // On each broker: sluice consumes a few records and stops (SIGTERM); then the
@@ -510,7 +510,7 @@ func (r *recorder) Errorf(format string, args ...any) {
 // report that record LOST, although the source is settled and the producer's
 // own record of what it wrote holds nothing undelivered. Before the
 // injection, the checker reports nothing.
-func TestChaosCheckerCatchesLoss(t *testing.T) {
+func TestLossCheckerCatchesInjectedLoss(t *testing.T) {
 	t.Parallel()
 	for _, be := range streamBackends() {
 		t.Run(be.Name(), func(t *testing.T) {
