@@ -10,6 +10,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
@@ -276,7 +277,11 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 	}
 	runAsync(t, b)
 	waitFor(t, 20*time.Second, "every event dead-lettered", func() bool { return len(f.deadLetters()) >= n })
-	time.Sleep(300 * time.Millisecond) // nothing more comes
+	// Nothing more can come once the group committed the source topic and
+	// every retry topic to its end.
+	waitFor(t, 20*time.Second, "source and retry topics committed to their ends", func() bool {
+		return committedToEnd(t, seeds, "g", append([]string{"orders"}, b.RetryTopics()...)...)
+	})
 	for o := range int64(n) {
 		var atts []int
 		for _, c := range f.callsOf(o) {
@@ -544,4 +549,29 @@ func TestAsyncRebalanceLosesNothing(t *testing.T) {
 	if dls := append(fa.deadLetters(), fb.deadLetters()...); len(dls) != 0 {
 		t.Errorf("%d dead letters, want none (first: %+v)", len(dls), dls[0])
 	}
+}
+
+// committedToEnd reports whether group committed every partition of topics
+// to its end offset: nothing is left for the group to read.
+func committedToEnd(t testing.TB, seeds []string, group string, topics ...string) bool {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(t.Context(), topics...)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		t.Fatalf("end offsets of %v: %v", topics, err)
+	}
+	ok := true
+	ends.Each(func(o kadm.ListedOffset) {
+		if committed(t, seeds, group, o.Topic)[o.Partition] != o.Offset {
+			ok = false
+		}
+	})
+	return ok
 }
