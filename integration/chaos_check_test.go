@@ -327,6 +327,7 @@ type chaosScaffold struct {
 
 	faults   map[string]int
 	faultLog []string
+	windows  [][2]time.Time // when faults were under way (async invariants)
 
 	bg             context.Context
 	stopBG         context.CancelFunc

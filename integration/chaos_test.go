@@ -133,6 +133,7 @@ type chaosFunction struct {
 
 	mode    fnMode
 	outage  bool           // the dead-letter store is down: answer 400 to everything
+	force   int            // when not 0, the status of every answer (a fault every event must meet)
 	phases  map[fnMode]int // phases started, by mode
 	answers map[fnMode]int // answers given, by kind
 	end     map[*fnBatch]time.Time
@@ -165,6 +166,12 @@ func (c *chaosFunction) policy(b *fnBatch) fnAnswer {
 		// Every record now needs the dead-letter store, which is down:
 		// the shards must block, not skip or drop anything.
 		kind = modeForced
+	}
+	if c.force != 0 {
+		kind = fnMode(fmt.Sprintf("%d-forced", c.force))
+		c.answers[kind]++
+		c.end[b] = b.At
+		return fnAnswer{Status: c.force}
 	}
 	var a fnAnswer
 	switch kind {
