@@ -29,11 +29,11 @@ test-all: ## everything, against real brokers it fetches and starts itself (Kafk
 
 # The chaos suite restarts brokers, so it always gets a set of its own (never
 # the one the integration tests share) and runs after them, not beside them.
-chaos: ## fault-injection suite, long: ≥ 20 kill -9, broker restarts, flaky function; JetStream and Kafka sources (~17 min, own brokers)
-	SLUICE_CHAOS=long scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 50m -v -run '^TestChaos' ./integration/
+chaos: ## fault-injection suite, long: ≥ 20 kill -9, broker restarts, flaky function; Kafka and JetStream sources, stream and async modes (~25 min, own brokers)
+	SLUICE_CHAOS=long scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 60m -v -run '^TestChaos' ./integration/
 
-chaos-short: ## fault-injection suite, short (CI), Kafka and JetStream sources: kill -9, broker restarts, dead-letter outage (~6 min, own brokers)
-	SLUICE_CHAOS=short scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 15m -v -run '^TestChaos(JetStream)?$$' ./integration/
+chaos-short: ## fault-injection suite, short (CI): Kafka and JetStream sources, stream and async modes; kill -9, broker restarts, store outages (~10 min, own brokers)
+	SLUICE_CHAOS=short scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 30m -v -run '^TestChaos(JetStream|KafkaAsync|JetStreamAsync)?$$' ./integration/
 
 FUZZTIME ?= 30s
 FUZZ_TARGETS := admin:FuzzAdminRequest config:FuzzLoad dispatch:FuzzParseBatchItemFailures dispatch:FuzzHTTPResponse retention:FuzzDecodeEnvelope retention:FuzzEnvelopeRoundTrip

@@ -148,8 +148,12 @@ func (s kafkaChaosSource) Settled(ctx context.Context) error {
 	var behind []string
 	ends.Each(func(o kadm.ListedOffset) {
 		c, ok := resp.Lookup(s.topic, o.Partition)
-		if !ok || c.At != o.Offset {
-			behind = append(behind, fmt.Sprintf("partition %d committed %d, end %d", o.Partition, c.At, o.Offset))
+		at := c.At
+		if !ok || at < 0 {
+			at = 0 // nothing committed: the group is at the start
+		}
+		if at != o.Offset {
+			behind = append(behind, fmt.Sprintf("partition %d committed %d, end %d", o.Partition, at, o.Offset))
 		}
 	})
 	if len(behind) > 0 {
