@@ -59,7 +59,7 @@ type kafkaChaosSource struct {
 }
 
 // admin returns an admin client of the broker, closed by close.
-func (s kafkaChaosSource) admin() (adm *kadm.Client, close func(), err error) {
+func (s kafkaChaosSource) admin() (adm *kadm.Client, closeAdm func(), err error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(s.seeds...))
 	if err != nil {
 		return nil, nil, err
@@ -592,7 +592,7 @@ func TestLossCheckerCatchesInjectedLoss(t *testing.T) {
 							acked = true
 						}
 						if !acked {
-							return fmt.Errorf("nothing fetched: %v", b.Error())
+							return fmt.Errorf("nothing fetched: %w", b.Error())
 						}
 						return nil
 					})
