@@ -81,6 +81,10 @@ type asyncEnv interface {
 	// (Kafka: the source and retry topics committed to their ends;
 	// JetStream: nothing pending or unacknowledged on its consumer).
 	Settled(t *testing.T, source string) error
+	// DuePrecision is how much earlier than its delay a retry may come
+	// because the broker carries its due time rounded (Kafka: a retry
+	// record's due time is in Unix milliseconds; JetStream: 0).
+	DuePrecision() time.Duration
 	// CommitsBeforeRetry reports whether the source's position passes an
 	// event as soon as it is safely in a retry topic (Kafka), rather than
 	// once it is finished (JetStream).
@@ -252,9 +256,9 @@ func checkExhausted(t *testing.T, env asyncEnv, source string, fn *asyncFn, want
 		}
 		if !slices.Equal(atts, []int{1, 2, 3}) {
 			t.Errorf("event %s (%d@%d): invoked with attempts %v, want exactly [1 2 3] (max_retry_attempts 2)", ev.Value, ev.Partition, ev.Offset, atts)
-		} else if g1, g2 := cs[1].At.Sub(cs[0].At), cs[2].At.Sub(cs[1].At); g1 < minGaps[0] || g2 < minGaps[1] || g2 <= g1 {
-			t.Errorf("%s: waits between attempts %s and %s, want at least %s and %s, growing", ev.Value,
-				g1.Round(time.Millisecond), g2.Round(time.Millisecond), minGaps[0], minGaps[1])
+		} else if g1, g2 := cs[1].At.Sub(cs[0].At), cs[2].At.Sub(cs[1].At); g1 < minGaps[0]-env.DuePrecision() || g2 < minGaps[1]-env.DuePrecision() || g2 <= g1 {
+			t.Errorf("%s: waits between attempts %s and %s, want at least %s and %s (less %s of the broker's rounding), growing", ev.Value,
+				g1, g2, minGaps[0], minGaps[1], env.DuePrecision())
 		}
 		dl, ok := letters[ev.Value]
 		if !ok {
@@ -466,9 +470,10 @@ type kafkaAsyncEnv struct {
 	broker     map[string]any
 }
 
-func (e *kafkaAsyncEnv) Topic() string            { return e.topic }
-func (e *kafkaAsyncEnv) ShortenFailover()         { e.broker = kafkaFastFailover }
-func (e *kafkaAsyncEnv) CommitsBeforeRetry() bool { return true }
+func (e *kafkaAsyncEnv) Topic() string               { return e.topic }
+func (e *kafkaAsyncEnv) ShortenFailover()            { e.broker = kafkaFastFailover }
+func (e *kafkaAsyncEnv) CommitsBeforeRetry() bool    { return true }
+func (e *kafkaAsyncEnv) DuePrecision() time.Duration { return time.Millisecond }
 
 func (e *kafkaAsyncEnv) Config(t *testing.T, source, fnURL string, settings map[string]any) string {
 	t.Helper()
@@ -609,9 +614,10 @@ type jsAsyncEnv struct {
 	broker             map[string]any // further brokers.bus.nats settings
 }
 
-func (e *jsAsyncEnv) Topic() string            { return e.stream }
-func (e *jsAsyncEnv) ShortenFailover()         { e.broker = natsFastFailover }
-func (e *jsAsyncEnv) CommitsBeforeRetry() bool { return false }
+func (e *jsAsyncEnv) Topic() string               { return e.stream }
+func (e *jsAsyncEnv) ShortenFailover()            { e.broker = natsFastFailover }
+func (e *jsAsyncEnv) CommitsBeforeRetry() bool    { return false }
+func (e *jsAsyncEnv) DuePrecision() time.Duration { return 0 }
 
 // Config: the async source over <prefix>.>.
 func (e *jsAsyncEnv) Config(t *testing.T, source, fnURL string, settings map[string]any) string {
