@@ -221,7 +221,7 @@ func TestChaosKafkaAsync(t *testing.T) {
 		acked[i].Partition, acked[i].Offset = 0, int64(acked[i].Seq)
 	}
 	c.drainAndCheckAsync(src, acked, letters, source, "Kafka async source (retry topics), JetStream dead letters", pr.failedCount(),
-		"writing an event to its retry topic failed")
+		map[string]string{"writing an event to its retry topic failed": "retry-store", "dead-letter write failed": "dlq-outage"})
 }
 
 // TestChaosJetStreamAsync: see the top of this file.
@@ -345,7 +345,7 @@ func TestChaosJetStreamAsync(t *testing.T) {
 		acked[i].Partition, acked[i].Offset = 0, int64(acked[i].Seq)
 	}
 	c.drainAndCheckAsync(src, acked, letters, source, "JetStream async source (retry-state bucket), Kafka dead letters", pr.failedCount(),
-		"recording an event's retry state failed")
+		map[string]string{"recording an event's retry state failed": "retry-store", "dead-letter write failed": "dlq-outage", `"msg":"pull failed"`: "tcp-fault"})
 }
 
 // asyncChaosConfig is the configuration of an async chaos run: brokers main
@@ -455,10 +455,11 @@ func (c *chaosScaffold) asyncScript(plan asyncChaosPlan, steps []func(), nSteps 
 }
 
 // drainAndCheckAsync is drainAndCheck for an async source, with the async
-// invariants of the top of this file. storeLog is what sluice logs when the
-// retry store refuses a write: the retry-store fault must show in the logs.
+// invariants of the top of this file. mustLog maps what sluice logs when a
+// fault meets it to that fault's kind: each fault that ran must show in the
+// logs of some process (the fault was exercised, not only injected).
 func (c *chaosScaffold) drainAndCheckAsync(src chaosSource, acked []chaosRecord, letters func() []chaosLetter,
-	source, variant string, failed int, storeLog string) {
+	source, variant string, failed int, mustLog map[string]string) {
 	t := c.t
 	t.Helper()
 	if !c.producingEnded {
@@ -491,7 +492,7 @@ func (c *chaosScaffold) drainAndCheckAsync(src chaosSource, acked []chaosRecord,
 	c.run.scrapeAll()
 	c.stopBG()
 	c.wg.Wait()
-	storeLogged := 0
+	logged := map[string]int{}
 	c.run.mu.Lock()
 	procs := make([]*sluiceProc, 0, len(c.run.last))
 	for p := range c.run.last {
@@ -502,23 +503,30 @@ func (c *chaosScaffold) drainAndCheckAsync(src chaosSource, acked []chaosRecord,
 	c.run.end("B", syscall.SIGTERM)
 	for _, p := range procs {
 		for _, l := range p.logLines() {
-			if strings.Contains(l, storeLog) {
-				storeLogged++
+			for msg := range mustLog {
+				if strings.Contains(l, msg) {
+					logged[msg]++
+				}
 			}
 		}
 	}
 	reportLost(t, lost)
-	c.checkAsync(want, letters(), source, variant, len(acked), failed, storeLogged)
-	if storeLogged == 0 && c.faults["retry-store"] > 0 {
-		t.Errorf("no process logged %q: the retry-store fault was not exercised", storeLog)
+	var logFig []string
+	for msg, kind := range mustLog {
+		logFig = append(logFig, fmt.Sprintf("%q %d", msg, logged[msg]))
+		if logged[msg] == 0 && c.faults[kind] > 0 {
+			t.Errorf("no process logged %q: the %s fault was not exercised", msg, kind)
+		}
 	}
+	slices.Sort(logFig)
+	c.checkAsync(want, letters(), source, variant, len(acked), failed, strings.Join(logFig, ", "))
 	if c.faults["kill-9"] < asyncChaosPlanFor(c.mode).Kills {
 		t.Errorf("only %d kill -9 cycles ran, the plan has %d", c.faults["kill-9"], asyncChaosPlanFor(c.mode).Kills)
 	}
 }
 
 // checkAsync checks the async invariants and prints the figures.
-func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, source, variant string, acked, failed, storeLogged int) {
+func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, source, variant string, acked, failed int, logged string) {
 	t := c.t
 	t.Helper()
 	batches := c.fn.snapshot()
@@ -640,7 +648,7 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 	fmt.Fprintf(&fig, "  lost                  %d\n", lost)
 	fmt.Fprintf(&fig, "  attempt repeats       %d, each explained by a fault\n", explainedRepeats)
 	fmt.Fprintf(&fig, "  dead-lettered, then   %d events were also accepted\n", deadThenDelivered)
-	fmt.Fprintf(&fig, "  retry-store failures  %d logged\n", storeLogged)
+	fmt.Fprintf(&fig, "  faults met (logged)   %s\n", logged)
 	fmt.Fprintf(&fig, "  faults injected       %s\n", fmtCounts(c.faults, "end-of-faults"))
 	fmt.Fprintf(&fig, "  function phases       %s\n", phases)
 	fmt.Fprintf(&fig, "  function answers      %s (%d invocations)\n", answers, len(batches))
