@@ -552,42 +552,75 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 			t.Errorf(format, args...)
 		}
 	}
-	explainedRepeats, accepted, duplicates := 0, 0, 0
+	// Each event's invocations, in arrival order, are read as retry
+	// chains: a chain moves from attempt a to a+1 after a failure, stays at
+	// a after a throttle (which consumes no attempt). After a kill -9 a
+	// second chain may start at attempt 1 (Kafka: the source record is read
+	// again when its offset was not committed yet, although the first
+	// chain goes on in a retry topic), and a chain may repeat an attempt
+	// whose outcome died with its process, or skip one whose throttle was
+	// not recorded (JetStream: the retry-state bucket); each only when a
+	// fault explains it. Attempts forgotten across a restart would show as
+	// a chain that never goes on past the kill while a new one starts at 1:
+	// a back step that no chain explains.
+	explainedRepeats, extraChains, accepted, duplicates := 0, 0, 0, 0
+	type chain struct {
+		attempt int
+		last    call
+	}
 	for k, cs := range calls {
 		ok := 0
-		for i, cl := range cs {
+		var chains []*chain
+		for _, cl := range cs {
 			if cl.status >= 200 && cl.status <= 299 {
 				ok++
 			}
 			if cl.attempt < 1 || cl.attempt > maxAttempt {
 				fail("event %d: invoked with Sluice-Attempt %d, want 1..%d", k, cl.attempt, maxAttempt)
 			}
-			if i == 0 {
+			// The chain this invocation continues: the first whose next
+			// step it is, by preference one needing no explanation.
+			var next, repeat, skip *chain
+			for _, ch := range chains {
+				switch {
+				case cl.attempt == ch.attempt+1 && !throttle(ch.last.status),
+					cl.attempt == ch.attempt && throttle(ch.last.status):
+					if next == nil {
+						next = ch
+					}
+				case cl.attempt == ch.attempt:
+					repeat = ch
+				case cl.attempt > ch.attempt:
+					skip = ch
+				}
+			}
+			switch {
+			case next != nil:
+				next.attempt, next.last = cl.attempt, cl
+			case repeat != nil:
+				if !c.explained(repeat.last.at, cl.at) {
+					fail("event %d: attempt %d repeated at %s (previous answer %d, not a throttle) with no fault to explain it",
+						k, cl.attempt, cl.at.Sub(c.start).Round(time.Millisecond), repeat.last.status)
+				}
+				explainedRepeats++
+				repeat.last = cl
+			case skip != nil:
+				if !c.explained(skip.last.at, cl.at) {
+					fail("event %d: attempt %d after attempt %d (answered %d) with no fault to explain it", k, cl.attempt, skip.attempt, skip.last.status)
+				}
+				skip.attempt, skip.last = cl.attempt, cl
+			case len(chains) == 0:
 				if cl.attempt != 1 && !c.explained(cl.at, cl.at) {
 					fail("event %d: first invocation is attempt %d with no fault to explain it", k, cl.attempt)
 				}
-				continue
-			}
-			prev := cs[i-1]
-			switch d := cl.attempt - prev.attempt; {
-			case d < 0:
-				fail("event %d: attempt %d after attempt %d: the attempts went back (forgotten across a restart?)", k, cl.attempt, prev.attempt)
-			case d == 0 && !throttle(prev.status):
-				if !c.explained(prev.at, cl.at) {
-					fail("event %d: attempt %d repeated at %s (previous answer %d, not a throttle) with no fault to explain it",
-						k, cl.attempt, cl.at.Sub(c.start).Round(time.Millisecond), prev.status)
+				chains = append(chains, &chain{cl.attempt, cl})
+			default:
+				if cl.attempt != 1 || !c.explained(cs[0].at, cl.at) {
+					fail("event %d: attempt %d at %s after attempts up to %d: the attempts went back with no fault to explain it (forgotten across a restart?)",
+						k, cl.attempt, cl.at.Sub(c.start).Round(time.Millisecond), chains[len(chains)-1].attempt)
 				}
-				explainedRepeats++
-			case d == 1 && throttle(prev.status):
-				// A throttle consumes no attempt; a fault may have lost
-				// the record of it (JetStream: the retry-state bucket).
-				if !c.explained(prev.at, cl.at) {
-					fail("event %d: attempt %d after a throttled attempt %d with no fault to explain it", k, cl.attempt, prev.attempt)
-				}
-			case d > 1:
-				if !c.explained(prev.at, cl.at) {
-					fail("event %d: attempt %d right after attempt %d with no fault to explain it", k, cl.attempt, prev.attempt)
-				}
+				extraChains++
+				chains = append(chains, &chain{cl.attempt, cl})
 			}
 		}
 		if ok > 0 {
@@ -647,6 +680,7 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 	fmt.Fprintf(&fig, "  duplicates            %d extra deliveries\n", duplicates)
 	fmt.Fprintf(&fig, "  lost                  %d\n", lost)
 	fmt.Fprintf(&fig, "  attempt repeats       %d, each explained by a fault\n", explainedRepeats)
+	fmt.Fprintf(&fig, "  second retry chains   %d, each started after a fault\n", extraChains)
 	fmt.Fprintf(&fig, "  dead-lettered, then   %d events were also accepted\n", deadThenDelivered)
 	fmt.Fprintf(&fig, "  faults met (logged)   %s\n", logged)
 	fmt.Fprintf(&fig, "  faults injected       %s\n", fmtCounts(c.faults, "end-of-faults"))
