@@ -70,7 +70,8 @@ type asyncChaosPlan struct {
 	DLQOutages     int
 	StoreFailures  int
 	ProxyFaults    int // JetStream only: a reset and a refusal window each
-	Outage         time.Duration
+	Outage         time.Duration // a retry-store failure, a TCP refusal window (half of it)
+	DLQOutage      time.Duration // longer than a dead-letter write's 10 s timeout: writes must fail, not only wait
 	Rate           int
 	Drain          time.Duration
 }
@@ -78,10 +79,10 @@ type asyncChaosPlan struct {
 func asyncChaosPlanFor(mode string) asyncChaosPlan {
 	if mode == "long" {
 		return asyncChaosPlan{Kills: 10, KillEvery: 10 * time.Second, BrokerRestarts: 2, DLQOutages: 2, StoreFailures: 2, ProxyFaults: 2,
-			Outage: 12 * time.Second, Rate: 150, Drain: 180 * time.Second}
+			Outage: 12 * time.Second, DLQOutage: 18 * time.Second, Rate: 150, Drain: 180 * time.Second}
 	}
 	return asyncChaosPlan{Kills: 3, KillEvery: 6 * time.Second, BrokerRestarts: 1, DLQOutages: 1, StoreFailures: 1, ProxyFaults: 1,
-		Outage: 8 * time.Second, Rate: 100, Drain: 150 * time.Second}
+		Outage: 8 * time.Second, DLQOutage: 14 * time.Second, Rate: 100, Drain: 150 * time.Second}
 }
 
 // decodeAsyncChaos reads one async invocation (the event as the body) as a
@@ -197,11 +198,11 @@ func TestChaosKafkaAsync(t *testing.T) {
 		from := time.Now()
 		c.forceAnswer(http.StatusBadRequest, func() {
 			brokerCtl(t, "down.sh", "nats")
-			time.Sleep(plan.Outage) // the store stays down this long
+			time.Sleep(plan.DLQOutage) // the store stays down this long
 			brokerCtl(t, "up.sh", "nats")
 		})
 		c.faultWindow(from)
-		c.note("dlq-outage", "the dead-letter store (nats-server) was down for %s while the function answered 400", plan.Outage)
+		c.note("dlq-outage", "the dead-letter store (nats-server) was down for %s while the function answered 400", plan.DLQOutage)
 	}
 	c.asyncScript(plan, []func(){storeFailure, brokerRestart, dlqOutage}, plan.BrokerRestarts+plan.DLQOutages+plan.StoreFailures)
 	c.endFaults(func() error { return prodCl.Flush(t.Context()) })
@@ -294,11 +295,11 @@ func TestChaosJetStreamAsync(t *testing.T) {
 		from := time.Now()
 		c.forceAnswer(http.StatusBadRequest, func() {
 			brokerCtl(t, "down.sh", "kafka")
-			time.Sleep(plan.Outage) // the store stays down this long
+			time.Sleep(plan.DLQOutage) // the store stays down this long
 			brokerCtl(t, "up.sh", "kafka")
 		})
 		c.faultWindow(from)
-		c.note("dlq-outage", "the dead-letter store (Kafka) was down for %s while the function answered 400", plan.Outage)
+		c.note("dlq-outage", "the dead-letter store (Kafka) was down for %s while the function answered 400", plan.DLQOutage)
 	}
 	proxyFault := func() {
 		from := time.Now()
