@@ -69,7 +69,7 @@ type asyncChaosPlan struct {
 	BrokerRestarts int
 	DLQOutages     int
 	StoreFailures  int
-	ProxyFaults    int // JetStream only: a reset and a refusal window each
+	ProxyFaults    int           // JetStream only: a reset and a refusal window each
 	Outage         time.Duration // a retry-store failure, a TCP refusal window (half of it)
 	DLQOutage      time.Duration // longer than a dead-letter write's 10 s timeout: writes must fail, not only wait
 	Rate           int
