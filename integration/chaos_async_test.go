@@ -466,45 +466,15 @@ func (c *chaosScaffold) drainAndCheckAsync(src chaosSource, acked []chaosRecord,
 	source, variant string, failed int, mustLog map[string]string) {
 	t := c.t
 	t.Helper()
-	if !c.producingEnded {
-		t.Fatal("drainAndCheckAsync before endFaults: the producer may still write")
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	want, err := readWithRetry(ctx, src)
-	cancel()
-	if err != nil {
-		t.Fatalf("read the source from its broker: %v", err)
-	}
-	checkAcked(t, want, acked)
-	drainStart := time.Now()
-	var lost []chaosRecord
-	for {
-		lost = unresolved(want, c.fn.snapshot(), letters())
-		if len(lost) == 0 || time.Since(drainStart) > c.plan.Drain || t.Failed() {
-			break
-		}
-		time.Sleep(time.Second)
-	}
-	t.Logf("drain took %s", time.Since(drainStart).Round(time.Millisecond))
-	if len(lost) == 0 {
-		eventually(t, 90*time.Second, "the source is settled", func() error {
-			ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
-			defer cancel()
-			return src.Settled(ctx)
-		})
-	}
-	c.run.scrapeAll()
-	c.stopBG()
-	c.wg.Wait()
-	logged := map[string]int{}
+	// The processes (killed ones too) whose logs are searched below.
 	c.run.mu.Lock()
 	procs := make([]*sluiceProc, 0, len(c.run.last))
 	for p := range c.run.last {
 		procs = append(procs, p)
 	}
 	c.run.mu.Unlock()
-	c.run.end("A", syscall.SIGTERM)
-	c.run.end("B", syscall.SIGTERM)
+	want, lost := c.drain(src, acked, letters)
+	logged := map[string]int{}
 	for _, p := range procs {
 		for _, l := range p.logLines() {
 			for msg := range mustLog {

@@ -430,16 +430,16 @@ func (c *chaosScaffold) endFaults(flush func() error) {
 	c.note("end-of-faults", "producing stopped, the function answers 200 from now on")
 }
 
-// drainAndCheck reads the source from its broker, waits until every record
-// it holds was delivered or dead-lettered and the source is settled, stops
-// the processes, and runs checkChaos. acked is what the producer saw
+// drain reads the source from its broker, waits until every record it
+// holds was delivered or dead-lettered and the source is settled, and stops
+// the background work and the processes. acked is what the producer saw
 // acknowledged (each must be in the broker); letters reads the dead-letter
-// store. o carries the variant's fields of chaosOutcome.
-func (c *chaosScaffold) drainAndCheck(src chaosSource, acked []chaosRecord, letters func() []chaosLetter, o chaosOutcome) {
+// store. It returns the records read and those still unresolved (lost).
+func (c *chaosScaffold) drain(src chaosSource, acked []chaosRecord, letters func() []chaosLetter) (want, lost []chaosRecord) {
 	t := c.t
 	t.Helper()
 	if !c.producingEnded {
-		t.Fatal("drainAndCheck before endFaults: the producer may still write")
+		t.Fatal("drain before endFaults: the producer may still write")
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	want, err := readWithRetry(ctx, src)
@@ -450,7 +450,6 @@ func (c *chaosScaffold) drainAndCheck(src chaosSource, acked []chaosRecord, lett
 	checkAcked(t, want, acked)
 
 	drainStart := time.Now()
-	var lost []chaosRecord
 	for {
 		lost = unresolved(want, c.fn.snapshot(), letters())
 		if len(lost) == 0 || time.Since(drainStart) > c.plan.Drain || t.Failed() {
@@ -471,11 +470,19 @@ func (c *chaosScaffold) drainAndCheck(src chaosSource, acked []chaosRecord, lett
 	c.wg.Wait()
 	c.run.end("A", syscall.SIGTERM)
 	c.run.end("B", syscall.SIGTERM)
+	return want, lost
+}
+
+// drainAndCheck drains (see drain) and runs checkChaos; o carries the
+// variant's fields of chaosOutcome.
+func (c *chaosScaffold) drainAndCheck(src chaosSource, acked []chaosRecord, letters func() []chaosLetter, o chaosOutcome) {
+	c.t.Helper()
+	want, lost := c.drain(src, acked, letters)
 	o.mode, o.seed, o.start = c.mode, c.seed, c.start
 	o.want, o.lost, o.letters, o.fn, o.cf, o.run = want, lost, letters(), c.fn, c.cf, c.run
 	o.faults, o.faultLog = c.faults, c.faultLog
 	o.acked = len(acked)
-	checkChaos(t, o)
+	checkChaos(c.t, o)
 }
 
 // readWithRetry reads src, retrying while a broker restarted a moment ago
