@@ -32,7 +32,7 @@ test-all: ## everything, against real brokers it fetches and starts itself (Kafk
 chaos: ## fault-injection suite, long: ≥ 20 kill -9, broker restarts, flaky function; Kafka and JetStream sources, stream and async modes (~25 min, own brokers)
 	SLUICE_CHAOS=long scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 60m -v -run '^TestChaos' ./integration/
 
-chaos-short: ## fault-injection suite, short (CI): Kafka and JetStream sources, stream and async modes; kill -9, broker restarts, store outages (~10 min, own brokers)
+chaos-short: ## fault-injection suite, short (CI): Kafka and JetStream sources, stream and async modes; kill -9, broker restarts, store outages (~8 min, own brokers)
 	SLUICE_CHAOS=short scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 30m -v -run '^TestChaos(JetStream|KafkaAsync|JetStreamAsync)?$$' ./integration/
 
 FUZZTIME ?= 30s
