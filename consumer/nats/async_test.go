@@ -181,8 +181,9 @@ func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 	if got := dl.LastAttemptAt.Sub(dl.FirstAttemptAt); got < 250*time.Millisecond {
 		t.Fatalf("first to last attempt %s, want the whole retry window", got)
 	}
+	// Settled: nothing pending, nothing unacknowledged; no invocation can
+	// follow (a message not terminated would be pending or redelivered).
 	settled(t, js)
-	time.Sleep(500 * time.Millisecond)
 	if n := len(r.callsOf("e1")); n != 3 {
 		t.Fatalf("invoked %d times after the dead letter: the event was not terminated", n)
 	}
