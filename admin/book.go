@@ -243,6 +243,9 @@ func (b *Book) SetRule(pattern string, patch RulePatch) (Rule, error) {
 	if _, exists := b.rules[pattern]; !exists && patch.Concurrency == nil {
 		return Rule{}, fmt.Errorf("%w: rule %q does not exist; creating it needs concurrency", ErrInvalid, pattern)
 	}
+	if _, exists := b.rules[pattern]; !exists && len(b.rules) >= dispatch.MaxRules {
+		return Rule{}, fmt.Errorf("%w: the rule book is full (%d rules at most); delete a rule first", ErrInvalid, dispatch.MaxRules)
+	}
 	return b.changeRuleLocked(pattern, func(ch *ruleChange) {
 		if ch.Deleted {
 			*ch = ruleChange{Replaces: true}

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -351,10 +350,7 @@ func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 	}
 	var v FunctionView
 	v.FunctionName = fn
-	v.Configuration.URL = cfg.URL
-	if u, err := url.Parse(cfg.URL); err == nil {
-		v.Configuration.URL = u.Redacted() // a read token must not reveal a password in the URL
-	}
+	v.Configuration.URL = dispatch.RedactURL(cfg.URL) // a read token must not reveal a password or an API key in the URL
 	timeout := cfg.Timeout
 	if timeout <= 0 {
 		timeout = dispatch.DefaultTimeout

@@ -63,19 +63,21 @@ func (s state) clone() state {
 	return state{Version: s.Version, Reservations: maps.Clone(s.Reservations), Rules: maps.Clone(s.Rules), Meta: maps.Clone(s.Meta)}
 }
 
-// store reads and writes the state file.
+// store reads and writes the state file and its journal (journal.go).
 type store struct {
 	dir  string
 	path string
+	j    journal
 }
 
 func newStore(dir string) *store {
-	return &store{dir: dir, path: filepath.Join(dir, stateFile)}
+	return &store{dir: dir, path: filepath.Join(dir, stateFile), j: journal{path: filepath.Join(dir, journalFile)}}
 }
 
 // load reads the file; a missing file is an empty state.
 func (s *store) load() (state, error) {
 	st := state{Version: stateVersion}
+	removeStaleTemps(s.dir)
 	b, err := os.ReadFile(s.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -98,28 +100,45 @@ func (s *store) load() (state, error) {
 	if st.Meta == nil {
 		st.Meta = map[string]ruleMeta{}
 	}
+	if err := s.j.replay(&st, b); err != nil {
+		return st, err
+	}
 	return st, nil
 }
 
-// save writes st atomically: a temporary file in the same directory,
-// synced, renamed over the old one, and the directory synced, so that a
-// crash leaves either the old or the new file, never a torn one.
+// save makes st durable: as lines appended to the journal when that is
+// cheaper (journal.go), else by writing the whole file (snapshot).
 func (s *store) save(st state) error {
+	if done, err := s.j.append(st); done || err != nil {
+		return err
+	}
+	b, err := s.snapshot(st)
+	if err != nil {
+		return err
+	}
+	return s.j.reset(st, b)
+}
+
+// snapshot writes st atomically and returns the bytes written: a temporary file in
+// the same directory, synced, renamed over the old one, and the directory
+// synced, so that a crash leaves either the old or the new file, never a
+// torn one.
+func (s *store) snapshot(st state) ([]byte, error) {
 	st.Version = stateVersion
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
-		return fmt.Errorf("admin: encode limits: %w", err)
+		return nil, fmt.Errorf("admin: encode limits: %w", err)
 	}
 	b = append(b, '\n')
 	if err := os.MkdirAll(s.dir, 0o750); err != nil {
-		return fmt.Errorf("admin: save limits: %w", err)
+		return nil, fmt.Errorf("admin: save limits: %w", err)
 	}
 	if old, err := os.ReadFile(s.path); err == nil && bytes.Equal(old, b) {
-		return nil
+		return b, nil
 	}
 	f, err := os.CreateTemp(s.dir, stateFile+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("admin: save limits: %w", err)
+		return nil, fmt.Errorf("admin: save limits: %w", err)
 	}
 	tmp := f.Name()
 	_, err = f.Write(b)
@@ -134,11 +153,11 @@ func (s *store) save(st state) error {
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("admin: save limits to %s: %w", s.path, err)
+		return nil, fmt.Errorf("admin: save limits to %s: %w", s.path, err)
 	}
 	if d, err := os.Open(s.dir); err == nil {
 		_ = d.Sync() // make the rename durable; not every file system supports it
 		_ = d.Close()
 	}
-	return nil
+	return b, nil
 }

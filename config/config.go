@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
@@ -41,6 +42,13 @@ type AdminConfig struct {
 	// only a loopback address is accepted.
 	Listen string        `koanf:"listen"`
 	Tokens []TokenConfig `koanf:"tokens"`
+	// The hardening of the listener (admin.go): HTTPS, accepted Host
+	// names, time limits and the cap on open connections.
+	TLS            *AdminTLS     `koanf:"tls"`
+	Hosts          []string      `koanf:"hosts"`
+	ReadTimeout    time.Duration `koanf:"read_timeout"`
+	IdleTimeout    time.Duration `koanf:"idle_timeout"`
+	MaxConnections int           `koanf:"max_connections"`
 }
 
 // Role is what a bearer token may do on the admin API.
@@ -119,7 +127,8 @@ func readSmallFile(name string, limit int64) ([]byte, error) {
 func Default() *Config {
 	return &Config{
 		Account:  dispatch.AccountConfig{}.WithDefaults(),
-		Admin:    AdminConfig{Listen: DefaultAdminListen},
+		Admin: AdminConfig{Listen: DefaultAdminListen, ReadTimeout: DefaultAdminReadTimeout,
+			IdleTimeout: DefaultAdminIdleTimeout, MaxConnections: DefaultAdminMaxConnections},
 		StateDir: DefaultStateDir,
 	}
 }
@@ -168,6 +177,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, problem("state_dir", "must not be empty (default %s)", DefaultStateDir))
 	}
 	errs = append(errs, c.validateFunctions()...)
+	errs = append(errs, c.validateSecrets()...)
 	errs = append(errs, c.validateBrokers()...)
 	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateDeadLetters()...)
@@ -179,9 +189,10 @@ func (c *Config) validateAdmin() []error {
 	host, _, err := net.SplitHostPort(c.Admin.Listen)
 	if err != nil {
 		errs = append(errs, problem("admin.listen", "%q is not host:port", c.Admin.Listen))
-	} else if len(c.Admin.Tokens) == 0 && !loopback(host) {
+	} else if len(c.Admin.Tokens) == 0 && !loopback(host) && !c.Admin.TLS.requiresClientCert() {
 		errs = append(errs, problem("admin.listen", "%s is not a loopback address; set admin.tokens to serve the admin API on it", c.Admin.Listen))
 	}
+	errs = append(errs, c.validateAdminHardening()...)
 	secrets := map[string]int{}
 	for i, t := range c.Admin.Tokens {
 		key := fmt.Sprintf("admin.tokens[%d]", i)

@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,6 +41,7 @@ type options struct {
 	log     *slog.Logger
 	limiter []LimiterOption
 	http    []HTTPOption
+	fnTLS   map[string]*tls.Config // WithFunctionTLS
 }
 
 // WithRegisterer registers the dispatcher's metrics with reg (default: none).
@@ -90,7 +92,11 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		if fc.ReservedConcurrency != nil {
 			conns = max(1, *fc.ReservedConcurrency)
 		}
-		h, err := NewHTTPFunction(name, fc, append([]HTTPOption{WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name))}, o.http...)...)
+		hopts := append([]HTTPOption{WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name))}, o.http...)
+		if c, ok := o.fnTLS[name]; ok {
+			hopts = append(hopts, WithTLSConfig(c))
+		}
+		h, err := NewHTTPFunction(name, fc, hopts...)
 		if err != nil {
 			d.unregister(o.reg)
 			lim.Close()

@@ -121,7 +121,7 @@ func (a *app) dlqNATS(name string) (*natsgo.Conn, error) {
 	}
 	nc, err := natsgo.Connect(url, natsgo.Name("sluice-dlq"))
 	if err != nil {
-		return nil, fmt.Errorf("dlq: brokers.%s: connect to %s: %w", name, url, err)
+		return nil, fmt.Errorf("dlq: brokers.%s: connect to %s: %w", name, dispatch.RedactURL(url), err)
 	}
 	a.closers = append(a.closers, nc.Close)
 	return nc, nil

@@ -61,6 +61,10 @@ type app struct {
 	readiness *readiness              // broker checks of /readyz (admin_wire.go)
 	natsConns map[string]*natsgo.Conn // NATS broker name → the connection in use, for readiness
 	ingress   http.Handler            // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
+
+	secrets  *secrets     // function headers and TLS, re-read on SIGHUP (secrets.go)
+	adminTLS *config.ServerTLS // admin.tls, loaded by wire, re-read on SIGHUP (admin_server.go)
+	lock     *stateLock   // the lock on state_dir (statelock.go)
 }
 
 // source is a running source as the app sees it.
@@ -73,13 +77,33 @@ type source interface {
 // Start-up work that talks to brokers (creating dead-letter topics) is bounded
 // by ctx.
 func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, error) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d, err := dispatch.New(cfg.Dispatch(), dispatch.WithRegisterer(reg), dispatch.WithLogger(log))
+	// One process per state_dir: taken before anything reads or writes it.
+	lock, err := lockStateDir(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, reg: reg, disp: d, natsURL: map[string]string{}, natsConns: map[string]*natsgo.Conn{}}
+	sec, dopts, err := loadSecrets(cfg, log)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d, err := dispatch.New(cfg.Dispatch(), append(dopts, dispatch.WithRegisterer(reg), dispatch.WithLogger(log))...)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	a := &app{cfg: cfg, log: log, reg: reg, disp: d, natsURL: map[string]string{}, natsConns: map[string]*natsgo.Conn{},
+		lock: lock, secrets: sec}
+	if err := setHeaders(d, cfg, cfg.Functions); err != nil {
+		a.close()
+		return nil, err
+	}
+	if err := a.loadAdminTLS(); err != nil {
+		a.close()
+		return nil, err
+	}
 	if err := a.wireSources(ctx); err != nil {
 		a.close()
 		return nil, err
@@ -123,7 +147,7 @@ func (a *app) wireSources(ctx context.Context) error {
 		}
 		nc, err := natsgo.Connect(url, natsgo.Name("sluice"), natsgo.MaxReconnects(-1))
 		if err != nil {
-			return nil, fmt.Errorf("run: brokers.%s: connect to %s: %w", name, url, err)
+			return nil, fmt.Errorf("run: brokers.%s: connect to %s: %w", name, dispatch.RedactURL(url), err)
 		}
 		a.natsURL[name] = url
 		a.natsConns[name] = nc
@@ -239,6 +263,14 @@ func (a *app) startEmbedded(name string, nb consumer.NATSConfig) (*natssrc.Embed
 	if port == 0 {
 		port = -1 // any free port
 	}
+	if a.lock == nil { // `sluice dlq list/show`: the store is about to be opened here
+		lock, err := lockStateDir(a.cfg.StateDir)
+		if err != nil {
+			return nil, err
+		}
+		a.lock = lock
+		a.closers = append(a.closers, func() { lock.release(); a.lock = nil })
+	}
 	dir := filepath.Join(a.cfg.StateDir, "nats")
 	e, err := natssrc.StartEmbedded(dir, natssrc.WithHost(host), natssrc.WithPort(port), natssrc.WithEmbeddedLogger(a.log))
 	if err != nil {
@@ -312,6 +344,7 @@ func (a *app) close() {
 		a.closers[i]()
 	}
 	a.disp.Close()
+	a.lock.release() // last: the embedded server's store is closed
 }
 
 // run serves until ctx ends, then shuts down: the sources stop fetching,
@@ -319,18 +352,17 @@ func (a *app) close() {
 // what is done; the admin API drains within shutdownGrace.
 func (a *app) run(ctx context.Context) error {
 	defer a.close()
-	ln, err := net.Listen("tcp", a.cfg.Admin.Listen)
-	if err != nil {
-		return fmt.Errorf("run: admin API: %w", err)
-	}
 	handler, err := a.adminAPI()
 	if err != nil {
-		_ = ln.Close()
 		return err
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	as, err := a.listenAdmin(handler)
+	if err != nil {
+		return err
+	}
+	ln, srv := as.ln, as.srv
 	served := make(chan error, 1) // Serve's one result; buffered so Serve never blocks on it
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- as.serve() }()
 
 	sctx, stopSources := context.WithCancel(ctx)
 	defer stopSources()
