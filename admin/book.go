@@ -56,6 +56,8 @@ type Book struct {
 	store *store
 	log   *slog.Logger
 	now   func() time.Time
+	// maxRules caps the rules (dispatch.MaxRules; tests lower it).
+	maxRules int
 
 	// mu guards the fields below and serializes changes: the limiter's own
 	// lock is taken inside it, never the other way round.
@@ -83,7 +85,7 @@ func WithBookClock(now func() time.Time) BookOption { return func(b *Book) { b.n
 // unreadable state file is an error: sluice must not run with limits other
 // than the operator set.
 func NewBook(lim *dispatch.Limiter, base dispatch.Config, stateDir string, opts ...BookOption) (*Book, error) {
-	b := &Book{lim: lim, store: newStore(stateDir), log: slog.Default(), now: time.Now, functions: base.Functions}
+	b := &Book{lim: lim, store: newStore(stateDir), log: slog.Default(), now: time.Now, functions: base.Functions, maxRules: dispatch.MaxRules}
 	for _, o := range opts {
 		o(b)
 	}
@@ -243,8 +245,8 @@ func (b *Book) SetRule(pattern string, patch RulePatch) (Rule, error) {
 	if _, exists := b.rules[pattern]; !exists && patch.Concurrency == nil {
 		return Rule{}, fmt.Errorf("%w: rule %q does not exist; creating it needs concurrency", ErrInvalid, pattern)
 	}
-	if _, exists := b.rules[pattern]; !exists && len(b.rules) >= dispatch.MaxRules {
-		return Rule{}, fmt.Errorf("%w: the rule book is full (%d rules at most); delete a rule first", ErrInvalid, dispatch.MaxRules)
+	if _, exists := b.rules[pattern]; !exists && len(b.rules) >= b.maxRules {
+		return Rule{}, fmt.Errorf("%w: the rule book is full (%d rules at most); delete a rule first", ErrInvalid, b.maxRules)
 	}
 	return b.changeRuleLocked(pattern, func(ch *ruleChange) {
 		if ch.Deleted {
