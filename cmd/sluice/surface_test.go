@@ -292,3 +292,61 @@ dead_letters: {dead: {stream: DEAD, subject: "dead.>"}}
 	}
 	runSluice(t, cfg).stop()
 }
+
+// admin.tls with required client certificates: the API speaks HTTPS only,
+// refuses a client without a certificate, and the CLI reaches it with
+// --cacert, --cert and --key.
+func TestAdminTLSWithClientCertificates(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	ca := testpki.New(t, "admin")
+	srv, cli := ca.Server("admin"), ca.Client("operator")
+	dir := t.TempDir()
+	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), fmt.Sprintf(`
+admin:
+  listen: "127.0.0.1:0"
+  tls: {cert_file: %s, key_file: %s, client_ca_file: %s}
+state_dir: ./state
+functions: {f: {url: "http://127.0.0.1:1/"}}
+rules: [{pattern: "*", concurrency: 5}]
+`, srv.CertFile, srv.KeyFile, ca.CertFile))
+	p := runSluice(t, cfg)
+	base := "https://" + strings.TrimPrefix(p.admin, "http://")
+
+	get := func(c *tls.Config) error {
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: c}}
+		resp, err := hc.Get(base + "/v1/rules")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	if err := get(&tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}); err == nil {
+		t.Fatal("a client without a certificate was served")
+	}
+	if err := get(&tls.Config{RootCAs: ca.Pool, Certificates: []tls.Certificate{cli.TLS}, MinVersion: tls.VersionTLS12}); err != nil {
+		t.Fatalf("a client with a certificate: %v", err)
+	}
+	if resp, err := http.Get(p.admin + "/healthz"); err == nil {
+		_ = resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Fatal("plain HTTP was served on the HTTPS listener")
+		}
+	}
+
+	var out, errOut bytes.Buffer
+	args := []string{"rules", "disable", "*", "--admin", base, "--cacert", ca.CertFile, "--cert", cli.CertFile, "--key", cli.KeyFile}
+	if code := run(t.Context(), args, &out, &errOut); code != 0 || !strings.Contains(out.String(), "rule * disabled") {
+		t.Fatalf("sluice %s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errOut.String())
+	}
+	errOut.Reset()
+	if code := run(t.Context(), []string{"rules", "list", "--admin", base, "--cacert", ca.CertFile}, io.Discard, &errOut); code == 0 {
+		t.Fatal("the CLI without a client certificate was served")
+	}
+	p.stop()
+}
