@@ -149,7 +149,7 @@ type deadlineBody struct {
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF && !b.lifted { //nolint:errorlint // io.Reader's contract: EOF itself, never wrapped
+	if err == io.EOF && !b.lifted { // io.Reader returns EOF itself, never wrapped
 		b.lifted = true
 		b.lift()
 	}

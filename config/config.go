@@ -126,7 +126,7 @@ func readSmallFile(name string, limit int64) ([]byte, error) {
 // and 100, the admin API on 127.0.0.1:9400, state in ./.sluice.
 func Default() *Config {
 	return &Config{
-		Account:  dispatch.AccountConfig{}.WithDefaults(),
+		Account: dispatch.AccountConfig{}.WithDefaults(),
 		Admin: AdminConfig{Listen: DefaultAdminListen, ReadTimeout: DefaultAdminReadTimeout,
 			IdleTimeout: DefaultAdminIdleTimeout, MaxConnections: DefaultAdminMaxConnections},
 		StateDir: DefaultStateDir,

@@ -76,12 +76,12 @@ func TestRuleCapValidates(t *testing.T) {
 
 func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
-		"https://fn.example/invoke?apikey=SECRET&x=1":     "https://fn.example/invoke?apikey=xxxxx&x=xxxxx",
-		"http://user:SECRET@fn.example/p":                 "http://user:xxxxx@fn.example/p",
+		"https://fn.example/invoke?apikey=SECRET&x=1":      "https://fn.example/invoke?apikey=xxxxx&x=xxxxx",
+		"http://user:SECRET@fn.example/p":                  "http://user:xxxxx@fn.example/p",
 		"nats://a:SECRET@n1:4222,nats://b:SECRET2@n2:4222": "nats://a:xxxxx@n1:4222,nats://b:xxxxx@n2:4222",
-		"https://fn.example/p#SECRET":                     "https://fn.example/p",
-		"http://127.0.0.1:8080/invoke":                    "http://127.0.0.1:8080/invoke",
-		"%zz?token=SECRET":                                "(unparsable URL, redacted)",
+		"https://fn.example/p#SECRET":                      "https://fn.example/p",
+		"http://127.0.0.1:8080/invoke":                     "http://127.0.0.1:8080/invoke",
+		"%zz?token=SECRET":                                 "(unparsable URL, redacted)",
 	} {
 		got := RedactURL(in)
 		if got != want || strings.Contains(got, "SECRET") {
