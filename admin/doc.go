@@ -6,8 +6,14 @@
 // It owns the Book: the live limits as the configuration file gives them
 // with the changes made through the API on top, applied to the
 // dispatch.Limiter at once and kept in state_dir/limits.json so that they
-// survive a restart. A reload of the configuration (SIGHUP) replaces the
-// configuration layer and keeps the API layer on top.
+// survive a restart (a change is appended to state_dir/limits.journal; the
+// file is rewritten when the journal outgrows it: journal.go). A reload of
+// the configuration (SIGHUP) replaces the configuration layer and keeps the
+// API layer on top.
+//
+// Harden (harden.go) wraps the API with the listener's defences against web
+// pages and slow clients: the Host, Origin and Content-Type rules of /v1 and
+// the time limit of a request body.
 //
 // It imports dispatch (the Limiter it changes) and shard (the statuses it
 // shows). It must not import cmd, config, consumer or a broker client: cmd
