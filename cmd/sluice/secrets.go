@@ -62,8 +62,8 @@ func setHeaders(d *dispatch.Dispatcher, cfg *config.Config, running map[string]d
 }
 
 // reloadSecrets re-reads the secret files on SIGHUP: the function headers
-// of the reloaded configuration cfg, the functions' client certificates and
-// the admin API's certificate. What fails to load is logged and keeps its
+// and admin tokens of the reloaded configuration cfg, the functions' client
+// certificates and the admin API's certificate. What fails to load is logged and keeps its
 // old value.
 func (a *app) reloadSecrets(cfg *config.Config) {
 	warnWorldReadable(cfg, a.log)
@@ -73,6 +73,15 @@ func (a *app) reloadSecrets(cfg *config.Config) {
 	for _, name := range slices.Sorted(maps.Keys(a.secrets.fnTLS)) {
 		if err := a.secrets.fnTLS[name].Reload(); err != nil {
 			a.log.Error("reload: function client certificate not reloaded; the old one stays in use", "function", name, "error", err)
+		}
+	}
+	if srv := a.api.Load(); srv != nil {
+		tokens, err := adminTokens(cfg)
+		if err == nil {
+			err = srv.SetTokens(tokens)
+		}
+		if err != nil {
+			a.log.Error("reload: admin tokens not reloaded; the old ones stay in use", "error", err)
 		}
 	}
 	if a.adminTLS != nil {

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -39,11 +40,13 @@ func TestSecuredFunctionThroughSluiceRun(t *testing.T) {
 	ca := testpki.New(t, "fn")
 	srvPair, client := ca.Server("fn-server"), ca.Client("sluice")
 	var invoked atomic.Int64
+	var bearer atomic.Value // the bearer the function accepts
+	bearer.Store(bearerSecret)
 	fn := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case len(r.TLS.PeerCertificates) == 0:
 			http.Error(w, "no client certificate", http.StatusForbidden)
-		case r.Header.Get("Authorization") != "Bearer "+bearerSecret || r.URL.Query().Get("apikey") != urlSecret:
+		case r.Header.Get("Authorization") != "Bearer "+bearer.Load().(string) || r.URL.Query().Get("apikey") != urlSecret:
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 		default:
 			invoked.Add(1)
@@ -57,8 +60,9 @@ func TestSecuredFunctionThroughSluiceRun(t *testing.T) {
 
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "bearer"), "Bearer "+bearerSecret+"\n")
+	writeFile(t, filepath.Join(dir, "admin.token"), "token-one\n")
 	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), fmt.Sprintf(`
-admin: {listen: "127.0.0.1:0"}
+admin: {listen: "127.0.0.1:0", tokens: [{role: admin, file: admin.token}]}
 state_dir: ./state
 functions:
   f:
@@ -69,13 +73,37 @@ functions:
 `, fn.URL, urlSecret, ca.CertFile, client.CertFile, client.KeyFile))
 
 	p := runSluice(t, cfg)
-	code, body := p.call(http.MethodPost, "/v1/functions/f/invocations", "", `{"hello":"tls"}`)
+	code, body := p.call(http.MethodPost, "/v1/functions/f/invocations", "token-one", `{"hello":"tls"}`)
 	if code != http.StatusOK || !strings.Contains(body, `"ok":true`) || invoked.Load() != 1 {
 		t.Fatalf("invocation = %d %s (function invoked %d times)", code, body, invoked.Load())
 	}
 
+	// Rotated secrets are read again on SIGHUP: the function's bearer and
+	// the admin token.
+	const rotated = "BEARER-rotated-never-shown"
+	bearer.Store(rotated)
+	writeFile(t, filepath.Join(dir, "bearer"), "Bearer "+rotated+"\n")
+	writeFile(t, filepath.Join(dir, "admin.token"), "token-two\n")
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body = p.call(http.MethodPost, "/v1/functions/f/invocations", "token-two", `{"hello":"rotated"}`)
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after SIGHUP: invocation = %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if code, _ := p.call(http.MethodGet, "/v1/rules", "token-one", ""); code != http.StatusUnauthorized {
+		t.Fatalf("the old token after its rotation: %d, want 401", code)
+	}
+
 	var shown []string
-	_, view := p.call(http.MethodGet, "/v1/functions/f", "", "")
+	_, view := p.call(http.MethodGet, "/v1/functions/f", "token-two", "")
 	_, metrics := p.call(http.MethodGet, "/metrics", "", "")
 	var out bytes.Buffer
 	if c := run(t.Context(), []string{"config", "show", "-c", cfg}, &out, io.Discard); c != 0 {
@@ -88,7 +116,7 @@ functions:
 	shown = append(shown, "GET /v1/functions/f:\n"+view, "/metrics:\n"+metrics, "config show:\n"+out.String(),
 		"log:\n"+strings.Join(p.logLines(), "\n"))
 	for _, s := range shown {
-		for _, secret := range []string{bearerSecret, urlSecret} {
+		for _, secret := range []string{bearerSecret, urlSecret, rotated} {
 			if strings.Contains(s, secret) {
 				t.Errorf("%s shows up in %s", secret, s)
 			}

@@ -62,9 +62,10 @@ type app struct {
 	natsConns map[string]*natsgo.Conn // NATS broker name → the connection in use, for readiness
 	ingress   http.Handler            // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
 
-	secrets  *secrets          // function headers and TLS, re-read on SIGHUP (secrets.go)
-	adminTLS *config.ServerTLS // admin.tls, loaded by wire, re-read on SIGHUP (admin_server.go)
-	lock     *stateLock        // the lock on state_dir (statelock.go)
+	secrets  *secrets                     // function headers and TLS, re-read on SIGHUP (secrets.go)
+	adminTLS *config.ServerTLS            // admin.tls, loaded by wire, re-read on SIGHUP (admin_server.go)
+	lock     *stateLock                   // the lock on state_dir (statelock.go)
+	api      atomic.Pointer[admin.Server] // the admin API once run serves it, for SIGHUP's token reload
 }
 
 // source is a running source as the app sees it.
