@@ -238,7 +238,7 @@ func (c *Config) validateFunctions() []error {
 		if f.URL == "" {
 			errs = append(errs, problem(key+".url", "required (an http:// or https:// URL)"))
 		} else if u, err := url.Parse(f.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, problem(key+".url", "%q is not an http:// or https:// URL", f.URL))
+			errs = append(errs, problem(key+".url", "%q is not an http:// or https:// URL", dispatch.RedactURL(f.URL)))
 		}
 		if f.Timeout == 0 {
 			// dispatch accepts 0 as "unset"; here defaults are applied, so

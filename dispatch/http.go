@@ -170,10 +170,10 @@ func checkFunctionURL(raw string) error {
 		return fmt.Errorf("is not a valid URL: %w", err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("must be an http or https URL, got %q", u.Redacted())
+		return fmt.Errorf("must be an http or https URL, got %q", RedactURL(raw))
 	}
 	if u.Hostname() == "" {
-		return fmt.Errorf("must name a host, got %q", u.Redacted())
+		return fmt.Errorf("must name a host, got %q", RedactURL(raw))
 	}
 	return nil
 }
