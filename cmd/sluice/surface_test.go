@@ -70,11 +70,25 @@ functions:
     headers:
       Authorization: {value_file: bearer}
     tls: {ca_file: %s, cert_file: %s, key_file: %s}
+sources:
+  clicks: {stream: CLICKS, subject: "clicks.*", partitions: 1, function: f}
 `, fn.URL, urlSecret, ca.CertFile, client.CertFile, client.KeyFile))
 
 	p := runSluice(t, cfg)
+	// A stream source on the embedded NATS delivers through the secured
+	// function...
+	publish(t, p.nats, "acme", 0, 3)
+	deadline := time.Now().Add(60 * time.Second)
+	for invoked.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream source's events did not reach the function within 60s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	before := invoked.Load()
+	// ... and so does the synchronous ingress.
 	code, body := p.call(http.MethodPost, "/v1/functions/f/invocations", "token-one", `{"hello":"tls"}`)
-	if code != http.StatusOK || !strings.Contains(body, `"ok":true`) || invoked.Load() != 1 {
+	if code != http.StatusOK || !strings.Contains(body, `"ok":true`) || invoked.Load() < before+1 {
 		t.Fatalf("invocation = %d %s (function invoked %d times)", code, body, invoked.Load())
 	}
 
@@ -87,7 +101,7 @@ functions:
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		code, body = p.call(http.MethodPost, "/v1/functions/f/invocations", "token-two", `{"hello":"rotated"}`)
 		if code == http.StatusOK {
