@@ -61,6 +61,9 @@ func TestSecuredFunctionThroughSluiceRun(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "bearer"), "Bearer "+bearerSecret+"\n")
 	writeFile(t, filepath.Join(dir, "admin.token"), "token-one\n")
+	if err := os.Chmod(filepath.Join(dir, "admin.token"), 0o644); err != nil { // world-readable: warned about
+		t.Fatal(err)
+	}
 	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), fmt.Sprintf(`
 admin: {listen: "127.0.0.1:0", tokens: [{role: admin, file: admin.token}]}
 state_dir: ./state
@@ -127,6 +130,10 @@ sources:
 		t.Errorf("the redacted URL is missing:\n%s\n%s", view, out.String())
 	}
 	p.stop()
+	if logs := strings.Join(p.logLines(), "\n"); !strings.Contains(logs, "a secret file is readable by every user") ||
+		!strings.Contains(logs, `"key":"admin.tokens[0].file"`) {
+		t.Errorf("no warning about the world-readable token file in the log:\n%s", logs)
+	}
 	shown = append(shown, "GET /v1/functions/f:\n"+view, "/metrics:\n"+metrics, "config show:\n"+out.String(),
 		"log:\n"+strings.Join(p.logLines(), "\n"))
 	for _, s := range shown {
