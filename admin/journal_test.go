@@ -197,6 +197,7 @@ func TestManyRulesTiming(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := quietBook(t, t.TempDir())
+	b.maxRules = max(b.maxRules, n+len(b.Rules()))
 	start := time.Now()
 	for i := range n {
 		setRule(t, b, fmt.Sprintf("tenant-%05d", i), 1)
