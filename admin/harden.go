@@ -1,12 +1,10 @@
 package admin
 
 import (
-	"io"
 	"mime"
 	"net"
 	"net/http"
 	"strings"
-	"time"
 )
 
 // HardenOptions configures Harden.
@@ -14,14 +12,11 @@ type HardenOptions struct {
 	// Hosts are the names (besides IP addresses and "localhost") that a
 	// /v1 request's Host may carry: admin.hosts and the listen host.
 	Hosts []string
-	// ReadTimeout bounds reading a request's body once its headers are
-	// read (the server's ReadHeaderTimeout bounds the headers); 0 for no
-	// limit.
-	ReadTimeout time.Duration
 }
 
 // Harden wraps the admin API h with the checks that keep a web page from
-// using a browser as a proxy to it, and a slow client from holding it:
+// using a browser as a proxy to it (time limits and the connection cap, the
+// defence against slow and idle clients, are the http.Server's, set by cmd):
 //
 //   - Host: a /v1 request must name an IP address, "localhost" or one of
 //     o.Hosts (421 otherwise). A page can make a browser send a Host of a
@@ -36,14 +31,10 @@ type HardenOptions struct {
 //     (application/json or application/*+json) or, when its body is empty,
 //     no Content-Type at all (415 otherwise). A form or text/plain POST — what
 //     a page can send without CORS preflight — is refused.
-//   - Body time: a request's body must arrive within o.ReadTimeout (the
-//     connection is cut otherwise). The deadline is lifted once the body
-//     is read, so that a synchronous invocation may wait for its function
-//     as long as the function's timeout.
 //
 // /metrics, /healthz and /readyz are read-only and carry no secret; they
-// get only the body time limit, so that probes and scrapers that use a
-// service name need no configuration.
+// are not checked, so that probes and scrapers that use a service name need
+// no configuration.
 func Harden(h http.Handler, o HardenOptions) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -57,7 +48,6 @@ func Harden(h http.Handler, o HardenOptions) http.Handler {
 		h.ServeHTTP(w, r)
 	}))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		limitBodyTime(w, r, o.ReadTimeout)
 		if r.URL.Path != "/v1" && !strings.HasPrefix(r.URL.Path, "/v1/") {
 			h.ServeHTTP(w, r)
 			return
@@ -121,37 +111,4 @@ func quoteHost(s string) string {
 		s = s[:100] + "…"
 	}
 	return `"` + strings.ToValidUTF8(s, "\uFFFD") + `"`
-}
-
-// limitBodyTime sets a read deadline of d from now for r's body and lifts
-// it once the body has been read to its end. Without the lift,
-// net/http's background read of a connection whose deadline passed while a
-// long handler runs would cancel the request's context.
-func limitBodyTime(w http.ResponseWriter, r *http.Request, d time.Duration) {
-	if d <= 0 || r.Body == nil || r.Body == http.NoBody {
-		return
-	}
-	rc := http.NewResponseController(w)
-	if rc.SetReadDeadline(time.Now().Add(d)) != nil {
-		return // a ResponseWriter without deadlines (tests): nothing to lift
-	}
-	r.Body = &deadlineBody{ReadCloser: r.Body, lift: func() { _ = rc.SetReadDeadline(time.Time{}) }}
-}
-
-// deadlineBody calls lift once, when the body has been read to its end. A
-// handler that stops reading early leaves the deadline in place: the server
-// then discards the rest of the body under it.
-type deadlineBody struct {
-	io.ReadCloser
-	lift   func()
-	lifted bool // read by the handler's goroutine only
-}
-
-func (b *deadlineBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF && !b.lifted { // io.Reader returns EOF itself, never wrapped
-		b.lifted = true
-		b.lift()
-	}
-	return n, err
 }

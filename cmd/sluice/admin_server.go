@@ -50,12 +50,16 @@ func (a *app) listenAdmin(handler http.Handler) (*adminServer, error) {
 		hosts = append(hosts, h) // a listen on a name accepts that name
 	}
 	s.srv = &http.Server{
-		Handler:           admin.Harden(handler, admin.HardenOptions{Hosts: hosts, ReadTimeout: ac.ReadTimeout}),
+		Handler:           admin.Harden(handler, admin.HardenOptions{Hosts: hosts}),
 		ReadHeaderTimeout: min(maxHeaderTimeout, ac.ReadTimeout),
-		WriteTimeout:      adminWriteTimeout(a.cfg),
-		IdleTimeout:       ac.IdleTimeout,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+		// ReadTimeout bounds headers and body together. It does not cut a
+		// long synchronous invocation: net/http lifts the read deadline
+		// once the body has been read (its background read).
+		ReadTimeout:    ac.ReadTimeout,
+		WriteTimeout:   adminWriteTimeout(a.cfg),
+		IdleTimeout:    ac.IdleTimeout,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	if s.tls != nil {
 		s.srv.TLSConfig = s.tls.Config

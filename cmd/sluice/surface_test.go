@@ -180,11 +180,17 @@ func TestAdminAttacksOnSluiceRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		time.Sleep(4 * time.Second) // longer than read_timeout
+		_, _ = w.Write([]byte(`{"slow":true}`))
+	}))
+	t.Cleanup(slow.Close)
 	dir := t.TempDir()
 	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), `
 admin: {listen: "127.0.0.1:0", read_timeout: 2s, idle_timeout: 2s, max_connections: 50}
 state_dir: ./state
-functions: {f: {url: "http://127.0.0.1:1/"}}
+functions: {f: {url: "`+slow.URL+`", timeout: 10s}}
 rules: [{pattern: "*", concurrency: 5}]
 `)
 	p := runSluice(t, cfg)
@@ -253,6 +259,14 @@ rules: [{pattern: "*", concurrency: 5}]
 			if r.Pattern == "slow" {
 				t.Fatal("the slow request was applied")
 			}
+		}
+	})
+	t.Run("a synchronous invocation may outlast read_timeout", func(t *testing.T) {
+		// The body's time limit is lifted once the body is read: the
+		// function's timeout (10s) bounds the wait, not read_timeout (2s).
+		code, body := p.call(http.MethodPost, "/v1/functions/f/invocations", "", `{"x":1}`)
+		if code != http.StatusOK || !strings.Contains(body, `"slow":true`) {
+			t.Fatalf("invocation = %d %s", code, body)
 		}
 	})
 	t.Run("idle connections", func(t *testing.T) {
