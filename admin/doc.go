@@ -11,9 +11,9 @@
 // the configuration (SIGHUP) replaces the configuration layer and keeps the
 // API layer on top.
 //
-// Harden (harden.go) wraps the API with the listener's defences against web
-// pages and slow clients: the Host, Origin and Content-Type rules of /v1 and
-// the time limit of a request body.
+// Harden (harden.go) wraps the API with its defences against web pages
+// that use a browser as a proxy: the Host, Origin and Content-Type rules of
+// /v1. The time limits and the connection cap are the http.Server's (cmd).
 //
 // It imports dispatch (the Limiter it changes) and shard (the statuses it
 // shows). It must not import cmd, config, consumer or a broker client: cmd
