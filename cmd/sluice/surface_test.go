@@ -73,6 +73,8 @@ functions:
     headers:
       Authorization: {value_file: bearer}
     tls: {ca_file: %s, cert_file: %s, key_file: %s}
+brokers:
+  local: {nats: {listen: "127.0.0.1:0"}} # the embedded NATS, on a free port
 sources:
   clicks: {stream: CLICKS, subject: "clicks.*", partitions: 1, function: f}
 `, fn.URL, urlSecret, ca.CertFile, client.CertFile, client.KeyFile))
@@ -324,6 +326,7 @@ func TestSecondProcessOnStateDirFails(t *testing.T) {
 	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), `
 admin: {listen: "127.0.0.1:0"}
 state_dir: ./state
+brokers: {local: {nats: {listen: "127.0.0.1:0"}}}
 functions: {f: {url: "http://127.0.0.1:1/"}}
 dead_letters: {dead: {stream: DEAD, subject: "dead.>"}}
 `)
