@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/sluicehq/sluice/config"
-	"github.com/sluicehq/sluice/internal/testpki"
+	"github.com/sluicehq/sluice/internal/testca"
 )
 
 // Function headers and TLS: paths are relative to the file, values are
@@ -16,7 +16,7 @@ import (
 // in config show, and world-readable secret files are listed.
 func TestLoadFunctionSecrets(t *testing.T) {
 	dir := t.TempDir()
-	ca := testpki.New(t, "fn")
+	ca := testca.New(t, "fn")
 	client := ca.Client("sluice")
 	write(t, dir, "bearer", "Bearer TOPSECRET\n")
 	t.Setenv("FN_KEY", "KEYSECRET")
@@ -79,7 +79,7 @@ functions:
 
 func TestLoadAdminHardening(t *testing.T) {
 	dir := t.TempDir()
-	ca := testpki.New(t, "admin")
+	ca := testca.New(t, "admin")
 	srv := ca.Server("admin")
 	for _, c := range []struct{ yaml, want string }{
 		{`admin: {read_timeout: 0s}`, "admin.read_timeout: 0s is out of range (1s..10m)"},

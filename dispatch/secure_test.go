@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluicehq/sluice/internal/testpki"
+	"github.com/sluicehq/sluice/internal/testca"
 )
 
 func TestFunctionHeadersAndTLSValidate(t *testing.T) {
@@ -94,7 +94,7 @@ func TestRedactURL(t *testing.T) {
 // certificate, and a bearer header: the request arrives with both, and a
 // configured header cannot replace sluice's own.
 func TestHTTPFunctionMutualTLSAndHeaders(t *testing.T) {
-	ca := testpki.New(t, "fn")
+	ca := testca.New(t, "fn")
 	srvPair, client := ca.Server("fn-server"), ca.Client("sluice")
 	var got http.Header
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/internal/testpki"
+	"github.com/sluicehq/sluice/internal/testca"
 )
 
 // The secrets of the secured-function test: none may show anywhere.
@@ -37,7 +37,7 @@ func TestSecuredFunctionThroughSluiceRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	ca := testpki.New(t, "fn")
+	ca := testca.New(t, "fn")
 	srvPair, client := ca.Server("fn-server"), ca.Client("sluice")
 	var invoked atomic.Int64
 	var bearer atomic.Value // the bearer the function accepts
@@ -366,7 +366,7 @@ func TestAdminTLSWithClientCertificates(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	ca := testpki.New(t, "admin")
+	ca := testca.New(t, "admin")
 	srv, cli := ca.Server("admin"), ca.Client("operator")
 	dir := t.TempDir()
 	cfg := writeFile(t, filepath.Join(dir, "sluice.yaml"), fmt.Sprintf(`

@@ -1,7 +1,7 @@
-// Package testpki makes a throw-away certificate authority for tests: a CA,
+// Package testca makes a throw-away certificate authority for tests: a CA,
 // server certificates for loopback and client certificates, as PEM files
 // and as crypto/tls values. It is for tests only.
-package testpki
+package testca
 
 import (
 	"crypto/ecdsa"
