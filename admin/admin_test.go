@@ -147,9 +147,9 @@ func TestAuthEveryRoute(t *testing.T) {
 			}{{"read-secret", RoleRead}, {"invoke-secret", RoleInvoke}, {"admin-secret", RoleAdmin}} {
 				code, body := a.do(rt.Method, path, c.token, "")
 				switch {
-				case c.role < rt.Role && code != http.StatusForbidden:
+				case !c.role.Allows(rt.Role) && code != http.StatusForbidden:
 					t.Errorf("%s token: status %d, want 403: %s", c.role, code, body)
-				case c.role < rt.Role:
+				case !c.role.Allows(rt.Role):
 					if m := message(t, body); !strings.Contains(m, "role "+rt.Role.String()) {
 						t.Errorf("403 message %q does not name the role needed", m)
 					}
@@ -346,7 +346,7 @@ func TestRulesMergeEnableDisableDelete(t *testing.T) {
 	if s := scope("acme"); s.Rule != "acme" || s.Limit != 2 || s.Available != 0 {
 		t.Fatalf("acme enabled again: %+v", s)
 	}
-	for _, l := range []*dispatch.Lease{l1, l2, l3} {
+	for _, l := range []dispatch.Lease{l1, l2, l3} {
 		l.Release()
 	}
 

@@ -52,8 +52,8 @@ type RulePatch struct {
 // file cannot be written the limiter is put back, so the limiter, the file
 // and what the API shows agree.
 type Book struct {
-	lim   *dispatch.Limiter
-	store *store
+	lim   dispatch.Limits
+	store Store
 	log   *slog.Logger
 	now   func() time.Time
 	// maxRules caps the rules (dispatch.MaxRules; tests lower it).
@@ -64,7 +64,7 @@ type Book struct {
 	mu        sync.Mutex
 	base      dispatch.Config // the configuration layer
 	functions map[string]dispatch.FunctionConfig
-	overlay   state                    // the API layer and rule metadata, as in the file
+	overlay   State                    // the API layer and rule metadata, as in the file
 	rules     map[string]dispatch.Rule // effective rules, as the limiter has them
 	res       map[string]int           // effective reservations
 }
@@ -75,6 +75,9 @@ type BookOption func(*Book)
 // WithBookLogger sets the logger of changes and reloads.
 func WithBookLogger(l *slog.Logger) BookOption { return func(b *Book) { b.log = l } }
 
+// WithStore keeps the API layer in s instead of stateDir's limits.json.
+func WithStore(s Store) BookOption { return func(b *Book) { b.store = s } }
+
 // WithBookClock sets the clock of lastModified (tests).
 func WithBookClock(now func() time.Time) BookOption { return func(b *Book) { b.now = now } }
 
@@ -84,12 +87,12 @@ func WithBookClock(now func() time.Time) BookOption { return func(b *Book) { b.n
 // is gone or that would break min_unreserved) is logged and dropped. An
 // unreadable state file is an error: sluice must not run with limits other
 // than the operator set.
-func NewBook(lim *dispatch.Limiter, base dispatch.Config, stateDir string, opts ...BookOption) (*Book, error) {
-	b := &Book{lim: lim, store: newStore(stateDir), log: slog.Default(), now: time.Now, functions: base.Functions, maxRules: dispatch.MaxRules}
+func NewBook(lim dispatch.Limits, base dispatch.Config, stateDir string, opts ...BookOption) (*Book, error) {
+	b := &Book{lim: lim, store: NewFileStore(stateDir), log: slog.Default(), now: time.Now, functions: base.Functions, maxRules: dispatch.MaxRules}
 	for _, o := range opts {
 		o(b)
 	}
-	st, err := b.store.load()
+	st, err := b.store.Load()
 	if err != nil {
 		return nil, err
 	}
@@ -98,20 +101,20 @@ func NewBook(lim *dispatch.Limiter, base dispatch.Config, stateDir string, opts 
 	b.rules = rulesOf(base.Rules)
 	b.res = reservationsOf(base)
 	if n := len(st.Rules) + len(st.Reservations); n > 0 {
-		b.log.Info("admin: applying limits changed through the API", "file", b.store.path, "changes", n)
+		b.log.Info("admin: applying limits changed through the API", "file", b.store.Where(), "changes", n)
 	}
 	b.applyLocked(base.Account, true)
-	if err := b.store.save(b.overlay); err != nil {
+	if err := b.store.Save(b.overlay); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-// Path is the file the API changes are kept in.
-func (b *Book) Path() string { return b.store.path }
+// Path is where the API changes are kept (Store.Where).
+func (b *Book) Path() string { return b.store.Where() }
 
 // Limiter is the limiter the book changes.
-func (b *Book) Limiter() *dispatch.Limiter { return b.lim }
+func (b *Book) Limiter() dispatch.Limits { return b.lim }
 
 // Function returns the configuration of fn and whether it is configured.
 func (b *Book) Function(fn string) (dispatch.FunctionConfig, bool) {
@@ -151,7 +154,7 @@ func (b *Book) PutReservation(fn string, n int) error {
 		return err
 	}
 	prev := b.overlay.clone()
-	b.overlay.Reservations[fn] = reservationChange{Reserved: &n, LastModified: b.now().UTC()}
+	b.overlay.Reservations[fn] = ReservationChange{Reserved: &n, LastModified: b.now().UTC()}
 	if err := b.saveLocked(prev); err != nil {
 		b.restoreReservation(fn, old, had)
 		return err
@@ -173,7 +176,7 @@ func (b *Book) DeleteReservation(fn string) error {
 	b.lim.DeleteReservation(fn)
 	prev := b.overlay.clone()
 	if _, inBase := reservationsOf(b.base)[fn]; inBase {
-		b.overlay.Reservations[fn] = reservationChange{Deleted: true, LastModified: b.now().UTC()}
+		b.overlay.Reservations[fn] = ReservationChange{Deleted: true, LastModified: b.now().UTC()}
 	} else {
 		delete(b.overlay.Reservations, fn)
 	}
@@ -248,9 +251,9 @@ func (b *Book) SetRule(pattern string, patch RulePatch) (Rule, error) {
 	if _, exists := b.rules[pattern]; !exists && len(b.rules) >= b.maxRules {
 		return Rule{}, fmt.Errorf("%w: the rule book is full (%d rules at most); delete a rule first", ErrInvalid, b.maxRules)
 	}
-	return b.changeRuleLocked(pattern, func(ch *ruleChange) {
+	return b.changeRuleLocked(pattern, func(ch *RuleChange) {
 		if ch.Deleted {
-			*ch = ruleChange{Replaces: true}
+			*ch = RuleChange{Replaces: true}
 		}
 		if patch.Concurrency != nil {
 			ch.Concurrency = patch.Concurrency
@@ -277,7 +280,7 @@ func (b *Book) setDisabled(pattern string, disabled bool) (Rule, error) {
 	if _, ok := b.rules[pattern]; !ok {
 		return Rule{}, fmt.Errorf("%w: no rule %q", ErrNotFound, pattern)
 	}
-	return b.changeRuleLocked(pattern, func(ch *ruleChange) { ch.Disabled = &disabled })
+	return b.changeRuleLocked(pattern, func(ch *RuleChange) { ch.Disabled = &disabled })
 }
 
 // DeleteRule removes the rule of pattern, also one the file sets (DELETE
@@ -290,7 +293,7 @@ func (b *Book) DeleteRule(pattern string) error {
 	}
 	prev := b.overlay.clone()
 	if _, inBase := rulesOf(b.base.Rules)[pattern]; inBase {
-		b.overlay.Rules[pattern] = ruleChange{Deleted: true}
+		b.overlay.Rules[pattern] = RuleChange{Deleted: true}
 	} else {
 		delete(b.overlay.Rules, pattern)
 	}
@@ -310,7 +313,7 @@ func (b *Book) DeleteRule(pattern string) error {
 
 // changeRuleLocked applies edit to the API change of pattern, then the
 // result to the limiter and the file.
-func (b *Book) changeRuleLocked(pattern string, edit func(*ruleChange)) (Rule, error) {
+func (b *Book) changeRuleLocked(pattern string, edit func(*RuleChange)) (Rule, error) {
 	prev := b.overlay.clone()
 	ch := b.overlay.Rules[pattern]
 	edit(&ch)
@@ -348,13 +351,13 @@ func (b *Book) touchLocked(pattern string, r dispatch.Rule) {
 	if m.Version != 0 && m.Rule == r {
 		return
 	}
-	b.overlay.Meta[pattern] = ruleMeta{Rule: r, Version: m.Version + 1, LastModified: b.now().UTC()}
+	b.overlay.Meta[pattern] = RuleMeta{Rule: r, Version: m.Version + 1, LastModified: b.now().UTC()}
 }
 
 // saveLocked writes the overlay; on failure it puts prev back and returns
 // the error.
-func (b *Book) saveLocked(prev state) error {
-	if err := b.store.save(b.overlay); err != nil {
+func (b *Book) saveLocked(prev State) error {
+	if err := b.store.Save(b.overlay); err != nil {
 		b.overlay = prev
 		return err
 	}
@@ -378,7 +381,7 @@ func (b *Book) Reload(base dispatch.Config) error {
 	base.Account = base.Account.WithDefaults()
 	b.base = base
 	b.applyLocked(base.Account, false)
-	return b.store.save(b.overlay)
+	return b.store.Save(b.overlay)
 }
 
 // applyLocked brings the limiter to the effective limits of b.base with
@@ -494,7 +497,7 @@ func (b *Book) effectiveReservationsLocked() map[string]int {
 }
 
 // effectiveRules is the file's rules with the API changes on top.
-func effectiveRules(base []dispatch.Rule, changes map[string]ruleChange) map[string]dispatch.Rule {
+func effectiveRules(base []dispatch.Rule, changes map[string]RuleChange) map[string]dispatch.Rule {
 	out := make(map[string]dispatch.Rule, len(base)+len(changes))
 	for _, r := range base {
 		if ch, ok := changes[r.Pattern]; ok && (ch.Deleted || ch.Replaces) {

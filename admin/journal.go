@@ -43,7 +43,7 @@ type journal struct {
 	// last is the state that the snapshot and the journal hold together;
 	// nil when unknown (before the first snapshot, after a failed write),
 	// which makes the next save a snapshot.
-	last *state
+	last *State
 	// base is the hash of the snapshot the journal applies to.
 	base string
 	// size is the journal's length; snapSize the snapshot's.
@@ -66,7 +66,7 @@ func snapshotHash(b []byte) string {
 }
 
 // replay applies the journal to st, read from a snapshot of bytes snap.
-func (j *journal) replay(st *state, snap []byte) error {
+func (j *journal) replay(st *State, snap []byte) error {
 	b, err := os.ReadFile(j.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -101,7 +101,7 @@ func (j *journal) replay(st *state, snap []byte) error {
 }
 
 // apply sets or deletes the entry of one journal line.
-func (s *state) apply(l journalLine) error {
+func (s *State) apply(l journalLine) error {
 	del := len(l.Value) == 0 || string(l.Value) == "null"
 	switch l.Kind {
 	case "reservation":
@@ -129,7 +129,7 @@ func applyEntry[V any](m map[string]V, key string, raw json.RawMessage, del bool
 
 // append writes the entries in which st differs from the last saved state
 // as lines; done is false when a snapshot should be written instead.
-func (j *journal) append(st state) (done bool, err error) {
+func (j *journal) append(st State) (done bool, err error) {
 	if j.last == nil {
 		return false, nil
 	}
@@ -201,7 +201,7 @@ func update[V any](old, cur map[string]V, keys []string) {
 }
 
 // reset starts a new journal after a snapshot of size n holding st.
-func (j *journal) reset(st state, snap []byte) error {
+func (j *journal) reset(st State, snap []byte) error {
 	if err := os.Remove(j.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		j.last = nil
 		return fmt.Errorf("admin: save limits: remove the old journal: %w", err)
@@ -260,16 +260,16 @@ func eqPtr[T comparable](a, b *T) bool {
 	return a == b || (a != nil && b != nil && *a == *b)
 }
 
-func eqReservation(a, b reservationChange) bool {
+func eqReservation(a, b ReservationChange) bool {
 	return eqPtr(a.Reserved, b.Reserved) && a.Deleted == b.Deleted && a.LastModified.Equal(b.LastModified)
 }
 
-func eqRule(a, b ruleChange) bool {
+func eqRule(a, b RuleChange) bool {
 	return eqPtr(a.Concurrency, b.Concurrency) && eqPtr(a.Description, b.Description) && eqPtr(a.Disabled, b.Disabled) &&
 		a.Deleted == b.Deleted && a.Replaces == b.Replaces
 }
 
-func eqMeta(a, b ruleMeta) bool {
+func eqMeta(a, b RuleMeta) bool {
 	return a.Rule == b.Rule && a.Version == b.Version && a.LastModified.Equal(b.LastModified)
 }
 

@@ -21,38 +21,48 @@ import (
 )
 
 // Role is what a bearer token may do; each role may do everything the
-// previous one may.
-type Role int
+// previous one may. Its value is the name the configuration uses
+// (admin.tokens[].role), so package config decodes it as it is.
+type Role string
 
 // The roles of SPEC §6.
 const (
-	RoleNone   Role = iota
-	RoleRead        // GET
-	RoleInvoke      // also the HTTP ingress
-	RoleAdmin       // everything, including changing limits
+	RoleNone   Role = ""       // no valid token
+	RoleRead   Role = "read"   // GET
+	RoleInvoke Role = "invoke" // also the HTTP ingress
+	RoleAdmin  Role = "admin"  // everything, including changing limits
 )
 
-func (r Role) String() string {
+// rank orders the roles: 0 for none or an unknown name.
+func (r Role) rank() int {
 	switch r {
 	case RoleRead:
-		return "read"
+		return 1
 	case RoleInvoke:
-		return "invoke"
+		return 2
 	case RoleAdmin:
-		return "admin"
+		return 3
 	}
-	return "none"
+	return 0
+}
+
+// Valid reports whether r is one of read, invoke, admin.
+func (r Role) Valid() bool { return r.rank() > 0 }
+
+// Allows reports whether a token of role r may do what needs role need.
+func (r Role) Allows(need Role) bool { return r.Valid() && r.rank() >= need.rank() }
+
+func (r Role) String() string {
+	if r == RoleNone {
+		return "none"
+	}
+	return string(r)
 }
 
 // ParseRole returns the role named s (read, invoke, admin).
 func ParseRole(s string) (Role, error) {
-	switch s {
-	case "read":
-		return RoleRead, nil
-	case "invoke":
-		return RoleInvoke, nil
-	case "admin":
-		return RoleAdmin, nil
+	if r := Role(s); r.Valid() {
+		return r, nil
 	}
 	return RoleNone, fmt.Errorf("admin: role %q is not one of read, invoke, admin", s)
 }
@@ -82,7 +92,13 @@ type Options struct {
 	// Tokens are the accepted bearer tokens. Without any, /v1 is open: the
 	// caller must only serve it on a loopback address (config checks that).
 	Tokens []Token
-	Logger *slog.Logger
+	// Lags returns the lag of every shard (records not yet checkpointed),
+	// for GET /v1/shards; nil shows 0.
+	Lags func() map[shard.ID]int64
+	// DeadLetterCounts returns the dead letters written since start, by
+	// source and condition, for GET /v1/dead-letter-counts; nil shows none.
+	DeadLetterCounts func() []DeadLetterCount
+	Logger           *slog.Logger
 	// Now is the clock of the views (tests); default time.Now.
 	Now func() time.Time
 }
@@ -131,6 +147,7 @@ func New(o Options) (*Server, error) {
 	for _, rt := range s.routes() {
 		s.mux.Handle(rt.pattern, s.guard(rt))
 	}
+	s.mountUI()
 	// Anything else under /v1: authenticated first (an unknown path must
 	// not tell a stranger what exists), then 404.
 	s.mux.Handle("/v1/", s.guard(route{}))
@@ -171,7 +188,9 @@ func (s *Server) routes() []route {
 		return map[string]endpoint{http.MethodGet: {RoleRead, h}}
 	}
 	return []route{
+		{"/v1/openapi.json", get(s.getOpenAPI)},
 		{"/v1/account", get(s.getAccount)},
+		{"/v1/functions", get(s.listFunctions)},
 		{"/v1/functions/{fn}", get(s.getFunction)},
 		{"/v1/functions/{fn}/concurrency", map[string]endpoint{
 			http.MethodPut:    {RoleAdmin, s.putConcurrency},
@@ -188,6 +207,7 @@ func (s *Server) routes() []route {
 		{"/v1/limits", get(s.getLimits)},
 		{"/v1/shards", get(s.getShards)},
 		{"/v1/queues", get(s.getQueues)},
+		{"/v1/dead-letter-counts", get(s.getDeadLetterCounts)},
 		{"/v1/functions/{fn}/invocations", map[string]endpoint{http.MethodPost: {RoleInvoke, s.ingress}}},
 		{"/v1/scope/{scope}/functions/{fn}/invocations", map[string]endpoint{http.MethodPost: {RoleInvoke, s.ingress}}},
 	}
@@ -235,7 +255,7 @@ func (s *Server) guard(rt route) http.Handler {
 			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("admin: %s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", ")))
 			return
 		}
-		if role < ep.role {
+		if !role.Allows(ep.role) {
 			writeError(w, http.StatusForbidden, fmt.Sprintf("admin: %s %s needs a token of role %s, this one is %s", r.Method, r.URL.Path, ep.role, role))
 			return
 		}
@@ -340,10 +360,20 @@ type FunctionView struct {
 
 func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 	fn := r.PathValue("fn")
-	cfg, ok := s.o.Book.Function(fn)
+	v, ok := s.functionView(fn)
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("admin: function %q is not configured", fn))
 		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// functionView returns the view of function fn, false if it is not
+// configured.
+func (s *Server) functionView(fn string) (FunctionView, bool) {
+	cfg, ok := s.o.Book.Function(fn)
+	if !ok {
+		return FunctionView{}, false
 	}
 	var v FunctionView
 	v.FunctionName = fn
@@ -361,7 +391,7 @@ func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 	if fu, ok := s.o.Book.Limiter().Usage().Functions[fn]; ok {
 		v.Usage.ConcurrentExecutions, v.Usage.Waiting = fu.InFlight, fu.Waiting
 	}
-	writeJSON(w, http.StatusOK, v)
+	return v, true
 }
 
 // ConcurrencyBody is the body of PUT /v1/functions/{fn}/concurrency.
@@ -466,6 +496,7 @@ type ShardView struct {
 	Since       time.Time `json:"since"`
 	Reason      string    `json:"reason,omitempty"`
 	Position    int64     `json:"position"`
+	Lag         int64     `json:"lag"`
 	IteratorAge float64   `json:"iteratorAgeSeconds"`
 	Buffered    int       `json:"buffered"`
 	Delivered   int64     `json:"delivered"`
@@ -475,9 +506,13 @@ type ShardView struct {
 func (s *Server) getShards(w http.ResponseWriter, _ *http.Request) {
 	now := s.o.Now()
 	out := []ShardView{}
+	var lags map[shard.ID]int64
+	if s.o.Lags != nil {
+		lags = s.o.Lags()
+	}
 	for _, st := range s.o.Shards() {
 		v := ShardView{Source: st.Shard.Source, Shard: st.Shard.Partition, State: string(st.State), Since: st.Since,
-			Reason: st.Reason, Position: st.Position, Buffered: st.Buffered, Delivered: st.Delivered, DeadLetters: st.DeadLetters}
+			Reason: st.Reason, Position: st.Position, Lag: lags[st.Shard], Buffered: st.Buffered, Delivered: st.Delivered, DeadLetters: st.DeadLetters}
 		if !st.Oldest.IsZero() {
 			v.IteratorAge = max(0, now.Sub(st.Oldest).Seconds())
 		}

@@ -6,12 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
-	"time"
-
-	"github.com/sluicehq/sluice/dispatch"
 )
 
 // stateFile is the name of the file under state_dir that keeps the limits
@@ -22,61 +18,28 @@ const stateFile = "limits.json"
 // refused rather than misread.
 const stateVersion = 1
 
-// state is the API layer as the file keeps it.
-type state struct {
-	Version      int                          `json:"version"`
-	Reservations map[string]reservationChange `json:"reservations"`
-	Rules        map[string]ruleChange        `json:"rules"`
-	// Meta is the version and last change of every effective rule (also
-	// those of the file), with the rule as it was then, so that a change of
-	// the file while sluice was stopped still counts as a new version.
-	Meta map[string]ruleMeta `json:"ruleVersions"`
-}
-
-// reservationChange is a reservation set or deleted through the API.
-type reservationChange struct {
-	Reserved     *int      `json:"reserved,omitempty"`
-	Deleted      bool      `json:"deleted,omitempty"`
-	LastModified time.Time `json:"lastModified"`
-}
-
-// ruleChange is a rule changed through the API: the fields set (merge
-// semantics), or a delete.
-type ruleChange struct {
-	Concurrency *int    `json:"concurrency,omitempty"`
-	Description *string `json:"description,omitempty"`
-	Disabled    *bool   `json:"disabled,omitempty"`
-	// Deleted removes the rule, even when the file has one.
-	Deleted bool `json:"deleted,omitempty"`
-	// Replaces ignores the file's rule of this pattern: it was deleted
-	// through the API and then created again.
-	Replaces bool `json:"replaces,omitempty"`
-}
-
-type ruleMeta struct {
-	Rule         dispatch.Rule `json:"rule"`
-	Version      uint64        `json:"version"`
-	LastModified time.Time     `json:"lastModified"`
-}
-
-func (s state) clone() state {
-	return state{Version: s.Version, Reservations: maps.Clone(s.Reservations), Rules: maps.Clone(s.Rules), Meta: maps.Clone(s.Meta)}
-}
-
-// store reads and writes the state file and its journal (journal.go).
-type store struct {
+// FileStore is the local Store: the file limits.json in a state directory,
+// with its journal of changes (journal.go).
+type FileStore struct {
 	dir  string
 	path string
 	j    journal
 }
 
-func newStore(dir string) *store {
-	return &store{dir: dir, path: filepath.Join(dir, stateFile), j: journal{path: filepath.Join(dir, journalFile)}}
+// NewFileStore returns the Store of the file limits.json in dir; the file
+// and dir are made on the first Save.
+func NewFileStore(dir string) *FileStore {
+	return &FileStore{dir: dir, path: filepath.Join(dir, stateFile), j: journal{path: filepath.Join(dir, journalFile)}}
 }
 
-// load reads the file; a missing file is an empty state.
-func (s *store) load() (state, error) {
-	st := state{Version: stateVersion}
+var _ Store = (*FileStore)(nil)
+
+// Where is the file's path.
+func (s *FileStore) Where() string { return s.path }
+
+// Load reads the file; a missing file is an empty state.
+func (s *FileStore) Load() (State, error) {
+	st := State{Version: stateVersion}
 	removeStaleTemps(s.dir)
 	b, err := os.ReadFile(s.path)
 	switch {
@@ -92,13 +55,13 @@ func (s *store) load() (state, error) {
 		}
 	}
 	if st.Reservations == nil {
-		st.Reservations = map[string]reservationChange{}
+		st.Reservations = map[string]ReservationChange{}
 	}
 	if st.Rules == nil {
-		st.Rules = map[string]ruleChange{}
+		st.Rules = map[string]RuleChange{}
 	}
 	if st.Meta == nil {
-		st.Meta = map[string]ruleMeta{}
+		st.Meta = map[string]RuleMeta{}
 	}
 	if err := s.j.replay(&st, b); err != nil {
 		return st, err
@@ -106,9 +69,9 @@ func (s *store) load() (state, error) {
 	return st, nil
 }
 
-// save makes st durable: as lines appended to the journal when that is
+// Save makes st durable: as lines appended to the journal when that is
 // cheaper (journal.go), else by writing the whole file (snapshot).
-func (s *store) save(st state) error {
+func (s *FileStore) Save(st State) error {
 	if done, err := s.j.append(st); done || err != nil {
 		return err
 	}
@@ -119,11 +82,11 @@ func (s *store) save(st state) error {
 	return s.j.reset(st, b)
 }
 
-// snapshot writes st atomically and returns the bytes written: a temporary file in
-// the same directory, synced, renamed over the old one, and the directory
-// synced, so that a crash leaves either the old or the new file, never a
-// torn one.
-func (s *store) snapshot(st state) ([]byte, error) {
+// snapshot writes st atomically and returns the bytes written: a temporary
+// file in the same directory, synced, renamed over the old one, and the
+// directory synced, so that a crash leaves either the old or the new file,
+// never a torn one.
+func (s *FileStore) snapshot(st State) ([]byte, error) {
 	st.Version = stateVersion
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {

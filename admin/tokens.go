@@ -11,7 +11,7 @@ import (
 func (s *Server) SetTokens(tokens []Token) error {
 	hashed := make([]tokenHash, 0, len(tokens))
 	for i, t := range tokens {
-		if t.Secret == "" || t.Role < RoleRead || t.Role > RoleAdmin {
+		if t.Secret == "" || !t.Role.Valid() {
 			return fmt.Errorf("admin: token %d: empty secret or unknown role", i)
 		}
 		// Hashing first makes every comparison the same length, so neither

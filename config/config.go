@@ -10,10 +10,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
 	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/telemetry"
 )
 
 // Defaults of the settings this package owns.
@@ -34,6 +36,17 @@ type Config struct {
 	Rules       []dispatch.Rule                    `koanf:"rules"`
 	Sources     map[string]consumer.SourceConfig   `koanf:"sources"`
 	DeadLetters map[string]retention.Config        `koanf:"dead_letters"`
+	Metrics     MetricsConfig                      `koanf:"metrics"`
+	Tracing     telemetry.Config                   `koanf:"tracing"`
+}
+
+// MetricsConfig is the /metrics exposition.
+type MetricsConfig struct {
+	// PerPartition adds sluice_partition_offset_lag and
+	// sluice_partition_iterator_age_seconds, one series per source and
+	// partition owned here (label partition): as many series as the
+	// sources have partitions, so it is off by default.
+	PerPartition bool `koanf:"per_partition"`
 }
 
 // AdminConfig is the admin HTTP API (SPEC §6).
@@ -51,14 +64,15 @@ type AdminConfig struct {
 	MaxConnections int           `koanf:"max_connections"`
 }
 
-// Role is what a bearer token may do on the admin API.
-type Role string
+// Role is what a bearer token may do on the admin API: the admin
+// package's one Role type, named here for the configuration's readers.
+type Role = admin.Role
 
 // The roles, each allowed everything the previous one is.
 const (
-	RoleRead   Role = "read"   // GET only
-	RoleInvoke Role = "invoke" // also the invocation ingress
-	RoleAdmin  Role = "admin"  // everything, including changing limits
+	RoleRead   = admin.RoleRead   // GET only
+	RoleInvoke = admin.RoleInvoke // also the invocation ingress
+	RoleAdmin  = admin.RoleAdmin  // everything, including changing limits
 )
 
 // TokenConfig is one admin API token: a role and where its secret is kept,
@@ -130,6 +144,7 @@ func Default() *Config {
 		Admin: AdminConfig{Listen: DefaultAdminListen, ReadTimeout: DefaultAdminReadTimeout,
 			IdleTimeout: DefaultAdminIdleTimeout, MaxConnections: DefaultAdminMaxConnections},
 		StateDir: DefaultStateDir,
+		Tracing:  telemetry.Config{SampleRatio: telemetry.DefaultSampleRatio}.WithDefaults(),
 	}
 }
 
@@ -181,6 +196,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateBrokers()...)
 	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateDeadLetters()...)
+	errs = append(errs, c.Tracing.Validate("tracing"))
 	return newError(errs...)
 }
 
@@ -333,6 +349,10 @@ func (c *Config) checkBroker(key, broker string, topic, stream bool) error {
 	}
 	return nil
 }
+
+// OnlyEmbedded reports whether the configuration's one broker is the
+// embedded NATS that an empty brokers section implies.
+func (c *Config) OnlyEmbedded() bool { return c.impliedEmbedded(consumer.EmbeddedBroker) }
 
 func (c *Config) impliedEmbedded(broker string) bool {
 	b := c.Brokers[broker]

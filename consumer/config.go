@@ -40,10 +40,10 @@ const (
 // Source settings: SPEC §2.1 (stream) and §2.2 (async), with Lambda's ranges
 // and defaults where it has them.
 const (
-	DefaultBatchSize           = 100
+	DefaultBatchSize           = shard.DefaultBatchSize
 	MaxBatchSize               = 10000
 	MaxBatchingWindow          = 300 * time.Second
-	DefaultMaxBatchBytes       = 6 * shard.MiB
+	DefaultMaxBatchBytes       = shard.Bytes(shard.DefaultMaxBatchBytes)
 	MinMaxBatchBytes           = 1 * shard.KiB   // a smaller body could not hold one record with its envelope
 	MaxMaxBatchBytes           = 256 * shard.MiB // beyond this an HTTP body is almost surely a typo
 	MaxParallelizationFactor   = 10
@@ -116,6 +116,12 @@ type KafkaConfig struct {
 	// (HeartbeatInterval). The brokers' group.min/max.session.timeout.ms
 	// must allow it.
 	SessionTimeout time.Duration `koanf:"session_timeout"`
+	// TLS encrypts the connections to the brokers (and, with cert_file and
+	// key_file, authenticates sluice by its certificate).
+	TLS TLSConfig `koanf:"tls"`
+	// SASL authenticates sluice to the brokers (PLAIN, SCRAM-SHA-256,
+	// SCRAM-SHA-512, OAUTHBEARER, AWS_MSK_IAM).
+	SASL SASLConfig `koanf:"sasl"`
 }
 
 // DefaultHeartbeatInterval is franz-go's (and Kafka's) default heartbeat
@@ -148,6 +154,25 @@ type NATSConfig struct {
 	// does not bound how long a function may run (held messages are kept
 	// with InProgress).
 	AckWait time.Duration `koanf:"ack_wait"`
+
+	// TLS: for a server by URL, how sluice checks it and (cert_file,
+	// key_file) proves itself; for the embedded server, its own certificate
+	// (cert_file, key_file) and the CA of the client certificates it then
+	// requires (ca_file).
+	TLS TLSConfig `koanf:"tls"`
+	// At most one way to authenticate. CredsFile is a user's JWT and nkey
+	// seed (a .creds file, as Synadia Cloud and `nsc` hand out); NkeyFile
+	// is a file holding a user's nkey seed; TokenFile/TokenEnv a token;
+	// User with PasswordFile/PasswordEnv a user and password. For the
+	// embedded server, a token or a user and password are the credentials
+	// it requires of every client (sluice included).
+	CredsFile    string `koanf:"creds_file"`
+	NkeyFile     string `koanf:"nkey_file"`
+	TokenFile    string `koanf:"token_file"`
+	TokenEnv     string `koanf:"token_env"`
+	User         string `koanf:"user"`
+	PasswordFile string `koanf:"password_file"`
+	PasswordEnv  string `koanf:"password_env"`
 }
 
 // DefaultNATSConfig returns a NATSConfig (the embedded server) with the
@@ -201,6 +226,12 @@ func (k KafkaConfig) validate(key string) error {
 	if k.SessionTimeout < MinSessionTimeout || k.SessionTimeout > MaxSessionTimeout {
 		errs = append(errs, invalid(key+".session_timeout", "%s is out of range (6s..300s)", shard.FormatDuration(k.SessionTimeout)))
 	}
+	if _, err := k.TLS.Client(key + ".tls"); err != nil {
+		errs = append(errs, err)
+	}
+	if k.SASL.On() || k.SASL != (SASLConfig{}) {
+		errs = append(errs, k.SASL.validate(key+".sasl"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -209,7 +240,7 @@ func (n NATSConfig) validate(key string) error {
 	if n.AckWait < MinNATSAckWait || n.AckWait > MaxNATSAckWait {
 		ackWait = invalid(key+".ack_wait", "%s is out of range (5s..1h)", shard.FormatDuration(n.AckWait))
 	}
-	return errors.Join(n.validateAddress(key), ackWait)
+	return errors.Join(n.validateAddress(key), ackWait, n.validateAuth(key))
 }
 
 func (n NATSConfig) validateAddress(key string) error {
@@ -451,7 +482,7 @@ func (c SourceConfig) Validate(key string) error {
 	case c.Topic != "" && c.Stream != "":
 		errs = append(errs, invalid(key, "topic (Kafka) and stream (NATS JetStream) are both set; use one"))
 	case c.Topic != "":
-		if !validTopic(c.Topic) {
+		if !shard.ValidTopic(c.Topic) {
 			add("topic", "%q is not a valid Kafka topic name (1..249 of a-z, A-Z, 0-9, \".\", \"_\", \"-\")", c.Topic)
 		}
 		if c.Subject != "" {
@@ -461,13 +492,13 @@ func (c SourceConfig) Validate(key string) error {
 			add("partitions", "not allowed with topic (Kafka partitions come from the topic)")
 		}
 	default:
-		if !validStream(c.Stream) {
+		if !shard.ValidStream(c.Stream) {
 			add("stream", "%q is not a valid stream name (no spaces, \".\", \"*\", \">\", \"/\" or \"\\\")", c.Stream)
 		}
 		switch {
 		case c.Subject == "":
 			add("subject", "required with stream (the subject published to, e.g. \"clicks.*\")")
-		case !validSubject(c.Subject):
+		case !shard.ValidSubject(c.Subject):
 			add("subject", "%q is not a valid subject (%s)", c.Subject, natsSubjectSyntax)
 		case c.Mode == ModeStream && !oneKeyToken(c.Subject):
 			add("subject", "%q %s", c.Subject, streamModeSubjectRequirement)
@@ -566,38 +597,6 @@ func oneOf(s string, set ...string) bool {
 }
 
 func lastPart(key string) string { return key[strings.LastIndexByte(key, '.')+1:] }
-
-// validTopic follows Kafka's rule for topic names.
-func validTopic(s string) bool {
-	if s == "" || len(s) > 249 || s == "." || s == ".." {
-		return false
-	}
-	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == ""
-}
-
-// validStream follows JetStream's rule for stream names.
-func validStream(s string) bool {
-	return s != "" && !strings.ContainsAny(s, " \t\r\n.*>/\\")
-}
-
-// validSubject checks NATS subject syntax, wildcards allowed.
-func validSubject(s string) bool {
-	if strings.ContainsAny(s, " \t\r\n") {
-		return false
-	}
-	tokens := strings.Split(s, ".")
-	for i, t := range tokens {
-		switch {
-		case t == "":
-			return false
-		case t == ">" && i != len(tokens)-1:
-			return false
-		case t != "*" && t != ">" && strings.ContainsAny(t, "*>"):
-			return false
-		}
-	}
-	return true
-}
 
 // oneKeyToken reports whether a stream-mode subject has exactly one "*"
 // token (the record key) and no ">".

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/sluicehq/sluice/shard"
 )
 
 // ErrInvalid is wrapped by every configuration error of this package, so that
@@ -115,7 +117,7 @@ func (c Config) Validate() error {
 		f := c.Functions[name]
 		key := "functions." + name
 		if f.Timeout < 0 || f.Timeout > MaxTimeout {
-			errs = append(errs, fmt.Errorf("%w: %s.timeout: %s is out of range (1ms..15m)", ErrInvalid, key, formatDuration(f.Timeout)))
+			errs = append(errs, fmt.Errorf("%w: %s.timeout: %s is out of range (1ms..15m)", ErrInvalid, key, shard.FormatDuration(f.Timeout)))
 		}
 		if f.ReservedConcurrency != nil {
 			n := *f.ReservedConcurrency

@@ -10,19 +10,22 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrUnknownFunction is returned for an invocation of a function that is not
 // registered.
 var ErrUnknownFunction = errors.New("dispatch: unknown function")
 
-// Dispatcher invokes functions under the Limiter's limits. Stream shards and
+// Dispatcher invokes functions under the limits of its Limits engine (a
+// local Limiter unless WithLimits gives another). Stream shards and
 // async consumers call Invoke, which waits for slots; synchronous ingress
 // calls TryInvoke, which answers at once with the throttle reason.
 type Dispatcher struct {
-	lim     *Limiter
+	lim     Limits
 	log     *slog.Logger
 	metrics *metrics
+	tracer  trace.Tracer // nil: no spans (WithTracer)
 
 	mu  sync.RWMutex         // guards fns
 	fns map[string]*function // registered functions by name
@@ -37,11 +40,11 @@ type function struct {
 type Option func(*options)
 
 type options struct {
-	reg     prometheus.Registerer
-	log     *slog.Logger
-	limiter []LimiterOption
-	http    []HTTPOption
-	fnTLS   map[string]*tls.Config // WithFunctionTLS
+	reg    prometheus.Registerer
+	log    *slog.Logger
+	limits Limits
+	tracer trace.Tracer
+	fnTLS  map[string]*tls.Config // WithFunctionTLS
 }
 
 // WithRegisterer registers the dispatcher's metrics with reg (default: none).
@@ -50,14 +53,27 @@ func WithRegisterer(reg prometheus.Registerer) Option { return func(o *options) 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithLimiterOptions passes options to the Limiter.
-func WithLimiterOptions(opts ...LimiterOption) Option {
-	return func(o *options) { o.limiter = append(o.limiter, opts...) }
-}
+// WithLimits makes the Dispatcher take its slots from l instead of a local
+// Limiter built from the Config: the plug for a limit engine shared by
+// several processes. l must have been built from the same Config; the
+// Dispatcher owns it from then on and closes it in Close.
+func WithLimits(l Limits) Option { return func(o *options) { o.limits = l } }
 
-// WithHTTPOptions passes options to every HTTP function the Dispatcher builds.
-func WithHTTPOptions(opts ...HTTPOption) Option {
-	return func(o *options) { o.http = append(o.http, opts...) }
+// limitsFor returns the engine given by WithLimits, or a local Limiter of
+// cfg; either way cfg must be valid.
+func (o *options) limitsFor(cfg Config) (Limits, error) {
+	if o.limits == nil {
+		l, err := NewLimiter(cfg)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return l, nil
+	}
+	cfg.Account = cfg.Account.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return o.limits, nil
 }
 
 // New returns a Dispatcher for cfg. Every function of cfg with a URL gets an
@@ -68,11 +84,11 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	lim, err := NewLimiter(cfg, o.limiter...)
+	lim, err := o.limitsFor(cfg)
 	if err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{lim: lim, log: o.log, fns: make(map[string]*function, len(cfg.Functions))}
+	d := &Dispatcher{lim: lim, log: o.log, tracer: o.tracer, fns: make(map[string]*function, len(cfg.Functions))}
 	// The metrics come first: each HTTP function reports its connection
 	// waits to them.
 	d.metrics, err = newMetrics(o.reg, lim)
@@ -83,6 +99,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 	unreserved := lim.Usage().UnreservedLimit
 	for _, name := range sortedKeys(cfg.Functions) {
 		fc := cfg.Functions[name]
+		d.metrics.initFunction(name)
 		if fc.URL == "" {
 			continue
 		}
@@ -92,7 +109,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		if fc.ReservedConcurrency != nil {
 			conns = max(1, *fc.ReservedConcurrency)
 		}
-		hopts := append([]HTTPOption{WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name))}, o.http...)
+		hopts := []HTTPOption{WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name))}
 		if c, ok := o.fnTLS[name]; ok {
 			hopts = append(hopts, WithTLSConfig(c))
 		}
@@ -112,43 +129,49 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 func (d *Dispatcher) Register(name string, h Handler, timeout time.Duration) {
 	timeout = timeoutOrDefault(timeout)
 	d.lim.SetFunctionTimeout(name, timeout)
+	d.metrics.initFunction(name)
 	d.mu.Lock()
 	d.fns[name] = &function{h: h, timeout: timeout}
 	d.mu.Unlock()
 }
 
-// Limiter returns the limiter, for live changes and usage snapshots.
-func (d *Dispatcher) Limiter() *Limiter { return d.lim }
+// Limiter returns the limit engine, for live changes and usage snapshots.
+func (d *Dispatcher) Limiter() Limits { return d.lim }
 
 // Invoke runs req.Function once it holds the slots of its function and scopes,
-// waiting in line for them (ctx bounds the wait: a stream shard passes the age
-// limit of its oldest record). onWait, if not nil, hears once that the
-// invocation is waiting and why; use it to show a shard as throttled.
+// waiting in line for them. req.MaxWait and req.WaitUntil bound the wait
+// only; ctx bounds the wait and cancels the invocation (shutdown, revoke),
+// and the function's timeout bounds the invocation. onWait, if not nil,
+// hears once that the invocation is waiting and why; use it to show a shard
+// as throttled.
 //
 // The error is nil on success, or one of the outcome errors of this package
 // (see Handler). A wait cut short by ctx returns an error matching both
-// ctx.Err() and *ThrottledError; one cut short by req.MaxWait returns the
-// *ThrottledError alone.
-func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reason)) (*Response, error) {
+// ctx.Err() and *ThrottledError; one cut short by req.MaxWait or
+// req.WaitUntil returns the *ThrottledError alone.
+func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reason)) (resp *Response, err error) {
 	f, err := d.function(req.Function)
 	if err != nil {
 		return nil, err
 	}
+	ctx, span := d.startSpan(ctx, req)
+	defer func() { endSpan(span, err) }()
 	actx := ctx
-	if req.MaxWait > 0 {
+	if until := waitBound(req); !until.IsZero() {
 		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(ctx, req.MaxWait)
+		actx, cancel = context.WithDeadline(ctx, until)
 		defer cancel()
 	}
 	lease, err := d.lim.Acquire(actx, req.Function, scopesOf(req), func(r Reason) {
 		d.metrics.throttled(req.Function, r)
+		throttleEvent(span, r)
 		if onWait != nil {
 			onWait(r)
 		}
 	})
 	if err != nil {
 		if t, ok := AsThrottled(err); ok && ctx.Err() == nil {
-			return nil, t // MaxWait ran out, not the caller's ctx: a plain throttle
+			return nil, t // MaxWait or WaitUntil ran out, not the caller's ctx: a plain throttle
 		}
 		return nil, err
 	}
@@ -158,15 +181,18 @@ func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reaso
 
 // TryInvoke runs req.Function if its slots are free now, and otherwise
 // returns a *ThrottledError at once.
-func (d *Dispatcher) TryInvoke(ctx context.Context, req *Request) (*Response, error) {
+func (d *Dispatcher) TryInvoke(ctx context.Context, req *Request) (resp *Response, err error) {
 	f, err := d.function(req.Function)
 	if err != nil {
 		return nil, err
 	}
+	ctx, span := d.startSpan(ctx, req)
+	defer func() { endSpan(span, err) }()
 	lease, err := d.lim.TryAcquire(req.Function, scopesOf(req))
 	if err != nil {
 		if t, ok := AsThrottled(err); ok {
 			d.metrics.throttled(req.Function, t.Reason)
+			throttleEvent(span, t.Reason)
 		}
 		return nil, err
 	}
@@ -240,6 +266,18 @@ func classify(ctx context.Context, req *Request, err error) error {
 	default:
 		return &FunctionError{Kind: KindHandler, Message: err.Error(), Err: err}
 	}
+}
+
+// waitBound is when the wait for a slot ends: the earlier of now + MaxWait
+// and WaitUntil; zero when neither is set.
+func waitBound(req *Request) time.Time {
+	until := req.WaitUntil
+	if req.MaxWait > 0 {
+		if m := time.Now().Add(req.MaxWait); until.IsZero() || m.Before(until) {
+			until = m
+		}
+	}
+	return until
 }
 
 func scopesOf(req *Request) []string {

@@ -3,11 +3,23 @@
 // unreserved concurrency) and like Restate's rule book (per-scope limits with a
 // "*" default), and it invokes functions, over HTTP or in process.
 //
-// It owns the Limiter (slots, waiters, fairness, leases), the Dispatcher
-// (limiter + functions + metrics), the Handler interface with its typed
-// outcomes, and the HTTP function client with its configured headers and TLS
+// It owns the Limits interface (acquire, try-acquire, release through a
+// Lease, live changes, snapshots) and its local implementation, the Limiter
+// (slots, waiters, fairness, leases), the Dispatcher (a Limits engine +
+// functions + metrics + one OpenTelemetry span per invocation when given a
+// tracer, see WithTracer), the Handler interface with its typed outcomes,
+// and the HTTP function client with its configured headers and TLS
 // (secure.go: which headers are sluice's own and cannot be configured, and
-// RedactURL, used wherever a URL is shown). It hands sources a way to invoke a
-// function and learn the outcome; it must not import consumer, retention,
-// config or cmd. It imports shard only.
+// RedactURL, used wherever a URL is shown). It hands sources a way to invoke a function
+// and learn the outcome; it must not import consumer, retention, config or
+// cmd. Of sluice it imports shard only; of OpenTelemetry only the trace API
+// (the SDK and exporter are package telemetry's, wired by cmd).
+//
+// Limits is the seam for limits shared by several sluice processes: a
+// cluster-wide engine implements Limits (its Leases are grants of a remote
+// book, with the engine's own expiry) and is given to New with WithLimits;
+// the admin API, the metrics and cmd only ever see Limits, so nothing else
+// changes. Such an engine keeps the contract written on Limits, in
+// particular all-or-nothing grants and waking waiters on release, live
+// change and expiry.
 package dispatch

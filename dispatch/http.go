@@ -354,6 +354,7 @@ func (f *HTTPFunction) setHeaders(h http.Header, req *Request, deadline time.Tim
 	// connection when a pooled one turns out to be closed by the server.
 	setIf(h, "Idempotency-Key", req.IdempotencyKey)
 	setIf(h, "Traceparent", req.TraceParent)
+	setIf(h, "Tracestate", req.TraceState)
 	ct := req.ContentType
 	if ct == "" {
 		ct = "application/json"

@@ -15,7 +15,8 @@ import (
 // or hung, and its slot is taken back.
 const DefaultLeaseGrace = 10 * time.Second
 
-// Limiter hands out concurrency slots. An invocation runs only while it holds,
+// Limiter is the local, single-process implementation of Limits: it hands
+// out concurrency slots from books kept in memory. An invocation runs only while it holds,
 // at once, a slot of its function (its reserved slice, or the unreserved pool)
 // and a slot in the matching rule of each of its scopes. It takes all of them
 // together or none, so a waiter never holds a slot while it waits for another.
@@ -49,7 +50,7 @@ type Limiter struct {
 	queues        map[string]*queue      // queue key → waiters of one (function, scopes)
 	ring          []*queue               // non-empty queues in round-robin order
 	next          int                    // ring position served first in the next round
-	leases        Lease                  // sentinel of the circular list of live leases
+	leases        lease                  // sentinel of the circular list of live leases
 	nleases       int
 	expiry        *time.Timer // fires at expiryAt to take back stale leases
 	expiryAt      time.Time
@@ -77,9 +78,6 @@ type scopeState struct {
 
 // LimiterOption configures a Limiter.
 type LimiterOption func(*Limiter)
-
-// WithClock sets the clock used for lease lifetimes (tests).
-func WithClock(now func() time.Time) LimiterOption { return func(l *Limiter) { l.now = now } }
 
 // WithLeaseGrace sets how long after a function's timeout its slot is taken
 // back from a holder that vanished.
@@ -129,22 +127,21 @@ func (l *Limiter) fnLocked(name string) *fnState {
 	return f
 }
 
-// Lease is a set of slots held by one invocation. Release it when the
-// invocation ends; if it is never released, the slots come back when the
-// lease expires (the function's timeout plus the grace).
-type Lease struct {
+// lease is the local Limiter's Lease: the slots it took, and its place in
+// the list of live leases that the expiry timer walks.
+type lease struct {
 	l          *Limiter
 	fn         *fnState
 	scopes     []*scopeState
 	pooled     bool // took its function slot from the unreserved pool
 	expires    time.Time
 	done       bool   // released or expired; guarded by l.mu
-	prev, next *Lease // the limiter's list of live leases; guarded by l.mu
+	prev, next *lease // the limiter's list of live leases; guarded by l.mu
 }
 
 // Release gives the slots back. It is safe to call more than once and after
 // the lease expired.
-func (s *Lease) Release() {
+func (s *lease) Release() {
 	l := s.l
 	l.mu.Lock()
 	if !s.done {
@@ -157,13 +154,13 @@ func (s *Lease) Release() {
 }
 
 // Expires reports when the slots are taken back if not released.
-func (s *Lease) Expires() time.Time { return s.expires }
+func (s *lease) Expires() time.Time { return s.expires }
 
 // waiter is one blocked Acquire.
 type waiter struct {
 	fn     string
 	scopes []string
-	ready  chan *Lease // capacity 1: the one grant never blocks the granter
+	ready  chan *lease // capacity 1: the one grant never blocks the granter
 	reason Reason      // why it waits now; guarded by Limiter.mu
 	scope  string      // the full scope, for ReasonScope; guarded by Limiter.mu
 	since  time.Time   // when it started waiting, for Queues (oldest wait)
@@ -180,7 +177,7 @@ type queue struct {
 // TryAcquire takes the slots of fn and scopes if all are free now, and
 // otherwise returns a *ThrottledError saying which limit is full. It never
 // waits: synchronous ingress answers 429 with the reason.
-func (l *Limiter) TryAcquire(fn string, scopes []string) (*Lease, error) {
+func (l *Limiter) TryAcquire(fn string, scopes []string) (Lease, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -200,7 +197,7 @@ func (l *Limiter) TryAcquire(fn string, scopes []string) (*Lease, error) {
 // When ctx ends first, Acquire returns an error that matches both ctx.Err()
 // (errors.Is) and *ThrottledError with the last reason it waited for
 // (AsThrottled), so a stream shard can tell "expired while throttled".
-func (l *Limiter) Acquire(ctx context.Context, fn string, scopes []string, onWait func(Reason)) (*Lease, error) {
+func (l *Limiter) Acquire(ctx context.Context, fn string, scopes []string, onWait func(Reason)) (Lease, error) {
 	scopes = normScopes(scopes)
 	l.mu.Lock()
 	if l.closed {
@@ -217,7 +214,7 @@ func (l *Limiter) Acquire(ctx context.Context, fn string, scopes []string, onWai
 		l.mu.Unlock()
 		return nil, fmt.Errorf("%w: %w", err, t)
 	}
-	w := &waiter{fn: fn, scopes: scopes, ready: make(chan *Lease, 1), reason: t.Reason, scope: t.Scope, since: l.now()}
+	w := &waiter{fn: fn, scopes: scopes, ready: make(chan *lease, 1), reason: t.Reason, scope: t.Scope, since: l.now()}
 	l.enqueueLocked(w)
 	l.mu.Unlock()
 	if onWait != nil {
@@ -322,13 +319,13 @@ func (l *Limiter) ruleForLocked(scope string) (Rule, bool) {
 	return Rule{}, false
 }
 
-func (l *Limiter) grantLocked(fn string, scopes []string) *Lease {
+func (l *Limiter) grantLocked(fn string, scopes []string) *lease {
 	f := l.fnLocked(fn)
 	timeout := f.timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	s := &Lease{l: l, fn: f, pooled: !f.hasReservation, expires: l.now().Add(timeout + l.grace)}
+	s := &lease{l: l, fn: f, pooled: !f.hasReservation, expires: l.now().Add(timeout + l.grace)}
 	f.inUse++
 	if s.pooled {
 		l.unreservedUse++
@@ -354,7 +351,7 @@ func (l *Limiter) grantLocked(fn string, scopes []string) *Lease {
 	return s
 }
 
-func (l *Limiter) freeLocked(s *Lease) {
+func (l *Limiter) freeLocked(s *lease) {
 	s.done = true
 	s.prev.next, s.next.prev = s.next, s.prev
 	s.prev, s.next = nil, nil

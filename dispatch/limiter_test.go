@@ -25,9 +25,9 @@ func newTestLimiter(t *testing.T, cfg Config, opts ...LimiterOption) *Limiter {
 }
 
 // take acquires n slots without waiting and fails the test if any is refused.
-func take(t *testing.T, l *Limiter, fn string, scopes []string, n int) []*Lease {
+func take(t *testing.T, l *Limiter, fn string, scopes []string, n int) []Lease {
 	t.Helper()
-	out := make([]*Lease, 0, n)
+	out := make([]Lease, 0, n)
 	for i := range n {
 		s, err := l.TryAcquire(fn, scopes)
 		if err != nil {
@@ -52,7 +52,7 @@ func wantThrottle(t *testing.T, l *Limiter, fn string, scopes []string, reason R
 	}
 }
 
-func releaseAll(ls []*Lease) {
+func releaseAll(ls []Lease) {
 	for _, s := range ls {
 		s.Release()
 	}
@@ -387,7 +387,7 @@ func TestLimiterLeaseExpiry(t *testing.T) {
 		vanished := take(t, l, "f", nil, 1)[0] // its holder never releases
 		wantThrottle(t, l, "f", nil, ReasonReserved)
 
-		got := make(chan *Lease, 1)
+		got := make(chan Lease, 1)
 		go func() {
 			s, err := l.Acquire(context.Background(), "f", nil, nil)
 			if err != nil {
@@ -422,9 +422,9 @@ func TestLimiterLiveChanges(t *testing.T) {
 		Rules:     []Rule{{Pattern: "*", Concurrency: 0}}}
 
 	// waitN starts n waiters and returns a channel that yields each grant.
-	waitN := func(t *testing.T, l *Limiter, fn string, scopes []string, n int) chan *Lease {
+	waitN := func(t *testing.T, l *Limiter, fn string, scopes []string, n int) chan Lease {
 		t.Helper()
-		got := make(chan *Lease, n)
+		got := make(chan Lease, n)
 		queued := make(chan struct{}, n)
 		for range n {
 			go func() {
@@ -576,7 +576,7 @@ func TestLimiterCancelRace(t *testing.T) {
 // it asked for.
 type grant struct {
 	scope int
-	lease *Lease
+	lease Lease
 }
 
 // startWaiter starts one Acquire of f in scope "tenant-<scope>" and, inside a
@@ -611,7 +611,7 @@ func TestLimiterNewQueueServedLast(t *testing.T) {
 			startWaiter(t, l, sc, got)
 		}
 		// release frees the slot held and returns the scope it went to.
-		release := func(s *Lease) grant {
+		release := func(s Lease) grant {
 			s.Release()
 			synctest.Wait()
 			select {
@@ -663,7 +663,7 @@ func TestLimiterFairnessSingleWaiterScopes(t *testing.T) {
 				demand := []int{4, 1, 3, 1, 1, 5, 2, 1}
 				const steps = 4000
 				holders := take(t, l, "f", nil, slots) // until every waiter is queued
-				scopeOf := make(map[*Lease]int, slots)
+				scopeOf := make(map[Lease]int, slots)
 				for _, s := range holders {
 					scopeOf[s] = -1
 				}

@@ -6,10 +6,10 @@
 //
 // The Handler reads {fn} and {scope} with Request.PathValue; whoever mounts
 // it (the admin API, after checking the invoke role) routes those two
-// patterns to it. The package owns only the HTTP surface: invocations go
+// patterns to it. The package owns the HTTP surface and Queues: invocations go
 // through the dispatch.Dispatcher, under the same limits as stream and async
-// traffic, and asynchronous events go to an Enqueuer, which the wiring in
-// cmd/sluice implements over the function's async source (async_queue).
+// traffic, and asynchronous events go to an Enqueuer: Queues, which appends
+// them to the function's async source (async_queue) through its broker.
 //
 // # Synchronous invocations fail fast
 //
@@ -48,6 +48,7 @@
 // source's scope setting; the Enqueuer refuses (400) a scope the source
 // cannot carry rather than run the event without its scope's limits.
 //
-// This package imports dispatch and the standard library only; it must not
-// import cmd, config or the broker client libraries.
+// This package imports dispatch, consumer (the async sources' settings and
+// the broker seam that Queues writes through) and shard; it must not import
+// cmd, config, retention or the broker client libraries.
 package ingress

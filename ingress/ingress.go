@@ -112,10 +112,6 @@ func WithMaxBodyBytes(n int64) Option { return func(h *Handler) { h.maxBody = n 
 // DefaultMaxEventBytes).
 func WithMaxEventBytes(n int64) Option { return func(h *Handler) { h.maxEvent = n } }
 
-// WithRetryAfter sets the Retry-After of a throttle by sluice's limits
-// (default DefaultRetryAfter; rounded up to whole seconds).
-func WithRetryAfter(d time.Duration) Option { return func(h *Handler) { h.retryAfter = d } }
-
 // defaultEnqueueBudget bounds one Enqueue, so that a broker that hangs is
 // answered 503 rather than holding the caller forever; the writers have
 // timeouts of their own, this is the outer bound.

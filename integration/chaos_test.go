@@ -64,6 +64,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
 	"github.com/sluicehq/sluice/shard"
 )
@@ -918,8 +919,8 @@ func checkChaos(t *testing.T, o chaosOutcome) {
 
 	// Dead letters: one per record (duplicates share the id), with a
 	// condition its history explains, never for a record only throttled.
-	deadByCond := map[shard.Condition]int{}
-	rawByCond := map[shard.Condition]int{}
+	deadByCond := map[event.Condition]int{}
+	rawByCond := map[event.Condition]int{}
 	deadKeys := map[producedKey]bool{}
 	for _, l := range letters {
 		e := l.Env
@@ -943,11 +944,11 @@ func checkChaos(t *testing.T, o chaosOutcome) {
 		case h == nil || h.other == 0:
 			t.Errorf("record %d@%d (seq %d) was dead-lettered with %s although the function only ever throttled it (%v) and it was younger than max_record_age",
 				k.p, k.o, p.Seq, e.Condition, h)
-		case e.Condition == shard.PermanentError && h.poisoned == 0:
+		case e.Condition == event.PermanentError && h.poisoned == 0:
 			t.Errorf("record %d@%d dead-lettered with PermanentError, but no batch holding it was answered 400", k.p, k.o)
-		case e.Condition == shard.RetryAttemptsExhausted && e.Attempts != chaosMaxRetries+1:
+		case e.Condition == event.RetryAttemptsExhausted && e.Attempts != chaosMaxRetries+1:
 			t.Errorf("record %d@%d dead-lettered with RetryAttemptsExhausted after %d attempts, want %d", k.p, k.o, e.Attempts, chaosMaxRetries+1)
-		case e.Condition != shard.PermanentError && e.Condition != shard.RetryAttemptsExhausted:
+		case e.Condition != event.PermanentError && e.Condition != event.RetryAttemptsExhausted:
 			t.Errorf("record %d@%d dead-lettered with %s, want PermanentError or RetryAttemptsExhausted (max_record_age is 1h)", k.p, k.o, e.Condition)
 		}
 	}
@@ -1149,11 +1150,11 @@ func (r *chaosRun) compareCounters(t *testing.T, source string, batches []*fnBat
 	}
 
 	// Dead letters per condition.
-	conds := map[shard.Condition]bool{}
+	conds := map[event.Condition]bool{}
 	for _, l := range letters {
 		conds[l.Env.Condition] = true
 	}
-	for _, c := range []shard.Condition{shard.PermanentError, shard.RetryAttemptsExhausted, shard.RecordAgeExceeded} {
+	for _, c := range []event.Condition{event.PermanentError, event.RetryAttemptsExhausted, event.RecordAgeExceeded} {
 		conds[c] = true
 	}
 	for _, c := range sortedConds(conds) {
@@ -1207,8 +1208,8 @@ func (r *chaosRun) compareCounters(t *testing.T, source string, batches []*fnBat
 	return strings.Join(out, ", ") + fmt.Sprintf(" (counter/observed; %d blind windows)", len(r.blind))
 }
 
-func sortedConds(m map[shard.Condition]bool) []shard.Condition {
-	out := make([]shard.Condition, 0, len(m))
+func sortedConds(m map[event.Condition]bool) []event.Condition {
+	out := make([]event.Condition, 0, len(m))
 	for c := range m {
 		out = append(out, c)
 	}

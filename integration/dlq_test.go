@@ -30,8 +30,8 @@ import (
 
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/consumer/kafka"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
-	"github.com/sluicehq/sluice/shard"
 )
 
 // replayFn is a function for the dlq tests: it takes any sluice event body
@@ -297,10 +297,10 @@ func TestDLQReplayKafka(t *testing.T) {
 		return n
 	}
 	isOrder := func(e retention.Envelope) bool {
-		return e.Source == "orders" && e.Function == "thumbnail" && e.Condition == shard.RetryAttemptsExhausted
+		return e.Source == "orders" && e.Function == "thumbnail" && e.Condition == event.RetryAttemptsExhausted
 	}
 	isPayment := func(e retention.Envelope) bool {
-		return e.Source == "payments" && e.Function == "billing" && e.Condition == shard.PermanentError
+		return e.Source == "payments" && e.Function == "billing" && e.Condition == event.PermanentError
 	}
 	if o, pm := count(all, isOrder), count(all, isPayment); o != 1000 || pm != 30 {
 		t.Fatalf("dlq list: %d orders and %d payments letters, want 1000 and 30", o, pm)
@@ -461,12 +461,12 @@ func TestDLQReplayInterrupted(t *testing.T) {
 	m, _ := retention.NewStoreMetrics(nil)
 	store := retention.NewStore("dead", w, m)
 	const n = 300
-	letters := make([]shard.DeadLetter, n)
+	letters := make([]event.DeadLetter, n)
 	now := time.Now()
 	for i := range letters {
-		letters[i] = shard.DeadLetter{Source: "orders", Function: "fn", Mode: "stream", Condition: shard.RetryAttemptsExhausted,
-			Attempts: 1, FirstAttemptAt: now, LastAttemptAt: now, LastError: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
-			Record: shard.Record{Topic: topic, Offset: int64(i), Timestamp: now, Key: []byte("k"), Value: fmt.Appendf(nil, "v-%03d", i)}}
+		letters[i] = event.DeadLetter{Source: "orders", Function: "fn", Mode: "stream", Condition: event.RetryAttemptsExhausted,
+			Attempts: 1, FirstAttemptAt: now, LastAttemptAt: now, LastError: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
+			Record: event.Record{Topic: topic, Offset: int64(i), Timestamp: now, Key: []byte("k"), Value: fmt.Appendf(nil, "v-%03d", i)}}
 	}
 	if err := store.DeadLetter(t.Context(), letters); err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // asyncCall is one invocation of the async function.
@@ -168,7 +168,7 @@ func checkExhausted(t *testing.T, fn *asyncFn, want []produced, topic, dlq strin
 			t.Errorf("dead letter %d@%d has value %q, want %q", k.p, k.o, e.Record.Value, p.Value)
 		}
 		seen[k] = true
-		if e.Condition != shard.RetryAttemptsExhausted || e.Attempts != 3 || e.Mode != "async" || e.LastError.Status != 500 {
+		if e.Condition != event.RetryAttemptsExhausted || e.Attempts != 3 || e.Mode != "async" || e.LastError.Status != 500 {
 			t.Errorf("dead letter %d@%d: condition %s, attempts %d, mode %s, last error %+v; want RetryAttemptsExhausted, 3, async, status 500",
 				k.p, k.o, e.Condition, e.Attempts, e.Mode, e.LastError)
 		}
@@ -282,7 +282,7 @@ func TestKafkaAsyncThrottledUntilEventAge(t *testing.T) {
 			t.Errorf("dead letter %s/%d@%d: not an original event", e.Record.Topic, e.Record.Partition, e.Record.Offset)
 			continue
 		}
-		if e.Condition != shard.EventAgeExceeded || e.Attempts != 0 || e.LastError.Kind != "throttled" ||
+		if e.Condition != event.EventAgeExceeded || e.Attempts != 0 || e.LastError.Kind != "throttled" ||
 			e.LastError.Status != 429 || !strings.Contains(e.LastError.Message, "FunctionThrottled") {
 			t.Errorf("dead letter %d: condition %s, attempts %d, last error %+v; want EventAgeExceeded, 0, a FunctionThrottled throttle with status 429",
 				w.Offset, e.Condition, e.Attempts, e.LastError)

@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -251,7 +252,7 @@ func TestKafkaStreamDeadLetterOutage(t *testing.T) {
 	// be there more than once (same id); nothing else may.
 	for _, dl := range letters {
 		e := dl.Env
-		if e.Record.Partition != bad.Partition || e.Record.Offset != bad.Offset || e.Condition != shard.PermanentError {
+		if e.Record.Partition != bad.Partition || e.Record.Offset != bad.Offset || e.Condition != event.PermanentError {
 			t.Errorf("dead letter of %d@%d with %s, want only %d@%d with PermanentError",
 				e.Record.Partition, e.Record.Offset, e.Condition, bad.Partition, bad.Offset)
 		}

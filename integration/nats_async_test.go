@@ -23,7 +23,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // jsAsyncCall is one invocation of an async function.
@@ -193,7 +193,7 @@ func (e *jsAsyncEnv) waitDeadLetters(t *testing.T, n int, timeout time.Duration)
 }
 
 // checkJSAsyncLetter checks the envelope of an async dead letter.
-func checkJSAsyncLetter(t *testing.T, e *jsAsyncEnv, ev string, dl deadLetter, cond shard.Condition, attempts int, storedAt time.Time) {
+func checkJSAsyncLetter(t *testing.T, e *jsAsyncEnv, ev string, dl deadLetter, cond event.Condition, attempts int, storedAt time.Time) {
 	t.Helper()
 	env := dl.Env
 	if env.Source != e.source || env.Function != "fn" || env.Mode != "async" || env.Condition != cond || env.Attempts != attempts || env.Replays != 0 {
@@ -263,7 +263,7 @@ func TestNatsAsyncRetryAttemptsExhausted(t *testing.T) {
 			t.Errorf("%s was not dead-lettered", ev)
 			continue
 		}
-		checkJSAsyncLetter(t, e, ev, dl, shard.RetryAttemptsExhausted, 3, at)
+		checkJSAsyncLetter(t, e, ev, dl, event.RetryAttemptsExhausted, 3, at)
 		if dl.Env.LastError.Status != http.StatusInternalServerError {
 			t.Errorf("%s: envelope lastError %+v, want status 500", ev, dl.Env.LastError)
 		}
@@ -313,7 +313,7 @@ func TestNatsAsyncEventAgeExceeded(t *testing.T) {
 			t.Errorf("%s was not dead-lettered", ev)
 			continue
 		}
-		checkJSAsyncLetter(t, e, ev, dl, shard.EventAgeExceeded, 0, at)
+		checkJSAsyncLetter(t, e, ev, dl, event.EventAgeExceeded, 0, at)
 		// About 60 s after it was stored: not before, and not much after
 		// (the last wait is cut at the event's expiry).
 		if a := dl.Timestamp.Sub(at); a < age || a > age+20*time.Second {
@@ -400,7 +400,7 @@ func TestNatsAsyncKill9KeepsAttempts(t *testing.T) {
 			t.Errorf("%s was not dead-lettered", ev)
 			continue
 		}
-		checkJSAsyncLetter(t, e, ev, dl, shard.RetryAttemptsExhausted, 3, at)
+		checkJSAsyncLetter(t, e, ev, dl, event.RetryAttemptsExhausted, 3, at)
 		if cs := calls[ev]; len(cs) > 0 && !dl.Env.FirstAttemptAt.Before(killedAt) {
 			t.Errorf("%s: envelope firstAttemptAt %s is after the kill: the first process's attempt was forgotten", ev, dl.Env.FirstAttemptAt)
 		}

@@ -3,7 +3,6 @@ package retention
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/shard"
@@ -63,20 +62,20 @@ func (c Config) Validate(key string) error {
 	case c.Topic != "" && c.Stream != "":
 		errs = append(errs, fmt.Errorf("%w: %s: topic (Kafka) and stream (NATS JetStream) are both set; use one", ErrInvalid, key))
 	case c.Topic != "":
-		if !validTopic(c.Topic) {
+		if !shard.ValidTopic(c.Topic) {
 			add("topic", "%q is not a valid Kafka topic name (1..249 of a-z, A-Z, 0-9, \".\", \"_\", \"-\")", c.Topic)
 		}
 		if c.Subject != "" {
 			add("subject", "not allowed with topic (subject goes with stream, on NATS JetStream)")
 		}
 	default:
-		if !validStream(c.Stream) {
+		if !shard.ValidStream(c.Stream) {
 			add("stream", "%q is not a valid stream name (no spaces, \".\", \"*\", \">\", \"/\" or \"\\\")", c.Stream)
 		}
 		switch {
 		case c.Subject == "":
 			add("subject", "required with stream (the subjects the stream holds, e.g. \"sluice.dead.>\")")
-		case !validSubject(c.Subject):
+		case !shard.ValidSubject(c.Subject):
 			add("subject", "%q is not a valid subject (dot-separated tokens without spaces; \"*\" stands for one token, \">\" for the rest and only last)", c.Subject)
 		}
 	}
@@ -87,34 +86,4 @@ func (c Config) Validate(key string) error {
 		add("max_bytes", "%s is out of range (0 for no cap, or more)", c.MaxBytes)
 	}
 	return errors.Join(errs...)
-}
-
-// The name checks below are kept in step with package consumer's: the two
-// packages must not import each other, and the rules are the brokers'.
-
-// validTopic follows Kafka's rule for topic names.
-func validTopic(s string) bool {
-	if s == "" || len(s) > 249 || s == "." || s == ".." {
-		return false
-	}
-	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == ""
-}
-
-// validStream follows JetStream's rule for stream names.
-func validStream(s string) bool {
-	return s != "" && !strings.ContainsAny(s, " \t\r\n.*>/\\")
-}
-
-// validSubject checks NATS subject syntax, wildcards allowed.
-func validSubject(s string) bool {
-	if strings.ContainsAny(s, " \t\r\n") {
-		return false
-	}
-	tokens := strings.Split(s, ".")
-	for i, t := range tokens {
-		if t == "" || (t == ">" && i != len(tokens)-1) || (t != "*" && t != ">" && strings.ContainsAny(t, "*>")) {
-			return false
-		}
-	}
-	return true
 }

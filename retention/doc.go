@@ -1,11 +1,12 @@
 // Package retention is the dead-letter store: it writes one JSON envelope per
 // record or event that could not be delivered (SPEC §4) to a Kafka topic or a
-// JetStream stream, creates that destination if missing, reconciles its
-// retention at start-up, and reads dead letters back for `sluice dlq list`,
-// `show` and `replay`.
+// JetStream stream through an Appender, and reads dead letters back for
+// `sluice dlq list`, `show` and `replay`. Creating a destination and
+// reconciling its retention at start-up is its broker's
+// (consumer.Broker.EnsureDestination, called by cmd/sluice).
 //
 // It owns the operator settings of a destination (Config) and implements the
-// dispatcher's DeadLetterer. It builds on shard and must not import consumer,
+// shard engine's DeadLetterer (Store). It builds on shard and must not import consumer,
 // dispatch, config or cmd. Its Config carries koanf tags but does not import
 // koanf.
 //
@@ -26,9 +27,11 @@
 //
 // Replay stops starting letters when its context ends and gives those in
 // flight a grace period to finish and be recorded, so an interrupted replay
-// run again continues where it stopped. The delivery itself is a function
-// cmd passes in (through the dispatcher, or to the source's topic), so this
-// package does not depend on dispatch.
+// run again continues where it stopped. Targets decides where a letter goes
+// back to (its function, as a one-record batch or the raw event, or its
+// source's topic or stream) over lookups the wiring in cmd passes in (the
+// dispatcher's deliverers, the brokers' writers), so this package does not
+// depend on dispatch or a broker.
 //
 // Gauges measures each destination (Measurer) for
 // sluice_dead_letter_stored_bytes and sluice_dead_letter_oldest_age_seconds,

@@ -9,12 +9,10 @@ import (
 	"sync"
 	"time"
 
-	natsgo "github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/config"
-	"github.com/sluicehq/sluice/consumer/kafka"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -37,23 +35,8 @@ func (a *app) wireAdmin() error {
 	a.book = book
 	a.readiness = &readiness{}
 	for _, name := range a.brokersInUse() {
-		b := a.cfg.Brokers[name]
-		switch {
-		case b.Kafka != nil:
-			p, err := kafka.NewPinger(*b.Kafka)
-			if err != nil {
-				return fmt.Errorf("run: brokers.%s: %w", name, err)
-			}
-			a.closers = append(a.closers, p.Close)
-			a.readiness.add(name, p.Ping)
-		case a.natsConns[name] != nil:
-			nc := a.natsConns[name]
-			a.readiness.add(name, func(context.Context) error {
-				if st := nc.Status(); st != natsgo.CONNECTED {
-					return fmt.Errorf("nats connection is %s", st)
-				}
-				return nil
-			})
+		if br, ok := a.brokers[name]; ok { // wireSources opened every broker in use
+			a.readiness.add(name, br.Ping)
 		}
 	}
 	return nil
@@ -101,10 +84,12 @@ func (a *app) adminAPI() (http.Handler, error) {
 			}
 			return a.readiness.check()
 		},
-		Metrics: promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}),
-		Ingress: a.ingress,
-		Tokens:  tokens,
-		Logger:  a.log,
+		Metrics:          promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}),
+		Ingress:          a.ingress,
+		Tokens:           tokens,
+		Lags:             a.shardLags,
+		DeadLetterCounts: a.deadLetterCounts,
+		Logger:           a.log,
 	})
 	if err != nil {
 		return nil, err

@@ -7,7 +7,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/config"
-	"github.com/sluicehq/sluice/consumer"
 )
 
 func newConfigCmd() *cobra.Command {
@@ -75,7 +74,7 @@ func summary(c *config.Config) string {
 		return fmt.Sprintf("%d %s", n, many)
 	}
 	brokers := count(len(c.Brokers), "broker", "brokers")
-	if b, ok := c.Brokers[consumer.EmbeddedBroker]; ok && len(c.Brokers) == 1 && b.NATS != nil && b.NATS.Embedded() {
+	if c.OnlyEmbedded() {
 		brokers = "the embedded NATS broker"
 	}
 	return strings.Join([]string{

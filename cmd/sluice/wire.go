@@ -5,29 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	natsgo "github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/consumer/kafka"
-	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
-	"github.com/sluicehq/sluice/shard"
 )
 
 // shutdownGrace bounds how long a stopping sluice waits for in-flight work
@@ -53,14 +46,13 @@ type app struct {
 	disp    *dispatch.Dispatcher
 	sources []source
 	closers []func()                             // run at exit, newest first, after the sources stopped
-	natsURL map[string]string                    // NATS broker name → the URL sluice connected to
+	brokers map[string]consumer.Broker           // broker name → the broker opened (brokers.go)
 	streams map[string]*dispatch.StreamDeliverer // stream source name → its deliverer, for `dlq replay` (see recordStream)
 	ready   atomic.Bool                          // set once everything started; /readyz reports it
 
-	book      *admin.Book             // live limits: the file's, with the API's changes on top (admin_wire.go)
-	readiness *readiness              // broker checks of /readyz (admin_wire.go)
-	natsConns map[string]*natsgo.Conn // NATS broker name → the connection in use, for readiness
-	ingress   http.Handler            // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
+	book      *admin.Book  // live limits: the file's, with the API's changes on top (admin_wire.go)
+	readiness *readiness   // broker checks of /readyz (admin_wire.go)
+	ingress   http.Handler // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
 
 	secrets  *secrets                     // function headers and TLS, re-read on SIGHUP (secrets.go)
 	adminTLS *config.ServerTLS            // admin.tls, loaded by wire, re-read on SIGHUP (admin_server.go)
@@ -69,10 +61,7 @@ type app struct {
 }
 
 // source is a running source as the app sees it.
-type source interface {
-	Run(ctx context.Context) error
-	Statuses() []shard.Status
-}
+type source = consumer.Source
 
 // wire builds the parts of a sluice from cfg; nothing runs until app.run.
 // Start-up work that talks to brokers (creating dead-letter topics) is bounded
@@ -90,13 +79,22 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d, err := dispatch.New(cfg.Dispatch(), append(dopts, dispatch.WithRegisterer(reg), dispatch.WithLogger(log))...)
+	var closers []func()
+	tracing, err := tracer(cfg.Tracing, log, &closers)
 	if err != nil {
 		lock.release()
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, reg: reg, disp: d, natsURL: map[string]string{}, natsConns: map[string]*natsgo.Conn{},
-		lock: lock, secrets: sec}
+	opts := append([]dispatch.Option{dispatch.WithRegisterer(reg), dispatch.WithLogger(log)}, tracing...)
+	d, err := dispatch.New(cfg.Dispatch(), append(opts, dopts...)...)
+	if err != nil {
+		for _, c := range closers {
+			c()
+		}
+		lock.release()
+		return nil, err
+	}
+	a := &app{cfg: cfg, log: log, reg: reg, disp: d, closers: closers, lock: lock, secrets: sec}
 	if err := setHeaders(d, cfg, cfg.Functions); err != nil {
 		a.close()
 		return nil, err
@@ -106,6 +104,10 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 		return nil, err
 	}
 	if err := a.wireSources(ctx); err != nil {
+		a.close()
+		return nil, err
+	}
+	if err := a.wireObservability(); err != nil {
 		a.close()
 		return nil, err
 	}
@@ -132,46 +134,21 @@ func (a *app) wireSources(ctx context.Context) error {
 	if err := a.reg.Register(gauges); err != nil {
 		return err
 	}
-	conns := map[string]*natsgo.Conn{}
-	natsConn := func(name string) (*natsgo.Conn, error) {
-		if nc, ok := conns[name]; ok {
-			return nc, nil
-		}
-		nb := a.cfg.Brokers[name].NATS
-		url := nb.URL
-		if nb.Embedded() {
-			e, err := a.startEmbedded(name, *nb)
-			if err != nil {
-				return nil, err
-			}
-			url = e.ClientURL()
-		}
-		nc, err := natsgo.Connect(url, natsgo.Name("sluice"), natsgo.MaxReconnects(-1))
-		if err != nil {
-			return nil, fmt.Errorf("run: brokers.%s: connect to %s: %w", name, dispatch.RedactURL(url), err)
-		}
-		a.natsURL[name] = url
-		a.natsConns[name] = nc
-		a.closers = append(a.closers, nc.Close)
-		conns[name] = nc
-		return nc, nil
-	}
-
-	stores := map[string]shard.DeadLetterer{}
-	deadLetterer := func(name string) (shard.DeadLetterer, error) {
+	stores := map[string]event.DeadLetterer{}
+	deadLetterer := func(name string) (event.DeadLetterer, error) {
 		if name == "" {
 			return nil, nil // no on_failure: undeliverable records are dropped, counted and logged
 		}
 		if s, ok := stores[name]; ok {
 			return s, nil
 		}
-		app, err := a.deadLetterDestination(ctx, name, natsConn)
+		app, err := a.deadLetterDestination(ctx, name)
 		if err != nil {
 			return nil, err
 		}
 		s := retention.NewStore(name, app, storeMetrics)
 		stores[name] = s
-		if err := a.measureDeadLetters(name, natsConn, gauges); err != nil {
+		if err := a.measureDeadLetters(ctx, name, gauges); err != nil {
 			return nil, err
 		}
 		return s, nil
@@ -184,154 +161,71 @@ func (a *app) wireSources(ctx context.Context) error {
 	slices.Sort(names)
 	for _, name := range names {
 		sc := a.cfg.Sources[name]
-		b := a.cfg.Brokers[sc.Broker]
 		dlq, err := deadLetterer(sc.OnFailure)
 		if err != nil {
 			return err
 		}
-		var scope func(*shard.Record) string
+		var scope func(*event.Record) string
 		if !sc.Scope.IsNone() {
 			scope = sc.Scope.Of
 		}
-		stream := func(encode func([]shard.Record) ([]byte, error)) *dispatch.StreamDeliverer {
-			d := &dispatch.StreamDeliverer{D: a.disp, Source: name, Function: sc.Function, Encode: encode,
+		br, err := a.broker(ctx, "run", sc.Broker)
+		if err != nil {
+			return err
+		}
+		deps := consumer.SourceDeps{DeadLetterer: dlq, Logger: a.log, Registerer: a.reg}
+		if sc.Mode == consumer.ModeStream {
+			d := &dispatch.StreamDeliverer{D: a.disp, Source: name, Function: sc.Function, Encode: br.Encoder(sc),
 				Scope: scope, ReportItemFailures: sc.ReportBatchItemFailures}
 			a.recordStream(name, d)
-			return d
-		}
-		async := func() *dispatch.AsyncDeliverer {
-			return &dispatch.AsyncDeliverer{D: a.disp, Source: name, Function: sc.Function, Scope: scope,
+			deps.Stream = d
+		} else {
+			deps.Async = &dispatch.AsyncDeliverer{D: a.disp, Source: name, Function: sc.Function, Scope: scope,
 				MaxSlotWait: asyncSlotWait}
 		}
-		var src source
-		switch {
-		case b.Kafka != nil && sc.Mode == consumer.ModeStream:
-			bootstrap := strings.Join(b.Kafka.Seeds, ",")
-			src, err = kafka.New(name, *b.Kafka, sc, kafka.Options{
-				Worker:       sc.WorkerConfig(name),
-				Deliverer:    stream(func(recs []shard.Record) ([]byte, error) { return kafka.EncodeEvent(bootstrap, recs) }),
-				DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
-			})
-		case b.Kafka != nil:
-			src, err = kafka.NewAsync(name, *b.Kafka, sc, kafka.AsyncOptions{
-				Deliverer:    async(),
-				DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
-			})
-		default:
-			nc, cerr := natsConn(sc.Broker)
-			if cerr != nil {
-				return cerr
-			}
-			if sc.Mode == consumer.ModeStream {
-				src, err = natssrc.NewStream(name, nc, sc, natssrc.StreamOptions{
-					Worker:       sc.WorkerConfig(name),
-					Deliverer:    stream(func(recs []shard.Record) ([]byte, error) { return natssrc.EncodeEvent(sc.Stream, recs) }),
-					AckWait:      b.NATS.AckWait, // and the pin TTL, 2 × AckWait
-					DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
-				})
-			} else {
-				src, err = natssrc.NewAsync(name, nc, sc, natssrc.AsyncOptions{
-					Deliverer:    async(),
-					AckWait:      b.NATS.AckWait,
-					DeadLetterer: dlq, Logger: a.log, Registerer: a.reg,
-				})
-			}
-		}
+		src, err := br.NewSource(name, sc, deps)
 		if err != nil {
 			return fmt.Errorf("run: sources.%s: %w", name, err)
 		}
-		// JetStream streams are created before sluice says it is running,
-		// so that what publishers send from then on is kept.
-		if e, ok := src.(interface{ Ensure(context.Context) error }); ok {
+		// JetStream streams and Kafka retry topics are created before
+		// sluice says it is running, so that what publishers send from then
+		// on is kept.
+		if e, ok := src.(consumer.Ensurer); ok {
 			if err := e.Ensure(ctx); err != nil {
 				return fmt.Errorf("run: sources.%s: %w", name, err)
 			}
+		}
+		if sc.OnFailure != "" {
+			storeMetrics.Init(name, deadLetterConditions(sc.Mode)...)
 		}
 		a.sources = append(a.sources, src)
 	}
 	return nil
 }
 
-// startEmbedded starts the in-process nats-server of broker name, storing
-// under state_dir/nats.
-func (a *app) startEmbedded(name string, nb consumer.NATSConfig) (*natssrc.Embedded, error) {
-	listen := nb.Listen
-	if listen == "" {
-		listen = consumer.DefaultEmbeddedListen
-	}
-	host, portText, _ := net.SplitHostPort(listen) // validated by config
-	port, _ := strconv.Atoi(portText)
-	if port == 0 {
-		port = -1 // any free port
-	}
-	if a.lock == nil { // `sluice dlq list/show`: the store is about to be opened here
-		lock, err := lockStateDir(a.cfg.StateDir)
-		if err != nil {
-			return nil, err
-		}
-		a.lock = lock
-		a.closers = append(a.closers, func() { lock.release(); a.lock = nil })
-	}
-	dir := filepath.Join(a.cfg.StateDir, "nats")
-	e, err := natssrc.StartEmbedded(dir, natssrc.WithHost(host), natssrc.WithPort(port), natssrc.WithEmbeddedLogger(a.log))
-	if err != nil {
-		return nil, fmt.Errorf("run: brokers.%s: embedded nats-server: %w", name, err)
-	}
-	a.closers = append(a.closers, e.Shutdown)
-	a.log.Info("embedded nats-server started", "broker", name, "url", e.ClientURL(), "store", dir)
-	return e, nil
-}
-
 // deadLetterDestination creates or reconciles dead-letter destination name
 // (SPEC §4), logs what it did, and returns a writer for it.
-func (a *app) deadLetterDestination(ctx context.Context, name string, natsConn func(string) (*natsgo.Conn, error)) (retention.Appender, error) {
+func (a *app) deadLetterDestination(ctx context.Context, name string) (retention.Appender, error) {
 	dl := a.cfg.DeadLetters[name]
-	age := time.Duration(-1)
-	if !dl.Retention.IsInfinite() {
-		age = dl.Retention.Duration()
-	}
-	logResult := func(kind, where string, created bool, changed []string) {
-		switch {
-		case created:
-			a.log.Info("dead-letter "+kind+" created", "destination", name, kind, where, "retention", dl.Retention.String())
-		case len(changed) > 0:
-			a.log.Info("dead-letter "+kind+" reconciled", "destination", name, kind, where, "changed", strings.Join(changed, ", "))
-		default:
-			a.log.Info("dead-letter "+kind+" up to date", "destination", name, kind, where, "retention", dl.Retention.String())
-		}
-	}
-	b := a.cfg.Brokers[dl.Broker]
-	if b.Kafka != nil {
-		created, changed, err := kafka.EnsureTopic(ctx, *b.Kafka, dl.Topic, 1, age, int64(dl.MaxBytes))
-		if err != nil {
-			return nil, fmt.Errorf("run: dead_letters.%s: topic %s: %w", name, dl.Topic, err)
-		}
-		logResult("topic", dl.Topic, created, changed)
-		w, err := kafka.NewWriter(*b.Kafka, dl.Topic)
-		if err != nil {
-			return nil, fmt.Errorf("run: dead_letters.%s: %w", name, err)
-		}
-		a.closers = append(a.closers, w.Close)
-		return w, nil
-	}
-	prefix, ok := strings.CutSuffix(dl.Subject, ".>")
-	if !ok {
-		return nil, fmt.Errorf("run: dead_letters.%s.subject: %q must end in \".>\" (sluice publishes to <prefix>.<key>)", name, dl.Subject)
-	}
-	nc, err := natsConn(dl.Broker)
+	br, err := a.broker(ctx, "run", dl.Broker)
 	if err != nil {
 		return nil, err
 	}
-	js, err := jetstream.New(nc)
+	d := a.destination(name)
+	created, changed, err := br.EnsureDestination(ctx, d)
 	if err != nil {
 		return nil, fmt.Errorf("run: dead_letters.%s: %w", name, err)
 	}
-	created, changed, err := natssrc.EnsureStream(ctx, js, dl.Stream, []string{dl.Subject}, age, int64(dl.MaxBytes))
-	if err != nil {
-		return nil, fmt.Errorf("run: dead_letters.%s: stream %s: %w", name, dl.Stream, err)
+	kind, where := br.Where(d)
+	switch {
+	case created:
+		a.log.Info("dead-letter "+kind+" created", "destination", name, kind, where, "retention", dl.Retention.String())
+	case len(changed) > 0:
+		a.log.Info("dead-letter "+kind+" reconciled", "destination", name, kind, where, "changed", strings.Join(changed, ", "))
+	default:
+		a.log.Info("dead-letter "+kind+" up to date", "destination", name, kind, where, "retention", dl.Retention.String())
 	}
-	logResult("stream", dl.Stream, created, changed)
-	w, err := natssrc.NewWriter(nc, dl.Stream, prefix)
+	w, err := br.DeadLetterWriter(d)
 	if err != nil {
 		return nil, fmt.Errorf("run: dead_letters.%s: %w", name, err)
 	}
@@ -412,11 +306,12 @@ func (a *app) run(ctx context.Context) error {
 	return nil
 }
 
-// natsURLOf returns the URL of NATS broker name that the sources use (the
-// embedded server's, when it is embedded).
-func (a *app) natsURLOf(name string) (string, error) {
-	if u, ok := a.natsURL[name]; ok {
-		return u, nil
+// brokerURL returns the URL broker name was reached at, for a broker that
+// has one (the embedded nats-server's, when it is embedded); wire must
+// have opened it.
+func (a *app) brokerURL(name string) (string, error) {
+	if b, ok := a.brokers[name].(interface{ URL() string }); ok {
+		return b.URL(), nil
 	}
-	return "", fmt.Errorf("run: broker %s is not a NATS broker in use", name)
+	return "", fmt.Errorf("run: broker %s is not a broker in use with a URL", name)
 }

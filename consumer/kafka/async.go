@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
+	"github.com/sluicehq/sluice/redelivery"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -24,9 +25,6 @@ const (
 	// being moved to a retry topic or dead-lettered); the function's own
 	// limits apply on top, in the dispatcher.
 	DefaultAsyncConcurrency = 64
-	// maxRetryAfter caps a function's Retry-After (the event's expiry caps
-	// it further).
-	maxRetryAfter = 15 * time.Minute
 	// unsettledPerSlot × Concurrency bounds the records of the source
 	// topic and retry topics that were started and are not yet behind a
 	// partition's mark: one stuck event (a long invocation, a long wait for
@@ -35,10 +33,6 @@ const (
 	// memory until it settles. Past the bound the poll loop fetches nothing
 	// more until the stuck event settles.
 	unsettledPerSlot = 64
-	// deadLetterTimeout bounds one dead-letter write (the Kafka writer has
-	// its own, shorter, timeout); below DefaultStopTimeout, so a stopping
-	// partition waits for it.
-	deadLetterTimeout = 10 * time.Second
 )
 
 // AsyncOptions are the collaborators and tuning of an Async source.
@@ -50,7 +44,7 @@ type AsyncOptions struct {
 	Deliverer consumer.AsyncDeliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics.
@@ -89,41 +83,35 @@ type AsyncOptions struct {
 // goroutine (assigned, revoked, lost). Locks, in this order: Async.mu →
 // apart.mu → franz-go's.
 type Async struct {
-	name     string
-	topic    string
-	group    string
-	broker   consumer.KafkaConfig
-	src      consumer.SourceConfig
-	opts     AsyncOptions
-	log      *slog.Logger
-	backoff  shard.Backoff
-	maxAge   time.Duration
-	attempts int // max_retry_attempts
-	tiers    []retryTier
-	isRetry  map[string]bool // topic → it is one of the retry topics
-	kopts    []kgo.Opt
-	metrics  *consumer.AsyncMetrics
-	commits  *committer
+	name    string
+	topic   string
+	group   string
+	broker  consumer.KafkaConfig
+	src     consumer.SourceConfig
+	opts    AsyncOptions
+	log     *slog.Logger
+	policy  redelivery.Policy // max_retry_attempts, max_event_age, retry_backoff
+	tiers   []retryTier
+	isRetry map[string]bool // topic → it is one of the retry topics
+	kopts   []kgo.Opt
+	metrics *consumer.AsyncMetrics
+	commits *committer
 
 	// ensureMu serializes Ensure; ensured is set once it succeeded.
 	ensureMu sync.Mutex
 	ensured  bool
 
-	// mu guards everything below, and serializes the poll loop's feeding
-	// with assignment changes (as Source.mu).
-	mu   sync.Mutex
-	cond *sync.Cond // on mu: a poll round ended, or an event finished
+	// member is the group-member lifecycle (member.go); its mu guards the
+	// fields below too, and serializes the poll loop's feeding with
+	// assignment changes (as in Source). Its cond is also signalled when
+	// an event finished.
+	member[*apart]
 	// parts are the partitions (of every topic of the source) this member
 	// owns.
-	parts      map[topicPartition]*apart
-	pollCancel context.CancelFunc
-	round      uint64
-	active     int // events being handled (goroutines started by dispatchLocked)
-	running    bool
-	closing    bool
-	workCtx    context.Context
-	cl         *kgo.Client
-	prod       *kgo.Client
+	parts  map[topicPartition]*apart
+	active int // events being handled (goroutines started by dispatchLocked)
+	cl     *kgo.Client
+	prod   *kgo.Client
 
 	// unsettled counts the records started and not yet behind their
 	// partition's mark (see unsettledPerSlot): raised by startLocked,
@@ -188,7 +176,7 @@ type apart struct {
 // entry is one fetched record.
 type entry struct {
 	kr   *kgo.Record
-	ev   event
+	ev   retryEvent
 	err  error // reading its retry headers failed (see eventOf)
 	done bool  // delivered, moved to a retry topic or dead-lettered; guarded by apart.mu
 }
@@ -247,25 +235,30 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 	b := src.RetryBackoff
 	a := &Async{
 		name: name, topic: src.Topic, group: opts.Group, broker: broker, src: src, opts: opts,
-		log:      opts.Logger.With("source", name, "topic", src.Topic),
-		backoff:  shard.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
-		maxAge:   src.MaxEventAge,
-		attempts: src.MaxRetryAttempts,
-		tiers:    tiers,
-		isRetry:  make(map[string]bool, len(tiers)),
-		parts:    make(map[topicPartition]*apart),
-		commits:  newCommitter(),
-		metrics:  consumer.NewAsyncMetrics(name),
+		log: opts.Logger.With("source", name, "topic", src.Topic),
+		policy: redelivery.Policy{
+			MaxAttempts: src.MaxRetryAttempts, MaxAge: src.MaxEventAge, AgeCondition: event.EventAgeExceeded,
+			Backoff: event.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
+		},
+		tiers:   tiers,
+		isRetry: make(map[string]bool, len(tiers)),
+		parts:   make(map[topicPartition]*apart),
+		commits: newCommitter(),
+		metrics: consumer.NewAsyncMetrics(name),
 	}
-	a.cond = sync.NewCond(&a.mu)
+	a.member = member[*apart]{log: a.log, commitTimeout: opts.CommitTimeout, what: "events",
+		startLocked: a.startPartsLocked, detachLocked: a.detachLocked, stop: a.stop}
+	a.init()
 	topics := []string{src.Topic}
 	for _, t := range tiers {
 		a.isRetry[t.topic] = true
 		topics = append(topics, t.topic)
 	}
-	a.kopts = append([]kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
+	base, err := ClientOpts(broker)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
+	}
+	a.kopts = append(append(base,
 		kgo.WithLogger(kgoLogger{a.log}),
 		kgo.ConsumerGroup(opts.Group),
 		kgo.ConsumeTopics(topics...),
@@ -282,7 +275,7 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 		kgo.FetchMaxBytes(DefaultFetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(DefaultFetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-	}, append(sessionOpts(broker), opts.ClientOpts...)...)
+	), append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(a.metrics); err != nil {
 			return nil, fmt.Errorf("kafka: source %q: register metrics: %w", name, err)
@@ -363,16 +356,11 @@ func (a *Async) Ensure(ctx context.Context) error {
 // leaves the group and closes its clients. It returns an error only if it
 // could not start.
 func (a *Async) Run(ctx context.Context) error {
-	a.mu.Lock()
-	if a.running {
-		a.mu.Unlock()
-		return ErrRunning
+	stopWork, err := a.begin(ctx)
+	if err != nil {
+		return err
 	}
-	a.running = true
-	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
-	a.workCtx = workCtx
-	a.mu.Unlock()
 	if a.opts.Registerer != nil {
 		defer a.opts.Registerer.Unregister(a.metrics)
 	}
@@ -393,12 +381,7 @@ func (a *Async) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	a.log.Info("async source started", "group", a.group, "concurrency", a.opts.Concurrency, "retry_topics", a.RetryTopics())
 
-	commitCtx, stopCommits := context.WithCancel(context.WithoutCancel(ctx))
-	commitDone := make(chan struct{})
-	go func() {
-		defer close(commitDone)
-		a.commits.run(commitCtx, cl, a.opts.CommitTimeout, a.log)
-	}()
+	stopCommits := a.runCommits(ctx, cl, a.commits)
 	pollDone := make(chan struct{})
 	go func() {
 		defer close(pollDone)
@@ -409,19 +392,7 @@ func (a *Async) Run(ctx context.Context) error {
 	a.cond.Broadcast() // the poll loop may wait for a free slot
 	a.mu.Unlock()
 	<-pollDone
-
-	a.mu.Lock()
-	a.closing = true
-	parts := make([]*apart, 0, len(a.parts))
-	for tp, pt := range a.parts {
-		parts = append(parts, pt)
-		delete(a.parts, tp)
-	}
-	a.mu.Unlock()
-	a.stop(parts, false)
-	stopCommits()
-	<-commitDone
-	commitAndLeave(ctx, cl, a.opts.CommitTimeout, a.log, "the events after the last commit will be handled again")
+	a.shutdown(ctx, cl, stopCommits)
 	a.log.Info("async source stopped")
 	return nil
 }
@@ -431,47 +402,20 @@ func (a *Async) Run(ctx context.Context) error {
 // so the events held in memory stay bounded (records of retry partitions
 // that are not due yet are bounded apart: see feedLocked).
 func (a *Async) poll(ctx context.Context, cl *kgo.Client) {
-	for {
-		a.mu.Lock()
-		maxUnsettled := int64(unsettledPerSlot * a.opts.Concurrency)
+	maxUnsettled := int64(unsettledPerSlot * a.opts.Concurrency)
+	next := func() int {
 		for (a.active >= a.opts.Concurrency || a.unsettled.Load() >= maxUnsettled) && ctx.Err() == nil {
 			a.cond.Wait()
 		}
-		if ctx.Err() != nil {
-			a.mu.Unlock()
-			return
-		}
-		n := min(a.opts.Concurrency-a.active, int(maxUnsettled-a.unsettled.Load()))
-		pctx, cancel := context.WithCancel(ctx)
-		a.pollCancel = cancel
-		a.mu.Unlock()
-
-		fetches := cl.PollRecords(pctx, n)
-
-		a.mu.Lock()
-		a.pollCancel = nil
-		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-			pt := a.parts[topicPartition{fp.Topic, fp.Partition}]
-			if pt == nil || len(fp.Records) == 0 {
-				return // revoked since the fetch: not marked, read again by the next owner
-			}
-			a.feedLocked(pt, fp.Records)
-		})
-		a.round++
-		a.cond.Broadcast()
-		a.mu.Unlock()
-		cancel()
-
-		if fetches.IsClientClosed() {
-			return
-		}
-		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return
-			}
-			a.log.Warn("fetch error", "fetched_topic", topic, "partition", p, "error", err)
-		})
+		return min(a.opts.Concurrency-a.active, int(maxUnsettled-a.unsettled.Load()))
 	}
+	a.pollLoop(ctx, cl, next, func(fp kgo.FetchTopicPartition) {
+		pt := a.parts[topicPartition{fp.Topic, fp.Partition}]
+		if pt == nil || len(fp.Records) == 0 {
+			return // revoked since the fetch: not marked, read again by the next owner
+		}
+		a.feedLocked(pt, fp.Records)
+	})
 }
 
 // feedLocked takes fetched records of pt. A record of the source topic is
@@ -554,9 +498,9 @@ func (a *Async) startLocked(pt *apart, e *entry) {
 }
 
 // handle invokes one event and settles it: delivered, moved to a retry
-// topic, or dead-lettered, then marked. An event whose partition stops
-// (revoke, shutdown) before it is settled is left unmarked: it is read again
-// from the last commit.
+// topic, or dead-lettered, then marked — as the redelivery policy decides.
+// An event whose partition stops (revoke, shutdown) before it is settled is
+// left unmarked: it is read again from the last commit.
 func (a *Async) handle(pt *apart, e *entry) {
 	ctx := pt.ctx
 	ev := e.ev
@@ -567,137 +511,73 @@ func (a *Async) handle(pt *apart, e *entry) {
 	now := time.Now()
 	a.metrics.Received.Inc()
 	a.metrics.Age.Observe(max(0, now.Sub(ev.rec.Timestamp)).Seconds())
-	expiry := ev.rec.Timestamp.Add(a.maxAge)
-	switch {
-	case !now.Before(expiry):
-		a.giveUp(pt, e, &ev, shard.EventAgeExceeded)
-		return
-	case ev.attempts > a.attempts:
-		// max_retry_attempts was lowered since the event was retried.
-		a.giveUp(pt, e, &ev, shard.RetryAttemptsExhausted)
+	st := ev.state()
+	if cond, ok := a.policy.Before(&st, ev.rec.Timestamp, now); ok {
+		a.giveUp(pt, e, &ev, cond)
 		return
 	}
-	if ev.first.IsZero() {
-		ev.first = now
-	}
-	dctx, cancel := context.WithDeadline(ctx, expiry)
-	res := a.opts.Deliverer.Deliver(dctx, ev.rec, ev.attempts+1)
-	cancel()
-	ev.last = time.Now()
-	if res.Outcome != shard.Delivered && ctx.Err() != nil {
-		return // stopping: the outcome does not count; the event is read again
-	}
-
-	switch res.Outcome {
-	case shard.Delivered:
+	a.policy.Begin(&st, now)
+	// The expiry bounds only the wait for a slot: an invocation that
+	// started runs to its answer, however old the event grows meanwhile.
+	res := a.opts.Deliverer.Deliver(ctx, ev.rec, st.Attempts+1, a.policy.Expiry(ev.rec.Timestamp))
+	dec := a.policy.After(&st, res, 1, ev.rec.Timestamp, time.Now(), ctx.Err() != nil)
+	ev.setState(st)
+	switch dec.Action {
+	case redelivery.Done:
 		a.settle(pt, e)
-
-	case shard.Throttled:
-		if !ev.last.Before(expiry) {
-			if ev.lastError.Message == "" || res.Error.Kind != "cancelled" {
-				ev.lastError = res.Error
-			}
-			a.giveUp(pt, e, &ev, shard.EventAgeExceeded)
-			return
-		}
-		ev.throttles++
-		ev.lastError = res.Error
-		delay := max(a.backoff.Delay(ev.throttles, rand.Float64()), min(res.RetryAfter, maxRetryAfter))
-		a.retry(pt, e, &ev, delay, expiry)
-
-	case shard.Failed, shard.Partial:
-		ev.attempts++
-		ev.lastError = res.Error
-		if ev.attempts > a.attempts {
-			a.giveUp(pt, e, &ev, shard.RetryAttemptsExhausted)
-			return
-		}
-		a.retry(pt, e, &ev, a.backoff.Delay(ev.attempts, rand.Float64()), expiry)
-
-	case shard.Permanent:
-		ev.attempts++
-		ev.lastError = res.Error
-		a.giveUp(pt, e, &ev, shard.PermanentError)
+	case redelivery.Retry:
+		a.retry(pt, e, &ev, dec.Delay)
+	case redelivery.DeadLetter:
+		a.giveUp(pt, e, &ev, dec.Condition)
+	case redelivery.Abandon, redelivery.Split: // stopping: the event is read again (an event is never split)
 	}
 }
 
-// retry writes ev to the retry tier of delay, due after delay (but at the
-// latest at its expiry, when it is then dead-lettered on time), retrying the
-// write until it is acknowledged or the partition stops; then settles it.
-func (a *Async) retry(pt *apart, e *entry, ev *event, delay time.Duration, expiry time.Time) {
-	now := time.Now()
-	ev.due = now.Add(delay)
-	if ev.due.After(expiry) {
-		ev.due = expiry
-	}
-	tier := a.tiers[tierFor(a.tiers, ev.due.Sub(now))]
+// retry writes ev to the retry tier of delay, due after delay (the policy
+// cut it at the event's expiry, when it is then dead-lettered on time),
+// retrying the write until it is acknowledged or the partition stops; then
+// settles it.
+func (a *Async) retry(pt *apart, e *entry, ev *retryEvent, delay time.Duration) {
+	ev.due = time.Now().Add(delay)
+	tier := a.tiers[tierFor(a.tiers, delay)]
 	kr := retryRecord(ev, a.name, tier.topic)
-	for try := 1; ; try++ {
-		// A write is not cut short when the partition stops: franz-go
-		// may fail a record already on the wire when its context ends,
-		// and the event would then be handled again from the source
-		// although its retry record exists (a second retry chain). The
-		// write is bounded by its own timeout, and stop waits for it.
-		err := produceRetry(context.WithoutCancel(pt.ctx), a.prod, kr)
-		if err == nil {
-			break
-		}
-		if pt.ctx.Err() != nil {
-			return
-		}
+	// A write is not cut short when the partition stops: franz-go may fail
+	// a record already on the wire when its context ends, and the event
+	// would then be handled again from the source although its retry record
+	// exists (a second retry chain). The write is bounded by its own
+	// timeout (produceRetry), and stop waits for it.
+	err := a.policy.Persist(pt.ctx, 0, func(wctx context.Context) error {
+		return produceRetry(wctx, a.prod, kr)
+	}, func(try int, err error) {
 		a.log.Error("writing an event to its retry topic failed; retrying (the event is held meanwhile)",
 			"retry_topic", tier.topic, "try", try, "error", err)
-		if !sleepCtx(pt.ctx, a.backoff.Delay(try, rand.Float64())) {
-			return
-		}
+	})
+	if err != nil {
+		return // the partition stopped
 	}
 	a.log.Debug("event retried later", "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset,
 		"attempts", ev.attempts, "throttles", ev.throttles, "delay", delay, "retry_topic", tier.topic, "error", ev.lastError.Message)
 	a.settle(pt, e)
 }
 
-// giveUp dead-letters ev with cond (retrying the write until it succeeds or
-// the partition stops; the event is held meanwhile), or drops it without a
-// destination; then settles it. The dead letter carries the original
-// record's coordinates.
-func (a *Async) giveUp(pt *apart, e *entry, ev *event, cond shard.Condition) {
-	now := time.Now()
-	first, last := ev.first, ev.last
-	if first.IsZero() {
-		first = now
-	}
-	if last.IsZero() {
-		last = now
-	}
+// giveUp dead-letters ev with cond through the policy's bounded, retried
+// write (until it succeeds or the partition stops; the event is held
+// meanwhile), or drops it without a destination; then settles it. The dead
+// letter carries the original record's coordinates.
+func (a *Async) giveUp(pt *apart, e *entry, ev *retryEvent, cond event.Condition) {
 	if a.opts.DeadLetterer == nil {
 		a.log.Warn("dropping an undeliverable event: the source has no on_failure destination",
 			"condition", cond, "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset,
 			"attempts", ev.attempts, "error", ev.lastError.Message)
 	} else {
-		rec := ev.rec
-		rec.Ref = nil
-		dl := shard.DeadLetter{
-			Source: a.name, Function: a.src.Function, Mode: string(consumer.ModeAsync),
-			Condition: cond, Attempts: ev.attempts, FirstAttemptAt: first, LastAttemptAt: last,
-			LastError: ev.lastError, Record: rec,
-		}
-		for try := 1; ; try++ {
-			// Not cut short when the partition stops, as in retry (a
-			// letter written but reported failed would be written twice).
-			wctx, cancel := context.WithTimeout(context.WithoutCancel(pt.ctx), deadLetterTimeout)
-			err := a.opts.DeadLetterer.DeadLetter(wctx, []shard.DeadLetter{dl})
-			cancel()
-			if err == nil {
-				break
-			}
-			if pt.ctx.Err() != nil {
-				return
-			}
+		st := ev.state()
+		letters := redelivery.Letters(a.name, a.src.Function, string(consumer.ModeAsync), cond, &st, time.Now(), []event.Record{ev.rec})
+		err := a.policy.Store(pt.ctx, a.opts.DeadLetterer, letters, func(try int, err error) {
 			a.log.Error("dead-letter write failed; retrying (the event is held meanwhile)",
 				"condition", cond, "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset, "try", try, "error", err)
-			if !sleepCtx(pt.ctx, a.backoff.Delay(try, rand.Float64())) {
-				return
-			}
+		})
+		if err != nil {
+			return // the partition stopped
 		}
 	}
 	a.metrics.Dropped.WithLabelValues(string(cond)).Inc()
@@ -742,24 +622,15 @@ func (a *Async) settle(pt *apart, e *entry) {
 // Source.assigned does (a poll that began before an earlier revoke of the
 // same partition must not feed its stale records to the new owner state).
 func (a *Async) assigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
-	if len(assigned) == 0 {
-		return
+	if len(assigned) > 0 {
+		a.member.assigned(cl, assigned, assigned)
 	}
-	cl.ResumeFetchPartitions(assigned) // pauses persist across rebalances in franz-go
+}
 
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.pollCancel != nil {
-		r := a.round
-		a.pollCancel()
-		for a.round == r {
-			a.cond.Wait()
-		}
-	}
-	if a.closing || a.workCtx == nil {
-		return
-	}
-	for topic, ps := range assigned {
+// startPartsLocked takes up the partitions of m of the source topic and of
+// the retry topics that are new to this member. Called with a.mu held.
+func (a *Async) startPartsLocked(_ *kgo.Client, m map[string][]int32) {
+	for topic, ps := range m {
 		if topic != a.topic && !a.isRetry[topic] {
 			continue
 		}
@@ -772,43 +643,32 @@ func (a *Async) assigned(_ context.Context, cl *kgo.Client, assigned map[string]
 			a.parts[tp] = &apart{tp: tp, retry: a.isRetry[topic], ctx: ctx, cancel: cancel}
 		}
 	}
-	a.log.Info("partitions assigned", "partitions", assigned)
 }
 
 // revoked stops the revoked partitions' events (waiting for them, at most
 // StopTimeout), fences their marks, and commits what was marked, so the
 // next owner starts right after it.
 func (a *Async) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
-	parts := a.detach(revoked)
-	if len(parts) == 0 {
-		return
-	}
-	a.stop(parts, false)
-	cl.ResumeFetchPartitions(revoked)
-	cctx, cancel := context.WithTimeout(ctx, a.opts.CommitTimeout)
-	defer cancel()
-	if err := cl.CommitMarkedOffsets(cctx); err != nil {
-		a.log.Warn("commit at revoke failed; the next owner handles again what came after the previous commit", "error", err)
-	}
-	a.log.Info("partitions revoked", "partitions", revoked)
+	a.member.revoked(ctx, cl, revoked, revoked)
 }
 
 // lost stops the lost partitions' events with their marks fenced first:
 // the partitions may already be someone else's. Nothing is committed.
 func (a *Async) lost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
-	parts := a.detach(lost)
-	if len(parts) == 0 {
-		return
-	}
-	a.stop(parts, true)
-	cl.ResumeFetchPartitions(lost)
-	a.log.Warn("partitions lost; their events after the last commit will be handled again", "partitions", lost)
+	a.member.lost(cl, lost, lost)
 }
 
-func (a *Async) detach(m map[string][]int32) []*apart {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+// detachLocked removes the partitions of m (all of them when m is nil)
+// from a.parts and returns them. Called with a.mu held.
+func (a *Async) detachLocked(m map[string][]int32) []*apart {
 	var out []*apart
+	if m == nil {
+		for tp, pt := range a.parts {
+			out = append(out, pt)
+			delete(a.parts, tp)
+		}
+		return out
+	}
 	for topic, ps := range m {
 		for _, p := range ps {
 			tp := topicPartition{topic, p}
@@ -864,17 +724,5 @@ func (a *Async) stop(parts []*apart, fenceFirst bool) {
 		pt.mu.Lock()
 		pt.revoked = true
 		pt.mu.Unlock()
-	}
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // With starting_position latest, a retry partition that never had a commit
@@ -17,7 +17,7 @@ func TestAsyncLatestKeepsUncommittedRetryRecords(t *testing.T) {
 	cfg := asyncSourceConfig("orders", 2, time.Hour)
 	cfg.StartingPosition = consumer.Latest
 	cfg.RetryBackoff = consumer.Backoff{Initial: 2 * time.Second, Max: 2 * time.Second, Multiplier: 1}
-	f := newAsyncFake(func(shard.Record, int) shard.Result { return fail500 })
+	f := newAsyncFake(func(event.Record, int) event.Result { return fail500 })
 	opts := testAsyncOpts(f, "g")
 	opts.RetryTiers = []time.Duration{100 * time.Millisecond}
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
@@ -63,11 +63,11 @@ func TestAsyncBoundsRecordsHeldBehindAStuckEvent(t *testing.T) {
 	seeds := newCluster(t, 1, "orders")
 	produce(t, seeds, "orders", 1, n)
 	release := make(chan struct{})
-	f := newAsyncFake(func(rec shard.Record, _ int) shard.Result {
+	f := newAsyncFake(func(rec event.Record, _ int) event.Result {
 		if rec.Offset == 0 {
 			<-release
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	})
 	opts := testAsyncOpts(f, "g")
 	opts.Concurrency = 4

@@ -12,12 +12,12 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // asyncCall is one invocation an asyncFake saw.
 type asyncCall struct {
-	rec     shard.Record
+	rec     event.Record
 	attempt int
 	at      time.Time
 }
@@ -25,25 +25,25 @@ type asyncCall struct {
 // asyncFake is an AsyncDeliverer answering with behave, and recording each
 // call; and a DeadLetterer recording each letter.
 type asyncFake struct {
-	behave func(rec shard.Record, attempt int) shard.Result
+	behave func(rec event.Record, attempt int) event.Result
 
 	mu       sync.Mutex
 	calls    map[int64][]asyncCall // by original offset
 	ok       map[[2]int64]int      // successful deliveries by original partition and offset
-	letters  []shard.DeadLetter
+	letters  []event.DeadLetter
 	storedAt []time.Time // when each letter was stored
 }
 
-func newAsyncFake(behave func(rec shard.Record, attempt int) shard.Result) *asyncFake {
+func newAsyncFake(behave func(rec event.Record, attempt int) event.Result) *asyncFake {
 	return &asyncFake{behave: behave, calls: map[int64][]asyncCall{}, ok: map[[2]int64]int{}}
 }
 
-func (f *asyncFake) Deliver(_ context.Context, rec shard.Record, attempt int) shard.Result {
+func (f *asyncFake) Deliver(_ context.Context, rec event.Record, attempt int, _ time.Time) event.Result {
 	f.mu.Lock()
 	f.calls[rec.Offset] = append(f.calls[rec.Offset], asyncCall{rec: rec, attempt: attempt, at: time.Now()})
 	f.mu.Unlock()
 	res := f.behave(rec, attempt)
-	if res.Outcome == shard.Delivered {
+	if res.Outcome == event.Delivered {
 		f.mu.Lock()
 		f.ok[[2]int64{int64(rec.Partition), rec.Offset}]++
 		f.mu.Unlock()
@@ -57,7 +57,7 @@ func (f *asyncFake) deliveredCount() int {
 	return len(f.ok)
 }
 
-func (f *asyncFake) DeadLetter(_ context.Context, dls []shard.DeadLetter) error {
+func (f *asyncFake) DeadLetter(_ context.Context, dls []event.DeadLetter) error {
 	f.mu.Lock()
 	f.letters = append(f.letters, dls...)
 	for range dls {
@@ -67,7 +67,7 @@ func (f *asyncFake) DeadLetter(_ context.Context, dls []shard.DeadLetter) error 
 	return nil
 }
 
-func (f *asyncFake) deadLetters() []shard.DeadLetter {
+func (f *asyncFake) deadLetters() []event.DeadLetter {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.letters)
@@ -126,7 +126,7 @@ func runAsync(t *testing.T, a *Async) (stop func()) {
 	return stop
 }
 
-var fail500 = shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
+var fail500 = event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
 
 // A function that always fails: each event is tried 1 + max_retry_attempts
 // times with attempts 1, 2, 3, then dead-lettered as RetryAttemptsExhausted
@@ -136,7 +136,7 @@ func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 	const n = 20
 	seeds := newCluster(t, 2, "orders")
 	produce(t, seeds, "orders", 2, n/2)
-	f := newAsyncFake(func(shard.Record, int) shard.Result { return fail500 })
+	f := newAsyncFake(func(event.Record, int) event.Result { return fail500 })
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, asyncSourceConfig("orders", 2, time.Hour), testAsyncOpts(f, "g"))
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +152,7 @@ func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 			t.Errorf("event %d@%d dead-lettered twice", r.Partition, r.Offset)
 		}
 		seen[k] = true
-		if dl.Condition != shard.RetryAttemptsExhausted || dl.Attempts != 3 || dl.LastError.Status != 500 {
+		if dl.Condition != event.RetryAttemptsExhausted || dl.Attempts != 3 || dl.LastError.Status != 500 {
 			t.Errorf("dead letter %s attempts %d error %+v, want RetryAttemptsExhausted, 3, status 500", dl.Condition, dl.Attempts, dl.LastError)
 		}
 		if r.Topic != "orders" || r.Timestamp.IsZero() || dl.Mode != "async" || dl.Source != "orders" {
@@ -208,9 +208,9 @@ func TestAsyncThrottledUntilExpired(t *testing.T) {
 	seeds := newCluster(t, 1, "orders")
 	produce(t, seeds, "orders", 1, 3)
 	const maxAge = 1500 * time.Millisecond
-	f := newAsyncFake(func(shard.Record, int) shard.Result {
-		return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled", RetryAfter: 300 * time.Millisecond,
-			Error: shard.ErrorInfo{Kind: "throttled", Status: 429, Message: "slow down"}}
+	f := newAsyncFake(func(event.Record, int) event.Result {
+		return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled", RetryAfter: 300 * time.Millisecond,
+			Error: event.ErrorInfo{Kind: "throttled", Status: 429, Message: "slow down"}}
 	})
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, asyncSourceConfig("orders", 2, maxAge), testAsyncOpts(f, "g"))
 	if err != nil {
@@ -222,7 +222,7 @@ func TestAsyncThrottledUntilExpired(t *testing.T) {
 	storedAt := slices.Clone(f.storedAt)
 	f.mu.Unlock()
 	for i, dl := range f.deadLetters() {
-		if dl.Condition != shard.EventAgeExceeded || dl.Attempts != 0 || dl.LastError.Status != 429 {
+		if dl.Condition != event.EventAgeExceeded || dl.Attempts != 0 || dl.LastError.Status != 429 {
 			t.Errorf("dead letter %s attempts %d error %+v, want EventAgeExceeded, 0, 429", dl.Condition, dl.Attempts, dl.LastError)
 		}
 		if age := storedAt[i].Sub(dl.Record.Timestamp); age < maxAge-10*time.Millisecond || age > maxAge+time.Second {
@@ -251,7 +251,7 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 	produce(t, seeds, "orders", 1, n)
 	cfg := asyncSourceConfig("orders", 2, time.Hour)
 	cfg.RetryBackoff = consumer.Backoff{Initial: 500 * time.Millisecond, Max: 500 * time.Millisecond, Multiplier: 1}
-	f := newAsyncFake(func(shard.Record, int) shard.Result { return fail500 })
+	f := newAsyncFake(func(event.Record, int) event.Result { return fail500 })
 	opts := testAsyncOpts(f, "g")
 	opts.RetryTiers = []time.Duration{100 * time.Millisecond}
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
@@ -295,14 +295,14 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 func TestAsyncOutcomes(t *testing.T) {
 	seeds := newCluster(t, 1, "orders")
 	produce(t, seeds, "orders", 1, 3)
-	f := newAsyncFake(func(rec shard.Record, attempt int) shard.Result {
+	f := newAsyncFake(func(rec event.Record, attempt int) event.Result {
 		switch {
 		case rec.Offset == 0:
-			return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "status", Status: 400, Message: "bad"}}
+			return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: 400, Message: "bad"}}
 		case rec.Offset == 1 && attempt < 2:
 			return fail500
 		default:
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		}
 	})
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, asyncSourceConfig("orders", 2, time.Hour), testAsyncOpts(f, "g"))
@@ -313,7 +313,7 @@ func TestAsyncOutcomes(t *testing.T) {
 	waitFor(t, 10*time.Second, "everything committed", func() bool { return committed(t, seeds, "g", "orders")[0] == 3 })
 	waitFor(t, 10*time.Second, "offset 1 delivered on attempt 2", func() bool { return len(f.callsOf(1)) == 2 })
 	dls := f.deadLetters()
-	if len(dls) != 1 || dls[0].Condition != shard.PermanentError || dls[0].Record.Offset != 0 || dls[0].Attempts != 1 {
+	if len(dls) != 1 || dls[0].Condition != event.PermanentError || dls[0].Record.Offset != 0 || dls[0].Attempts != 1 {
 		t.Fatalf("dead letters %+v, want offset 0 PermanentError after 1 attempt", dls)
 	}
 	if c := f.callsOf(2); len(c) != 1 {
@@ -348,11 +348,11 @@ func TestTierFor(t *testing.T) {
 
 func TestRetryRecordRoundTrip(t *testing.T) {
 	ts := time.UnixMilli(1_700_000_000_123)
-	ev := event{
-		rec: shard.Record{Topic: "orders", Partition: 3, Offset: 42, Timestamp: ts, Key: []byte("k"), Value: []byte("v"),
-			Headers: []shard.Header{{Key: "tenant", Value: []byte("a")}}},
+	ev := retryEvent{
+		rec: event.Record{Topic: "orders", Partition: 3, Offset: 42, Timestamp: ts, Key: []byte("k"), Value: []byte("v"),
+			Headers: []event.Header{{Key: "tenant", Value: []byte("a")}}},
 		attempts: 2, throttles: 5, first: ts.Add(time.Second), last: ts.Add(2 * time.Second), due: ts.Add(3 * time.Second),
-		lastError: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
+		lastError: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
 	}
 	kr := retryRecord(&ev, "src", "orders.sluice-retry.src.1s")
 	kr.Partition, kr.Offset = 0, 7
@@ -360,7 +360,6 @@ func TestRetryRecordRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got.rec.Ref = nil
 	if fmt.Sprint(got.rec) != fmt.Sprint(ev.rec) || got.attempts != 2 || got.throttles != 5 || !got.first.Equal(ev.first) ||
 		!got.last.Equal(ev.last) || !got.due.Equal(ev.due) || got.lastError != ev.lastError {
 		t.Errorf("round trip:\n got %+v\nwant %+v", got, ev)
@@ -389,7 +388,7 @@ func TestRetryRecordRoundTrip(t *testing.T) {
 // client is replaced by hooks so the clock is synctest's.
 func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := newAsyncFake(func(shard.Record, int) shard.Result { return shard.Result{Outcome: shard.Delivered} })
+		f := newAsyncFake(func(event.Record, int) event.Result { return event.Result{Outcome: event.Delivered} })
 		const maxAge = time.Minute
 		a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: []string{"127.0.0.1:1"}},
 			asyncSourceConfig("orders", 2, maxAge), testAsyncOpts(f, "g"))
@@ -423,8 +422,8 @@ func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
 		dues := []time.Duration{2 * time.Second, time.Second, 5 * time.Second, 6 * time.Second}
 		var krs []*kgo.Record
 		for i, d := range dues {
-			ev := event{
-				rec:      shard.Record{Topic: "orders", Offset: int64(100 + i), Timestamp: start, Value: []byte("v")},
+			ev := retryEvent{
+				rec:      event.Record{Topic: "orders", Offset: int64(100 + i), Timestamp: start, Value: []byte("v")},
 				attempts: 1, first: start, last: start, due: start.Add(d),
 			}
 			if i == 3 {
@@ -465,7 +464,7 @@ func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
 		time.Sleep(time.Second)
 		synctest.Wait()
 		dls := f.deadLetters()
-		if len(dls) != 1 || dls[0].Condition != shard.EventAgeExceeded || dls[0].Record.Offset != 103 || dls[0].Attempts != 1 {
+		if len(dls) != 1 || dls[0].Condition != event.EventAgeExceeded || dls[0].Record.Offset != 103 || dls[0].Attempts != 1 {
 			t.Fatalf("at 6s: dead letters %+v, want 103 EventAgeExceeded after 1 attempt", dls)
 		}
 		if len(f.callsOf(103)) != 0 {
@@ -484,11 +483,11 @@ func TestAsyncRebalanceLosesNothing(t *testing.T) {
 	const parts, n = 2, 200
 	seeds := newCluster(t, parts, "orders")
 	produce(t, seeds, "orders", parts, n/parts)
-	f := newAsyncFake(func(_ shard.Record, attempt int) shard.Result {
+	f := newAsyncFake(func(_ event.Record, attempt int) event.Result {
 		if attempt == 1 {
 			return fail500
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	})
 	cfg := asyncSourceConfig("orders", 2, time.Hour)
 	cfg.RetryBackoff = consumer.Backoff{Initial: 300 * time.Millisecond, Max: 300 * time.Millisecond, Multiplier: 1}

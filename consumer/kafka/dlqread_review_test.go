@@ -10,7 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // Records removed (retention, DeleteRecords) while a Scan reads them: the
@@ -27,7 +27,7 @@ func TestReaderScanEndsWhenTheRestIsDeleted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	for i := range 5 { // separate batches, so one fetch can return the first alone
-		if err := w.Append(ctx, []shard.Record{{Key: []byte("k"), Value: fmt.Appendf(nil, "v%d", i)}}); err != nil {
+		if err := w.Append(ctx, []event.Record{{Key: []byte("k"), Value: fmt.Appendf(nil, "v%d", i)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -43,7 +43,7 @@ func TestReaderScanEndsWhenTheRestIsDeleted(t *testing.T) {
 	scanCtx, scanCancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scanCancel()
 	n := 0
-	err = r.Scan(scanCtx, func(shard.Record) error {
+	err = r.Scan(scanCtx, func(event.Record) error {
 		n++
 		if n == 1 {
 			var o kadm.Offsets

@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -55,7 +56,7 @@ const (
 	maxPollRecords = 10000
 	// DefaultShardBufferBytes bounds what one shard holds (buffered and in
 	// flight) by the estimated encoded size of its records
-	// (shard.Record.Size, about what they occupy in memory too): it pauses
+	// (event.Record.Size, about what they occupy in memory too): it pauses
 	// its partition at this, and resumes at half. With a fetch share of at
 	// most FetchMaxPartitionBytes on top, a shard holds a few MiB at most.
 	DefaultShardBufferBytes = 4 << 20
@@ -84,7 +85,7 @@ type Options struct {
 	Deliverer shard.Deliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics (metrics.go).
@@ -140,21 +141,13 @@ type Source struct {
 	kopts     []kgo.Opt
 	metrics   prometheus.Collector // nil without a Registerer
 
-	// mu guards everything below, and serializes the poll loop's pushes
-	// with assignment changes (see assigned).
-	mu   sync.Mutex
-	cond *sync.Cond // on mu: signalled when a poll round ends
+	// member is the group-member lifecycle (member.go); its mu guards the
+	// fields below too, and serializes the poll loop's pushes with
+	// assignment changes.
+	member[*part]
 	// parts are the partitions this member owns and runs a worker for.
 	parts map[int32]*part
-	// pollCancel cancels the poll in progress; nil between rounds. round
-	// counts finished rounds (a round: PollRecords, then pushing what it
-	// returned).
-	pollCancel context.CancelFunc
-	round      uint64
-	running    bool
-	closing    bool // Run is shutting down: assign nothing new
-	workCtx    context.Context
-	cl         *kgo.Client // set once Run created it; for Shards' committed offsets
+	cl    *kgo.Client // set once Run created it; for Shards' committed offsets
 
 	commits *committer
 }
@@ -244,10 +237,14 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		parts:     make(map[int32]*part),
 		commits:   newCommitter(),
 	}
-	s.cond = sync.NewCond(&s.mu)
-	s.kopts = append([]kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
+	s.member = member[*part]{log: s.log, commitTimeout: opts.CommitTimeout, what: "records",
+		startLocked: s.startLocked, detachLocked: s.detachLocked, stop: s.stop}
+	s.init()
+	base, err := ClientOpts(broker)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
+	}
+	s.kopts = append(append(base,
 		kgo.WithLogger(kgoLogger{s.log}),
 		kgo.ConsumerGroup(opts.Group),
 		kgo.ConsumeTopics(src.Topic),
@@ -268,7 +265,7 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		kgo.FetchMaxBytes(opts.FetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(opts.FetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-	}, append(sessionOpts(broker), opts.ClientOpts...)...)
+	), append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		c := consumer.NewShardCollector(s.name, func() []consumer.ShardLoad {
 			return shardLoads(s.Shards())
@@ -316,18 +313,11 @@ func (s *Source) BootstrapServers() string { return s.bootstrap }
 // marked offsets, leaves the group and closes the client. It returns an
 // error only if it could not start.
 func (s *Source) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.running {
-		s.mu.Unlock()
-		return ErrRunning
+	stopWork, err := s.begin(ctx)
+	if err != nil {
+		return err
 	}
-	s.running = true
-	// Workers outlive ctx by a little: they are stopped in order at
-	// shutdown, after polling stopped.
-	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
-	s.workCtx = workCtx
-	s.mu.Unlock()
 
 	cl, err := kgo.NewClient(s.kopts...)
 	if err != nil {
@@ -344,111 +334,60 @@ func (s *Source) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.poll(ctx, cl) })
 	wg.Go(func() { s.refreshLag(ctx, cl) })
-	commitCtx, stopCommits := context.WithCancel(context.WithoutCancel(ctx))
-	commitDone := make(chan struct{})
-	go func() {
-		defer close(commitDone)
-		s.commits.run(commitCtx, cl, s.opts.CommitTimeout, s.log)
-	}()
+	stopCommits := s.runCommits(ctx, cl, s.commits)
 	<-ctx.Done()
 	wg.Wait() // the poll loop returned: nothing more is pushed
-
-	// Stop every worker, then commit what they marked. closing keeps a
-	// rebalance that lands meanwhile from starting new ones.
-	s.mu.Lock()
-	s.closing = true
-	parts := s.detachAllLocked()
-	s.mu.Unlock()
-	s.stop(parts, false)
-	stopCommits()
-	<-commitDone
-	commitAndLeave(ctx, cl, s.opts.CommitTimeout, s.log, "the records after the last commit will be delivered again")
+	s.shutdown(ctx, cl, stopCommits)
 	s.log.Info("source stopped")
 	return nil
-}
-
-// commitAndLeave ends a group member: a final commit of what was marked,
-// leaving the group (so its partitions move at once, not after the session
-// timeout) and closing the client, within timeout even when ctx is done.
-// lost says in the log what a failed final commit means.
-func commitAndLeave(ctx context.Context, cl *kgo.Client, timeout time.Duration, log *slog.Logger, lost string) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	defer cancel()
-	if err := cl.CommitMarkedOffsets(cctx); err != nil {
-		log.Error("final commit failed; "+lost, "error", err)
-	}
-	if err := cl.LeaveGroupContext(cctx); err != nil {
-		log.Warn("leaving the group failed; its partitions move after the session timeout", "error", err)
-	}
-	cl.Close()
 }
 
 // poll is the poll loop: it hands each partition's records to its worker and
 // never waits for one (Push does not block; a worker that holds too much or
 // is throttled pauses its partition instead).
 func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
-	for {
-		s.mu.Lock()
-		if ctx.Err() != nil {
-			s.mu.Unlock()
+	s.pollLoop(ctx, cl, func() int { return maxPollRecords }, func(fp kgo.FetchTopicPartition) {
+		if fp.Topic != s.topic {
 			return
 		}
-		pctx, cancel := context.WithCancel(ctx)
-		s.pollCancel = cancel
-		s.mu.Unlock()
-
-		fetches := cl.PollRecords(pctx, maxPollRecords)
-
-		s.mu.Lock()
-		s.pollCancel = nil
-		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-			if fp.Topic != s.topic {
-				return
-			}
-			pt := s.parts[fp.Partition]
-			if pt == nil {
-				// Revoked since the fetch: not marked, so whoever owns
-				// the partition now reads these records again.
-				return
-			}
-			if fp.Err == nil && fp.HighWatermark > pt.hwm {
-				pt.hwm = fp.HighWatermark
-			}
-			if len(fp.Records) == 0 {
-				return
-			}
-			if pt.first < 0 {
-				pt.first = fp.Records[0].Offset
-			}
-			pt.w.Push(convert(fp.Records))
-		})
-		s.round++
-		s.cond.Broadcast()
-		s.mu.Unlock()
-		cancel()
-
-		if fetches.IsClientClosed() {
+		pt := s.parts[fp.Partition]
+		if pt == nil {
+			// Revoked since the fetch: not marked, so whoever owns
+			// the partition now reads these records again.
 			return
 		}
-		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return // our own cancel (assigned fences the poll) or shutdown
-			}
-			s.log.Warn("fetch error", "partition", p, "error", err)
-		})
-	}
+		if fp.Err == nil && fp.HighWatermark > pt.hwm {
+			pt.hwm = fp.HighWatermark
+		}
+		if len(fp.Records) == 0 {
+			return
+		}
+		if pt.first < 0 {
+			pt.first = fp.Records[0].Offset
+		}
+		pt.w.Push(convert(fp.Records))
+	})
 }
 
-func convert(krs []*kgo.Record) []shard.Record {
-	recs := make([]shard.Record, len(krs))
+// timestampTypeOf reads the timestamp type of kr's attributes.
+func timestampTypeOf(kr *kgo.Record) event.TimestampType {
+	if kr.Attrs.TimestampType() == 1 {
+		return event.LogAppendTime
+	}
+	return event.CreateTime
+}
+
+func convert(krs []*kgo.Record) []event.Record {
+	recs := make([]event.Record, len(krs))
 	for i, kr := range krs {
 		r := &recs[i]
-		r.Topic, r.Partition, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.Offset, kr.Timestamp
-		r.Key, r.Value, r.Ref = kr.Key, kr.Value, kr
+		r.Topic, r.Partition, r.LeaderEpoch, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.LeaderEpoch, kr.Offset, kr.Timestamp
+		r.TimestampType = timestampTypeOf(kr)
+		r.Key, r.Value = kr.Key, kr.Value
 		if len(kr.Headers) > 0 {
-			r.Headers = make([]shard.Header, len(kr.Headers))
+			r.Headers = make([]event.Header, len(kr.Headers))
 			for j, h := range kr.Headers {
-				r.Headers[j] = shard.Header{Key: h.Key, Value: h.Value}
+				r.Headers[j] = event.Header{Key: h.Key, Value: h.Value}
 			}
 		}
 	}
@@ -474,32 +413,19 @@ func convert(krs []*kgo.Record) []shard.Record {
 // session's records (franz-go invalidates them before revoking), and the new
 // session's records only after this callback returns.
 func (s *Source) assigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
-	ps := assigned[s.topic]
-	if len(ps) == 0 {
-		return
+	if ps := assigned[s.topic]; len(ps) > 0 {
+		s.member.assigned(cl, map[string][]int32{s.topic: ps}, ps)
 	}
-	// Pauses persist across rebalances in franz-go: start clean.
-	cl.ResumeFetchPartitions(map[string][]int32{s.topic: ps})
+}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pollCancel != nil {
-		r := s.round
-		s.pollCancel()
-		for s.round == r {
-			s.cond.Wait()
+// startLocked runs a worker for every partition of the topic in m that has
+// none. Called with s.mu held.
+func (s *Source) startLocked(cl *kgo.Client, m map[string][]int32) {
+	for _, p := range m[s.topic] {
+		if s.parts[p] == nil { // else still ours from an earlier session
+			s.parts[p] = s.start(cl, p)
 		}
 	}
-	if s.closing || s.workCtx == nil {
-		return
-	}
-	for _, p := range ps {
-		if s.parts[p] != nil {
-			continue // still ours from an earlier session
-		}
-		s.parts[p] = s.start(cl, p)
-	}
-	s.log.Info("partitions assigned", "partitions", ps)
 }
 
 // start runs a worker for partition p. Called with s.mu held.
@@ -510,12 +436,9 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
-		Commit: func(last shard.Record) {
-			kr, ok := last.Ref.(*kgo.Record)
-			if !ok {
-				s.log.Error("bug: a checkpointed record has no *kgo.Record", "partition", p, "offset", last.Offset)
-				return
-			}
+		Commit: func(last event.Record) {
+			// What a mark reads of a record: its coordinates and epoch.
+			kr := &kgo.Record{Topic: last.Topic, Partition: last.Partition, LeaderEpoch: last.LeaderEpoch, Offset: last.Offset}
 			pt.mu.Lock()
 			marked := !pt.revoked
 			if marked {
@@ -577,20 +500,7 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 // session; then there is nothing to stop and nothing extra to commit.
 func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
 	ps := revoked[s.topic]
-	s.mu.Lock()
-	parts := s.detachLocked(ps)
-	s.mu.Unlock()
-	if len(parts) == 0 {
-		return
-	}
-	s.stop(parts, false)
-	cl.ResumeFetchPartitions(map[string][]int32{s.topic: ps})
-	cctx, cancel := context.WithTimeout(ctx, s.opts.CommitTimeout)
-	defer cancel()
-	if err := cl.CommitMarkedOffsets(cctx); err != nil {
-		s.log.Warn("commit at revoke failed; the next owner redelivers from the previous commit", "error", err)
-	}
-	s.log.Info("partitions revoked", "partitions", ps)
+	s.member.revoked(ctx, cl, map[string][]int32{s.topic: ps}, ps)
 }
 
 // lost stops the workers of partitions this member lost without a clean
@@ -599,33 +509,23 @@ func (s *Source) revoked(ctx context.Context, cl *kgo.Client, revoked map[string
 // committed.
 func (s *Source) lost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
 	ps := lost[s.topic]
-	s.mu.Lock()
-	parts := s.detachLocked(ps)
-	s.mu.Unlock()
-	if len(parts) == 0 {
-		return
-	}
-	s.stop(parts, true)
-	cl.ResumeFetchPartitions(map[string][]int32{s.topic: ps})
-	s.log.Warn("partitions lost; their records after the last commit will be delivered again", "partitions", ps)
+	s.member.lost(cl, map[string][]int32{s.topic: ps}, ps)
 }
 
-// detachAllLocked removes every part from s.parts and returns them.
-func (s *Source) detachAllLocked() []*part {
-	out := make([]*part, 0, len(s.parts))
-	for p, pt := range s.parts {
-		out = append(out, pt)
-		delete(s.parts, p)
-	}
-	return out
-}
-
-// detachLocked removes the parts of ps from s.parts and returns them. (An
-// empty or nil ps detaches nothing: franz-go passes an empty map at the end
-// of every cooperative session.)
-func (s *Source) detachLocked(ps []int32) []*part {
+// detachLocked removes the parts of the topic's partitions in m (all of
+// them when m is nil) from s.parts and returns them. (An empty m detaches
+// nothing: franz-go passes an empty map at the end of every cooperative
+// session.)
+func (s *Source) detachLocked(m map[string][]int32) []*part {
 	var out []*part
-	for _, p := range ps {
+	if m == nil {
+		for p, pt := range s.parts {
+			out = append(out, pt)
+			delete(s.parts, p)
+		}
+		return out
+	}
+	for _, p := range m[s.topic] {
 		if pt := s.parts[p]; pt != nil {
 			out = append(out, pt)
 			delete(s.parts, p)
@@ -859,3 +759,16 @@ func (c *committer) run(ctx context.Context, cl *kgo.Client, timeout time.Durati
 		c.mu.Unlock()
 	}
 }
+
+// PartitionLoads reports the lag and iterator age of every partition this
+// process owns (consumer.PartitionLoader).
+func (s *Source) PartitionLoads() []consumer.PartitionLoad {
+	st := s.Shards()
+	out := make([]consumer.PartitionLoad, len(st))
+	for i := range st {
+		out[i] = consumer.PartitionLoad{Partition: st[i].Shard.Partition, Lag: st[i].Lag, IteratorAge: st[i].IteratorAge}
+	}
+	return out
+}
+
+var _ consumer.PartitionLoader = (*Source)(nil)

@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -27,26 +28,26 @@ import (
 // its behave function (Delivered when nil). It honours ctx as the shard
 // engine's Deliverer contract says.
 type fakeDeliverer struct {
-	behave func(ctx context.Context, d shard.Delivery) shard.Result
+	behave func(ctx context.Context, d shard.Delivery) event.Result
 
 	mu        sync.Mutex
 	delivered map[int32][]int64 // offsets of successful deliveries, in order
 	calls     map[int32]int
 }
 
-func newFakeDeliverer(behave func(ctx context.Context, d shard.Delivery) shard.Result) *fakeDeliverer {
+func newFakeDeliverer(behave func(ctx context.Context, d shard.Delivery) event.Result) *fakeDeliverer {
 	return &fakeDeliverer{behave: behave, delivered: map[int32][]int64{}, calls: map[int32]int{}}
 }
 
-func (f *fakeDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.Result {
+func (f *fakeDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.Result {
 	f.mu.Lock()
 	f.calls[d.Shard.Partition]++
 	f.mu.Unlock()
-	res := shard.Result{Outcome: shard.Delivered}
+	res := event.Result{Outcome: event.Delivered}
 	if f.behave != nil {
 		res = f.behave(ctx, d)
 	}
-	if res.Outcome == shard.Delivered {
+	if res.Outcome == event.Delivered {
 		f.mu.Lock()
 		for _, r := range d.Records {
 			f.delivered[r.Partition] = append(f.delivered[r.Partition], r.Offset)
@@ -86,7 +87,7 @@ func testWorkerConfig() shard.WorkerConfig {
 	c.Function = "fn"
 	c.BatchSize = 50
 	wc := c.WorkerConfig("orders")
-	wc.Backoff = shard.Backoff{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2}
+	wc.Backoff = event.Backoff{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2}
 	return wc
 }
 
@@ -317,15 +318,15 @@ func TestSourceCommitsOnlyAfterSuccess(t *testing.T) {
 	// The first batch (0..49) succeeds; the second fails (a function error,
 	// retried with backoff) until released.
 	release := make(chan struct{})
-	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
 		if d.Records[0].Offset == 0 {
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		}
 		select {
 		case <-release:
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		default:
-			return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
+			return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
 		}
 	})
 	s, err := New("orders", consumer.KafkaConfig{Seeds: seeds}, sourceConfig("orders"), testSourceOpts(f, "g"))
@@ -357,15 +358,15 @@ func TestSourceBlockedPartitionDoesNotStopOthers(t *testing.T) {
 	produce(t, seeds, "orders", parts, n)
 
 	release := make(chan struct{})
-	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
 		if d.Shard.Partition != slow {
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		}
 		select {
 		case <-release:
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		default:
-			return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled", RetryAfter: 20 * time.Millisecond}
+			return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled", RetryAfter: 20 * time.Millisecond}
 		}
 	})
 	opts := testSourceOpts(f, "g")
@@ -430,12 +431,12 @@ func TestSourceRebalanceLosesNothing(t *testing.T) {
 
 	// One delivery log for both members; slow enough that a rebalance lands
 	// mid-stream.
-	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
 		select {
 		case <-time.After(5 * time.Millisecond):
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		case <-ctx.Done():
-			return shard.Result{Outcome: shard.Throttled, Reason: "cancelled"}
+			return event.Result{Outcome: event.Throttled, Reason: "cancelled"}
 		}
 	})
 	newMember := func() *Source {
@@ -587,12 +588,12 @@ func TestSourceChurnLosesNothing(t *testing.T) {
 	const parts, n = 6, 1500
 	seeds := newCluster(t, parts, "orders")
 	produce(t, seeds, "orders", parts, n)
-	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
 		select {
 		case <-time.After(20 * time.Millisecond):
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		case <-ctx.Done():
-			return shard.Result{Outcome: shard.Throttled, Reason: "cancelled"}
+			return event.Result{Outcome: event.Throttled, Reason: "cancelled"}
 		}
 	})
 	total := func() int {
@@ -654,13 +655,13 @@ func TestSourceFencesAWorkerThatOutlivesItsPartition(t *testing.T) {
 			seeds := newCluster(t, 1, "orders")
 			produce(t, seeds, "orders", 1, 5)
 			entered, release := make(chan struct{}, 1), make(chan struct{})
-			f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+			f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
 				select {
 				case entered <- struct{}{}:
 				default:
 				}
 				<-release
-				return shard.Result{Outcome: shard.Delivered}
+				return event.Result{Outcome: event.Delivered}
 			})
 			opts := testSourceOpts(f, "g")
 			opts.StopTimeout = 100 * time.Millisecond
@@ -724,7 +725,7 @@ func testCommitPipeline(t *testing.T, depth int) {
 		behind []string
 	)
 	ahead := int64(depth) * 50
-	f := newFakeDeliverer(func(_ context.Context, d shard.Delivery) shard.Result {
+	f := newFakeDeliverer(func(_ context.Context, d shard.Delivery) event.Result {
 		// The batch starting at o: everything before o-ahead must be
 		// committed (the batches after it may still be on the wire).
 		if o := d.Records[0].Offset; o >= ahead+50 {
@@ -734,7 +735,7 @@ func testCommitPipeline(t *testing.T, depth int) {
 				mu.Unlock()
 			}
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	})
 	opts := testSourceOpts(f, "g")
 	opts.CommitPipelineDepth = depth

@@ -10,7 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // DefaultWriteTimeout bounds one Writer.Append: a topic that is missing or a
@@ -36,19 +36,12 @@ type WriterOption func(*writerConfig)
 
 type writerConfig struct {
 	timeout time.Duration
-	opts    []kgo.Opt
 }
 
 // WithWriteTimeout sets how long one Append may take (default
 // DefaultWriteTimeout).
 func WithWriteTimeout(d time.Duration) WriterOption {
 	return func(c *writerConfig) { c.timeout = d }
-}
-
-// WithWriterClientOpts adds franz-go options to the Writer's client (tests,
-// TLS, SASL).
-func WithWriterClientOpts(opts ...kgo.Opt) WriterOption {
-	return func(c *writerConfig) { c.opts = append(c.opts, opts...) }
 }
 
 // NewWriter returns a Writer to topic on the cluster broker reaches. It does
@@ -69,8 +62,6 @@ func NewWriter(broker consumer.KafkaConfig, topic string, opts ...WriterOption) 
 		c.timeout = DefaultWriteTimeout
 	}
 	kopts := []kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
 		kgo.DefaultProduceTopic(topic),
 		// The same key lands in the same partition, so letters of one key
 		// stay in order; keyless records stick to a partition per batch.
@@ -87,7 +78,7 @@ func NewWriter(broker consumer.KafkaConfig, topic string, opts ...WriterOption) 
 		kgo.RecordDeliveryTimeout(c.timeout),
 		kgo.ProduceRequestTimeout(min(c.timeout, 10*time.Second)),
 	}
-	cl, err := kgo.NewClient(append(kopts, c.opts...)...)
+	cl, err := newClient(broker, kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: writer to %q: %w", topic, err)
 	}
@@ -102,7 +93,7 @@ func (w *Writer) Topic() string { return w.topic }
 // topic's retention counts from then) and returns nil only once every one of
 // them was acknowledged. It gives up after the Writer's timeout or when ctx
 // ends; records may then have been written or not (at-least-once).
-func (w *Writer) Append(ctx context.Context, recs []shard.Record) error {
+func (w *Writer) Append(ctx context.Context, recs []event.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}

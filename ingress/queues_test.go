@@ -1,4 +1,4 @@
-package main
+package ingress_test
 
 import (
 	"context"
@@ -7,18 +7,20 @@ import (
 	"testing"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/consumer/kafka"
+	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/ingress"
-	"github.com/sluicehq/sluice/shard"
 )
 
 // recordingAppender keeps what it was asked to append, or fails.
 type recordingAppender struct {
 	err  error
-	recs []shard.Record
+	recs []event.Record
 }
 
-func (a *recordingAppender) Append(_ context.Context, recs []shard.Record) error {
+func (a *recordingAppender) Append(_ context.Context, recs []event.Record) error {
 	if a.err != nil {
 		return a.err
 	}
@@ -26,7 +28,7 @@ func (a *recordingAppender) Append(_ context.Context, recs []shard.Record) error
 	return nil
 }
 
-func recHeader(r shard.Record, name string) (string, bool) {
+func recHeader(r event.Record, name string) (string, bool) {
 	for _, h := range r.Headers {
 		if h.Key == name {
 			return string(h.Value), true
@@ -49,20 +51,20 @@ func TestEnqueueCarriesTheScopeTheWayTheSourceReadsIt(t *testing.T) {
 		subject   string
 		scopeSpec string
 		scope     string
-		check     func(t *testing.T, r shard.Record, id string)
+		check     func(t *testing.T, r event.Record, id string)
 		wantErr   error
 	}{
-		{"kafka header", false, "", "header:tenant", "acme", func(t *testing.T, r shard.Record, id string) {
+		{"kafka header", false, "", "header:tenant", "acme", func(t *testing.T, r event.Record, id string) {
 			if v, _ := recHeader(r, "tenant"); v != "acme" || string(r.Key) != id {
 				t.Errorf("tenant header %q, key %q; want acme and the id", v, r.Key)
 			}
 		}, nil},
-		{"kafka key", false, "", "key", "acme", func(t *testing.T, r shard.Record, _ string) {
+		{"kafka key", false, "", "key", "acme", func(t *testing.T, r event.Record, _ string) {
 			if string(r.Key) != "acme" {
 				t.Errorf("key %q, want the scope", r.Key)
 			}
 		}, nil},
-		{"kafka key unscoped", false, "", "key", "", func(t *testing.T, r shard.Record, _ string) {
+		{"kafka key unscoped", false, "", "key", "", func(t *testing.T, r event.Record, _ string) {
 			if r.Key != nil {
 				t.Errorf("key %q, want none: the id would be a scope of its own", r.Key)
 			}
@@ -71,14 +73,14 @@ func TestEnqueueCarriesTheScopeTheWayTheSourceReadsIt(t *testing.T) {
 		{"kafka literal, other scope", false, "", "literal:acme", "globex", nil, ingress.ErrScopeNotCarried},
 		{"kafka none", false, "", "none", "acme", nil, ingress.ErrScopeNotCarried},
 		{"nats key", true, "jobs.>", "key", "acme", nil, ingress.ErrScopeNotCarried},
-		{"nats header", true, "jobs.*.in", "header:Sluice-Scope", "acme", func(t *testing.T, r shard.Record, id string) {
+		{"nats header", true, "jobs.*.in", "header:Sluice-Scope", "acme", func(t *testing.T, r event.Record, id string) {
 			v, _ := recHeader(r, "Sluice-Scope")
 			msgID, _ := recHeader(r, "Nats-Msg-Id")
 			if v != "acme" || r.Subject != "jobs."+id+".in" || msgID != id {
 				t.Errorf("scope %q, subject %q, Nats-Msg-Id %q", v, r.Subject, msgID)
 			}
 		}, nil},
-		{"nats literal subject, unscoped", true, "jobs", "none", "", func(t *testing.T, r shard.Record, _ string) {
+		{"nats literal subject, unscoped", true, "jobs", "none", "", func(t *testing.T, r event.Record, _ string) {
 			if r.Subject != "jobs" {
 				t.Errorf("subject %q, want jobs", r.Subject)
 			}
@@ -87,9 +89,13 @@ func TestEnqueueCarriesTheScopeTheWayTheSourceReadsIt(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			w := &recordingAppender{}
-			aq := &asyncQueue{source: "q", w: w, nats: c.nats,
-				sc: consumer.SourceConfig{Subject: c.subject, Scope: scope(c.scopeSpec)}}
-			q := &queueEnqueuer{functions: map[string]bool{"fn": true}, queues: map[string]*asyncQueue{"fn": aq}}
+			var addr ingress.EventAddresser = &kafka.Broker{}
+			if c.nats {
+				addr = &natssrc.Broker{}
+			}
+			aq := &ingress.Queue{Source: "q", Writer: w, Broker: addr,
+				Config: consumer.SourceConfig{Subject: c.subject, Scope: scope(c.scopeSpec)}}
+			q := ingress.NewQueues([]string{"fn"}, map[string]*ingress.Queue{"fn": aq})
 			h := http.Header{"Content-Type": {"text/plain"}, "Traceparent": {"00-abc-def-01"}}
 			id, err := q.Enqueue(context.Background(), "fn", c.scope, []byte("body"), h)
 			if c.wantErr != nil {
@@ -117,10 +123,8 @@ func TestEnqueueCarriesTheScopeTheWayTheSourceReadsIt(t *testing.T) {
 
 func TestEnqueueErrors(t *testing.T) {
 	down := errors.New("nats: no responders available for request")
-	q := &queueEnqueuer{
-		functions: map[string]bool{"fn": true, "plain": true},
-		queues:    map[string]*asyncQueue{"fn": {source: "q", w: &recordingAppender{err: down}}},
-	}
+	q := ingress.NewQueues([]string{"fn", "plain"},
+		map[string]*ingress.Queue{"fn": {Source: "q", Writer: &recordingAppender{err: down}, Broker: &kafka.Broker{}}})
 	ctx := context.Background()
 	if _, err := q.Enqueue(ctx, "nope", "", nil, http.Header{}); !errors.Is(err, dispatch.ErrUnknownFunction) {
 		t.Errorf("unknown function: %v", err)
