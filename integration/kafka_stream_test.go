@@ -46,10 +46,11 @@ func TestKafkaStreamGracefulHandover(t *testing.T) {
 	dlq := deadLetterTopic(t)
 	fn := newFnServer(t, func(*fnBatch) fnAnswer { return fnAnswer{Sleep: 10 * time.Millisecond} })
 	source, group := newSource(t)
-	cfg := writeConfig(t, runConfig{Source: source, Topic: topic, FunctionURL: fn.URL(), DeadLetters: dlq,
-		Settings: map[string]any{"batch_size": batchSize}})
-	a := startSluice(t, "sluice A", cfg)
-	b := startSluice(t, "sluice B", cfg)
+	rc := runConfig{Source: source, Topic: topic, FunctionURL: fn.URL(), DeadLetters: dlq,
+		Settings: map[string]any{"batch_size": batchSize}}
+	// The same configuration in two directories: one process per state_dir.
+	a := startSluice(t, "sluice A", writeConfig(t, rc))
+	b := startSluice(t, "sluice B", writeConfig(t, rc))
 	owned := func(p *sluiceProc) int {
 		views, err := p.shards()
 		if err != nil {

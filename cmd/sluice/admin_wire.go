@@ -69,7 +69,7 @@ func (a *app) adminAPI() (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return admin.New(admin.Options{
+	srv, err := admin.New(admin.Options{
 		Book: a.book,
 		Shards: func() []shard.Status {
 			var out []shard.Status
@@ -91,6 +91,11 @@ func (a *app) adminAPI() (http.Handler, error) {
 		DeadLetterCounts: a.deadLetterCounts,
 		Logger:           a.log,
 	})
+	if err != nil {
+		return nil, err
+	}
+	a.api.Store(srv) // for SIGHUP's reload of the tokens (secrets.go)
+	return srv, nil
 }
 
 // adminTokens resolves the secrets of admin.tokens; a missing file or

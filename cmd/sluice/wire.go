@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -54,6 +53,11 @@ type app struct {
 	book      *admin.Book  // live limits: the file's, with the API's changes on top (admin_wire.go)
 	readiness *readiness   // broker checks of /readyz (admin_wire.go)
 	ingress   http.Handler // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
+
+	secrets  *secrets                     // function headers and TLS, re-read on SIGHUP (secrets.go)
+	adminTLS *config.ServerTLS            // admin.tls, loaded by wire, re-read on SIGHUP (admin_server.go)
+	lock     *stateLock                   // the lock on state_dir (statelock.go)
+	api      atomic.Pointer[admin.Server] // the admin API once run serves it, for SIGHUP's token reload
 }
 
 // source is a running source as the app sees it.
@@ -63,21 +67,42 @@ type source = consumer.Source
 // Start-up work that talks to brokers (creating dead-letter topics) is bounded
 // by ctx.
 func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, error) {
+	// One process per state_dir: taken before anything reads or writes it.
+	lock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	sec, dopts, err := loadSecrets(cfg, log)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var closers []func()
 	tracing, err := tracer(cfg.Tracing, log, &closers)
 	if err != nil {
+		lock.release()
 		return nil, err
 	}
-	d, err := dispatch.New(cfg.Dispatch(), append([]dispatch.Option{dispatch.WithRegisterer(reg), dispatch.WithLogger(log)}, tracing...)...)
+	opts := append([]dispatch.Option{dispatch.WithRegisterer(reg), dispatch.WithLogger(log)}, tracing...)
+	d, err := dispatch.New(cfg.Dispatch(), append(opts, dopts...)...)
 	if err != nil {
 		for _, c := range closers {
 			c()
 		}
+		lock.release()
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, reg: reg, disp: d, closers: closers}
+	a := &app{cfg: cfg, log: log, reg: reg, disp: d, closers: closers, lock: lock, secrets: sec}
+	if err := setHeaders(d, cfg, cfg.Functions); err != nil {
+		a.close()
+		return nil, err
+	}
+	if err := a.loadAdminTLS(); err != nil {
+		a.close()
+		return nil, err
+	}
 	if err := a.wireSources(ctx); err != nil {
 		a.close()
 		return nil, err
@@ -214,6 +239,7 @@ func (a *app) close() {
 		a.closers[i]()
 	}
 	a.disp.Close()
+	a.lock.release() // last: the embedded server's store is closed
 }
 
 // run serves until ctx ends, then shuts down: the sources stop fetching,
@@ -221,18 +247,17 @@ func (a *app) close() {
 // what is done; the admin API drains within shutdownGrace.
 func (a *app) run(ctx context.Context) error {
 	defer a.close()
-	ln, err := net.Listen("tcp", a.cfg.Admin.Listen)
-	if err != nil {
-		return fmt.Errorf("run: admin API: %w", err)
-	}
 	handler, err := a.adminAPI()
 	if err != nil {
-		_ = ln.Close()
 		return err
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	as, err := a.listenAdmin(handler)
+	if err != nil {
+		return err
+	}
+	ln, srv := as.ln, as.srv
 	served := make(chan error, 1) // Serve's one result; buffered so Serve never blocks on it
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- as.serve() }()
 
 	sctx, stopSources := context.WithCancel(ctx)
 	defer stopSources()
