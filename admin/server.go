@@ -11,9 +11,9 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/dispatch"
@@ -92,7 +92,13 @@ type Options struct {
 	// Tokens are the accepted bearer tokens. Without any, /v1 is open: the
 	// caller must only serve it on a loopback address (config checks that).
 	Tokens []Token
-	Logger *slog.Logger
+	// Lags returns the lag of every shard (records not yet checkpointed),
+	// for GET /v1/shards; nil shows 0.
+	Lags func() map[shard.ID]int64
+	// DeadLetterCounts returns the dead letters written since start, by
+	// source and condition, for GET /v1/dead-letter-counts; nil shows none.
+	DeadLetterCounts func() []DeadLetterCount
+	Logger           *slog.Logger
 	// Now is the clock of the views (tests); default time.Now.
 	Now func() time.Time
 	// Cluster returns the cluster's members and shares for GET /v1/cluster
@@ -107,7 +113,7 @@ const maxBody = 64 << 10
 type Server struct {
 	o      Options
 	mux    *http.ServeMux
-	tokens []tokenHash
+	tokens atomic.Pointer[[]tokenHash] // replaced whole by SetTokens (tokens.go)
 }
 
 type tokenHash struct {
@@ -130,13 +136,8 @@ func New(o Options) (*Server, error) {
 		o.Shards = func() []shard.Status { return nil }
 	}
 	s := &Server{o: o, mux: http.NewServeMux()}
-	for i, t := range o.Tokens {
-		if t.Secret == "" || !t.Role.Valid() {
-			return nil, fmt.Errorf("admin: token %d: empty secret or unknown role", i)
-		}
-		// Hashing first makes every comparison the same length, so neither
-		// the content nor the length of a secret leaks through timing.
-		s.tokens = append(s.tokens, tokenHash{sum: sha256.Sum256([]byte(t.Secret)), role: t.Role})
+	if err := s.SetTokens(o.Tokens); err != nil {
+		return nil, err
 	}
 
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -149,6 +150,7 @@ func New(o Options) (*Server, error) {
 	for _, rt := range s.routes() {
 		s.mux.Handle(rt.pattern, s.guard(rt))
 	}
+	s.mountUI()
 	// Anything else under /v1: authenticated first (an unknown path must
 	// not tell a stranger what exists), then 404.
 	s.mux.Handle("/v1/", s.guard(route{}))
@@ -189,8 +191,10 @@ func (s *Server) routes() []route {
 		return map[string]endpoint{http.MethodGet: {RoleRead, h}}
 	}
 	return []route{
+		{"/v1/openapi.json", get(s.getOpenAPI)},
 		{"/v1/account", get(s.getAccount)},
 		{"/v1/cluster", get(s.getCluster)},
+		{"/v1/functions", get(s.listFunctions)},
 		{"/v1/functions/{fn}", get(s.getFunction)},
 		{"/v1/functions/{fn}/concurrency", map[string]endpoint{
 			http.MethodPut:    {RoleAdmin, s.putConcurrency},
@@ -207,6 +211,7 @@ func (s *Server) routes() []route {
 		{"/v1/limits", get(s.getLimits)},
 		{"/v1/shards", get(s.getShards)},
 		{"/v1/queues", get(s.getQueues)},
+		{"/v1/dead-letter-counts", get(s.getDeadLetterCounts)},
 		{"/v1/functions/{fn}/invocations", map[string]endpoint{http.MethodPost: {RoleInvoke, s.ingress}}},
 		{"/v1/scope/{scope}/functions/{fn}/invocations", map[string]endpoint{http.MethodPost: {RoleInvoke, s.ingress}}},
 	}
@@ -265,7 +270,8 @@ func (s *Server) guard(rt route) http.Handler {
 // authenticate returns the role of the request's bearer token; with no
 // tokens configured every request is admin.
 func (s *Server) authenticate(r *http.Request) (Role, bool) {
-	if len(s.tokens) == 0 {
+	tokens := *s.tokens.Load()
+	if len(tokens) == 0 {
 		return RoleAdmin, true
 	}
 	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
@@ -277,7 +283,7 @@ func (s *Server) authenticate(r *http.Request) (Role, bool) {
 	role := RoleNone
 	// Compare with every token, without stopping at a match, so the time
 	// taken says nothing about which one matched.
-	for _, t := range s.tokens {
+	for _, t := range tokens {
 		if subtle.ConstantTimeCompare(sum[:], t.sum[:]) == 1 {
 			role = t.role
 		}
@@ -358,17 +364,24 @@ type FunctionView struct {
 
 func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 	fn := r.PathValue("fn")
-	cfg, ok := s.o.Book.Function(fn)
+	v, ok := s.functionView(fn)
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("admin: function %q is not configured", fn))
 		return
 	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// functionView returns the view of function fn, false if it is not
+// configured.
+func (s *Server) functionView(fn string) (FunctionView, bool) {
+	cfg, ok := s.o.Book.Function(fn)
+	if !ok {
+		return FunctionView{}, false
+	}
 	var v FunctionView
 	v.FunctionName = fn
-	v.Configuration.URL = cfg.URL
-	if u, err := url.Parse(cfg.URL); err == nil {
-		v.Configuration.URL = u.Redacted() // a read token must not reveal a password in the URL
-	}
+	v.Configuration.URL = dispatch.RedactURL(cfg.URL) // a read token must not reveal a password or an API key in the URL
 	timeout := cfg.Timeout
 	if timeout <= 0 {
 		timeout = dispatch.DefaultTimeout
@@ -382,7 +395,7 @@ func (s *Server) getFunction(w http.ResponseWriter, r *http.Request) {
 	if fu, ok := s.o.Book.Limiter().Usage().Functions[fn]; ok {
 		v.Usage.ConcurrentExecutions, v.Usage.Waiting = fu.InFlight, fu.Waiting
 	}
-	writeJSON(w, http.StatusOK, v)
+	return v, true
 }
 
 // ConcurrencyBody is the body of PUT /v1/functions/{fn}/concurrency.
@@ -487,6 +500,7 @@ type ShardView struct {
 	Since       time.Time `json:"since"`
 	Reason      string    `json:"reason,omitempty"`
 	Position    int64     `json:"position"`
+	Lag         int64     `json:"lag"`
 	IteratorAge float64   `json:"iteratorAgeSeconds"`
 	Buffered    int       `json:"buffered"`
 	Delivered   int64     `json:"delivered"`
@@ -496,9 +510,13 @@ type ShardView struct {
 func (s *Server) getShards(w http.ResponseWriter, _ *http.Request) {
 	now := s.o.Now()
 	out := []ShardView{}
+	var lags map[shard.ID]int64
+	if s.o.Lags != nil {
+		lags = s.o.Lags()
+	}
 	for _, st := range s.o.Shards() {
 		v := ShardView{Source: st.Shard.Source, Shard: st.Shard.Partition, State: string(st.State), Since: st.Since,
-			Reason: st.Reason, Position: st.Position, Buffered: st.Buffered, Delivered: st.Delivered, DeadLetters: st.DeadLetters}
+			Reason: st.Reason, Position: st.Position, Lag: lags[st.Shard], Buffered: st.Buffered, Delivered: st.Delivered, DeadLetters: st.DeadLetters}
 		if !st.Oldest.IsZero() {
 			v.IteratorAge = max(0, now.Sub(st.Oldest).Seconds())
 		}

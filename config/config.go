@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/sluicehq/sluice/admin"
 	"github.com/sluicehq/sluice/cluster"
@@ -15,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
 	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/telemetry"
 )
 
 // Defaults of the settings this package owns.
@@ -35,9 +37,20 @@ type Config struct {
 	Rules       []dispatch.Rule                    `koanf:"rules"`
 	Sources     map[string]consumer.SourceConfig   `koanf:"sources"`
 	DeadLetters map[string]retention.Config        `koanf:"dead_letters"`
+	Metrics     MetricsConfig                      `koanf:"metrics"`
+	Tracing     telemetry.Config                   `koanf:"tracing"`
 	// Cluster, when set, shares every limit with the other processes of
 	// the same cluster name (package cluster); nil runs on its own.
 	Cluster *cluster.Config `koanf:"cluster"`
+}
+
+// MetricsConfig is the /metrics exposition.
+type MetricsConfig struct {
+	// PerPartition adds sluice_partition_offset_lag and
+	// sluice_partition_iterator_age_seconds, one series per source and
+	// partition owned here (label partition): as many series as the
+	// sources have partitions, so it is off by default.
+	PerPartition bool `koanf:"per_partition"`
 }
 
 // AdminConfig is the admin HTTP API (SPEC §6).
@@ -46,6 +59,13 @@ type AdminConfig struct {
 	// only a loopback address is accepted.
 	Listen string        `koanf:"listen"`
 	Tokens []TokenConfig `koanf:"tokens"`
+	// The hardening of the listener (admin.go): HTTPS, accepted Host
+	// names, time limits and the cap on open connections.
+	TLS            *AdminTLS     `koanf:"tls"`
+	Hosts          []string      `koanf:"hosts"`
+	ReadTimeout    time.Duration `koanf:"read_timeout"`
+	IdleTimeout    time.Duration `koanf:"idle_timeout"`
+	MaxConnections int           `koanf:"max_connections"`
 }
 
 // Role is what a bearer token may do on the admin API: the admin
@@ -124,9 +144,11 @@ func readSmallFile(name string, limit int64) ([]byte, error) {
 // and 100, the admin API on 127.0.0.1:9400, state in ./.sluice.
 func Default() *Config {
 	return &Config{
-		Account:  dispatch.AccountConfig{}.WithDefaults(),
-		Admin:    AdminConfig{Listen: DefaultAdminListen},
+		Account: dispatch.AccountConfig{}.WithDefaults(),
+		Admin: AdminConfig{Listen: DefaultAdminListen, ReadTimeout: DefaultAdminReadTimeout,
+			IdleTimeout: DefaultAdminIdleTimeout, MaxConnections: DefaultAdminMaxConnections},
 		StateDir: DefaultStateDir,
+		Tracing:  telemetry.Config{SampleRatio: telemetry.DefaultSampleRatio}.WithDefaults(),
 	}
 }
 
@@ -177,9 +199,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, problem("state_dir", "must not be empty (default %s)", DefaultStateDir))
 	}
 	errs = append(errs, c.validateFunctions()...)
+	errs = append(errs, c.validateSecrets()...)
 	errs = append(errs, c.validateBrokers()...)
 	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateDeadLetters()...)
+	errs = append(errs, c.Tracing.Validate("tracing"))
 	errs = append(errs, c.validateCluster()...)
 	return newError(errs...)
 }
@@ -189,9 +213,10 @@ func (c *Config) validateAdmin() []error {
 	host, _, err := net.SplitHostPort(c.Admin.Listen)
 	if err != nil {
 		errs = append(errs, problem("admin.listen", "%q is not host:port", c.Admin.Listen))
-	} else if len(c.Admin.Tokens) == 0 && !loopback(host) {
+	} else if len(c.Admin.Tokens) == 0 && !loopback(host) && !c.Admin.TLS.requiresClientCert() {
 		errs = append(errs, problem("admin.listen", "%s is not a loopback address; set admin.tokens to serve the admin API on it", c.Admin.Listen))
 	}
+	errs = append(errs, c.validateAdminHardening()...)
 	secrets := map[string]int{}
 	for i, t := range c.Admin.Tokens {
 		key := fmt.Sprintf("admin.tokens[%d]", i)
@@ -237,7 +262,7 @@ func (c *Config) validateFunctions() []error {
 		if f.URL == "" {
 			errs = append(errs, problem(key+".url", "required (an http:// or https:// URL)"))
 		} else if u, err := url.Parse(f.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, problem(key+".url", "%q is not an http:// or https:// URL", f.URL))
+			errs = append(errs, problem(key+".url", "%q is not an http:// or https:// URL", dispatch.RedactURL(f.URL)))
 		}
 		if f.Timeout == 0 {
 			// dispatch accepts 0 as "unset"; here defaults are applied, so

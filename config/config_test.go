@@ -69,7 +69,7 @@ func TestLoadSpecSketchYAML(t *testing.T) {
 	wantAdmin := config.AdminConfig{Listen: "127.0.0.1:9400", Tokens: []config.TokenConfig{
 		{Role: config.RoleAdmin, File: filepath.Join(dir, "admin.token")}, // relative to the file
 		{Role: config.RoleRead, Env: "SLUICE_READ_TOKEN"},
-	}}
+	}, ReadTimeout: config.DefaultAdminReadTimeout, IdleTimeout: config.DefaultAdminIdleTimeout, MaxConnections: config.DefaultAdminMaxConnections}
 	if !reflect.DeepEqual(c.Admin, wantAdmin) {
 		t.Errorf("admin = %+v, want %+v", c.Admin, wantAdmin)
 	}
@@ -258,7 +258,27 @@ func TestLoadBadConfigurations(t *testing.T) {
 		{
 			name:    "unknown top-level key",
 			overlay: "sourcess: {}",
-			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, cluster, dead_letters, functions, rules, sources, state_dir)",
+			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, cluster, dead_letters, functions, metrics, rules, sources, state_dir, tracing)",
+		},
+		{
+			name:    "tracing endpoint not a URL",
+			overlay: "tracing: {otlp_endpoint: \"collector:4318\"}",
+			want:    `tracing.otlp_endpoint: "collector:4318" is not an http:// or https:// URL (an OTLP/HTTP receiver, e.g. http://localhost:4318)`,
+		},
+		{
+			name:    "tracing sample ratio out of range",
+			overlay: "tracing: {otlp_endpoint: \"http://127.0.0.1:4318\", sample_ratio: 1.5}",
+			want:    "tracing.sample_ratio: 1.5 is out of range (0..1)",
+		},
+		{
+			name:    "unknown tracing key",
+			overlay: "tracing: {endpoint: \"http://127.0.0.1:4318\"}",
+			want:    "tracing.endpoint: unknown key (allowed: otlp_endpoint, sample_ratio, service_name)",
+		},
+		{
+			name:    "per_partition not a boolean",
+			overlay: "metrics: {per_partition: maybe}",
+			want:    `metrics.per_partition: expected true or false, got "maybe"`,
 		},
 		{
 			name:    "unknown nested key with a typo",
@@ -267,8 +287,8 @@ func TestLoadBadConfigurations(t *testing.T) {
 		},
 		{
 			name:    "unknown key far from any",
-			overlay: "brokers: {main: {kafka: {sasl: on}}}",
-			want:    "brokers.main.kafka.sasl: unknown key (allowed: client_id, seeds, session_timeout)",
+			overlay: "brokers: {main: {kafka: {kerberos: on}}}",
+			want:    "brokers.main.kafka.kerberos: unknown key (allowed: client_id, sasl, seeds, session_timeout, tls)",
 		},
 		{
 			name:    "session_timeout 1s",
@@ -490,7 +510,7 @@ func TestLoadBadConfigurations(t *testing.T) {
 			name:    "unknown file type",
 			file:    "overlay.ini",
 			overlay: "[sources]",
-			want:    `{file}: unknown file type ".ini" (use .yaml, .yml or .toml)`,
+			want:    `{file}: unknown file type ".ini" (use .yaml, .yml, .json or .toml)`,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -557,7 +577,7 @@ func TestLoadBadOverrides(t *testing.T) {
 	want := strings.Join([]string{
 		`--set nonsense: want key=value, e.g. --set sources.orders.batch_size=200`,
 		`SLUICE_ACCOUNT_CONCURRENCY: not a configuration key; levels are separated by two underscores (did you mean SLUICE_ACCOUNT__CONCURRENCY?)`,
-		`SLUICE_RULES__0__CONCURRENCY: rules is a list; its items can only be set in a file`,
+		`SLUICE_RULES__0__CONCURRENCY: rules is a list; its items can only be set in a file (a running sluice changes a rule with ` + "`sluice rules set PATTERN --concurrency N`" + `)`,
 		`sources.orders.batchsize: unknown key (set by SLUICE_SOURCES__ORDERS__BATCHSIZE); did you mean batch_size? (allowed: ` + sourceKeys + `)`,
 		`sources.orders.parallelization_factor: expected an integer, got "ten" (set by --set sources.orders.parallelization_factor)`,
 	}, "\n")

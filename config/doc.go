@@ -11,8 +11,9 @@
 //  1. Defaults: Default, and each package's defaults for a new entry (a
 //     source's defaults depend on its mode).
 //  2. Files given with -c, in order: YAML (.yaml, .yml; .json too, as YAML)
-//     or TOML (.toml). Relative paths inside a file (state_dir, admin token
-//     files) are relative to that file's directory.
+//     or TOML (.toml); a directory or a name without extension is refused. Relative paths inside a file (state_dir, admin token
+//     files, broker, admin and function tls files, header value files) are
+//     relative to that file's directory.
 //  3. Environment variables SLUICE_<KEY> (see below).
 //  4. Flags added by RegisterFlags: --state-dir, --admin-listen, then
 //     --set KEY=VALUE (repeatable) for any key, written as in messages
@@ -35,9 +36,14 @@
 // standing for "-" (DEAD_BUS reaches dead-bus). Items of a list of mappings
 // (rules, admin.tokens) cannot be set one by one: write them in a file.
 // Variables whose first level is not a top-level key are not overrides and
-// are left alone (SLUICE_READ_TOKEN may hold an admin token), except that a
-// name that only lacks a second underscore (SLUICE_ACCOUNT_CONCURRENCY) is
-// reported.
+// are left alone (SLUICE_READ_TOKEN may hold an admin token), except those
+// that look meant as a key: a name that only lacks a second underscore
+// (SLUICE_ACCOUNT_CONCURRENCY), a first level one or two letters from a
+// top-level key (SLUICE_SOURCE__ORDERS__BATCH_SIZE), or an entry one or two
+// letters from an existing one (SLUICE_SOURCES__ORDRES__BATCH_SIZE). Those
+// match no key: Load fails naming the variable and the closest key, or, with
+// WarnUnknownEnv (sluice run), passes a warning and ignores the variable. A
+// problem of an entry a variable brought into being names that variable.
 //
 // Values from the environment and flags are strings and are converted to
 // the key's type. Durations use Go syntax ("90s", "1h30m"); settings that
@@ -54,4 +60,15 @@
 //	sources.orders.batchsize: unknown key; did you mean batch_size? (allowed: batch_size, ...)
 //	sources.orders.max_record_age: 30s is out of range (-1 or 60s..168h)
 //	sources.orders.function: undefined function "thumbnial" (defined: thumbnail)
+//
+// # Secrets
+//
+// Secrets are never in a Config, only where they are kept: a file or an
+// environment variable (admin tokens, function header values, private
+// keys). ReadSecretFile reads such a file, at most 64 KiB; Validate reads
+// them all, so a missing one is a problem naming its key; SecretFiles and
+// WorldReadableSecrets let the caller warn about files others may read;
+// LoadServerTLS and LoadClientTLS build TLS settings whose certificate
+// Reload re-reads (SIGHUP). YAML (config show) prints a Redacted copy: URL
+// passwords and query values replaced.
 package config

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -50,7 +51,11 @@ func RegisterFlags(fs *pflag.FlagSet) {
 // On any problem it returns a nil Config and an *Error (which matches
 // ErrInvalid) listing every problem it found; a file that does not parse
 // stops it early, naming the file and line.
-func Load(files []string, flags *pflag.FlagSet) (*Config, error) {
+func Load(files []string, flags *pflag.FlagSet, opts ...LoadOption) (*Config, error) {
+	var lo loadOptions
+	for _, opt := range opts {
+		opt(&lo)
+	}
 	k := koanf.New(".")
 	for _, path := range files {
 		m, err := readFile(path)
@@ -62,7 +67,7 @@ func Load(files []string, flags *pflag.FlagSet) (*Config, error) {
 		}
 	}
 
-	o := overrides{base: k.Raw(), tree: map[string]any{}, origins: map[string]string{}}
+	o := overrides{base: k.Raw(), tree: map[string]any{}, origins: map[string]string{}, created: map[string]string{}, warn: lo.warn}
 	o.environment()
 	if err := k.Load(tree(o.tree), nil); err != nil {
 		return nil, newError(problem("environment", "%v", err))
@@ -89,7 +94,10 @@ func Load(files []string, flags *pflag.FlagSet) (*Config, error) {
 		// valid in context ("yesterday" for starting_timestamp leaves it
 		// unset, hence "required"): one message per key is enough.
 		for _, p := range verr.Problems {
-			if !d.failed(message(p)) {
+			if msg := message(p); !d.failed(msg) {
+				if note := o.createdBy(msg); note != "" {
+					p = fmt.Errorf("%w%s", p, note)
+				}
 				problems = append(problems, p)
 			}
 		}
@@ -118,13 +126,18 @@ var (
 // that `sluice run -c /etc/sluice/sluice.yaml` works from any directory.
 func readFile(path string) (map[string]any, error) {
 	var parser koanf.Parser
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return nil, problem(path, "is a directory; -c takes a configuration file (.yaml, .yml, .json or .toml)")
+	}
 	switch ext := strings.ToLower(filepath.Ext(path)); ext {
 	case ".yaml", ".yml", ".json":
 		parser = yaml.Parser()
 	case ".toml":
 		parser = toml.Parser()
+	case "":
+		return nil, problem(path, "has no extension; name the file .yaml, .yml, .json or .toml so sluice knows how to read it")
 	default:
-		return nil, problem(path, "unknown file type %q (use .yaml, .yml or .toml)", ext)
+		return nil, problem(path, "unknown file type %q (use .yaml, .yml, .json or .toml)", ext)
 	}
 	b, err := file.Provider(path).ReadBytes()
 	if err != nil {
@@ -187,14 +200,69 @@ func readFile(path string) (map[string]any, error) {
 			}
 		}
 	}
+	relFiles(m, rel)
+	relBrokerFiles(m, rel)
 	return m, nil
 }
+
+// relFiles resolves the file paths of the admin's and the functions' tls
+// settings and of the functions' header values with rel.
+func relFiles(m map[string]any, rel func(any) any) {
+	resolve := func(v any, keys ...string) {
+		t, _ := v.(map[string]any)
+		for _, k := range keys {
+			if v, ok := t[k]; ok {
+				t[k] = rel(v)
+			}
+		}
+	}
+	tlsKeys := []string{"ca_file", "cert_file", "key_file", "client_ca_file"}
+	if admin, ok := m["admin"].(map[string]any); ok {
+		resolve(admin["tls"], tlsKeys...)
+	}
+	fns, _ := m["functions"].(map[string]any)
+	for _, f := range fns {
+		f, _ := f.(map[string]any)
+		resolve(f["tls"], tlsKeys...)
+		headers, _ := f["headers"].(map[string]any)
+		for _, h := range headers {
+			resolve(h, "value_file")
+		}
+	}
+}
+
+// brokerFileKeys are the keys of brokers.X.kafka and brokers.X.nats (and
+// of their tls and sasl blocks) that name files.
+var brokerFileKeys = []string{"ca_file", "cert_file", "key_file", "password_file", "token_file",
+	"client_secret_file", "creds_file", "nkey_file"}
+
+// relBrokerFiles resolves the broker file paths of m with rel.
+func relBrokerFiles(m map[string]any, rel func(any) any) {
+	brokers, _ := m["brokers"].(map[string]any)
+	for _, b := range brokers {
+		b, _ := b.(map[string]any)
+		for _, kind := range []string{"kafka", "nats"} {
+			k, _ := b[kind].(map[string]any)
+			for _, block := range []map[string]any{k, asMap(k["tls"]), asMap(k["sasl"])} {
+				for _, key := range brokerFileKeys {
+					if v, ok := block[key]; ok {
+						block[key] = rel(v)
+					}
+				}
+			}
+		}
+	}
+}
+
+func asMap(v any) map[string]any { m, _ := v.(map[string]any); return m }
 
 // overrides gathers what the environment and flags set on top of the files.
 type overrides struct {
 	base     map[string]any    // what is loaded so far, to resolve names against
 	tree     map[string]any    // the overrides, nested like a file
 	origins  map[string]string // key → where it was set ("SLUICE_X", "--set", "--state-dir")
+	created  map[string]string // map entry the environment brought into being (sources.new) → its first variable
+	warn     func(msg string)  // WarnUnknownEnv's, or nil
 	problems []error
 }
 
@@ -223,14 +291,37 @@ func (o *overrides) environment() {
 		rest := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
 		segs := strings.Split(rest, "__")
 		if _, ok := topKeys[segs[0]]; !ok {
-			if hint := envHint(rest); hint != "" && !tokenVars[name] {
-				o.problems = append(o.problems, problem(name, "not a configuration key; levels are separated by two underscores (did you mean %s%s?)", EnvPrefix, hint))
+			if tokenVars[name] {
+				continue
+			}
+			if hint := envHint(rest); hint != "" {
+				o.unknownEnv(name, fmt.Sprintf("not a configuration key; levels are separated by two underscores (did you mean %s%s?)", EnvPrefix, hint))
+			} else if m := matchEnv(segs, o.base); len(segs) > 1 && isTopKey(m.closest[0]) {
+				// SLUICE_SOURCE__ORDERS__...: meant as a key, with a typo in
+				// the first level.
+				o.unknownEnv(name, closestMsg(m.closest))
 			}
 			continue
+		}
+		// A level that names nothing: a field of a section is reported by
+		// the decoder with the allowed keys, unless Load only warns; an
+		// entry that exists under a close name is a typo, not a new entry.
+		m := matchEnv(segs, o.base)
+		if !m.known && (!m.structMiss || o.warn != nil) {
+			o.unknownEnv(name, closestMsg(m.closest))
+			continue
+		}
+		if _, seen := o.created[m.created]; m.created != "" && !seen {
+			o.created[m.created] = name
 		}
 		value, _ := vars[name].(string) // the provider reads strings
 		o.set(name, segs, value, true)
 	}
+}
+
+func isTopKey(name string) bool {
+	_, ok := topKeys[name]
+	return ok
 }
 
 // envHint guesses the variable meant by a name whose levels were separated by
@@ -297,8 +388,18 @@ func (o *overrides) set(origin string, segs []string, value string, fold bool) {
 	var path []string
 	var cur any = o.base
 	for i, seg := range segs {
+		if j := strings.IndexByte(seg, '['); j > 0 {
+			// rules[0].concurrency: a list's items have no names to set.
+			path = append(path, seg[:j])
+			if isList(path) {
+				o.problems = append(o.problems, problem(origin, "%s is a list; its items can only be set in a file%s", strings.Join(path, "."), listHint(path)))
+			} else {
+				o.problems = append(o.problems, problem(origin, "%s: [index] is not part of a key; write keys as in messages, e.g. sources.orders.batch_size", strings.Join(path, ".")))
+			}
+			return
+		}
 		if _, isList := cur.([]any); isList {
-			o.problems = append(o.problems, problem(origin, "%s is a list; its items can only be set in a file", strings.Join(path, ".")))
+			o.problems = append(o.problems, problem(origin, "%s is a list; its items can only be set in a file%s", strings.Join(path, "."), listHint(path)))
 			return
 		}
 		m, _ := cur.(map[string]any)
@@ -330,6 +431,39 @@ func (o *overrides) set(origin string, segs []string, value string, fold bool) {
 	node[path[len(path)-1]] = value
 	key := strings.Join(path, ".")
 	o.origins[key] = "set by " + origin
+}
+
+// isList reports whether the key at path (names of entries included) is a
+// list, by the configuration's types.
+func isList(path []string) bool {
+	t := reflect.TypeFor[Config]()
+	for _, name := range path {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		switch t.Kind() {
+		case reflect.Map:
+			t = t.Elem()
+		case reflect.Struct:
+			i, ok := tagged(t)[name]
+			if !ok {
+				return false
+			}
+			t = t.Field(i).Type
+		default:
+			return false
+		}
+	}
+	return t.Kind() == reflect.Slice
+}
+
+// listHint points at the live way to change a list's items, where there is
+// one.
+func listHint(path []string) string {
+	if strings.Join(path, ".") == "rules" {
+		return " (a running sluice changes a rule with `sluice rules set PATTERN --concurrency N`)"
+	}
+	return ""
 }
 
 // origin says where a key, or something under it, was set, if not in a

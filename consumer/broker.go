@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -48,7 +49,7 @@ type Broker interface {
 	NewSource(name string, sc SourceConfig, deps SourceDeps) (Source, error)
 	// Encoder returns how a stream batch of sc becomes the body of an
 	// invocation (Lambda's event of this kind).
-	Encoder(sc SourceConfig) func([]shard.Record) ([]byte, error)
+	Encoder(sc SourceConfig) event.Encoder
 
 	// EnsureDestination creates dead-letter destination d, or reconciles
 	// its retention and size limits; it reports what it did: created, or
@@ -69,7 +70,7 @@ type Broker interface {
 	// AddressEvent makes rec, a new event for async source sc with id, one
 	// that sc reads and the broker stores once (a JetStream subject and
 	// message id); a no-op where the topic is the address.
-	AddressEvent(sc SourceConfig, rec *shard.Record, id string)
+	AddressEvent(sc SourceConfig, rec *event.Record, id string)
 	// EventsHaveKeys reports whether the broker's async events carry a
 	// record key (Kafka does; JetStream messages have none).
 	EventsHaveKeys() bool
@@ -89,7 +90,7 @@ type SourceDeps struct {
 	Async AsyncDeliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	Logger       *slog.Logger
 	Registerer   prometheus.Registerer
 }
@@ -123,13 +124,13 @@ type Destination struct {
 // Appender writes records durably: Append returns nil only once every
 // record is acknowledged by the broker (retention.Appender).
 type Appender interface {
-	Append(ctx context.Context, recs []shard.Record) error
+	Append(ctx context.Context, recs []event.Record) error
 }
 
 // DeadLetterReader reads every record of a dead-letter destination and
 // measures it (retention.Reader and retention.Measurer).
 type DeadLetterReader interface {
-	Scan(ctx context.Context, fn func(shard.Record) error) error
+	Scan(ctx context.Context, fn func(event.Record) error) error
 	Measure(ctx context.Context) (bytes int64, oldest time.Time, err error)
 }
 

@@ -116,6 +116,12 @@ type KafkaConfig struct {
 	// (HeartbeatInterval). The brokers' group.min/max.session.timeout.ms
 	// must allow it.
 	SessionTimeout time.Duration `koanf:"session_timeout"`
+	// TLS encrypts the connections to the brokers (and, with cert_file and
+	// key_file, authenticates sluice by its certificate).
+	TLS TLSConfig `koanf:"tls"`
+	// SASL authenticates sluice to the brokers (PLAIN, SCRAM-SHA-256,
+	// SCRAM-SHA-512, OAUTHBEARER, AWS_MSK_IAM).
+	SASL SASLConfig `koanf:"sasl"`
 }
 
 // DefaultHeartbeatInterval is franz-go's (and Kafka's) default heartbeat
@@ -148,6 +154,25 @@ type NATSConfig struct {
 	// does not bound how long a function may run (held messages are kept
 	// with InProgress).
 	AckWait time.Duration `koanf:"ack_wait"`
+
+	// TLS: for a server by URL, how sluice checks it and (cert_file,
+	// key_file) proves itself; for the embedded server, its own certificate
+	// (cert_file, key_file) and the CA of the client certificates it then
+	// requires (ca_file).
+	TLS TLSConfig `koanf:"tls"`
+	// At most one way to authenticate. CredsFile is a user's JWT and nkey
+	// seed (a .creds file, as Synadia Cloud and `nsc` hand out); NkeyFile
+	// is a file holding a user's nkey seed; TokenFile/TokenEnv a token;
+	// User with PasswordFile/PasswordEnv a user and password. For the
+	// embedded server, a token or a user and password are the credentials
+	// it requires of every client (sluice included).
+	CredsFile    string `koanf:"creds_file"`
+	NkeyFile     string `koanf:"nkey_file"`
+	TokenFile    string `koanf:"token_file"`
+	TokenEnv     string `koanf:"token_env"`
+	User         string `koanf:"user"`
+	PasswordFile string `koanf:"password_file"`
+	PasswordEnv  string `koanf:"password_env"`
 }
 
 // DefaultNATSConfig returns a NATSConfig (the embedded server) with the
@@ -201,6 +226,12 @@ func (k KafkaConfig) validate(key string) error {
 	if k.SessionTimeout < MinSessionTimeout || k.SessionTimeout > MaxSessionTimeout {
 		errs = append(errs, invalid(key+".session_timeout", "%s is out of range (6s..300s)", shard.FormatDuration(k.SessionTimeout)))
 	}
+	if _, err := k.TLS.Client(key + ".tls"); err != nil {
+		errs = append(errs, err)
+	}
+	if k.SASL.On() || k.SASL != (SASLConfig{}) {
+		errs = append(errs, k.SASL.validate(key+".sasl"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -209,7 +240,7 @@ func (n NATSConfig) validate(key string) error {
 	if n.AckWait < MinNATSAckWait || n.AckWait > MaxNATSAckWait {
 		ackWait = invalid(key+".ack_wait", "%s is out of range (5s..1h)", shard.FormatDuration(n.AckWait))
 	}
-	return errors.Join(n.validateAddress(key), ackWait)
+	return errors.Join(n.validateAddress(key), ackWait, n.validateAuth(key))
 }
 
 func (n NATSConfig) validateAddress(key string) error {

@@ -4,13 +4,14 @@ import (
 	"context"
 	"time"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
 // Of returns the scope of record r under s: its key, one of its headers (the
 // first of that name), a literal, or "" for none (and for a record without
 // the header).
-func (s Scope) Of(r *shard.Record) string {
+func (s Scope) Of(r *event.Record) string {
 	switch s.Kind {
 	case ScopeKey:
 		return string(r.Key)
@@ -45,7 +46,7 @@ func (c SourceConfig) WorkerConfig(name string) shard.WorkerConfig {
 		MaxRetryAttempts:      c.MaxRetryAttempts,
 		MaxRecordAge:          age,
 		BisectOnError:         c.BisectBatchOnError,
-		Backoff: shard.Backoff{
+		Backoff: event.Backoff{
 			Initial:    c.RetryBackoff.Initial,
 			Max:        c.RetryBackoff.Max,
 			Multiplier: c.RetryBackoff.Multiplier,
@@ -58,10 +59,12 @@ func (c SourceConfig) WorkerConfig(name string) shard.WorkerConfig {
 // Kafka and JetStream async sources both call it, dispatch.AsyncDeliverer
 // implements it. attempt is 1 for the first function attempt; throttled
 // tries do not count. It blocks while the invocation waits for a concurrency
-// slot; ctx bounds that wait (the source passes the event's expiry) and
-// cancels the invocation at shutdown. Outcomes: Delivered; Throttled
+// slot, at most until waitUntil (the source passes the event's expiry; past
+// it the Result is Throttled). waitUntil never bounds the invocation itself,
+// which runs to its answer or the function's timeout. ctx cancels the wait
+// and the invocation at shutdown. Outcomes: Delivered; Throttled
 // (RetryAfter: wait at least that long); Failed (consumes an attempt);
 // Permanent (dead-letter at once). Partial counts as Failed.
 type AsyncDeliverer interface {
-	Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result
+	Deliver(ctx context.Context, rec event.Record, attempt int, waitUntil time.Time) event.Result
 }

@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // AsyncDeliverer invokes a source's function with one async event: the
@@ -17,7 +17,7 @@ type AsyncDeliverer struct {
 	Source   string
 	Function string
 	// Scope returns an event's scope, "" for none; nil means no scopes.
-	Scope func(r *shard.Record) string
+	Scope func(r *event.Record) string
 	// MaxSlotWait bounds how long an event waits in line for a concurrency
 	// slot before it counts as throttled and goes back to its source, which
 	// redelivers it after retry_backoff without consuming an attempt (SPEC
@@ -26,14 +26,17 @@ type AsyncDeliverer struct {
 	MaxSlotWait time.Duration
 }
 
-// Deliver invokes the function with rec as attempt number attempt.
-func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
+// Deliver invokes the function with rec as attempt number attempt, waiting
+// for a slot at most MaxSlotWait and until waitUntil (if not zero; the
+// event's expiry). Neither bounds the invocation once it started.
+func (a *AsyncDeliverer) Deliver(ctx context.Context, rec event.Record, attempt int, waitUntil time.Time) event.Result {
 	req := &Request{
 		Function:       a.Function,
 		InvocationID:   newID(),
 		Attempt:        attempt,
 		IdempotencyKey: asyncIdempotencyKey(a.Source, &rec),
 		TraceParent:    header(&rec, "traceparent"),
+		TraceState:     header(&rec, "tracestate"),
 		Header: http.Header{
 			"Sluice-Source":     {a.Source},
 			"Sluice-Event-Time": {rec.Timestamp.UTC().Format(time.RFC3339Nano)},
@@ -41,6 +44,7 @@ func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt 
 		ContentType: "application/octet-stream",
 		Body:        rec.Value,
 		MaxWait:     a.MaxSlotWait,
+		WaitUntil:   waitUntil,
 	}
 	if ct := header(&rec, "Content-Type"); ct != "" {
 		req.ContentType = ct
@@ -57,7 +61,7 @@ func (a *AsyncDeliverer) Deliver(ctx context.Context, rec shard.Record, attempt 
 // event by its original partition and offset (an offset is unique only
 // within its partition; a Kafka async source hands the original coordinates
 // on every retry).
-func asyncIdempotencyKey(source string, rec *shard.Record) string {
+func asyncIdempotencyKey(source string, rec *event.Record) string {
 	if rec.Subject != "" {
 		return fmt.Sprintf("%s-%s-%d", source, rec.Topic, rec.Offset)
 	}

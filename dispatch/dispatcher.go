@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrUnknownFunction is returned for an invocation of a function that is not
@@ -23,6 +25,7 @@ type Dispatcher struct {
 	lim     Limits
 	log     *slog.Logger
 	metrics *metrics
+	tracer  trace.Tracer // nil: no spans (WithTracer)
 
 	mu  sync.RWMutex         // guards fns
 	fns map[string]*function // registered functions by name
@@ -40,6 +43,8 @@ type options struct {
 	reg    prometheus.Registerer
 	log    *slog.Logger
 	limits Limits
+	tracer trace.Tracer
+	fnTLS  map[string]*tls.Config // WithFunctionTLS
 }
 
 // WithRegisterer registers the dispatcher's metrics with reg (default: none).
@@ -83,7 +88,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{lim: lim, log: o.log, fns: make(map[string]*function, len(cfg.Functions))}
+	d := &Dispatcher{lim: lim, log: o.log, tracer: o.tracer, fns: make(map[string]*function, len(cfg.Functions))}
 	// The metrics come first: each HTTP function reports its connection
 	// waits to them.
 	d.metrics, err = newMetrics(o.reg, lim)
@@ -94,6 +99,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 	unreserved := lim.Usage().UnreservedLimit
 	for _, name := range sortedKeys(cfg.Functions) {
 		fc := cfg.Functions[name]
+		d.metrics.initFunction(name)
 		if fc.URL == "" {
 			continue
 		}
@@ -103,7 +109,11 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		if fc.ReservedConcurrency != nil {
 			conns = max(1, *fc.ReservedConcurrency)
 		}
-		h, err := NewHTTPFunction(name, fc, WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name)))
+		hopts := []HTTPOption{WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name))}
+		if c, ok := o.fnTLS[name]; ok {
+			hopts = append(hopts, WithTLSConfig(c))
+		}
+		h, err := NewHTTPFunction(name, fc, hopts...)
 		if err != nil {
 			d.unregister(o.reg)
 			lim.Close()
@@ -119,6 +129,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 func (d *Dispatcher) Register(name string, h Handler, timeout time.Duration) {
 	timeout = timeoutOrDefault(timeout)
 	d.lim.SetFunctionTimeout(name, timeout)
+	d.metrics.initFunction(name)
 	d.mu.Lock()
 	d.fns[name] = &function{h: h, timeout: timeout}
 	d.mu.Unlock()
@@ -128,34 +139,39 @@ func (d *Dispatcher) Register(name string, h Handler, timeout time.Duration) {
 func (d *Dispatcher) Limiter() Limits { return d.lim }
 
 // Invoke runs req.Function once it holds the slots of its function and scopes,
-// waiting in line for them (ctx bounds the wait: a stream shard passes the age
-// limit of its oldest record). onWait, if not nil, hears once that the
-// invocation is waiting and why; use it to show a shard as throttled.
+// waiting in line for them. req.MaxWait and req.WaitUntil bound the wait
+// only; ctx bounds the wait and cancels the invocation (shutdown, revoke),
+// and the function's timeout bounds the invocation. onWait, if not nil,
+// hears once that the invocation is waiting and why; use it to show a shard
+// as throttled.
 //
 // The error is nil on success, or one of the outcome errors of this package
 // (see Handler). A wait cut short by ctx returns an error matching both
-// ctx.Err() and *ThrottledError; one cut short by req.MaxWait returns the
-// *ThrottledError alone.
-func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reason)) (*Response, error) {
+// ctx.Err() and *ThrottledError; one cut short by req.MaxWait or
+// req.WaitUntil returns the *ThrottledError alone.
+func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reason)) (resp *Response, err error) {
 	f, err := d.function(req.Function)
 	if err != nil {
 		return nil, err
 	}
+	ctx, span := d.startSpan(ctx, req)
+	defer func() { endSpan(span, err) }()
 	actx := ctx
-	if req.MaxWait > 0 {
+	if until := waitBound(req); !until.IsZero() {
 		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(ctx, req.MaxWait)
+		actx, cancel = context.WithDeadline(ctx, until)
 		defer cancel()
 	}
 	lease, err := d.lim.Acquire(actx, req.Function, scopesOf(req), func(r Reason) {
 		d.metrics.throttled(req.Function, r)
+		throttleEvent(span, r)
 		if onWait != nil {
 			onWait(r)
 		}
 	})
 	if err != nil {
 		if t, ok := AsThrottled(err); ok && ctx.Err() == nil {
-			return nil, t // MaxWait ran out, not the caller's ctx: a plain throttle
+			return nil, t // MaxWait or WaitUntil ran out, not the caller's ctx: a plain throttle
 		}
 		return nil, err
 	}
@@ -165,15 +181,18 @@ func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reaso
 
 // TryInvoke runs req.Function if its slots are free now, and otherwise
 // returns a *ThrottledError at once.
-func (d *Dispatcher) TryInvoke(ctx context.Context, req *Request) (*Response, error) {
+func (d *Dispatcher) TryInvoke(ctx context.Context, req *Request) (resp *Response, err error) {
 	f, err := d.function(req.Function)
 	if err != nil {
 		return nil, err
 	}
+	ctx, span := d.startSpan(ctx, req)
+	defer func() { endSpan(span, err) }()
 	lease, err := d.lim.TryAcquire(req.Function, scopesOf(req))
 	if err != nil {
 		if t, ok := AsThrottled(err); ok {
 			d.metrics.throttled(req.Function, t.Reason)
+			throttleEvent(span, t.Reason)
 		}
 		return nil, err
 	}
@@ -247,6 +266,18 @@ func classify(ctx context.Context, req *Request, err error) error {
 	default:
 		return &FunctionError{Kind: KindHandler, Message: err.Error(), Err: err}
 	}
+}
+
+// waitBound is when the wait for a slot ends: the earlier of now + MaxWait
+// and WaitUntil; zero when neither is set.
+func waitBound(req *Request) time.Time {
+	until := req.WaitUntil
+	if req.MaxWait > 0 {
+		if m := time.Now().Add(req.MaxWait); until.IsZero() || m.Before(until) {
+			until = m
+		}
+	}
+	return until
 }
 
 func scopesOf(req *Request) []string {

@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 func newTestDispatcher(t *testing.T, cfg Config, opts ...Option) (*Dispatcher, *prometheus.Registry) {
@@ -114,8 +114,15 @@ func TestDispatcherOutcomes(t *testing.T) {
 			if n := testutil.ToFloat64(d.metrics.invocations.WithLabelValues("fn", string(tc.outcome))); n != 1 {
 				t.Errorf("sluice_invocations_total{outcome=%q} = %v, want 1", tc.outcome, n)
 			}
-			if n, err := testutil.GatherAndCount(reg, "sluice_invocations_total"); err != nil || n != 1 {
-				t.Errorf("sluice_invocations_total series = %d (%v), want 1", n, err)
+			// Every outcome's series exists from the start (at zero); only
+			// this one counted the invocation.
+			if n, err := testutil.GatherAndCount(reg, "sluice_invocations_total"); err != nil || n != len(outcomes) {
+				t.Errorf("sluice_invocations_total series = %d (%v), want %d (one per outcome)", n, err, len(outcomes))
+			}
+			for _, o := range outcomes {
+				if n := testutil.ToFloat64(d.metrics.invocations.WithLabelValues("fn", string(o))); o != tc.outcome && n != 0 {
+					t.Errorf("sluice_invocations_total{outcome=%q} = %v, want 0", o, n)
+				}
 			}
 		})
 	}
@@ -228,7 +235,7 @@ func TestInvokeMaxWaitReturnsThrottle(t *testing.T) {
 		if errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("err = %v matches DeadlineExceeded; a MaxWait throttle must not look like a cancelled caller", err)
 		}
-		if r := resultOf(err, nil); r.Outcome != shard.Throttled || r.Reason != string(ReasonReserved) {
+		if r := resultOf(err, nil); r.Outcome != event.Throttled || r.Reason != string(ReasonReserved) {
 			t.Errorf("resultOf = %+v, want Throttled with %s", r, ReasonReserved)
 		}
 

@@ -6,10 +6,14 @@
 // It owns the Limits interface (acquire, try-acquire, release through a
 // Lease, live changes, snapshots) and its local implementation, the Limiter
 // (slots, waiters, fairness, leases), the Dispatcher (a Limits engine +
-// functions + metrics), the Handler interface with its typed
-// outcomes, and the HTTP function client. It hands sources a way to invoke a
-// function and learn the outcome; it must not import consumer, retention,
-// config or cmd. It imports shard only.
+// functions + metrics + one OpenTelemetry span per invocation when given a
+// tracer, see WithTracer), the Handler interface with its typed outcomes,
+// and the HTTP function client with its configured headers and TLS
+// (secure.go: which headers are sluice's own and cannot be configured, and
+// RedactURL, used wherever a URL is shown). It hands sources a way to invoke a function
+// and learn the outcome; it must not import consumer, retention, config or
+// cmd. Of sluice it imports shard only; of OpenTelemetry only the trace API
+// (the SDK and exporter are package telemetry's, wired by cmd).
 //
 // Limits is the seam for limits shared by several sluice processes: a
 // cluster-wide engine implements Limits (its Leases are grants of a remote

@@ -22,7 +22,9 @@ type Request struct {
 	// Scope alone is used.
 	Scopes         []string
 	IdempotencyKey string
-	TraceParent    string      // W3C traceparent carried by the record, if any
+	TraceParent    string      // W3C traceparent carried by the record, if any; with a tracer, the invocation span's
+	TraceState     string      // W3C tracestate going with TraceParent, if any
+	Shard          string      // the shard of a stream batch ("orders/2"), for the invocation's span; empty otherwise
 	Header         http.Header // further headers, e.g. Sluice-Source and Sluice-Event-Time
 	ContentType    string      // default application/json
 	Body           []byte
@@ -39,6 +41,14 @@ type Request struct {
 	// sends it back to its source's durable redelivery (a retry topic, a
 	// NakWithDelay) instead of holding its offset and memory for hours.
 	MaxWait time.Duration
+	// WaitUntil, if not zero, also bounds the wait in line for a slot, as
+	// MaxWait does, by a point in time: a stream batch passes the expiry of
+	// its oldest record (max_record_age), an async event its own
+	// (max_event_age). It bounds only the wait: an invocation that started
+	// runs to its answer or the function's timeout, however old its records
+	// grow meanwhile (a record that aged while its function ran was still
+	// handled).
+	WaitUntil time.Time
 }
 
 // Response is what a function answered on success.

@@ -63,6 +63,18 @@ func (m *metrics) unregister(reg prometheus.Registerer) {
 	m.collectors = nil
 }
 
+// outcomes are the values of sluice_invocations_total{outcome}.
+var outcomes = []Outcome{OutcomeSuccess, OutcomePartial, OutcomeThrottled, OutcomeError, OutcomeTimeout, OutcomePermanent}
+
+// initFunction creates fn's sluice_invocations_total series at zero, one per
+// outcome, so that a rate or ratio over them has series from the first
+// scrape rather than from the first invocation of each outcome.
+func (m *metrics) initFunction(fn string) {
+	for _, o := range outcomes {
+		m.invocations.WithLabelValues(fn, string(o))
+	}
+}
+
 // connObserver returns the WithConnObserver callback of function fn; the
 // series is looked up once, not per request.
 func (m *metrics) connObserver(fn string) func(time.Duration, bool) {

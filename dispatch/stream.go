@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -19,10 +20,11 @@ type StreamDeliverer struct {
 	D        *Dispatcher
 	Source   string
 	Function string
-	// Encode builds the request body of a batch (the source's event format).
-	Encode func(recs []shard.Record) ([]byte, error)
+	// Encode builds the request body of a batch: the source package's
+	// own Encoder (kafka.Encoder, nats.Encoder).
+	Encode event.Encoder
 	// Scope returns a record's scope, "" for none; nil means no scopes.
-	Scope              func(r *shard.Record) string
+	Scope              func(r *event.Record) string
 	ReportItemFailures bool
 }
 
@@ -30,10 +32,10 @@ var _ shard.Deliverer = (*StreamDeliverer)(nil)
 
 // Deliver invokes the function with d's records and maps the outcome for the
 // shard engine.
-func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.Result {
-	body, err := s.Encode(d.Records)
+func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.Result {
+	body, err := s.Encode.Encode(d.Records)
 	if err != nil {
-		return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "encode", Message: err.Error()}}
+		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindEncode, Message: err.Error()}}
 	}
 	first, last := d.Records[0], d.Records[len(d.Records)-1]
 	items := make([]string, len(d.Records))
@@ -48,10 +50,13 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.R
 		// a function can drop a batch it already handled.
 		IdempotencyKey:     fmt.Sprintf("%s-%d-%d-%d", s.Source, first.Partition, first.Offset, last.Offset),
 		TraceParent:        header(&first, "traceparent"),
+		TraceState:         header(&first, "tracestate"),
+		Shard:              s.Source + "/" + strconv.FormatInt(int64(first.Partition), 10),
 		Header:             http.Header{"Sluice-Source": {s.Source}},
 		Body:               body,
 		Items:              items,
 		ReportItemFailures: s.ReportItemFailures,
+		WaitUntil:          d.WaitUntil,
 	}
 	if s.Scope != nil {
 		req.Scopes = scopesOfBatch(d.Records, s.Scope)
@@ -68,38 +73,38 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.R
 }
 
 // resultOf maps an invocation's error to the shard engine's Result.
-func resultOf(err error, items []string) shard.Result {
+func resultOf(err error, items []string) event.Result {
 	var (
 		pb *PartialBatchError
 		fe *FunctionError
 		pe *PermanentError
 	)
 	if err == nil {
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}
 	if t, ok := AsThrottled(err); ok {
-		return shard.Result{Outcome: shard.Throttled, Reason: string(t.Reason), RetryAfter: t.RetryAfter,
-			Error: shard.ErrorInfo{Kind: "throttled", Status: t.Status, Message: t.Error()}}
+		return event.Result{Outcome: event.Throttled, Reason: string(t.Reason), RetryAfter: t.RetryAfter,
+			Error: event.ErrorInfo{Kind: event.KindThrottled, Status: t.Status, Message: t.Error()}}
 	}
 	switch {
 	case errors.As(err, &pb):
-		return shard.Result{Outcome: shard.Partial, FailedFrom: slices.Index(items, pb.Failed[0]),
-			Error: shard.ErrorInfo{Kind: "partial", Message: pb.Error()}}
+		return event.Result{Outcome: event.Partial, FailedFrom: slices.Index(items, pb.Failed[0]),
+			Error: event.ErrorInfo{Kind: event.KindPartial, Message: pb.Error()}}
 	case errors.As(err, &pe):
-		return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "status", Status: pe.Status, Message: pe.Message}}
+		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindStatus, Status: pe.Status, Message: pe.Message}}
 	case errors.As(err, &fe):
-		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: string(fe.Kind), Status: fe.Status, Message: fe.Message}}
+		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: event.ErrorKind(fe.Kind), Status: fe.Status, Message: fe.Message}}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrClosed):
-		// The shard is stopping (or its records expired while waiting):
-		// nothing ran, so nothing is consumed.
-		return shard.Result{Outcome: shard.Throttled, Error: shard.ErrorInfo{Kind: "cancelled", Message: err.Error()}}
+		// The caller is stopping, or the dispatcher closed: nothing ran,
+		// so nothing is consumed.
+		return event.Result{Outcome: event.Throttled, Error: event.ErrorInfo{Kind: event.KindCancelled, Message: err.Error()}}
 	default:
-		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: string(KindHandler), Message: err.Error()}}
+		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: event.ErrorKind(KindHandler), Message: err.Error()}}
 	}
 }
 
 // scopesOfBatch returns the distinct scopes of recs in first-seen order.
-func scopesOfBatch(recs []shard.Record, scope func(*shard.Record) string) []string {
+func scopesOfBatch(recs []event.Record, scope func(*event.Record) string) []string {
 	var out []string
 	seen := make(map[string]struct{})
 	for i := range recs {
@@ -113,7 +118,7 @@ func scopesOfBatch(recs []shard.Record, scope func(*shard.Record) string) []stri
 	return out
 }
 
-func header(r *shard.Record, name string) string {
+func header(r *event.Record, name string) string {
 	for _, h := range r.Headers {
 		if h.Key == name {
 			return string(h.Value)

@@ -8,14 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
-func streamRecords(n int) []shard.Record {
-	out := make([]shard.Record, n)
+func streamRecords(n int) []event.Record {
+	out := make([]event.Record, n)
 	for i := range out {
-		out[i] = shard.Record{Topic: "orders", Partition: 1, Offset: int64(100 + i),
-			Key: []byte{'a' + byte(i%3)}, Headers: []shard.Header{{Key: "traceparent", Value: []byte("00-abc-def-01")}}}
+		out[i] = event.Record{Topic: "orders", Partition: 1, Offset: int64(100 + i),
+			Key: []byte{'a' + byte(i%3)}, Headers: []event.Header{{Key: "traceparent", Value: []byte("00-abc-def-01")}}}
 	}
 	return out
 }
@@ -33,25 +34,25 @@ func TestStreamDelivererOverHTTP(t *testing.T) {
 		Functions: map[string]FunctionConfig{"fn": {URL: srv.URL, Timeout: 5 * time.Second}},
 	})
 	sd := &StreamDeliverer{D: d, Source: "orders", Function: "fn", ReportItemFailures: true,
-		Encode: func(recs []shard.Record) ([]byte, error) { return json.Marshal(len(recs)) },
-		Scope:  func(r *shard.Record) string { return string(r.Key) }}
+		Encode: event.EncoderFunc(func(recs []event.Record) ([]byte, error) { return json.Marshal(len(recs)) }),
+		Scope:  func(r *event.Record) string { return string(r.Key) }}
 	recs := streamRecords(5)
 
 	cases := []struct {
 		name  string
 		reply func(w http.ResponseWriter, r *http.Request)
-		want  shard.Result
+		want  event.Result
 	}{
-		{"delivered", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) }, shard.Result{Outcome: shard.Delivered}},
+		{"delivered", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) }, event.Result{Outcome: event.Delivered}},
 		{"partial", func(w http.ResponseWriter, _ *http.Request) {
 			_, _ = w.Write([]byte(`{"batchItemFailures":[{"itemIdentifier":"104"},{"itemIdentifier":"102"}]}`))
-		}, shard.Result{Outcome: shard.Partial, FailedFrom: 2}},
+		}, event.Result{Outcome: event.Partial, FailedFrom: 2}},
 		{"throttled", func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Retry-After", "3")
 			w.WriteHeader(429)
-		}, shard.Result{Outcome: shard.Throttled, Reason: string(ReasonFunction), RetryAfter: 3 * time.Second}},
-		{"failed", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(500) }, shard.Result{Outcome: shard.Failed}},
-		{"permanent", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(400) }, shard.Result{Outcome: shard.Permanent}},
+		}, event.Result{Outcome: event.Throttled, Reason: string(ReasonFunction), RetryAfter: 3 * time.Second}},
+		{"failed", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(500) }, event.Result{Outcome: event.Failed}},
+		{"permanent", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(400) }, event.Result{Outcome: event.Permanent}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -60,7 +61,7 @@ func TestStreamDelivererOverHTTP(t *testing.T) {
 			if got.Outcome != c.want.Outcome || got.FailedFrom != c.want.FailedFrom || got.Reason != c.want.Reason || got.RetryAfter != c.want.RetryAfter {
 				t.Fatalf("result %+v, want %+v", got, c.want)
 			}
-			if got.Outcome == shard.Failed && got.Error.Status != 500 {
+			if got.Outcome == event.Failed && got.Error.Status != 500 {
 				t.Fatalf("error %+v, want status 500", got.Error)
 			}
 		})
@@ -83,13 +84,13 @@ func TestStreamDelivererScopesAllOrNone(t *testing.T) {
 		t.Fatal(err)
 	}
 	sd := &StreamDeliverer{D: d, Source: "s", Function: "fn",
-		Encode: func([]shard.Record) ([]byte, error) { return nil, nil },
-		Scope:  func(r *shard.Record) string { return string(r.Key) }}
+		Encode: event.EncoderFunc(func([]event.Record) ([]byte, error) { return nil, nil }),
+		Scope:  func(r *event.Record) string { return string(r.Key) }}
 	waited := make(chan string, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	res := sd.Deliver(ctx, shard.Delivery{Records: streamRecords(3), OnWait: func(r string) { waited <- r }})
-	if res.Outcome != shard.Throttled || <-waited != string(ReasonScope) {
+	if res.Outcome != event.Throttled || <-waited != string(ReasonScope) {
 		t.Fatalf("result %+v, want throttled by scope", res)
 	}
 	if u := d.Limiter().Scopes(); len(u) != 1 || u[0].Scope != "b" {
@@ -97,7 +98,7 @@ func TestStreamDelivererScopesAllOrNone(t *testing.T) {
 	}
 	held.Release()
 	res = sd.Deliver(context.Background(), shard.Delivery{Records: streamRecords(3)})
-	if res.Outcome != shard.Delivered {
+	if res.Outcome != event.Delivered {
 		t.Fatalf("result %+v after release", res)
 	}
 	if a, b := newID(), newID(); len(a) != 32 || a == b {

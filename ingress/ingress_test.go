@@ -344,10 +344,10 @@ func TestSyncErrors(t *testing.T) {
 type fakeQueue struct {
 	mu     sync.Mutex
 	err    error
-	events []event
+	events []queued
 }
 
-type event struct {
+type queued struct {
 	function, scope string
 	body            []byte
 	header          http.Header
@@ -359,7 +359,7 @@ func (q *fakeQueue) Enqueue(_ context.Context, fn, scope string, body []byte, h 
 	if q.err != nil {
 		return "", q.err
 	}
-	q.events = append(q.events, event{fn, scope, body, h})
+	q.events = append(q.events, queued{fn, scope, body, h})
 	return fmt.Sprintf("ev-%d", len(q.events)), nil
 }
 

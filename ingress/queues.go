@@ -7,13 +7,13 @@ import (
 
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // EventAddresser is what Queues needs of a queue's broker
 // (consumer.Broker implements it).
 type EventAddresser interface {
-	AddressEvent(sc consumer.SourceConfig, rec *shard.Record, id string)
+	AddressEvent(sc consumer.SourceConfig, rec *event.Record, id string)
 	EventsHaveKeys() bool
 }
 
@@ -70,8 +70,8 @@ func (q *Queues) Enqueue(ctx context.Context, fn, scope string, body []byte, hea
 		return "", fmt.Errorf("%w: functions.%s.async_queue is not set (it names an async source of %s)", ErrNoQueue, fn, fn)
 	}
 	id := NewID()
-	rec := shard.Record{Key: []byte(id), Value: body,
-		Headers: []shard.Header{{Key: HeaderInvocationID, Value: []byte(id)}}}
+	rec := event.Record{Key: []byte(id), Value: body,
+		Headers: []event.Header{{Key: HeaderInvocationID, Value: []byte(id)}}}
 	if aq.Config.Scope.Kind == consumer.ScopeKey {
 		// The key is the scope here, so an unscoped event has none:
 		// the id as key would make each event a scope of its own.
@@ -79,16 +79,16 @@ func (q *Queues) Enqueue(ctx context.Context, fn, scope string, body []byte, hea
 	}
 	// The header names the async deliverer reads (dispatch.AsyncDeliverer).
 	if v := header.Get("Content-Type"); v != "" {
-		rec.Headers = append(rec.Headers, shard.Header{Key: "Content-Type", Value: []byte(v)})
+		rec.Headers = append(rec.Headers, event.Header{Key: "Content-Type", Value: []byte(v)})
 	}
 	if v := header.Get("Traceparent"); v != "" {
-		rec.Headers = append(rec.Headers, shard.Header{Key: "traceparent", Value: []byte(v)})
+		rec.Headers = append(rec.Headers, event.Header{Key: "traceparent", Value: []byte(v)})
 	}
 	if scope != "" {
 		s := aq.Config.Scope
 		switch {
 		case s.Kind == consumer.ScopeHeader:
-			rec.Headers = append(rec.Headers, shard.Header{Key: s.Arg, Value: []byte(scope)})
+			rec.Headers = append(rec.Headers, event.Header{Key: s.Arg, Value: []byte(scope)})
 		case s.Kind == consumer.ScopeKey && aq.Broker.EventsHaveKeys():
 			rec.Key = []byte(scope)
 		case s.Kind == consumer.ScopeLiteral && s.Arg == scope:
@@ -98,7 +98,7 @@ func (q *Queues) Enqueue(ctx context.Context, fn, scope string, body []byte, hea
 		}
 	}
 	aq.Broker.AddressEvent(aq.Config, &rec, id)
-	if err := aq.Writer.Append(ctx, []shard.Record{rec}); err != nil {
+	if err := aq.Writer.Append(ctx, []event.Record{rec}); err != nil {
 		return "", fmt.Errorf("ingress: async_queue %s: %w", aq.Source, err)
 	}
 	return id, nil

@@ -10,17 +10,17 @@ import (
 	"github.com/sluicehq/sluice/consumer/kafka"
 	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/ingress"
-	"github.com/sluicehq/sluice/shard"
 )
 
 // recordingAppender keeps what it was asked to append, or fails.
 type recordingAppender struct {
 	err  error
-	recs []shard.Record
+	recs []event.Record
 }
 
-func (a *recordingAppender) Append(_ context.Context, recs []shard.Record) error {
+func (a *recordingAppender) Append(_ context.Context, recs []event.Record) error {
 	if a.err != nil {
 		return a.err
 	}
@@ -28,7 +28,7 @@ func (a *recordingAppender) Append(_ context.Context, recs []shard.Record) error
 	return nil
 }
 
-func recHeader(r shard.Record, name string) (string, bool) {
+func recHeader(r event.Record, name string) (string, bool) {
 	for _, h := range r.Headers {
 		if h.Key == name {
 			return string(h.Value), true
@@ -51,20 +51,20 @@ func TestEnqueueCarriesTheScopeTheWayTheSourceReadsIt(t *testing.T) {
 		subject   string
 		scopeSpec string
 		scope     string
-		check     func(t *testing.T, r shard.Record, id string)
+		check     func(t *testing.T, r event.Record, id string)
 		wantErr   error
 	}{
-		{"kafka header", false, "", "header:tenant", "acme", func(t *testing.T, r shard.Record, id string) {
+		{"kafka header", false, "", "header:tenant", "acme", func(t *testing.T, r event.Record, id string) {
 			if v, _ := recHeader(r, "tenant"); v != "acme" || string(r.Key) != id {
 				t.Errorf("tenant header %q, key %q; want acme and the id", v, r.Key)
 			}
 		}, nil},
-		{"kafka key", false, "", "key", "acme", func(t *testing.T, r shard.Record, _ string) {
+		{"kafka key", false, "", "key", "acme", func(t *testing.T, r event.Record, _ string) {
 			if string(r.Key) != "acme" {
 				t.Errorf("key %q, want the scope", r.Key)
 			}
 		}, nil},
-		{"kafka key unscoped", false, "", "key", "", func(t *testing.T, r shard.Record, _ string) {
+		{"kafka key unscoped", false, "", "key", "", func(t *testing.T, r event.Record, _ string) {
 			if r.Key != nil {
 				t.Errorf("key %q, want none: the id would be a scope of its own", r.Key)
 			}
@@ -73,14 +73,14 @@ func TestEnqueueCarriesTheScopeTheWayTheSourceReadsIt(t *testing.T) {
 		{"kafka literal, other scope", false, "", "literal:acme", "globex", nil, ingress.ErrScopeNotCarried},
 		{"kafka none", false, "", "none", "acme", nil, ingress.ErrScopeNotCarried},
 		{"nats key", true, "jobs.>", "key", "acme", nil, ingress.ErrScopeNotCarried},
-		{"nats header", true, "jobs.*.in", "header:Sluice-Scope", "acme", func(t *testing.T, r shard.Record, id string) {
+		{"nats header", true, "jobs.*.in", "header:Sluice-Scope", "acme", func(t *testing.T, r event.Record, id string) {
 			v, _ := recHeader(r, "Sluice-Scope")
 			msgID, _ := recHeader(r, "Nats-Msg-Id")
 			if v != "acme" || r.Subject != "jobs."+id+".in" || msgID != id {
 				t.Errorf("scope %q, subject %q, Nats-Msg-Id %q", v, r.Subject, msgID)
 			}
 		}, nil},
-		{"nats literal subject, unscoped", true, "jobs", "none", "", func(t *testing.T, r shard.Record, _ string) {
+		{"nats literal subject, unscoped", true, "jobs", "none", "", func(t *testing.T, r event.Record, _ string) {
 			if r.Subject != "jobs" {
 				t.Errorf("subject %q, want jobs", r.Subject)
 			}

@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -91,6 +92,8 @@ func TestStreamContract(t *testing.T) {
 		{"RecordAgeExpiry", contractRecordAgeExpiry},
 		{"PartialBatch", contractPartialBatch},
 		{"Kill9", contractKill9},
+		{"InvocationOutlivesRecordAge", contractInvocationOutlivesRecordAge},
+		{"NoRetryPastRecordAge", contractNoRetryPastRecordAge},
 	}
 	for _, be := range streamBackends() {
 		t.Run(be.Name(), func(t *testing.T) {
@@ -334,7 +337,7 @@ func contractPoisonRecordBisect(t *testing.T, be streamBackend) {
 	}
 	dl := letters[0]
 	e := dl.Env
-	if e.Source != source || e.Function != "fn" || e.Mode != "stream" || e.Condition != shard.RetryAttemptsExhausted || e.Replays != 0 {
+	if e.Source != source || e.Function != "fn" || e.Mode != "stream" || e.Condition != event.RetryAttemptsExhausted || e.Replays != 0 {
 		t.Errorf("envelope source %q function %q mode %q condition %q replays %d, want %q fn stream RetryAttemptsExhausted 0",
 			e.Source, e.Function, e.Mode, e.Condition, e.Replays, source)
 	}
@@ -357,7 +360,7 @@ func contractPoisonRecordBisect(t *testing.T, be streamBackend) {
 	if !r.Timestamp.Equal(poison.Timestamp) {
 		t.Errorf("envelope record timestamp %s, want %s", r.Timestamp, poison.Timestamp)
 	}
-	if e.ID == "" || dl.Headers["sluice-condition"] != string(shard.RetryAttemptsExhausted) ||
+	if e.ID == "" || dl.Headers["sluice-condition"] != string(event.RetryAttemptsExhausted) ||
 		dl.Headers["sluice-source"] != source || dl.Headers["sluice-function"] != "fn" {
 		t.Errorf("dead letter id %q headers %v", e.ID, dl.Headers)
 	}
@@ -443,7 +446,7 @@ func contractRecordAgeExpiry(t *testing.T, be streamBackend) {
 	seen := map[int64]bool{}
 	for _, dl := range letters {
 		e := dl.Env
-		if e.Condition != shard.RecordAgeExceeded || e.Attempts != 0 {
+		if e.Condition != event.RecordAgeExceeded || e.Attempts != 0 {
 			t.Errorf("record %d dead-lettered with %s after %d attempts, want RecordAgeExceeded after 0 (throttles consume none)",
 				e.Record.Offset, e.Condition, e.Attempts)
 		}
@@ -699,4 +702,228 @@ func acceptedPast(batches []*fnBatch, committed map[int32]int64) (ahead map[int3
 		}
 	}
 	return ahead, len(seen)
+}
+
+// The two record-age scenarios below need an invocation that is still
+// running when its records reach max_record_age (60 s, the smallest the
+// configuration allows) within the function's 30 s timeout. Where the broker
+// allows it (Kafka) the records are stamped 45 s in the past and produced
+// once sluice consumes the partition (so the time sluice takes to start does
+// not age them), and each scenario takes about 20 s; JetStream stamps the
+// time it stored a message, so there the function throttles (429) until the
+// oldest record of a batch is 40 s old and each scenario takes about 65 s
+// of real time (they run in parallel with the rest of the contract, whose
+// record-age expiry already waits 60 s).
+const (
+	ageLimit      = 60 * time.Second // max_record_age
+	ageBackdate   = 45 * time.Second // how old Kafka records are stamped
+	ageThrottleTo = 40 * time.Second // the function answers 429 until the oldest record of a batch is this old
+)
+
+// stamps returns the oldest and newest record timestamps of b.
+func (b *fnBatch) stamps() (oldest, newest time.Time) {
+	oldest, newest = b.Records[0].Timestamp, b.Records[0].Timestamp
+	for _, r := range b.Records {
+		if r.Timestamp.Before(oldest) {
+			oldest = r.Timestamp
+		}
+		if r.Timestamp.After(newest) {
+			newest = r.Timestamp
+		}
+	}
+	return oldest, newest
+}
+
+// ageGate answers 429 while the oldest record of b is younger than
+// ageThrottleTo, and reports whether it did.
+func ageGate(b *fnBatch) (fnAnswer, bool) {
+	if oldest, _ := b.stamps(); b.At.Sub(oldest) < ageThrottleTo {
+		return fnAnswer{Status: http.StatusTooManyRequests, RetryAfter: "1"}, true
+	}
+	return fnAnswer{}, false
+}
+
+// startAged starts sluice over env and has the records produce writes
+// consumed by it: on a broker that can backdate, sluice starts first and
+// the records are produced once it owns the partition (produce gets the
+// time to stamp them relative to); elsewhere they are produced first.
+func startAged(t *testing.T, env streamEnv, cfg string, produce func(now time.Time) []produced) (*sluiceProc, []produced) {
+	t.Helper()
+	if !env.CanBackdate() {
+		recs := produce(time.Time{})
+		return startSluice(t, "sluice", cfg), recs
+	}
+	p := startSluice(t, "sluice", cfg)
+	eventually(t, 60*time.Second, "sluice owns the partition", func() error {
+		views, err := p.shards()
+		if err == nil && len(views) == 0 {
+			err = errors.New("no shard yet")
+		}
+		return err
+	})
+	return p, produce(time.Now().Truncate(time.Millisecond))
+}
+
+// sentYoung checks that no batch carried a record already past
+// max_record_age when the function received it.
+func sentYoung(t *testing.T, batches []*fnBatch) {
+	t.Helper()
+	for _, b := range batches {
+		for _, r := range b.Records {
+			if !b.At.Before(r.Timestamp.Add(ageLimit)) {
+				t.Errorf("batch %d (attempt %d, status %d) sent record %d at age %s, past max_record_age %s",
+					b.Seq, b.Attempt, b.Status, r.Offset, b.At.Sub(r.Timestamp).Round(time.Millisecond), ageLimit)
+			}
+		}
+	}
+}
+
+// zeroMetric checks that a counter sample is absent or 0.
+func zeroMetric(t *testing.T, p *sluiceProc, name string, labels map[string]string) {
+	t.Helper()
+	if n, err := p.metric(name, labels); err == nil && n != 0 {
+		t.Errorf("%s%v = %v, want 0", name, labels, n)
+	}
+}
+
+// contractInvocationOutlivesRecordAge: an invocation that is still running
+// when its records reach max_record_age is not cut short: the function's
+// answer (200, 3 s after the records passed 60 s) counts, the records are
+// delivered and committed, and nothing is dead-lettered. (Before the fix the
+// record age also bounded the running invocation: it was cut, counted as a
+// timeout, and the records were dead-lettered as RecordAgeExceeded although
+// the function had handled them.)
+func contractInvocationOutlivesRecordAge(t *testing.T, be streamBackend) {
+	env := be.Setup(t, 1)
+	fn := newFnServer(t, func(b *fnBatch) fnAnswer {
+		if a, ok := ageGate(b); ok {
+			return a
+		}
+		_, newest := b.stamps() // answer once every record is past its age
+		return fnAnswer{Sleep: max(0, newest.Add(ageLimit+3*time.Second).Sub(b.At))}
+	})
+	source := uniqueName(t, "src")
+	cfg := env.Config(t, source, fn.URL(), map[string]any{"batch_size": 10, "max_record_age": "60s", "max_retry_attempts": 2})
+	p, recs := startAged(t, env, cfg, func(now time.Time) []produced {
+		var o produceOpts
+		if !now.IsZero() {
+			o.Timestamp = func(int) time.Time { return now.Add(-ageBackdate) }
+		}
+		return env.Produce(t, 3, o)
+	})
+
+	waitDelivered(t, fn, len(recs), time.Until(recs[0].Timestamp.Add(ageLimit))+60*time.Second)
+	eventually(t, 30*time.Second, "the partition is committed to its end", func() error { return env.AllCommitted(t, source) })
+
+	batches := fn.snapshot()
+	sentYoung(t, batches)
+	var invoked []*fnBatch // the batches not answered 429
+	for _, b := range batches {
+		if b.Status != http.StatusTooManyRequests {
+			invoked = append(invoked, b)
+		}
+	}
+	if len(invoked) != 1 || invoked[0].Attempt != 1 || len(invoked[0].Records) != len(recs) {
+		t.Fatalf("%d invocations besides the throttled tries, want one (attempt 1, all %d records): %+v", len(invoked), len(recs), invoked)
+	}
+	if n, err := p.metric("sluice_invocations_total", map[string]string{"function": "fn", "outcome": "success"}); err != nil || n != 1 {
+		t.Errorf("sluice_invocations_total{outcome=\"success\"} = %v (%v), want 1", n, err)
+	}
+	zeroMetric(t, p, "sluice_invocations_total", map[string]string{"function": "fn", "outcome": "timeout"})
+	zeroMetric(t, p, "sluice_dead_letters_total", map[string]string{"source": source, "condition": "RecordAgeExceeded"})
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+	checkDeliveries(t, fn.snapshot(), recs, nil)
+	if dl := env.DeadLetters(t); len(dl) != 0 {
+		t.Errorf("%d records dead-lettered (first %s), want none: the function answered 200", len(dl), dl[0].Env.Condition)
+	}
+}
+
+// contractNoRetryPastRecordAge: a batch of two old records and one 20 s
+// younger fails (500) after its two old records passed max_record_age. The
+// old records are dead-lettered as RecordAgeExceeded after that one attempt
+// and never sent again; the young one alone is retried as attempt 2 and
+// delivered. No batch ever carries a record past its max age.
+func contractNoRetryPastRecordAge(t *testing.T, be streamBackend) {
+	env := be.Setup(t, 1)
+	failed := false // guarded by the server's lock
+	fn := newFnServer(t, func(b *fnBatch) fnAnswer {
+		if a, ok := ageGate(b); ok {
+			return a
+		}
+		if !failed {
+			failed = true
+			// Answer once the old records are 62 s old (the young one 42 s).
+			oldest, _ := b.stamps()
+			return fnAnswer{Status: http.StatusInternalServerError, Sleep: max(0, oldest.Add(ageLimit+2*time.Second).Sub(b.At))}
+		}
+		return fnAnswer{}
+	})
+	source := uniqueName(t, "src")
+	cfg := env.Config(t, source, fn.URL(), map[string]any{"batch_size": 10, "max_record_age": "60s", "max_retry_attempts": 2})
+	p, recs := startAged(t, env, cfg, func(now time.Time) []produced {
+		if !now.IsZero() {
+			return env.Produce(t, 3, produceOpts{Timestamp: func(seq int) time.Time {
+				if seq < 2 {
+					return now.Add(-ageBackdate)
+				}
+				return now.Add(-ageBackdate + 20*time.Second)
+			}})
+		}
+		recs := env.Produce(t, 2, produceOpts{})
+		time.Sleep(20 * time.Second) // the third record is 20 s younger
+		return append(recs, env.Produce(t, 1, produceOpts{First: 2})...)
+	})
+	old, young := recs[:2], recs[2]
+
+	waitDelivered(t, fn, 1, time.Until(old[0].Timestamp.Add(ageLimit))+60*time.Second)
+	var letters []deadLetter
+	eventually(t, 30*time.Second, "the old records are dead-lettered", func() error {
+		if letters = env.DeadLetters(t); len(letters) < len(old) {
+			return fmt.Errorf("%d dead letters, want %d", len(letters), len(old))
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "the partition is committed to its end", func() error { return env.AllCommitted(t, source) })
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+
+	batches := fn.snapshot()
+	sentYoung(t, batches)
+	var invoked []*fnBatch
+	for _, b := range batches {
+		if b.Status != http.StatusTooManyRequests {
+			invoked = append(invoked, b)
+		}
+	}
+	if len(invoked) != 2 {
+		t.Fatalf("%d invocations besides the throttled tries, want 2 (the failed batch, the young record's retry): %+v", len(invoked), invoked)
+	}
+	if b := invoked[0]; b.Status != http.StatusInternalServerError || b.Attempt != 1 || len(b.Records) != 3 {
+		t.Errorf("first invocation: status %d, attempt %d, %d records; want 500, 1, all 3", b.Status, b.Attempt, len(b.Records))
+	}
+	if b := invoked[1]; b.Status != http.StatusOK || b.Attempt != 2 || len(b.Records) != 1 || b.Records[0].Offset != young.Offset {
+		t.Errorf("the retry: status %d, attempt %d, offsets %v; want 200, attempt 2, only the young record %d", b.Status, b.Attempt, b.offsets(), young.Offset)
+	}
+	letters = env.DeadLetters(t)
+	if len(letters) != len(old) {
+		t.Errorf("%d dead letters, want %d (the old records)", len(letters), len(old))
+	}
+	for _, dl := range letters {
+		e := dl.Env
+		if e.Condition != event.RecordAgeExceeded || e.Attempts != 1 || e.LastError.Status != http.StatusInternalServerError {
+			t.Errorf("record %d dead-lettered with %s after %d attempts, last error %+v; want RecordAgeExceeded after 1, the 500",
+				e.Record.Offset, e.Condition, e.Attempts, e.LastError)
+		}
+		if e.Record.Offset == young.Offset {
+			t.Errorf("the young record %d was dead-lettered", young.Offset)
+		}
+	}
+	skip := map[producedKey]bool{}
+	for _, r := range old {
+		skip[producedKey{r.Partition, r.Offset}] = true
+	}
+	checkDeliveries(t, batches, recs, skip)
 }

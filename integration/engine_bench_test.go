@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluicehq/sluice/consumer/kafka"
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -56,7 +57,7 @@ func BenchmarkThrottledResume(b *testing.B) {
 	}), 0)
 	w := shard.NewWorker(shard.ID{Source: "resume"}, shard.WorkerConfig{BatchSize: 1, MaxRecordAge: -1}, shard.Hooks{
 		Deliverer: &dispatch.StreamDeliverer{D: d, Source: "resume", Function: "fn",
-			Encode: func(recs []shard.Record) ([]byte, error) { return kafka.EncodeEvent("b:9092", recs) }},
+			Encode: event.EncoderFunc(func(recs []event.Record) ([]byte, error) { return kafka.EncodeEvent("b:9092", recs) })},
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	ctx, cancel := context.WithCancel(b.Context())
@@ -73,7 +74,7 @@ func BenchmarkThrottledResume(b *testing.B) {
 			hold <- err
 		}()
 		<-holding
-		w.Push([]shard.Record{{Topic: "t", Offset: int64(i), Timestamp: time.Now(), Value: []byte("v")}})
+		w.Push([]event.Record{{Topic: "t", Offset: int64(i), Timestamp: time.Now(), Value: []byte("v")}})
 		for w.Status().State != shard.StateThrottled {
 			time.Sleep(20 * time.Microsecond)
 		}
@@ -222,8 +223,8 @@ func BenchmarkMemoryPerShard(b *testing.B) {
 
 type noopDeliver struct{}
 
-func (noopDeliver) Deliver(context.Context, shard.Delivery) shard.Result {
-	return shard.Result{Outcome: shard.Delivered}
+func (noopDeliver) Deliver(context.Context, shard.Delivery) event.Result {
+	return event.Result{Outcome: event.Delivered}
 }
 
 // BenchmarkMemoryPerScope measures the memory of 10,000 active scopes: the

@@ -19,7 +19,7 @@ import (
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/consumer/kafka"
 	"github.com/sluicehq/sluice/dispatch"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // BenchmarkKafkaPipeline measures records/s through sluice in process — a
@@ -227,7 +227,7 @@ func benchSluice(b *testing.B, addr, topic string, n, batchSize int, o pipelineO
 	sc.Topic, sc.Function, sc.BatchSize = topic, fn, batchSize
 	deliverer := &dispatch.StreamDeliverer{
 		D: d, Source: name, Function: fn,
-		Encode: func(recs []shard.Record) ([]byte, error) { return kafka.EncodeEvent(addr, recs) },
+		Encode: event.EncoderFunc(func(recs []event.Record) ([]byte, error) { return kafka.EncodeEvent(addr, recs) }),
 	}
 	src, err := kafka.New(name, broker, sc, kafka.Options{
 		AsyncCommit:         o.async,
@@ -305,9 +305,9 @@ func BenchmarkKafkaPipelineHTTP(b *testing.B) {
 	// the same way, by partition.
 	bodies := make([][][]byte, partitions)
 	for p := range bodies {
-		var recs []shard.Record
+		var recs []event.Record
 		for seq := p; seq < records; seq += partitions {
-			recs = append(recs, shard.Record{Topic: topic, Partition: int32(p), Offset: int64(len(recs)),
+			recs = append(recs, event.Record{Topic: topic, Partition: int32(p), Offset: int64(len(recs)),
 				Timestamp: time.Now(), Key: fmt.Appendf(nil, "key-%d", seq%101), Value: fmt.Appendf(nil, "seq-%07d", seq)})
 		}
 		for len(recs) > 0 {

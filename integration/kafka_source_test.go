@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/consumer/kafka"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -40,7 +41,7 @@ type kafkaThrottlingFunction struct {
 	deliveries map[int32][]kafkaDelivery
 }
 
-func (f *kafkaThrottlingFunction) Deliver(ctx context.Context, d shard.Delivery) shard.Result {
+func (f *kafkaThrottlingFunction) Deliver(ctx context.Context, d shard.Delivery) event.Result {
 	now := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -50,14 +51,14 @@ func (f *kafkaThrottlingFunction) Deliver(ctx context.Context, d shard.Delivery)
 		}
 		if now.Sub(f.start) < f.window {
 			f.throttles++
-			return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled",
-				Error: shard.ErrorInfo{Kind: "throttled", Status: 429, Message: "429 Too Many Requests"}}
+			return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled",
+				Error: event.ErrorInfo{Kind: "throttled", Status: 429, Message: "429 Too Many Requests"}}
 		}
 	}
 	for _, r := range d.Records {
 		f.deliveries[r.Partition] = append(f.deliveries[r.Partition], kafkaDelivery{r.Offset, d.Attempt, now})
 	}
-	return shard.Result{Outcome: shard.Delivered}
+	return event.Result{Outcome: event.Delivered}
 }
 
 func (f *kafkaThrottlingFunction) snapshot() (start time.Time, throttles int, out map[int32][]kafkaDelivery) {
@@ -110,7 +111,7 @@ func TestKafkaSourceThrottledPartitionBlocksAlone(t *testing.T) {
 	wc := src.WorkerConfig("orders")
 	// Faster than the 1s..5m default, so the test does not wait for a
 	// backoff step past the window; the behaviour is the same.
-	wc.Backoff = shard.Backoff{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond, Multiplier: 2, Jitter: 0.2}
+	wc.Backoff = event.Backoff{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond, Multiplier: 2, Jitter: 0.2}
 	group := uniqueName(t, "sluice-it")
 	s, err := kafka.New("orders", consumer.KafkaConfig{Seeds: []string{addr}, ClientID: "sluice-it"}, src, kafka.Options{
 		Group:     group,
@@ -245,8 +246,8 @@ func TestKafkaWriterAndEnsureTopic(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	letters := []shard.Record{
-		{Key: []byte("k"), Value: []byte(`{"version":1}`), Headers: []shard.Header{{Key: "sluice-condition", Value: []byte("PermanentError")}}},
+	letters := []event.Record{
+		{Key: []byte("k"), Value: []byte(`{"version":1}`), Headers: []event.Header{{Key: "sluice-condition", Value: []byte("PermanentError")}}},
 		{Key: []byte("k"), Value: []byte(`{"version":1,"n":2}`)},
 	}
 	start := time.Now()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluicehq/sluice/consumer"
 	natssrc "github.com/sluicehq/sluice/consumer/nats"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -45,7 +46,7 @@ type natsThrottlingFunction struct {
 	deliveries map[int32][]natsDelivery
 }
 
-func (f *natsThrottlingFunction) Deliver(_ context.Context, d shard.Delivery) shard.Result {
+func (f *natsThrottlingFunction) Deliver(_ context.Context, d shard.Delivery) event.Result {
 	now := time.Now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -55,15 +56,15 @@ func (f *natsThrottlingFunction) Deliver(_ context.Context, d shard.Delivery) sh
 		}
 		if now.Sub(f.start) < f.window {
 			f.throttles++
-			return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled",
-				Error: shard.ErrorInfo{Kind: "throttled", Status: 429, Message: "429 Too Many Requests"}}
+			return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled",
+				Error: event.ErrorInfo{Kind: "throttled", Status: 429, Message: "429 Too Many Requests"}}
 		}
 	}
 	for _, r := range d.Records {
 		f.deliveries[r.Partition] = append(f.deliveries[r.Partition],
 			natsDelivery{r.Offset, string(r.Key), string(r.Value), d.Attempt, now})
 	}
-	return shard.Result{Outcome: shard.Delivered}
+	return event.Result{Outcome: event.Delivered}
 }
 
 func (f *natsThrottlingFunction) snapshot() (start time.Time, throttles int, out map[int32][]natsDelivery) {
@@ -154,7 +155,7 @@ func TestNatsSourceThrottledPartitionBlocksAlone(t *testing.T) {
 	src := consumer.DefaultSourceConfig(consumer.ModeStream)
 	src.Stream, src.Subject, src.Partitions, src.Function = stream, prefix+".*", partitions, "fn"
 	wc := src.WorkerConfig("clicks")
-	wc.Backoff = shard.Backoff{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond, Multiplier: 2, Jitter: 0.2}
+	wc.Backoff = event.Backoff{Initial: 100 * time.Millisecond, Max: 500 * time.Millisecond, Multiplier: 2, Jitter: 0.2}
 	fn := &natsThrottlingFunction{partition: throttled, window: window, deliveries: map[int32][]natsDelivery{}}
 	s, err := natssrc.NewStream("clicks", nc, src, natssrc.StreamOptions{
 		Worker:         wc,
@@ -445,8 +446,8 @@ func TestNatsWriterAndEnsureStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs := []shard.Record{
-		{Key: []byte("id1"), Value: []byte(`{"a":1}`), Headers: []shard.Header{{Key: "sluice-condition", Value: []byte("PermanentError")}}},
+	recs := []event.Record{
+		{Key: []byte("id1"), Value: []byte(`{"a":1}`), Headers: []event.Header{{Key: "sluice-condition", Value: []byte("PermanentError")}}},
 		{Key: []byte("id2"), Value: []byte(`{"a":2}`)},
 	}
 	if err := w.Append(ctx, recs); err != nil {

@@ -27,9 +27,11 @@
 //
 // Replay stops starting letters when its context ends and gives those in
 // flight a grace period to finish and be recorded, so an interrupted replay
-// run again continues where it stopped. The delivery itself is a function
-// cmd passes in (through the dispatcher, or to the source's topic), so this
-// package does not depend on dispatch.
+// run again continues where it stopped. Targets decides where a letter goes
+// back to (its function, as a one-record batch or the raw event, or its
+// source's topic or stream) over lookups the wiring in cmd passes in (the
+// dispatcher's deliverers, the brokers' writers), so this package does not
+// depend on dispatch or a broker.
 //
 // Gauges measures each destination (Measurer) for
 // sluice_dead_letter_stored_bytes and sluice_dead_letter_oldest_age_seconds,

@@ -12,7 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // FuzzDecodeEnvelope decodes arbitrary bytes as a dead letter. It must never
@@ -21,12 +21,12 @@ import (
 // and replays re-encode what they read).
 func FuzzDecodeEnvelope(f *testing.F) {
 	at := time.Date(2026, 5, 1, 12, 0, 0, 123456789, time.UTC)
-	valid, err := json.Marshal(NewEnvelope(shard.DeadLetter{
-		Source: "orders", Function: "thumbnail", Mode: "stream", Condition: shard.RetryAttemptsExhausted,
+	valid, err := json.Marshal(NewEnvelope(event.DeadLetter{
+		Source: "orders", Function: "thumbnail", Mode: "stream", Condition: event.RetryAttemptsExhausted,
 		Attempts: 3, FirstAttemptAt: at, LastAttemptAt: at.Add(time.Second),
-		LastError: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
-		Record: shard.Record{Topic: "orders", Partition: 2, Offset: 1234, Timestamp: at,
-			Key: []byte("k"), Value: []byte("v\x00\xff"), Headers: []shard.Header{{Key: "h", Value: []byte{0xfe}}}},
+		LastError: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
+		Record: event.Record{Topic: "orders", Partition: 2, Offset: 1234, Timestamp: at,
+			Key: []byte("k"), Value: []byte("v\x00\xff"), Headers: []event.Header{{Key: "h", Value: []byte{0xfe}}}},
 	}))
 	if err != nil {
 		f.Fatal(err)
@@ -93,20 +93,20 @@ func FuzzEnvelopeRoundTrip(f *testing.F) {
 			return // never dead-lettered without them
 		}
 		at := time.Unix(0, nanos).UTC()
-		dl := shard.DeadLetter{Source: source, Function: function, Mode: mode, Condition: shard.Condition(condition),
+		dl := event.DeadLetter{Source: source, Function: function, Mode: mode, Condition: event.Condition(condition),
 			Attempts: attempts, FirstAttemptAt: at, LastAttemptAt: at.Add(time.Second),
-			LastError: shard.ErrorInfo{Kind: kind, Status: status, Message: message},
-			Record: shard.Record{Topic: topic, Subject: subject, Partition: partition, Offset: offset, Timestamp: at,
+			LastError: event.ErrorInfo{Kind: event.ErrorKind(kind), Status: status, Message: message},
+			Record: event.Record{Topic: topic, Subject: subject, Partition: partition, Offset: offset, Timestamp: at,
 				Key: key, Value: value}}
 		if hkey != "" {
-			dl.Record.Headers = []shard.Header{{Key: hkey, Value: hval}}
+			dl.Record.Headers = []event.Header{{Key: hkey, Value: hval}}
 		}
 		e := NewEnvelope(dl)
 		if e.ID == "" || len(e.ID) != 24 {
 			t.Fatalf("id %q, want 24 hex digits", e.ID)
 		}
 		other := dl
-		other.Attempts, other.LastError, other.Record.Value = attempts+1, shard.ErrorInfo{Kind: "other"}, append(value, 'x')
+		other.Attempts, other.LastError, other.Record.Value = attempts+1, event.ErrorInfo{Kind: "other"}, append(value, 'x')
 		if NewEnvelope(other).ID != e.ID {
 			t.Fatalf("the id changed with the attempts, the error or the value")
 		}
@@ -122,11 +122,12 @@ func FuzzEnvelopeRoundTrip(f *testing.F) {
 		// field comes back as U+FFFD. Key, value and header values are
 		// base64 and come back byte for byte.
 		want := e
-		for _, s := range []*string{&want.Source, &want.Function, &want.Mode, &want.LastError.Kind, &want.LastError.Message,
+		for _, s := range []*string{&want.Source, &want.Function, &want.Mode, &want.LastError.Message,
 			&want.Record.Topic, &want.Record.Subject} {
 			*s = validUTF8(*s)
 		}
-		want.Condition = shard.Condition(validUTF8(string(want.Condition)))
+		want.Condition = event.Condition(validUTF8(string(want.Condition)))
+		want.LastError.Kind = event.ErrorKind(validUTF8(string(want.LastError.Kind)))
 		for i := range want.Record.Headers {
 			want.Record.Headers[i].Key = validUTF8(want.Record.Headers[i].Key)
 		}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // HeaderResolved marks a resolution record: a small record appended to a
@@ -23,7 +23,7 @@ const HeaderResolved = "sluice-resolved"
 // returns), or when ctx ends. consumer/kafka.Reader and consumer/nats.Reader
 // implement it.
 type Reader interface {
-	Scan(ctx context.Context, fn func(shard.Record) error) error
+	Scan(ctx context.Context, fn func(event.Record) error) error
 }
 
 // Letter is one dead letter as the destination holds it now: the latest of
@@ -74,7 +74,7 @@ type resolution struct {
 func Load(ctx context.Context, dest string, r Reader) (*Index, error) {
 	idx := &Index{Destination: dest}
 	byID := map[string]*Letter{}
-	err := r.Scan(ctx, func(rec shard.Record) error {
+	err := r.Scan(ctx, func(rec event.Record) error {
 		if id := headerValue(rec.Headers, HeaderResolved); id != "" {
 			var res resolution
 			at := rec.Timestamp
@@ -134,7 +134,7 @@ func (idx *Index) Find(id string) *Letter {
 type Filter struct {
 	Source    string
 	Function  string
-	Condition shard.Condition
+	Condition event.Condition
 	// Since and Until bound DeadLetteredAt: Since ≤ t < Until.
 	Since, Until time.Time
 }
@@ -170,26 +170,26 @@ func (idx *Index) Select(f Filter) (pending, resolved []*Letter) {
 }
 
 // Conditions are the dead-letter conditions, for flag checks and help.
-var Conditions = []shard.Condition{
-	shard.RetryAttemptsExhausted, shard.RecordAgeExceeded, shard.EventAgeExceeded,
-	shard.PermanentError, shard.RecordTooLarge,
+var Conditions = []event.Condition{
+	event.RetryAttemptsExhausted, event.RecordAgeExceeded, event.EventAgeExceeded,
+	event.PermanentError, event.RecordTooLarge,
 }
 
 // IsCondition reports whether c is one of Conditions.
-func IsCondition(c shard.Condition) bool { return slices.Contains(Conditions, c) }
+func IsCondition(c event.Condition) bool { return slices.Contains(Conditions, c) }
 
 // letterRecord is the record that stores envelope e: its id as the key (so
 // every record of a letter lands in one partition or subject) and the SPEC §4
 // broker headers.
-func letterRecord(e *Envelope) (shard.Record, error) {
+func letterRecord(e *Envelope) (event.Record, error) {
 	body, err := json.Marshal(e)
 	if err != nil {
-		return shard.Record{}, fmt.Errorf("retention: encode dead letter: %w", err)
+		return event.Record{}, fmt.Errorf("retention: encode dead letter: %w", err)
 	}
-	return shard.Record{
+	return event.Record{
 		Key:   []byte(e.ID),
 		Value: body,
-		Headers: []shard.Header{
+		Headers: []event.Header{
 			{Key: HeaderCondition, Value: []byte(e.Condition)},
 			{Key: HeaderSource, Value: []byte(e.Source)},
 			{Key: HeaderFunction, Value: []byte(e.Function)},
@@ -198,12 +198,12 @@ func letterRecord(e *Envelope) (shard.Record, error) {
 }
 
 // resolutionRecord is the record that marks e resolved by a replay to to.
-func resolutionRecord(e *Envelope, to string, at time.Time) shard.Record {
+func resolutionRecord(e *Envelope, to string, at time.Time) event.Record {
 	body, _ := json.Marshal(resolution{Version: EnvelopeVersion, Resolved: e.ID, At: at.UTC(), To: to}) // plain strings and a time: cannot fail
-	return shard.Record{
+	return event.Record{
 		Key:   []byte(e.ID),
 		Value: body,
-		Headers: []shard.Header{
+		Headers: []event.Header{
 			{Key: HeaderResolved, Value: []byte(e.ID)},
 			{Key: HeaderCondition, Value: []byte(e.Condition)},
 			{Key: HeaderSource, Value: []byte(e.Source)},
@@ -212,7 +212,7 @@ func resolutionRecord(e *Envelope, to string, at time.Time) shard.Record {
 	}
 }
 
-func headerValue(hs []shard.Header, key string) string {
+func headerValue(hs []event.Header, key string) string {
 	for _, h := range hs {
 		// Case-insensitive: a broker's client may canonicalize header names.
 		if strings.EqualFold(h.Key, key) {

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // A resolution covers the failures before it, not a new failure of the same
@@ -17,7 +17,7 @@ func TestLoadNewFailureAfterResolutionIsPending(t *testing.T) {
 	fill(t, d, 1)
 	e := load(t, d).Letters[0].Envelope
 	resolvedAt := e.LastAttemptAt.Add(time.Hour)
-	_ = d.Append(context.Background(), []shard.Record{resolutionRecord(e, ToFunction, resolvedAt)})
+	_ = d.Append(context.Background(), []event.Record{resolutionRecord(e, ToFunction, resolvedAt)})
 	if l := load(t, d).Letters[0]; !l.Resolved {
 		t.Fatal("the letter is not resolved after its resolution")
 	}
@@ -28,7 +28,7 @@ func TestLoadNewFailureAfterResolutionIsPending(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = d.Append(context.Background(), []shard.Record{rec})
+	_ = d.Append(context.Background(), []event.Record{rec})
 	idx := load(t, d)
 	if len(idx.Letters) != 1 {
 		t.Fatalf("%d letters, want 1", len(idx.Letters))
@@ -40,7 +40,7 @@ func TestLoadNewFailureAfterResolutionIsPending(t *testing.T) {
 		t.Fatalf("%d pending, want 1", len(pending))
 	}
 	// And a replay that delivers it resolves it again.
-	_ = d.Append(context.Background(), []shard.Record{resolutionRecord(&again, ToFunction, again.LastAttemptAt.Add(time.Minute))})
+	_ = d.Append(context.Background(), []event.Record{resolutionRecord(&again, ToFunction, again.LastAttemptAt.Add(time.Minute))})
 	if l := load(t, d).Letters[0]; !l.Resolved {
 		t.Fatal("the second resolution did not resolve it")
 	}

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // Replay targets: where `sluice dlq replay --to` sends a letter.
@@ -37,7 +37,7 @@ type ReplayOptions struct {
 	// Deliver sends one letter (to its function or its source) and reports
 	// the outcome like a shard.Deliverer: Delivered, Throttled (retried after
 	// RetryAfter, no attempt consumed), anything else is a failure.
-	Deliver func(ctx context.Context, e *Envelope) shard.Result
+	Deliver func(ctx context.Context, e *Envelope) event.Result
 	// To is ToFunction or ToSource, recorded in resolution records.
 	To string
 	// Rate caps deliveries per second; 0 is no cap.
@@ -172,10 +172,10 @@ feed:
 // replay was interrupted before e's outcome was known (nothing recorded:
 // a re-run tries it again).
 func replayOne(work, outer context.Context, e *Envelope, app Appender, opts ReplayOptions) (done bool, err error) {
-	var res shard.Result
+	var res event.Result
 	for throttles := 0; ; throttles++ {
 		res = opts.Deliver(work, e)
-		if res.Outcome != shard.Throttled {
+		if res.Outcome != event.Throttled {
 			break
 		}
 		if work.Err() != nil || outer.Err() != nil {
@@ -192,7 +192,7 @@ func replayOne(work, outer context.Context, e *Envelope, app Appender, opts Repl
 		}
 	}
 	now := opts.Now()
-	if res.Outcome == shard.Delivered {
+	if res.Outcome == event.Delivered {
 		if err := appendRetried(work, app, resolutionRecord(e, opts.To, now)); err != nil {
 			return true, fmt.Errorf("retention: letter %s was delivered but its resolution was not recorded (a re-run delivers it again): %w", e.ID, err)
 		}
@@ -219,10 +219,10 @@ func replayOne(work, outer context.Context, e *Envelope, app Appender, opts Repl
 
 // appendRetried appends rec, trying up to three times: a lost resolution
 // means a duplicate delivery on the next run.
-func appendRetried(ctx context.Context, app Appender, rec shard.Record) error {
+func appendRetried(ctx context.Context, app Appender, rec event.Record) error {
 	var err error
 	for i := range 3 {
-		if err = app.Append(ctx, []shard.Record{rec}); err == nil || ctx.Err() != nil {
+		if err = app.Append(ctx, []event.Record{rec}); err == nil || ctx.Err() != nil {
 			return err
 		}
 		select {
@@ -234,12 +234,12 @@ func appendRetried(ctx context.Context, app Appender, rec shard.Record) error {
 	return err
 }
 
-func describe(e shard.ErrorInfo) string {
+func describe(e event.ErrorInfo) string {
 	if e.Status != 0 {
 		return fmt.Sprintf("%s %d: %s", e.Kind, e.Status, e.Message)
 	}
 	if e.Kind != "" {
-		return e.Kind + ": " + e.Message
+		return string(e.Kind) + ": " + e.Message
 	}
 	return e.Message
 }

@@ -12,23 +12,23 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // memDest is a dead-letter destination in memory: an Appender and a Reader
 // over one log, stamped with a fake clock.
 type memDest struct {
 	mu   sync.Mutex // guards recs and now
-	recs []shard.Record
+	recs []event.Record
 	now  time.Time
-	fail func(shard.Record) error // Append fails for records it returns an error for
+	fail func(event.Record) error // Append fails for records it returns an error for
 }
 
 func newMemDest() *memDest {
 	return &memDest{now: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
 }
 
-func (m *memDest) Append(_ context.Context, recs []shard.Record) error {
+func (m *memDest) Append(_ context.Context, recs []event.Record) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, r := range recs {
@@ -45,9 +45,9 @@ func (m *memDest) Append(_ context.Context, recs []shard.Record) error {
 	return nil
 }
 
-func (m *memDest) Scan(ctx context.Context, fn func(shard.Record) error) error {
+func (m *memDest) Scan(ctx context.Context, fn func(event.Record) error) error {
 	m.mu.Lock()
-	recs := append([]shard.Record(nil), m.recs...)
+	recs := append([]event.Record(nil), m.recs...)
 	m.mu.Unlock()
 	for _, r := range recs {
 		if err := ctx.Err(); err != nil {
@@ -79,11 +79,11 @@ func fill(t *testing.T, d *memDest, n int) {
 	m, _ := NewStoreMetrics(nil)
 	s := NewStore("dead", d, m)
 	for i := range n {
-		l := letter(int64(i), shard.RetryAttemptsExhausted)
+		l := letter(int64(i), event.RetryAttemptsExhausted)
 		if i%3 == 2 {
-			l.Source, l.Function, l.Condition = "payments", "billing", shard.PermanentError
+			l.Source, l.Function, l.Condition = "payments", "billing", event.PermanentError
 		}
-		if err := s.DeadLetter(context.Background(), []shard.DeadLetter{l}); err != nil {
+		if err := s.DeadLetter(context.Background(), []event.DeadLetter{l}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -101,7 +101,7 @@ func load(t *testing.T, d *memDest) *Index {
 func TestLoadAndFilter(t *testing.T) {
 	d := newMemDest()
 	fill(t, d, 9)
-	_ = d.Append(context.Background(), []shard.Record{{Key: []byte("x"), Value: []byte("not json")}})
+	_ = d.Append(context.Background(), []event.Record{{Key: []byte("x"), Value: []byte("not json")}})
 	idx := load(t, d)
 	if len(idx.Letters) != 9 || idx.Malformed != 1 {
 		t.Fatalf("%d letters, %d malformed; want 9, 1", len(idx.Letters), idx.Malformed)
@@ -115,8 +115,8 @@ func TestLoadAndFilter(t *testing.T) {
 		{"all", Filter{}, 9},
 		{"source", Filter{Source: "payments"}, 3},
 		{"function", Filter{Function: "thumbnail"}, 6},
-		{"condition", Filter{Condition: shard.PermanentError}, 3},
-		{"source and condition", Filter{Source: "orders", Condition: shard.PermanentError}, 0},
+		{"condition", Filter{Condition: event.PermanentError}, 3},
+		{"source and condition", Filter{Source: "orders", Condition: event.PermanentError}, 0},
 		{"since (inclusive)", Filter{Since: t0.Add(3 * time.Second)}, 6},
 		{"until (exclusive)", Filter{Until: t0.Add(3 * time.Second)}, 3},
 		{"window", Filter{Since: t0.Add(time.Second), Until: t0.Add(4 * time.Second)}, 3},
@@ -147,12 +147,12 @@ func TestReplayRecordsOutcomes(t *testing.T) {
 
 	// Letters of payments fail; orders succeed.
 	var delivered atomic.Int64
-	deliver := func(_ context.Context, e *Envelope) shard.Result {
+	deliver := func(_ context.Context, e *Envelope) event.Result {
 		if e.Source == "payments" {
-			return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "status", Status: 500, Message: "still broken"}}
+			return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 500, Message: "still broken"}}
 		}
 		delivered.Add(1)
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}
 	var progressCalls int
 	sum := Replay(context.Background(), pending, d, ReplayOptions{Deliver: deliver, Parallel: 4,
@@ -198,7 +198,7 @@ func TestReplayInterruptedContinues(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var mu sync.Mutex
 	seen := map[string]int{}
-	deliver := func(ctx context.Context, e *Envelope) shard.Result {
+	deliver := func(ctx context.Context, e *Envelope) event.Result {
 		mu.Lock()
 		seen[e.ID]++
 		n := len(seen)
@@ -210,7 +210,7 @@ func TestReplayInterruptedContinues(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Error("an in-flight delivery was cancelled instead of being allowed to finish")
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}
 	pending, _ := load(t, d).Select(Filter{})
 	sum := Replay(ctx, pending, d, ReplayOptions{Deliver: deliver, Parallel: 4})
@@ -237,11 +237,11 @@ func TestReplayThrottleRetriesAndRate(t *testing.T) {
 	fill(t, d, 5)
 	pending, _ := load(t, d).Select(Filter{})
 	var calls atomic.Int64
-	deliver := func(context.Context, *Envelope) shard.Result {
+	deliver := func(context.Context, *Envelope) event.Result {
 		if calls.Add(1) == 1 {
-			return shard.Result{Outcome: shard.Throttled, RetryAfter: 10 * time.Millisecond}
+			return event.Result{Outcome: event.Throttled, RetryAfter: 10 * time.Millisecond}
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}
 	start := time.Now()
 	sum := Replay(context.Background(), pending, d, ReplayOptions{Deliver: deliver, Rate: 20})
@@ -259,14 +259,14 @@ func TestReplayResolutionNotWritten(t *testing.T) {
 	d := newMemDest()
 	fill(t, d, 1)
 	pending, _ := load(t, d).Select(Filter{})
-	d.fail = func(r shard.Record) error {
+	d.fail = func(r event.Record) error {
 		if headerValue(r.Headers, HeaderResolved) != "" {
 			return fmt.Errorf("broker down")
 		}
 		return nil
 	}
 	sum := Replay(context.Background(), pending, d, ReplayOptions{
-		Deliver: func(context.Context, *Envelope) shard.Result { return shard.Result{Outcome: shard.Delivered} }})
+		Deliver: func(context.Context, *Envelope) event.Result { return event.Result{Outcome: event.Delivered} }})
 	if sum.Failed != 1 || !strings.Contains(sum.Failures[0].Error(), "resolution was not recorded") {
 		t.Fatalf("%+v: a delivery whose resolution was lost must count as failed", sum)
 	}
@@ -276,9 +276,9 @@ func TestLoadResolutionIsFinal(t *testing.T) {
 	d := newMemDest()
 	fill(t, d, 1)
 	e := load(t, d).Letters[0].Envelope
-	_ = d.Append(context.Background(), []shard.Record{resolutionRecord(e, ToFunction, time.Now())})
+	_ = d.Append(context.Background(), []event.Record{resolutionRecord(e, ToFunction, time.Now())})
 	rec, _ := letterRecord(e) // a late duplicate of the original write
-	_ = d.Append(context.Background(), []shard.Record{rec})
+	_ = d.Append(context.Background(), []event.Record{rec})
 	if l := load(t, d).Letters[0]; !l.Resolved {
 		t.Fatal("a duplicate envelope after the resolution made the letter pending again")
 	}

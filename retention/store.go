@@ -12,7 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // EnvelopeVersion is the version of the dead-letter envelope this package
@@ -34,11 +34,11 @@ type Envelope struct {
 	Source         string          `json:"source"`
 	Function       string          `json:"function"`
 	Mode           string          `json:"mode"`
-	Condition      shard.Condition `json:"condition"`
+	Condition      event.Condition `json:"condition"`
 	Attempts       int             `json:"attempts"`
 	FirstAttemptAt time.Time       `json:"firstAttemptAt"`
 	LastAttemptAt  time.Time       `json:"lastAttemptAt"`
-	LastError      shard.ErrorInfo `json:"lastError"`
+	LastError      event.ErrorInfo `json:"lastError"`
 	Record         EnvelopeRecord  `json:"record"`
 	Replays        int             `json:"replays"`
 }
@@ -65,7 +65,7 @@ type EnvelopeHeader struct {
 // NewEnvelope wraps a dead letter. Its ID is derived from the record's
 // coordinates and the condition, so the same record dead-lettered twice (a
 // redelivery after a crash) carries the same ID and a replay can skip it.
-func NewEnvelope(dl shard.DeadLetter) Envelope {
+func NewEnvelope(dl event.DeadLetter) Envelope {
 	r := dl.Record
 	e := Envelope{
 		Version: EnvelopeVersion, Source: dl.Source, Function: dl.Function, Mode: dl.Mode,
@@ -103,11 +103,11 @@ func DecodeEnvelope(b []byte) (*Envelope, error) {
 // JetStream stream): Append returns nil only once every record is
 // acknowledged by the broker. consumer/kafka.Writer implements it.
 type Appender interface {
-	Append(ctx context.Context, recs []shard.Record) error
+	Append(ctx context.Context, recs []event.Record) error
 }
 
 // Store writes dead letters to one destination. It implements
-// shard.DeadLetterer.
+// event.DeadLetterer.
 type Store struct {
 	name    string
 	app     Appender
@@ -115,7 +115,7 @@ type Store struct {
 	errs    prometheus.Counter
 }
 
-var _ shard.DeadLetterer = (*Store)(nil)
+var _ event.DeadLetterer = (*Store)(nil)
 
 // StoreMetrics are the dead-letter counters shared by every Store of a
 // process.
@@ -146,6 +146,15 @@ func NewStoreMetrics(reg prometheus.Registerer) (*StoreMetrics, error) {
 	return m, nil
 }
 
+// Init creates the sluice_dead_letters_total series of source at zero, one
+// per condition, so that an alert on their rate has series before the first
+// dead letter.
+func (m *StoreMetrics) Init(source string, conds ...event.Condition) {
+	for _, c := range conds {
+		m.letters.WithLabelValues(source, string(c))
+	}
+}
+
 // NewStore returns a Store writing to destination name through app.
 func NewStore(name string, app Appender, m *StoreMetrics) *Store {
 	return &Store{name: name, app: app, letters: m.letters, errs: m.errs.WithLabelValues(name)}
@@ -153,18 +162,18 @@ func NewStore(name string, app Appender, m *StoreMetrics) *Store {
 
 // DeadLetter writes one envelope per letter and returns nil once all are
 // acknowledged.
-func (s *Store) DeadLetter(ctx context.Context, letters []shard.DeadLetter) error {
-	recs := make([]shard.Record, len(letters))
+func (s *Store) DeadLetter(ctx context.Context, letters []event.DeadLetter) error {
+	recs := make([]event.Record, len(letters))
 	for i, dl := range letters {
 		e := NewEnvelope(dl)
 		body, err := json.Marshal(e)
 		if err != nil {
 			return fmt.Errorf("retention: encode dead letter: %w", err)
 		}
-		recs[i] = shard.Record{
+		recs[i] = event.Record{
 			Key:   []byte(e.ID),
 			Value: body,
-			Headers: []shard.Header{
+			Headers: []event.Header{
 				{Key: HeaderCondition, Value: []byte(dl.Condition)},
 				{Key: HeaderSource, Value: []byte(dl.Source)},
 				{Key: HeaderFunction, Value: []byte(dl.Function)},

@@ -9,15 +9,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 type fakeAppender struct {
 	err  error
-	recs []shard.Record
+	recs []event.Record
 }
 
-func (f *fakeAppender) Append(_ context.Context, recs []shard.Record) error {
+func (f *fakeAppender) Append(_ context.Context, recs []event.Record) error {
 	if f.err != nil {
 		return f.err
 	}
@@ -25,14 +25,14 @@ func (f *fakeAppender) Append(_ context.Context, recs []shard.Record) error {
 	return nil
 }
 
-func letter(off int64, cond shard.Condition) shard.DeadLetter {
+func letter(off int64, cond event.Condition) event.DeadLetter {
 	at := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
-	return shard.DeadLetter{
+	return event.DeadLetter{
 		Source: "orders", Function: "thumbnail", Mode: "stream", Condition: cond, Attempts: 3,
 		FirstAttemptAt: at, LastAttemptAt: at.Add(time.Minute),
-		LastError: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
-		Record: shard.Record{Topic: "orders", Partition: 2, Offset: off, Timestamp: at.Add(-time.Hour),
-			Key: []byte("k"), Value: []byte{0, 1, 0xff}, Headers: []shard.Header{{Key: "tenant", Value: []byte("acme")}}},
+		LastError: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
+		Record: event.Record{Topic: "orders", Partition: 2, Offset: off, Timestamp: at.Add(-time.Hour),
+			Key: []byte("k"), Value: []byte{0, 1, 0xff}, Headers: []event.Header{{Key: "tenant", Value: []byte("acme")}}},
 	}
 }
 
@@ -44,7 +44,7 @@ func TestStoreWritesEnvelopes(t *testing.T) {
 	}
 	app := &fakeAppender{}
 	s := NewStore("dead", app, m)
-	if err := s.DeadLetter(context.Background(), []shard.DeadLetter{letter(7, shard.RetryAttemptsExhausted), letter(8, shard.RecordAgeExceeded)}); err != nil {
+	if err := s.DeadLetter(context.Background(), []event.DeadLetter{letter(7, event.RetryAttemptsExhausted), letter(8, event.RecordAgeExceeded)}); err != nil {
 		t.Fatal(err)
 	}
 	if len(app.recs) != 2 {
@@ -54,9 +54,9 @@ func TestStoreWritesEnvelopes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := letter(7, shard.RetryAttemptsExhausted)
+	want := letter(7, event.RetryAttemptsExhausted)
 	if e.Version != 1 || e.Source != "orders" || e.Function != "thumbnail" || e.Mode != "stream" ||
-		e.Condition != shard.RetryAttemptsExhausted || e.Attempts != 3 || e.Replays != 0 ||
+		e.Condition != event.RetryAttemptsExhausted || e.Attempts != 3 || e.Replays != 0 ||
 		!e.FirstAttemptAt.Equal(want.FirstAttemptAt) || e.LastError != want.LastError ||
 		e.Record.Offset != 7 || e.Record.Partition != 2 || string(e.Record.Value) != "\x00\x01\xff" ||
 		len(e.Record.Headers) != 1 || string(e.Record.Headers[0].Value) != "acme" {
@@ -72,10 +72,10 @@ func TestStoreWritesEnvelopes(t *testing.T) {
 	if hdr[HeaderCondition] != "RetryAttemptsExhausted" || hdr[HeaderSource] != "orders" || hdr[HeaderFunction] != "thumbnail" {
 		t.Fatalf("broker headers %v", hdr)
 	}
-	if again := NewEnvelope(letter(7, shard.RetryAttemptsExhausted)); again.ID != e.ID {
+	if again := NewEnvelope(letter(7, event.RetryAttemptsExhausted)); again.ID != e.ID {
 		t.Fatal("the same record dead-lettered twice got two ids")
 	}
-	if other := NewEnvelope(letter(8, shard.RetryAttemptsExhausted)); other.ID == e.ID {
+	if other := NewEnvelope(letter(8, event.RetryAttemptsExhausted)); other.ID == e.ID {
 		t.Fatal("two records share an id")
 	}
 	if v := testutil.ToFloat64(m.letters.WithLabelValues("orders", "RecordAgeExceeded")); v != 1 {
@@ -86,7 +86,7 @@ func TestStoreWritesEnvelopes(t *testing.T) {
 func TestStoreReportsWriteFailure(t *testing.T) {
 	m, _ := NewStoreMetrics(nil)
 	s := NewStore("dead", &fakeAppender{err: errors.New("UNKNOWN_TOPIC_OR_PARTITION")}, m)
-	err := s.DeadLetter(context.Background(), []shard.DeadLetter{letter(1, shard.PermanentError)})
+	err := s.DeadLetter(context.Background(), []event.DeadLetter{letter(1, event.PermanentError)})
 	if err == nil {
 		t.Fatal("a failed write returned nil: the shard would move past records that were not stored")
 	}

@@ -5,39 +5,12 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math"
-	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/event"
+	"github.com/sluicehq/sluice/redelivery"
 )
-
-// Backoff bounds the waits between retries of a batch: Initial, multiplied by
-// Multiplier after each retry up to Max, each wait spread by ±Jitter.
-type Backoff struct {
-	Initial    time.Duration
-	Max        time.Duration
-	Multiplier float64
-	Jitter     float64
-}
-
-// Delay returns the wait before retry number n (1-based): a pure function of
-// n and a random draw r in [0,1), so it can be table-tested.
-func (b Backoff) Delay(n int, r float64) time.Duration {
-	if b.Initial <= 0 {
-		b.Initial = time.Second
-	}
-	if b.Max < b.Initial {
-		b.Max = b.Initial
-	}
-	if b.Multiplier < 1 {
-		b.Multiplier = 1
-	}
-	d := float64(b.Initial) * math.Pow(b.Multiplier, float64(max(0, n-1)))
-	d = min(d, float64(b.Max))
-	if b.Jitter > 0 {
-		d *= 1 + b.Jitter*(2*r-1)
-	}
-	return time.Duration(d)
-}
 
 // WorkerConfig is how one shard delivers: SPEC §2.1's settings.
 type WorkerConfig struct {
@@ -52,7 +25,7 @@ type WorkerConfig struct {
 	MaxRetryAttempts      int           // -1: infinite
 	MaxRecordAge          time.Duration // < 0 (or 0): infinite
 	BisectOnError         bool
-	Backoff               Backoff
+	Backoff               event.Backoff
 	// Buffer is how many records a shard may hold before it asks its source
 	// to stop fetching (default 2 × BatchSize × ParallelizationFactor, at
 	// least 500).
@@ -70,12 +43,12 @@ type Hooks struct {
 	Deliverer Deliverer
 	// DeadLetterer stores undeliverable records; nil means the records are
 	// dropped, counted and logged (a source without on_failure).
-	DeadLetterer DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Commit moves the shard's checkpoint: every record up to and including
 	// last was delivered or durably dead-lettered. Called from a lane's
 	// goroutine, serialized and in offset order, never for a record twice. It
 	// may block (e.g. until the broker confirms): the lane's next batch waits.
-	Commit func(last Record)
+	Commit func(last event.Record)
 	// Pause asks the source to stop (true) or restart (false) fetching this
 	// shard. Called on changes only, from the source's Push or the worker.
 	Pause  func(paused bool)
@@ -108,11 +81,12 @@ type Status struct {
 // in flight, and the checkpoint moves to just before the lowest unfinished
 // record of all lanes.
 type Worker struct {
-	id  ID
-	cfg WorkerConfig
-	h   Hooks
-	log *slog.Logger
-	now func() time.Time
+	id     ID
+	cfg    WorkerConfig
+	policy redelivery.Policy // what follows each delivery; from cfg
+	h      Hooks
+	log    *slog.Logger
+	now    func() time.Time
 
 	wake chan struct{} // capacity 1: a pending "records arrived" signal, never blocks Push
 
@@ -126,7 +100,7 @@ type Worker struct {
 	// was given, in order, without copying them (a source pushes thousands
 	// of records per poll; take hands out sub-slices of them). bufLen and
 	// bufBytes are its record count and estimated size.
-	buf      [][]Record
+	buf      [][]event.Record
 	bufLen   int
 	bufBytes int64
 	inflight int       // records taken by lanes, not yet checkpointed
@@ -140,7 +114,7 @@ type Worker struct {
 }
 
 type pendingRec struct {
-	rec  Record
+	rec  event.Record
 	done bool
 }
 
@@ -193,6 +167,10 @@ func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
 		now:  h.Now,
 		wake: make(chan struct{}, 1),
 	}
+	w.policy = redelivery.Policy{
+		MaxAttempts: cfg.MaxRetryAttempts, MaxAge: cfg.MaxRecordAge, AgeCondition: event.RecordAgeExceeded,
+		Bisect: cfg.BisectOnError, Backoff: cfg.Backoff,
+	}
 	w.status = Status{Shard: id, State: StateIdle, Since: w.now(), Position: -1}
 	return w
 }
@@ -201,7 +179,7 @@ func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
 // the worker holds Buffer records (or BufferBytes) or more it asks the source
 // to pause. The worker keeps recs itself: the caller must not modify it
 // afterwards.
-func (w *Worker) Push(recs []Record) {
+func (w *Worker) Push(recs []event.Record) {
 	if len(recs) == 0 {
 		return
 	}
@@ -285,13 +263,13 @@ func (w *Worker) Run(ctx context.Context) {
 		w.runLane(ctx, nil)
 		return
 	}
-	lanes := make([]chan []Record, n)
+	lanes := make([]chan []event.Record, n)
 	var wg sync.WaitGroup
 	for i := range lanes {
 		// Capacity 1: the router hands a lane its next batch while the lane
 		// delivers the current one; the router then waits for that lane, which
 		// bounds in-flight records to two batches per lane.
-		lanes[i] = make(chan []Record, 1)
+		lanes[i] = make(chan []event.Record, 1)
 		wg.Go(func() { w.runLane(ctx, lanes[i]) })
 	}
 	w.route(ctx, lanes)
@@ -303,7 +281,7 @@ func (w *Worker) Run(ctx context.Context) {
 
 // route spreads buffered records over lanes by key, keeping each key's
 // records in order, in batches of at most BatchSize.
-func (w *Worker) route(ctx context.Context, lanes []chan []Record) {
+func (w *Worker) route(ctx context.Context, lanes []chan []event.Record) {
 	n := len(lanes)
 	for {
 		recs, ok := w.take(ctx, w.cfg.BatchSize*n, math.MaxInt64)
@@ -315,7 +293,7 @@ func (w *Worker) route(ctx context.Context, lanes []chan []Record) {
 			w.pending = append(w.pending, pendingRec{rec: r})
 		}
 		w.mu.Unlock()
-		parts := make([][]Record, n)
+		parts := make([][]event.Record, n)
 		for _, r := range recs {
 			i := laneOf(r.Key, n)
 			parts[i] = append(parts[i], r)
@@ -343,7 +321,7 @@ func laneOf(key []byte, n int) int {
 // take waits for records and returns up to maxRecs of them, within maxBytes
 // (at least one record), once there are enough or the batching window since
 // the first one has passed. It reports false when ctx ended.
-func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]Record, bool) {
+func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]event.Record, bool) {
 	var window <-chan time.Time
 	windowOver := w.cfg.BatchingWindow <= 0
 	for {
@@ -387,9 +365,9 @@ func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]Recor
 // after it. (A pushed slice's array lives until its last record is taken
 // and that batch ends: a shard may hold, beyond its counted records, the
 // delivered part of one pushed slice, at most one fetch's share.)
-func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]Record, int64) {
+func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]event.Record, int64) {
 	var (
-		out  []Record
+		out  []event.Record
 		size int64
 	)
 	for len(w.buf) > 0 && len(out) < maxRecs {
@@ -407,7 +385,7 @@ func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]Record, int64) {
 		case out == nil && (k < len(head) || len(w.buf) == 1 || k == maxRecs):
 			out = head[:k:k] // the whole batch is in this slice
 		case out == nil:
-			out = make([]Record, 0, min(maxRecs, w.bufLen))
+			out = make([]event.Record, 0, min(maxRecs, w.bufLen))
 			fallthrough
 		default:
 			out = append(out, head[:k]...)
@@ -430,9 +408,9 @@ func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]Record, int64) {
 // runLane delivers batches one at a time, in order. With in == nil it takes
 // records from the buffer itself (ParallelizationFactor 1); otherwise it
 // delivers what the router sends it.
-func (w *Worker) runLane(ctx context.Context, in <-chan []Record) {
+func (w *Worker) runLane(ctx context.Context, in <-chan []event.Record) {
 	for {
-		var recs []Record
+		var recs []event.Record
 		if in == nil {
 			var ok bool
 			if recs, ok = w.take(ctx, w.cfg.BatchSize, w.cfg.MaxBatchBytes); !ok {
@@ -451,7 +429,7 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []Record) {
 		}
 		for _, b := range splitBytes(recs, w.cfg.MaxBatchBytes) {
 			l := &lane{w: w}
-			if !l.process(ctx, b, &attempts{}) {
+			if !l.process(ctx, b, &redelivery.State{}) {
 				return // ctx ended: nothing more is checkpointed; the source redelivers
 			}
 			l.setBlocked(false)
@@ -462,8 +440,8 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []Record) {
 
 // splitBytes cuts recs into runs whose estimated size stays within limit; a
 // record larger than limit on its own is a run of one.
-func splitBytes(recs []Record, limit int64) [][]Record {
-	var out [][]Record
+func splitBytes(recs []event.Record, limit int64) [][]event.Record {
+	var out [][]event.Record
 	start, size := 0, int64(0)
 	for i := range recs {
 		s := recs[i].Size()
@@ -478,7 +456,7 @@ func splitBytes(recs []Record, limit int64) [][]Record {
 
 // done records that every record of b was delivered or dead-lettered and
 // moves the checkpoint as far as it may go.
-func (w *Worker) done(b []Record) {
+func (w *Worker) done(b []event.Record) {
 	// commitMu makes "compute the checkpoint, then Commit" one step, so two
 	// lanes finishing at once commit in offset order (20 must not follow 30).
 	w.commitMu.Lock()
@@ -490,7 +468,7 @@ func (w *Worker) done(b []Record) {
 	w.mu.Lock()
 	w.inflight -= len(b)
 	w.inBytes -= size
-	var last *Record
+	var last *event.Record
 	if w.cfg.ParallelizationFactor == 1 {
 		last = &b[len(b)-1]
 	} else {
@@ -533,15 +511,6 @@ func searchPending(p []pendingRec, off int64) int {
 	return lo
 }
 
-// attempts is the retry state of one batch (and of its halves after a
-// bisection, which start afresh: bisecting does not consume attempts).
-type attempts struct {
-	n       int // function attempts that failed
-	first   time.Time
-	last    time.Time
-	lastErr ErrorInfo
-}
-
 // lane is one sequential deliverer of a shard.
 type lane struct {
 	w       *Worker
@@ -565,114 +534,90 @@ func (l *lane) setBlocked(b bool) {
 }
 
 // process delivers recs until each is delivered or dead-lettered; it reports
-// false when ctx ended first (then nothing of recs may be checkpointed).
-func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
+// false when ctx ended first (then nothing of recs may be checkpointed). st
+// is the retry state of recs (a fresh one for each half of a bisection).
+// What follows each delivery is the redelivery policy's decision; the lane
+// only holds the batch, sleeps and dead-letters.
+func (l *lane) process(ctx context.Context, recs []event.Record, st *redelivery.State) bool {
 	w := l.w
 	cfg := &w.cfg
-	throttles := 0
+	pol := &w.policy
 	for len(recs) > 0 {
 		if ctx.Err() != nil {
 			return false
 		}
 		if len(recs) == 1 && recs[0].Size() > cfg.MaxBatchBytes {
-			return l.deadLetter(ctx, recs, RecordTooLarge, at)
+			return l.deadLetter(ctx, recs, event.RecordTooLarge, st)
 		}
-		// Records past max_record_age are dead-lettered, not delivered.
-		if now := w.now(); cfg.MaxRecordAge >= 0 && anyExpired(recs, now, cfg.MaxRecordAge) {
-			var live, expired []Record
+		// Records past max_record_age are dead-lettered, not delivered:
+		// before the first attempt and before every retry.
+		if now := w.now(); pol.MaxAge > 0 && anyExpired(recs, now, pol) {
+			var live, expired []event.Record
 			for _, r := range recs {
-				if !r.Timestamp.Add(cfg.MaxRecordAge).After(now) {
+				if pol.Expired(r.Timestamp, now) {
 					expired = append(expired, r)
 				} else {
 					live = append(live, r)
 				}
 			}
-			if len(expired) > 0 {
-				if !l.deadLetter(ctx, expired, RecordAgeExceeded, at) {
-					return false
-				}
-				recs = live
-				continue
+			if !l.deadLetter(ctx, expired, pol.AgeCondition, st) {
+				return false
 			}
+			recs = live
+			continue
 		}
 
-		// Wait for a slot no longer than the oldest record may live.
-		dctx, cancel := ctx, context.CancelFunc(func() {})
-		if cfg.MaxRecordAge >= 0 {
-			oldest := recs[0].Timestamp
-			for _, r := range recs[1:] {
-				if r.Timestamp.Before(oldest) {
-					oldest = r.Timestamp
-				}
-			}
-			dctx, cancel = context.WithDeadline(ctx, oldest.Add(cfg.MaxRecordAge))
-		}
-		if at.first.IsZero() {
-			at.first = w.now()
-		}
-		res := w.h.Deliverer.Deliver(dctx, Delivery{
-			Shard: w.id, Records: recs, Attempt: at.n + 1,
+		// Wait for a slot no longer than the oldest record may live; the
+		// invocation itself is bounded by the function's timeout only, so a
+		// record that ages while its function runs is still delivered (the
+		// check above runs before every attempt, never during one).
+		oldest := oldestOf(recs)
+		pol.Begin(st, w.now())
+		res := w.h.Deliverer.Deliver(ctx, Delivery{
+			Shard: w.id, Records: recs, Attempt: st.Attempts + 1, WaitUntil: pol.Expiry(oldest),
 			OnWait: func(reason string) {
 				l.setBlocked(true)
 				w.setState(StateThrottled, reason)
 			},
 		})
-		cancel()
-		at.last = w.now()
-
-		switch res.Outcome {
-		case Delivered:
+		n := len(recs)
+		if res.Outcome == event.Partial && res.FailedFrom > 0 && res.FailedFrom < len(recs) {
+			// The records before the first failed one were handled.
+			w.delivered(res.FailedFrom)
+			recs = recs[res.FailedFrom:]
+			n, oldest = len(recs), oldestOf(recs)
+		}
+		dec := pol.After(st, res, n, oldest, w.now(), ctx.Err() != nil)
+		switch dec.Action {
+		case redelivery.Done:
 			w.delivered(len(recs))
 			return true
-
-		case Throttled:
-			if ctx.Err() != nil {
+		case redelivery.Abandon:
+			return false
+		case redelivery.Split:
+			// Deliver each half on its own, in order: the halves start
+			// with fresh attempts (bisection is free).
+			half := len(recs) / 2
+			if !l.process(ctx, recs[:half], &redelivery.State{}) {
 				return false
 			}
-			// No attempt consumed. Hold the batch (and stop fetching) until a
-			// slot frees or the records expire; the loop re-checks expiry.
+			return l.process(ctx, recs[half:], &redelivery.State{})
+		case redelivery.DeadLetter:
+			if dec.Condition == pol.AgeCondition {
+				continue // the check above dead-letters the expired records and keeps the others
+			}
+			return l.deadLetter(ctx, recs, dec.Condition, st)
+		case redelivery.Retry:
+			// Hold the batch (and stop fetching) meanwhile: throttled (no
+			// attempt consumed) until a slot frees or the records expire,
+			// or retrying after a function error.
 			l.setBlocked(true)
-			w.setState(StateThrottled, res.Reason)
-			throttles++
-			d := max(cfg.Backoff.Delay(throttles, rand.Float64()), res.RetryAfter)
-			if !l.sleep(ctx, d, recs) {
-				return false
+			if dec.Throttled {
+				w.setState(StateThrottled, res.Reason)
+			} else {
+				w.setState(StateRetrying, string(st.LastError.Kind))
 			}
-
-		case Partial:
-			if res.FailedFrom > 0 && res.FailedFrom < len(recs) {
-				w.delivered(res.FailedFrom)
-				recs = recs[res.FailedFrom:]
-			}
-			at.n++
-			at.lastErr = res.Error
-			if cfg.MaxRetryAttempts >= 0 && at.n > cfg.MaxRetryAttempts {
-				return l.deadLetter(ctx, recs, RetryAttemptsExhausted, at)
-			}
-			if !l.retryWait(ctx, at, recs) {
-				return false
-			}
-
-		case Failed, Permanent:
-			at.lastErr = res.Error
-			if cfg.BisectOnError && len(recs) > 1 {
-				// Split and deliver each half on its own, in order: the
-				// halves start with fresh attempts (bisection is free).
-				half := len(recs) / 2
-				if !l.process(ctx, recs[:half], &attempts{}) {
-					return false
-				}
-				return l.process(ctx, recs[half:], &attempts{})
-			}
-			if res.Outcome == Permanent {
-				at.n++
-				return l.deadLetter(ctx, recs, PermanentError, at)
-			}
-			at.n++
-			if cfg.MaxRetryAttempts >= 0 && at.n > cfg.MaxRetryAttempts {
-				return l.deadLetter(ctx, recs, RetryAttemptsExhausted, at)
-			}
-			if !l.retryWait(ctx, at, recs) {
+			if !sleepCtx(ctx, dec.Delay) {
 				return false
 			}
 		}
@@ -680,32 +625,31 @@ func (l *lane) process(ctx context.Context, recs []Record, at *attempts) bool {
 	return true
 }
 
-// anyExpired reports whether a record of recs is past age at now; the usual
-// answer, no, then costs no allocation.
-func anyExpired(recs []Record, now time.Time, age time.Duration) bool {
+// oldestOf returns the earliest timestamp of recs (not necessarily the
+// first's: a producer may stamp records out of order).
+func oldestOf(recs []event.Record) time.Time {
+	oldest := recs[0].Timestamp
+	for i := range recs[1:] {
+		if t := recs[i+1].Timestamp; t.Before(oldest) {
+			oldest = t
+		}
+	}
+	return oldest
+}
+
+// anyExpired reports whether a record of recs is past the policy's age at
+// now; the usual answer, no, then costs no allocation.
+func anyExpired(recs []event.Record, now time.Time, pol *redelivery.Policy) bool {
 	for i := range recs {
-		if !recs[i].Timestamp.Add(age).After(now) {
+		if pol.Expired(recs[i].Timestamp, now) {
 			return true
 		}
 	}
 	return false
 }
 
-// retryWait backs off after a function error; the shard shows as retrying
-// and stops fetching meanwhile.
-func (l *lane) retryWait(ctx context.Context, at *attempts, recs []Record) bool {
-	l.setBlocked(true)
-	l.w.setState(StateRetrying, at.lastErr.Kind)
-	return l.sleep(ctx, l.w.cfg.Backoff.Delay(at.n, rand.Float64()), recs)
-}
-
-// sleep waits d, cut short when the first of recs passes max_record_age
-// (the caller then dead-letters it). It reports false when ctx ended.
-func (l *lane) sleep(ctx context.Context, d time.Duration, recs []Record) bool {
-	if age := l.w.cfg.MaxRecordAge; age >= 0 {
-		until := recs[0].Timestamp.Add(age).Sub(l.w.now())
-		d = min(d, max(until, 0))
-	}
+// sleepCtx waits d; it reports false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -716,59 +660,34 @@ func (l *lane) sleep(ctx context.Context, d time.Duration, recs []Record) bool {
 	}
 }
 
-// deadLetter stores recs with condition, retrying until it succeeds or ctx
-// ends (false): a shard whose dead letters cannot be written blocks, and
-// nothing is checkpointed past them.
-func (l *lane) deadLetter(ctx context.Context, recs []Record, cond Condition, at *attempts) bool {
+// deadLetter stores recs with condition through the policy's bounded,
+// retried write, until it succeeds or ctx ends (false): a shard whose dead
+// letters cannot be written blocks, and nothing is checkpointed past them.
+func (l *lane) deadLetter(ctx context.Context, recs []event.Record, cond event.Condition, st *redelivery.State) bool {
 	w := l.w
 	if w.h.DeadLetterer == nil {
 		w.log.Warn("dropping undeliverable records: the source has no on_failure destination",
-			"condition", cond, "count", len(recs), "first_offset", recs[0].Offset, "error", at.lastErr.Message)
+			"condition", cond, "count", len(recs), "first_offset", recs[0].Offset, "error", st.LastError.Message)
 		w.mu.Lock()
 		w.status.DeadLetters += int64(len(recs))
 		w.status.Dropped += int64(len(recs))
 		w.mu.Unlock()
 		return true
 	}
-	now := w.now()
-	first, last := at.first, at.last
-	if first.IsZero() {
-		first = now
-	}
-	if last.IsZero() {
-		last = now
-	}
-	letters := make([]DeadLetter, len(recs))
-	for i, r := range recs {
-		letters[i] = DeadLetter{
-			Source: w.cfg.Source, Function: w.cfg.Function, Mode: w.cfg.Mode,
-			Condition: cond, Attempts: at.n, FirstAttemptAt: first, LastAttemptAt: last,
-			LastError: at.lastErr, Record: r,
-		}
-	}
-	for try := 1; ; try++ {
-		err := w.h.DeadLetterer.DeadLetter(ctx, letters)
-		if err == nil {
-			w.mu.Lock()
-			w.status.DeadLetters += int64(len(recs))
-			w.mu.Unlock()
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
+	letters := redelivery.Letters(w.cfg.Source, w.cfg.Function, w.cfg.Mode, cond, st, w.now(), recs)
+	err := w.policy.Store(ctx, w.h.DeadLetterer, letters, func(try int, err error) {
 		w.log.Error("dead-letter write failed; the shard is blocked until it succeeds",
 			"condition", cond, "count", len(recs), "first_offset", recs[0].Offset, "try", try, "error", err)
 		l.setBlocked(true)
 		w.setState(StateBlocked, "DeadLetterWriteFailed")
-		t := time.NewTimer(w.cfg.Backoff.Delay(try, rand.Float64()))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return false
-		case <-t.C:
-		}
+	})
+	if err != nil {
+		return false
 	}
+	w.mu.Lock()
+	w.status.DeadLetters += int64(len(recs))
+	w.mu.Unlock()
+	return true
 }
 
 func (w *Worker) delivered(n int) {

@@ -10,32 +10,34 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/sluicehq/sluice/event"
 )
 
 // fakeDeliverer records every delivery and answers with its script.
 type fakeDeliverer struct {
 	mu     sync.Mutex
 	calls  []Delivery
-	answer func(d Delivery, call int) Result
+	answer func(d Delivery, call int) event.Result
 	got    []int64 // offsets delivered successfully, in order
 }
 
-func (f *fakeDeliverer) Deliver(ctx context.Context, d Delivery) Result {
+func (f *fakeDeliverer) Deliver(ctx context.Context, d Delivery) event.Result {
 	f.mu.Lock()
 	f.calls = append(f.calls, Delivery{Records: slices.Clone(d.Records), Attempt: d.Attempt})
 	n := len(f.calls)
 	f.mu.Unlock()
-	res := Result{Outcome: Delivered}
+	res := event.Result{Outcome: event.Delivered}
 	if f.answer != nil {
 		res = f.answer(d, n)
 	}
 	f.mu.Lock()
 	switch res.Outcome {
-	case Delivered:
+	case event.Delivered:
 		for _, r := range d.Records {
 			f.got = append(f.got, r.Offset)
 		}
-	case Partial:
+	case event.Partial:
 		for _, r := range d.Records[:res.FailedFrom] {
 			f.got = append(f.got, r.Offset)
 		}
@@ -55,11 +57,11 @@ type fakeDLQ struct {
 	mu      sync.Mutex
 	fail    bool
 	tries   int
-	letters []DeadLetter
+	letters []event.DeadLetter
 	at      time.Time // when the last letters were stored
 }
 
-func (f *fakeDLQ) DeadLetter(_ context.Context, ls []DeadLetter) error {
+func (f *fakeDLQ) DeadLetter(_ context.Context, ls []event.DeadLetter) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tries++
@@ -71,7 +73,7 @@ func (f *fakeDLQ) DeadLetter(_ context.Context, ls []DeadLetter) error {
 	return nil
 }
 
-func (f *fakeDLQ) get() []DeadLetter {
+func (f *fakeDLQ) get() []event.DeadLetter {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.letters)
@@ -89,11 +91,11 @@ type harness struct {
 	done    chan struct{}
 }
 
-func startWorker(t *testing.T, cfg WorkerConfig, answer func(Delivery, int) Result) *harness {
+func startWorker(t *testing.T, cfg WorkerConfig, answer func(Delivery, int) event.Result) *harness {
 	t.Helper()
 	h := &harness{d: &fakeDeliverer{answer: answer}, dlq: &fakeDLQ{}, done: make(chan struct{})}
-	if cfg.Backoff == (Backoff{}) {
-		cfg.Backoff = Backoff{Initial: 100 * time.Millisecond, Max: time.Second, Multiplier: 2}
+	if cfg.Backoff == (event.Backoff{}) {
+		cfg.Backoff = event.Backoff{Initial: 100 * time.Millisecond, Max: time.Second, Multiplier: 2}
 	}
 	if cfg.MaxRecordAge == 0 {
 		cfg.MaxRecordAge = -1
@@ -104,7 +106,7 @@ func startWorker(t *testing.T, cfg WorkerConfig, answer func(Delivery, int) Resu
 	cfg.Source, cfg.Function = "orders", "fn"
 	h.w = NewWorker(ID{Source: "orders", Partition: 2}, cfg, Hooks{
 		Deliverer: h.d, DeadLetterer: h.dlq, Logger: slog.New(slog.DiscardHandler),
-		Commit: func(last Record) {
+		Commit: func(last event.Record) {
 			h.mu.Lock()
 			h.commits = append(h.commits, last.Offset)
 			h.mu.Unlock()
@@ -137,11 +139,11 @@ func (h *harness) lastCommit() int64 {
 }
 
 // records returns n records with offsets from, keys k0..k(keys-1).
-func records(from, n, keys int, ts time.Time) []Record {
-	out := make([]Record, n)
+func records(from, n, keys int, ts time.Time) []event.Record {
+	out := make([]event.Record, n)
 	for i := range out {
 		off := int64(from + i)
-		out[i] = Record{Topic: "orders", Partition: 2, Offset: off, Timestamp: ts,
+		out[i] = event.Record{Topic: "orders", Partition: 2, Offset: off, Timestamp: ts,
 			Key: fmt.Appendf(nil, "k%d", int(off)%max(keys, 1)), Value: fmt.Appendf(nil, "v%d", off)}
 	}
 	return out
@@ -236,7 +238,7 @@ func TestWorkerMaxBatchBytes(t *testing.T) {
 			}
 		}
 		dl := h.dlq.get()
-		if len(dl) != 1 || dl[0].Condition != RecordTooLarge || dl[0].Record.Offset != 10 {
+		if len(dl) != 1 || dl[0].Condition != event.RecordTooLarge || dl[0].Record.Offset != 10 {
 			t.Fatalf("dead letters %+v, want offset 10 RecordTooLarge", dl)
 		}
 		want := slices.DeleteFunc(offsets(20), func(o int64) bool { return o == 10 })
@@ -249,11 +251,11 @@ func TestWorkerMaxBatchBytes(t *testing.T) {
 func TestWorkerThrottleHoldsBatchWithoutAttempts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		throttleUntil := time.Now().Add(5 * time.Second)
-		h := startWorker(t, WorkerConfig{BatchSize: 10, MaxRetryAttempts: 0 + 1}, func(d Delivery, _ int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 10, MaxRetryAttempts: 0 + 1}, func(d Delivery, _ int) event.Result {
 			if time.Now().Before(throttleUntil) {
-				return Result{Outcome: Throttled, Reason: "FunctionThrottled", RetryAfter: time.Second}
+				return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled", RetryAfter: time.Second}
 			}
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.w.Push(records(0, 10, 1, time.Now()))
 		time.Sleep(2 * time.Second)
@@ -291,18 +293,18 @@ func TestWorkerThrottleHoldsBatchWithoutAttempts(t *testing.T) {
 func TestWorkerPoisonRecordBisect(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const poison = 37
-		h := startWorker(t, WorkerConfig{BatchSize: 100, BisectOnError: true, MaxRetryAttempts: 2}, func(d Delivery, _ int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 100, BisectOnError: true, MaxRetryAttempts: 2}, func(d Delivery, _ int) event.Result {
 			for _, r := range d.Records {
 				if r.Offset == poison {
-					return Result{Outcome: Failed, Error: ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
+					return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
 				}
 			}
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.w.Push(records(0, 100, 3, time.Now()))
 		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 99 })
 		dl := h.dlq.get()
-		if len(dl) != 1 || dl[0].Record.Offset != poison || dl[0].Condition != RetryAttemptsExhausted {
+		if len(dl) != 1 || dl[0].Record.Offset != poison || dl[0].Condition != event.RetryAttemptsExhausted {
 			t.Fatalf("dead letters %+v, want only offset %d RetryAttemptsExhausted", dl, poison)
 		}
 		if dl[0].Attempts != 3 || dl[0].LastError.Status != 500 {
@@ -326,11 +328,11 @@ func TestWorkerPoisonRecordBisect(t *testing.T) {
 
 func TestWorkerRetryExhaustedWithoutBisect(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := startWorker(t, WorkerConfig{BatchSize: 5, MaxRetryAttempts: 2}, func(d Delivery, _ int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 5, MaxRetryAttempts: 2}, func(d Delivery, _ int) event.Result {
 			if d.Records[0].Offset < 5 {
-				return Result{Outcome: Failed, Error: ErrorInfo{Kind: "timeout"}}
+				return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "timeout"}}
 			}
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.w.Push(records(0, 10, 1, time.Now()))
 		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 9 })
@@ -351,16 +353,16 @@ func TestWorkerRetryExhaustedWithoutBisect(t *testing.T) {
 
 func TestWorkerPermanentError(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := startWorker(t, WorkerConfig{BatchSize: 5}, func(d Delivery, _ int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 5}, func(d Delivery, _ int) event.Result {
 			if d.Records[0].Offset == 0 {
-				return Result{Outcome: Permanent, Error: ErrorInfo{Kind: "status", Status: 400}}
+				return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: 400}}
 			}
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.w.Push(records(0, 10, 1, time.Now()))
 		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 9 })
 		dl := h.dlq.get()
-		if len(dl) != 5 || dl[0].Condition != PermanentError || len(h.d.calls) != 2 {
+		if len(dl) != 5 || dl[0].Condition != event.PermanentError || len(h.d.calls) != 2 {
 			t.Fatalf("%d dead letters (%v), %d calls; want 5 PermanentError without retries", len(dl), dl[0].Condition, len(h.d.calls))
 		}
 	})
@@ -369,11 +371,11 @@ func TestWorkerPermanentError(t *testing.T) {
 func TestWorkerMaxRecordAge(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		start := time.Now()
-		h := startWorker(t, WorkerConfig{BatchSize: 10, MaxRecordAge: time.Minute}, func(d Delivery, _ int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 10, MaxRecordAge: time.Minute}, func(d Delivery, _ int) event.Result {
 			if d.Records[0].Offset < 10 {
-				return Result{Outcome: Throttled, Reason: "FunctionThrottled"}
+				return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled"}
 			}
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.w.Push(records(0, 10, 1, start))
 		h.w.Push(records(10, 5, 1, start.Add(50*time.Second)))
@@ -384,7 +386,7 @@ func TestWorkerMaxRecordAge(t *testing.T) {
 		}
 		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 14 })
 		dl := h.dlq.get()
-		if len(dl) != 10 || dl[0].Condition != RecordAgeExceeded || dl[0].Attempts != 0 {
+		if len(dl) != 10 || dl[0].Condition != event.RecordAgeExceeded || dl[0].Attempts != 0 {
 			t.Fatalf("dead letters: %d, first %+v; want 10 RecordAgeExceeded with 0 attempts", len(dl), dl[0])
 		}
 		if since := h.dlq.at.Sub(start); since < time.Minute || since > 62*time.Second {
@@ -401,11 +403,11 @@ func TestWorkerMaxRecordAge(t *testing.T) {
 
 func TestWorkerPartialBatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := startWorker(t, WorkerConfig{BatchSize: 10}, func(d Delivery, call int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 10}, func(d Delivery, call int) event.Result {
 			if call == 1 {
-				return Result{Outcome: Partial, FailedFrom: 6, Error: ErrorInfo{Kind: "partial"}}
+				return event.Result{Outcome: event.Partial, FailedFrom: 6, Error: event.ErrorInfo{Kind: "partial"}}
 			}
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.w.Push(records(0, 10, 1, time.Now()))
 		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 9 })
@@ -424,11 +426,11 @@ func TestWorkerPartialBatch(t *testing.T) {
 
 func TestWorkerDeadLetterFailureBlocks(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := startWorker(t, WorkerConfig{BatchSize: 5}, func(d Delivery, _ int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 5}, func(d Delivery, _ int) event.Result {
 			if d.Records[0].Offset == 5 {
-				return Result{Outcome: Permanent, Error: ErrorInfo{Kind: "status", Status: 422}}
+				return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: 422}}
 			}
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.dlq.fail = true
 		h.w.Push(records(0, 15, 1, time.Now()))
@@ -457,13 +459,13 @@ func TestWorkerDeadLetterFailureBlocks(t *testing.T) {
 func TestWorkerParallelizationKeepsKeyOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var slowOnce sync.Once
-		h := startWorker(t, WorkerConfig{BatchSize: 4, ParallelizationFactor: 4}, func(d Delivery, _ int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 4, ParallelizationFactor: 4}, func(d Delivery, _ int) event.Result {
 			for _, r := range d.Records {
 				if string(r.Key) == "k0" {
 					slowOnce.Do(func() { time.Sleep(10 * time.Second) })
 				}
 			}
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.w.Push(records(0, 200, 7, time.Now()))
 		time.Sleep(5 * time.Second)
@@ -495,9 +497,9 @@ func TestWorkerParallelizationKeepsKeyOrder(t *testing.T) {
 func TestWorkerBufferPausesSource(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		release := make(chan struct{})
-		h := startWorker(t, WorkerConfig{BatchSize: 10, Buffer: 50}, func(Delivery, int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 10, Buffer: 50}, func(Delivery, int) event.Result {
 			<-release
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.w.Push(records(0, 30, 1, time.Now()))
 		synctest.Wait()
@@ -525,11 +527,11 @@ func TestWorkerBufferPausesSource(t *testing.T) {
 
 func TestWorkerStopsWithoutCommittingInFlight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := startWorker(t, WorkerConfig{BatchSize: 5}, func(d Delivery, _ int) Result {
+		h := startWorker(t, WorkerConfig{BatchSize: 5}, func(d Delivery, _ int) event.Result {
 			if d.Records[0].Offset >= 5 {
-				return Result{Outcome: Failed, Error: ErrorInfo{Kind: "status", Status: 503}}
+				return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 503}}
 			}
-			return Result{Outcome: Delivered}
+			return event.Result{Outcome: event.Delivered}
 		})
 		h.w.Push(records(0, 10, 1, time.Now()))
 		time.Sleep(10 * time.Second)
@@ -540,29 +542,6 @@ func TestWorkerStopsWithoutCommittingInFlight(t *testing.T) {
 	})
 }
 
-func TestBackoffDelay(t *testing.T) {
-	b := Backoff{Initial: time.Second, Max: 10 * time.Second, Multiplier: 2, Jitter: 0.5}
-	cases := []struct {
-		n    int
-		r    float64
-		want time.Duration
-	}{
-		{1, 0.5, time.Second},
-		{2, 0.5, 2 * time.Second},
-		{4, 0.5, 8 * time.Second},
-		{5, 0.5, 10 * time.Second}, // capped
-		{50, 0.5, 10 * time.Second},
-		{1, 0, 500 * time.Millisecond}, // -50%
-		{1, 1, 1500 * time.Millisecond},
-		{0, 0.5, time.Second},
-	}
-	for _, c := range cases {
-		if got := b.Delay(c.n, c.r); got != c.want {
-			t.Errorf("Delay(%d, %v) = %s, want %s", c.n, c.r, got, c.want)
-		}
-	}
-}
-
 // A shard bounded by BufferBytes pauses on the estimated size of what it
 // holds, whatever the count, and resumes only once it drained to half.
 func TestWorkerBufferBytesPausesWithHysteresis(t *testing.T) {
@@ -570,9 +549,9 @@ func TestWorkerBufferBytesPausesWithHysteresis(t *testing.T) {
 		recSize := records(0, 1, 1, time.Now())[0].Size()
 		gate := make(chan struct{})
 		h := startWorker(t, WorkerConfig{BatchSize: 10, Buffer: 1 << 20, BufferBytes: 40 * recSize},
-			func(Delivery, int) Result {
+			func(Delivery, int) event.Result {
 				<-gate
-				return Result{Outcome: Delivered}
+				return event.Result{Outcome: event.Delivered}
 			})
 		pauses := func() []bool {
 			h.mu.Lock()
@@ -612,9 +591,9 @@ func TestWorkerBufferBytesPausesWithHysteresis(t *testing.T) {
 // after it (take hands out sub-slices of what was pushed).
 func TestWorkerTakeAcrossPushes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := startWorker(t, WorkerConfig{BatchSize: 7}, func(d Delivery, _ int) Result {
-			_ = append(d.Records, Record{Offset: -1}) // a careless Deliverer
-			return Result{Outcome: Delivered}
+		h := startWorker(t, WorkerConfig{BatchSize: 7}, func(d Delivery, _ int) event.Result {
+			_ = append(d.Records, event.Record{Offset: -1}) // a careless Deliverer
+			return event.Result{Outcome: event.Delivered}
 		})
 		off := 0
 		for _, n := range []int{1, 1, 3, 20, 2, 1, 50, 6} {

@@ -18,13 +18,18 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/dispatch"
 )
 
 // The admin CLI: HTTP clients of the admin API of a running sluice (SPEC §6).
 
 const (
-	flagAdmin = "admin"
-	flagToken = "token"
+	flagAdmin  = "admin"
+	flagToken  = "token"
+	flagCACert = "cacert"
+	flagCert   = "cert"
+	flagKey    = "key"
 	// envToken holds the bearer token when --token is not given.
 	envToken = "SLUICE_TOKEN"
 	// clientTimeout bounds one admin API call.
@@ -33,8 +38,11 @@ const (
 
 // addClientFlags adds --admin and --token to cmd.
 func addClientFlags(cmd *cobra.Command) {
-	cmd.PersistentFlags().String(flagAdmin, "", "`URL` of the admin API (default: http:// + admin.listen of the configuration given with -c, else http://127.0.0.1:9400)")
+	cmd.PersistentFlags().String(flagAdmin, "", "`URL` of the admin API (default: http:// + admin.listen of the configuration given with -c — https:// with admin.tls — else http://127.0.0.1:9400)")
 	cmd.PersistentFlags().String(flagToken, "", "bearer `token` of the admin API (default: $"+envToken+")")
+	cmd.PersistentFlags().String(flagCACert, "", "CA certificate `file` that the admin API's HTTPS certificate is signed by (default: the system's roots)")
+	cmd.PersistentFlags().String(flagCert, "", "client certificate `file`, when the admin API asks for one (admin.tls.client_ca_file)")
+	cmd.PersistentFlags().String(flagKey, "", "the client certificate's key `file`")
 }
 
 // adminClient calls the admin API.
@@ -47,20 +55,23 @@ type adminClient struct {
 func newAdminClient(cmd *cobra.Command) (*adminClient, error) {
 	base, _ := cmd.Flags().GetString(flagAdmin)
 	if base == "" {
-		listen := "127.0.0.1:9400"
+		listen, scheme := "127.0.0.1:9400", "http://"
 		if files, _ := cmd.Flags().GetStringArray(flagConfig); len(files) > 0 {
 			cfg, err := loadConfig(cmd)
 			if err != nil {
 				return nil, err
 			}
 			listen = cfg.Admin.Listen
+			if cfg.Admin.TLS != nil {
+				scheme = "https://"
+			}
 		}
 		if host, port, err := net.SplitHostPort(listen); err == nil {
 			if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 				listen = net.JoinHostPort("127.0.0.1", port) // the server listens everywhere: ask it here
 			}
 		}
-		base = "http://" + listen
+		base = scheme + listen
 	}
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -70,7 +81,32 @@ func newAdminClient(cmd *cobra.Command) (*adminClient, error) {
 	if token == "" {
 		token = os.Getenv(envToken)
 	}
-	return &adminClient{base: strings.TrimRight(base, "/"), token: token, http: &http.Client{Timeout: clientTimeout}}, nil
+	hc, err := adminHTTPClient(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return &adminClient{base: strings.TrimRight(base, "/"), token: token, http: hc}, nil
+}
+
+// adminHTTPClient is the HTTP client of the admin CLI, with the CA and
+// client certificate of --cacert, --cert and --key.
+func adminHTTPClient(cmd *cobra.Command) (*http.Client, error) {
+	ca, _ := cmd.Flags().GetString(flagCACert)
+	cert, _ := cmd.Flags().GetString(flagCert)
+	key, _ := cmd.Flags().GetString(flagKey)
+	if ca == "" && cert == "" && key == "" {
+		return &http.Client{Timeout: clientTimeout}, nil
+	}
+	if (cert == "") != (key == "") {
+		return nil, usagef(cmd, "--%s and --%s go together", flagCert, flagKey)
+	}
+	ct, err := config.LoadClientTLS(dispatch.FunctionTLS{CAFile: ca, CertFile: cert, KeyFile: key})
+	if err != nil {
+		return nil, usagef(cmd, "--%s/--%s/--%s: %v", flagCACert, flagCert, flagKey, err)
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = ct.Config
+	return &http.Client{Timeout: clientTimeout, Transport: t}, nil
 }
 
 // do calls method path with body (JSON-encoded unless nil) and decodes a 2xx
@@ -127,6 +163,9 @@ func clientCmd(use, short string, args cobra.PositionalArgs, run func(cmd *cobra
 		Short: short,
 		Args:  usageArgs(args),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := outputOf(cmd); err != nil {
+				return err // before calling: a typo in -o must not cost a round trip
+			}
 			c, err := newAdminClient(cmd)
 			if err != nil {
 				return err
@@ -136,8 +175,8 @@ func clientCmd(use, short string, args cobra.PositionalArgs, run func(cmd *cobra
 	}
 }
 
-func table(cmd *cobra.Command) *tabwriter.Writer {
-	return tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+func table(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 }
 
 func newAccountCmd() *cobra.Command {
@@ -147,15 +186,18 @@ func newAccountCmd() *cobra.Command {
 			if err := c.do(cmd.Context(), http.MethodGet, "/v1/account", nil, &v); err != nil {
 				return err
 			}
-			w := table(cmd)
-			fmt.Fprintln(w, "\tLIMIT\tIN USE")
-			fmt.Fprintf(w, "account\t%d\t%d\n", v.AccountLimit.ConcurrentExecutions, v.AccountUsage.ConcurrentExecutions)
-			fmt.Fprintf(w, "unreserved pool\t%d\t%d\n", v.AccountLimit.UnreservedConcurrentExecutions, v.AccountUsage.UnreservedConcurrentExecutions)
-			fmt.Fprintf(w, "min unreserved\t%d\t\n", v.AccountLimit.MinUnreserved)
-			fmt.Fprintf(w, "functions\t%d\t%d waiting\n", v.AccountUsage.FunctionCount, v.AccountUsage.Waiting)
-			return w.Flush()
+			return render(cmd, v, func(out io.Writer) error {
+				w := table(out)
+				fmt.Fprintln(w, "\tLIMIT\tIN USE")
+				fmt.Fprintf(w, "account\t%d\t%d\n", v.AccountLimit.ConcurrentExecutions, v.AccountUsage.ConcurrentExecutions)
+				fmt.Fprintf(w, "unreserved pool\t%d\t%d\n", v.AccountLimit.UnreservedConcurrentExecutions, v.AccountUsage.UnreservedConcurrentExecutions)
+				fmt.Fprintf(w, "min unreserved\t%d\t\n", v.AccountLimit.MinUnreserved)
+				fmt.Fprintf(w, "functions\t%d\t%d waiting\n", v.AccountUsage.FunctionCount, v.AccountUsage.Waiting)
+				return w.Flush()
+			})
 		})
 	addClientFlags(cmd)
+	addOutputFlag(cmd, outTable)
 	return cmd
 }
 
@@ -178,6 +220,7 @@ func newConcurrencyCmd() *cobra.Command {
 	put.Flags().String("function", "", "function `name`")
 	put.Flags().Int("reserved", 0, "reserved concurrent executions `N`")
 	_ = put.MarkFlagRequired("function")
+	_ = put.RegisterFlagCompletionFunc("function", completeFunctions)
 	del := clientCmd("delete", "Remove a function's reservation: it shares the unreserved pool again", cobra.NoArgs,
 		func(cmd *cobra.Command, c *adminClient, _ []string) error {
 			fn, _ := cmd.Flags().GetString("function")
@@ -189,6 +232,7 @@ func newConcurrencyCmd() *cobra.Command {
 		})
 	del.Flags().String("function", "", "function `name`")
 	_ = del.MarkFlagRequired("function")
+	_ = del.RegisterFlagCompletionFunc("function", completeFunctions)
 	g := groupCmd("concurrency", "Reserved concurrency of functions (PutFunctionConcurrency)", put, del)
 	addClientFlags(g)
 	return g
@@ -205,19 +249,34 @@ func newFunctionsCmd() *cobra.Command {
 			if r := v.Concurrency.ReservedConcurrentExecutions; r != nil {
 				reserved = strconv.Itoa(*r)
 			}
-			w := table(cmd)
-			fmt.Fprintf(w, "function\t%s\n", v.FunctionName)
-			fmt.Fprintf(w, "url\t%s\n", v.Configuration.URL)
-			fmt.Fprintf(w, "timeout\t%s\n", v.Configuration.Timeout)
-			if v.Configuration.AsyncQueue != "" {
-				fmt.Fprintf(w, "async queue\t%s\n", v.Configuration.AsyncQueue)
-			}
-			fmt.Fprintf(w, "reserved concurrency\t%s (%s)\n", reserved, v.Concurrency.Origin)
-			fmt.Fprintf(w, "running\t%d\n", v.Usage.ConcurrentExecutions)
-			fmt.Fprintf(w, "waiting\t%d\n", v.Usage.Waiting)
-			return w.Flush()
+			return render(cmd, v, func(out io.Writer) error {
+				w := table(out)
+				fmt.Fprintf(w, "function\t%s\n", v.FunctionName)
+				fmt.Fprintf(w, "url\t%s\n", v.Configuration.URL)
+				fmt.Fprintf(w, "timeout\t%s\n", v.Configuration.Timeout)
+				if v.Configuration.AsyncQueue != "" {
+					fmt.Fprintf(w, "async queue\t%s\n", v.Configuration.AsyncQueue)
+				}
+				fmt.Fprintf(w, "reserved concurrency\t%s (%s)\n", reserved, v.Concurrency.Origin)
+				fmt.Fprintf(w, "running\t%d\n", v.Usage.ConcurrentExecutions)
+				fmt.Fprintf(w, "waiting\t%d\n", v.Usage.Waiting)
+				return w.Flush()
+			})
 		})
-	g := groupCmd("functions", "Functions as the running sluice sees them", get)
+	get.ValidArgsFunction = completeFunctionArg
+	addOutputFlag(get, outTable)
+	list := clientCmd("list", "List the functions with their reservation and usage", cobra.NoArgs,
+		func(cmd *cobra.Command, c *adminClient, _ []string) error {
+			var v struct {
+				Functions []admin.FunctionView `json:"functions"`
+			}
+			if err := c.do(cmd.Context(), http.MethodGet, "/v1/functions", nil, &v); err != nil {
+				return err
+			}
+			return render(cmd, v, func(out io.Writer) error { return printFunctions(out, v.Functions) })
+		})
+	addOutputFlag(list, outTable)
+	g := groupCmd("functions", "Functions as the running sluice sees them", get, list)
 	addClientFlags(g)
 	return g
 }
@@ -243,7 +302,7 @@ func newRulesCmd() *cobra.Command {
 			if err := c.do(cmd.Context(), http.MethodPut, "/v1/rules/"+url.PathEscape(args[0]), p, &r); err != nil {
 				return err
 			}
-			return printRules(cmd, []admin.Rule{r}, true)
+			return render(cmd, r, func(w io.Writer) error { return printRules(w, []admin.Rule{r}, true) })
 		})
 	set.Flags().Int("concurrency", 0, "concurrent invocations `N` per matching scope")
 	set.Flags().String("description", "", "free `text`")
@@ -258,12 +317,15 @@ func newRulesCmd() *cobra.Command {
 				return err
 			}
 			extra, _ := cmd.Flags().GetBool("extra")
-			return printRules(cmd, v.Rules, extra)
+			return render(cmd, v, func(w io.Writer) error { return printRules(w, v.Rules, extra) })
 		})
 	list.Flags().Bool("extra", false, "also show version and last change")
+	addOutputFlag(list, outTable)
+	addOutputFlag(set, outTable)
+	set.ValidArgsFunction = completeRulePatterns
 
 	action := func(use, short, suffix, done string) *cobra.Command {
-		return clientCmd(use+" PATTERN", short, cobra.ExactArgs(1),
+		return withArgs(completeRulePatterns, clientCmd(use+" PATTERN", short, cobra.ExactArgs(1),
 			func(cmd *cobra.Command, c *adminClient, args []string) error {
 				method, path := http.MethodPost, "/v1/rules/"+url.PathEscape(args[0])+suffix
 				if suffix == "" {
@@ -274,7 +336,7 @@ func newRulesCmd() *cobra.Command {
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "rule %s %s\n", args[0], done)
 				return nil
-			})
+			}))
 	}
 	g := groupCmd("rules", "Scope rules: concurrency per scope (Restate's rule book)", set, list,
 		action("enable", "Enable a rule", "/enable", "enabled"),
@@ -284,8 +346,8 @@ func newRulesCmd() *cobra.Command {
 	return g
 }
 
-func printRules(cmd *cobra.Command, rules []admin.Rule, extra bool) error {
-	w := table(cmd)
+func printRules(out io.Writer, rules []admin.Rule, extra bool) error {
+	w := table(out)
 	if extra {
 		fmt.Fprintln(w, "PATTERN\tCONCURRENCY\tSTATE\tORIGIN\tVERSION\tLAST MODIFIED\tDESCRIPTION")
 	} else {
@@ -313,22 +375,25 @@ func newLimitsCmd() *cobra.Command {
 			if err := c.do(cmd.Context(), http.MethodGet, "/v1/limits", nil, &v); err != nil {
 				return err
 			}
-			w := table(cmd)
-			fmt.Fprintln(w, "SCOPE\tUSAGE\tLIMIT\tAVAILABLE\tRULE")
-			for _, s := range v.Scopes {
-				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\n", s.Scope, s.InFlight, unlimited(s.Limit), unlimited(s.Available), orDash(s.Rule))
-			}
-			if err := w.Flush(); err != nil {
-				return err
-			}
-			for _, r := range v.Rules {
-				if r.Pattern == "*" && !r.Disabled {
-					fmt.Fprintf(cmd.OutOrStdout(), "other scopes: %d each (rule \"*\")\n", r.Concurrency)
+			return render(cmd, v, func(out io.Writer) error {
+				w := table(out)
+				fmt.Fprintln(w, "SCOPE\tUSAGE\tLIMIT\tAVAILABLE\tRULE")
+				for _, s := range v.Scopes {
+					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\n", s.Scope, s.InFlight, unlimited(s.Limit), unlimited(s.Available), orDash(s.Rule))
 				}
-			}
-			return nil
+				if err := w.Flush(); err != nil {
+					return err
+				}
+				for _, r := range v.Rules {
+					if r.Pattern == "*" && !r.Disabled {
+						fmt.Fprintf(out, "other scopes: %d each (rule \"*\")\n", r.Concurrency)
+					}
+				}
+				return nil
+			})
 		})
 	addClientFlags(cmd)
+	addOutputFlag(cmd, outTable)
 	return cmd
 }
 
@@ -341,15 +406,18 @@ func newShardsCmd() *cobra.Command {
 			if err := c.do(cmd.Context(), http.MethodGet, "/v1/shards", nil, &v); err != nil {
 				return err
 			}
-			w := table(cmd)
-			fmt.Fprintln(w, "SHARD\tSTATE\tSINCE\tREASON\tPOSITION\tITERATOR AGE\tBUFFERED\tDELIVERED\tDEAD LETTERS")
-			for _, s := range v.Shards {
-				fmt.Fprintf(w, "%s/%d\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\n", s.Source, s.Shard, s.State, s.Since.Format(time.RFC3339),
-					orDash(s.Reason), s.Position, seconds(s.IteratorAge), s.Buffered, s.Delivered, s.DeadLetters)
-			}
-			return w.Flush()
+			return render(cmd, v, func(out io.Writer) error {
+				w := table(out)
+				fmt.Fprintln(w, "SHARD\tSTATE\tSINCE\tREASON\tPOSITION\tITERATOR AGE\tBUFFERED\tDELIVERED\tDEAD LETTERS")
+				for _, s := range v.Shards {
+					fmt.Fprintf(w, "%s/%d\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\n", s.Source, s.Shard, s.State, s.Since.Format(time.RFC3339),
+						orDash(s.Reason), s.Position, seconds(s.IteratorAge), s.Buffered, s.Delivered, s.DeadLetters)
+				}
+				return w.Flush()
+			})
 		})
 	addClientFlags(cmd)
+	addOutputFlag(cmd, outTable)
 	return cmd
 }
 
@@ -362,14 +430,17 @@ func newQueuesCmd() *cobra.Command {
 			if err := c.do(cmd.Context(), http.MethodGet, "/v1/queues", nil, &v); err != nil {
 				return err
 			}
-			w := table(cmd)
-			fmt.Fprintln(w, "FUNCTION\tSCOPES\tWAITING\tOLDEST WAIT\tREASON")
-			for _, q := range v.Queues {
-				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", q.Function, orDash(strings.Join(q.Scopes, ",")), q.Waiting, seconds(q.OldestWait), q.Reason)
-			}
-			return w.Flush()
+			return render(cmd, v, func(out io.Writer) error {
+				w := table(out)
+				fmt.Fprintln(w, "FUNCTION\tSCOPES\tWAITING\tOLDEST WAIT\tREASON")
+				for _, q := range v.Queues {
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", q.Function, orDash(strings.Join(q.Scopes, ",")), q.Waiting, seconds(q.OldestWait), q.Reason)
+				}
+				return w.Flush()
+			})
 		})
 	addClientFlags(cmd)
+	addOutputFlag(cmd, outTable)
 	return cmd
 }
 

@@ -69,7 +69,7 @@ func (a *app) adminAPI() (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return admin.New(admin.Options{
+	srv, err := admin.New(admin.Options{
 		Book: a.book,
 		Shards: func() []shard.Status {
 			var out []shard.Status
@@ -84,12 +84,19 @@ func (a *app) adminAPI() (http.Handler, error) {
 			}
 			return a.readiness.check()
 		},
-		Metrics: promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}),
-		Ingress: a.ingress,
-		Tokens:  tokens,
-		Logger:  a.log,
-		Cluster: a.clusterStatus(),
+		Metrics:          promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}),
+		Ingress:          a.ingress,
+		Tokens:           tokens,
+		Lags:             a.shardLags,
+		DeadLetterCounts: a.deadLetterCounts,
+		Logger:           a.log,
+		Cluster:          a.clusterStatus(),
 	})
+	if err != nil {
+		return nil, err
+	}
+	a.api.Store(srv) // for SIGHUP's reload of the tokens (secrets.go)
+	return srv, nil
 }
 
 // adminTokens resolves the secrets of admin.tokens; a missing file or

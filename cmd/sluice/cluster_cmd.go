@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -18,23 +19,26 @@ func newClusterCmd() *cobra.Command {
 			if err := c.do(cmd.Context(), http.MethodGet, "/v1/cluster", nil, &v); err != nil {
 				return err
 			}
-			w := table(cmd)
-			fmt.Fprintf(w, "cluster %s on broker %s, lease %s\n\n", v.Name, v.Broker, v.Lease)
-			fmt.Fprintln(w, "MEMBER\tLEASE AGE\tSHARES\tDEMAND\tIN FLIGHT")
-			for _, m := range v.Members {
-				id := m.ID
-				if m.Self {
-					id += " (this process)"
+			return render(cmd, v, func(out io.Writer) error {
+				fmt.Fprintf(out, "cluster %s on broker %s, lease %s\n\n", v.Name, v.Broker, v.Lease)
+				w := table(out)
+				fmt.Fprintln(w, "MEMBER\tLEASE AGE\tSHARES\tDEMAND\tIN FLIGHT")
+				for _, m := range v.Members {
+					id := m.ID
+					if m.Self {
+						id += " (this process)"
+					}
+					inFlight := 0
+					for _, n := range m.InFlight {
+						inFlight += n
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", id, m.LeaseAge, counts(m.Shares), counts(m.Demand), inFlight)
 				}
-				inFlight := 0
-				for _, n := range m.InFlight {
-					inFlight += n
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", id, m.LeaseAge, counts(m.Shares), counts(m.Demand), inFlight)
-			}
-			return w.Flush()
+				return w.Flush()
+			})
 		})
 	addClientFlags(cmd)
+	addOutputFlag(cmd, outTable)
 	return cmd
 }
 

@@ -17,14 +17,15 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
-	"github.com/sluicehq/sluice/shard"
 )
 
 func newDLQCmd() *cobra.Command {
 	cmd := groupCmd("dlq", "List, show and replay dead letters", newDLQListCmd(), newDLQShowCmd(), newDLQReplayCmd())
 	cmd.Long = `The dead-letter destinations (dead_letters in the configuration) hold one JSON
-envelope per record or event sluice could not deliver (SPEC §4).
+envelope per record or event sluice could not deliver (docs/concepts.md,
+"Dead letters").
 
 A replay records its outcome in the destination itself, so that it works from
 any machine and survives restarts: a letter delivered gets a small resolution
@@ -66,7 +67,52 @@ func (f *dlqFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.since, flagSince, "", "only letters dead-lettered at or after `TIME` (RFC 3339, a date, or a duration ago like 2h)")
 	fs.StringVar(&f.until, flagUntil, "", "only letters dead-lettered before `TIME` (RFC 3339, a date, or a duration ago like 30m)")
 	fs.StringArrayVar(&f.destinations, flagDestination, nil, "only this dead-letter `destination` (a dead_letters name); repeatable; default all")
-	fs.BoolVar(&f.json, flagJSON, false, "print one JSON envelope per line instead of a table")
+	fs.BoolVar(&f.json, flagJSON, false, "print one JSON envelope per line instead of a table (the same as -o json)")
+	addOutputFlag(cmd, outTable)
+	_ = cmd.RegisterFlagCompletionFunc(flagSource, completeSources) // cannot fail: the flags were just added
+	_ = cmd.RegisterFlagCompletionFunc(flagFunction, completeFunctions)
+	_ = cmd.RegisterFlagCompletionFunc(flagCondition, fixed(conditionNames()...))
+	_ = cmd.RegisterFlagCompletionFunc(flagDestination, completeDestinations)
+}
+
+// format returns the output format of list and of a dry run: --json is -o
+// json.
+func (f *dlqFlags) format(cmd *cobra.Command) (string, error) {
+	if f.json {
+		return outJSON, nil
+	}
+	return outputOf(cmd)
+}
+
+// checkNames refuses a --source or --function filter that names nothing
+// known: neither in the configuration nor in any letter read.
+func (f *dlqFlags) checkNames(cmd *cobra.Command, cfg *config.Config, idxs []*retention.Index) error {
+	check := func(flag, value, what string, configured []string, of func(*retention.Envelope) string) error {
+		if value == "" || slices.Contains(configured, value) {
+			return nil
+		}
+		for _, idx := range idxs {
+			for _, l := range idx.Letters {
+				if of(l.Envelope) == value {
+					return nil
+				}
+			}
+		}
+		return usagef(cmd, "--%s: %q is not a %s of the configuration nor of any dead letter (%ss: %s)", flag, value, what, what, list(configured))
+	}
+	if err := check(flagSource, f.source, "source", sortedNames(cfg.Sources), func(e *retention.Envelope) string { return e.Source }); err != nil {
+		return err
+	}
+	return check(flagFunction, f.function, "function", sortedNames(cfg.Functions), func(e *retention.Envelope) string { return e.Function })
+}
+
+func sortedNames[V any](m map[string]V) []string { return names(m, "") }
+
+func list(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
 }
 
 func conditionList() string {
@@ -80,7 +126,7 @@ func conditionList() string {
 // filter checks the filter flags; a bad value is a usage error naming the
 // flag and what it accepts.
 func (f *dlqFlags) filter(cmd *cobra.Command, now time.Time) (retention.Filter, error) {
-	flt := retention.Filter{Source: f.source, Function: f.function, Condition: shard.Condition(f.condition)}
+	flt := retention.Filter{Source: f.source, Function: f.function, Condition: event.Condition(f.condition)}
 	if f.condition != "" && !retention.IsCondition(flt.Condition) {
 		return flt, usagef(cmd, "--%s: %q is not one of %s", flagCondition, f.condition, conditionList())
 	}
@@ -205,8 +251,8 @@ func newDLQListCmd() *cobra.Command {
 		Short: "List dead letters that are waiting for a replay",
 		Long: `List the dead letters of every destination (or those given with --destination)
 that match the filters, oldest first. Letters a replay already delivered are
-left out unless --all is given. --json prints the latest envelope of each
-letter, one per line.`,
+left out unless --all is given. -o json (or --json) prints the latest
+envelope of each letter, one per line; -o yaml prints them as a YAML list.`,
 		Example: `  sluice dlq list -c sluice.yaml --source orders --since 24h
   sluice dlq list -c sluice.yaml --condition PermanentError --json`,
 		Args: usageArgs(cobra.NoArgs),
@@ -219,8 +265,15 @@ letter, one per line.`,
 			if err != nil {
 				return err
 			}
+			format, err := f.format(cmd)
+			if err != nil {
+				return err
+			}
 			idxs, _, err := f.load(cmd, cfg, log)
 			if err != nil {
+				return err
+			}
+			if err := f.checkNames(cmd, cfg, idxs); err != nil {
 				return err
 			}
 			var letters []*retention.Letter
@@ -232,7 +285,7 @@ letter, one per line.`,
 				}
 			}
 			sortLetters(letters)
-			return printLetters(cmd.OutOrStdout(), letters, f.json)
+			return printLettersAs(cmd.OutOrStdout(), letters, format)
 		},
 	}
 	f.register(cmd)
@@ -246,7 +299,8 @@ func newDLQShowCmd() *cobra.Command {
 		Use:   "show ID",
 		Short: "Print one dead letter's envelope as indented JSON",
 		Long: `Print the latest envelope of dead letter ID (as 'dlq list' shows it) as
-indented JSON. Exits 1 if no destination holds it.`,
+indented JSON. Exits 1 if no destination holds it. -o yaml prints the same as YAML,
+-o table its main fields.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, log, err := dlqSession(cmd)
@@ -254,27 +308,29 @@ indented JSON. Exits 1 if no destination holds it.`,
 				return err
 			}
 			f := dlqFlags{destinations: dests}
+			format, err := outputOf(cmd)
+			if err != nil {
+				return err
+			}
 			idxs, names, err := f.load(cmd, cfg, log)
 			if err != nil {
 				return err
 			}
 			for _, idx := range idxs {
 				if l := idx.Find(args[0]); l != nil {
-					b, err := json.MarshalIndent(l.Envelope, "", "  ")
-					if err != nil {
-						return err
-					}
 					if l.Resolved {
 						log.Info("this letter was replayed successfully", "destination", l.Destination, "at", l.ResolvedAt)
 					}
-					_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s\n", b)
-					return err
+					return writeAs(cmd.OutOrStdout(), format, l.Envelope, func(w io.Writer) error { return printEnvelope(w, l) })
 				}
 			}
 			return fmt.Errorf("dlq: no dead letter with id %q in %s", args[0], strings.Join(names, ", "))
 		},
 	}
 	cmd.Flags().StringArrayVar(&dests, flagDestination, nil, "look only in this dead-letter `destination`; repeatable")
+	_ = cmd.RegisterFlagCompletionFunc(flagDestination, completeDestinations) // cannot fail: the flag was just added
+	addOutputFlag(cmd, outJSON)
+	cmd.ValidArgsFunction = completeLetterIDs
 	return cmd
 }
 
@@ -319,6 +375,7 @@ a summary line goes to standard output.`,
 	fs.Float64Var(&rf.rate, flagRate, 0, "at most `N` letters per second (0: as fast as the limits allow)")
 	fs.BoolVar(&rf.dryRun, flagDryRun, false, "deliver nothing; list the letters that would be replayed")
 	fs.StringVar(&rf.to, flagTo, retention.ToFunction, "where to send letters: function or source")
+	_ = cmd.RegisterFlagCompletionFunc(flagTo, fixed(retention.ToFunction, retention.ToSource)) // cannot fail: the flag was just added
 	fs.IntVar(&rf.parallel, flagParallel, retention.DefaultReplayParallel, "letters in flight at most (`N`, 1..1000); the dispatcher's limits apply to each")
 	return cmd
 }
@@ -337,6 +394,10 @@ func runReplay(cmd *cobra.Command, f *dlqFlags, rf *replayFlags) error {
 		return err
 	}
 	flt, err := f.filter(cmd, time.Now())
+	if err != nil {
+		return err
+	}
+	format, err := f.format(cmd)
 	if err != nil {
 		return err
 	}
@@ -361,6 +422,9 @@ func runReplay(cmd *cobra.Command, f *dlqFlags, rf *replayFlags) error {
 	if err != nil {
 		return err
 	}
+	if err := f.checkNames(cmd, cfg, idxs); err != nil {
+		return err
+	}
 
 	out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	if rf.dryRun {
@@ -371,17 +435,17 @@ func runReplay(cmd *cobra.Command, f *dlqFlags, rf *replayFlags) error {
 			pending, skipped = append(pending, p...), skipped+len(r)
 		}
 		sortLetters(pending)
-		if err := printLetters(out, pending, f.json); err != nil {
+		if err := printLettersAs(out, pending, format); err != nil {
 			return err
 		}
 		_, err := fmt.Fprintf(errOut, "dry run: would replay %d to %s, %d skipped (already replayed)\n", len(pending), rf.to, skipped)
 		return err
 	}
 
-	targets := &replayTargets{a: a}
-	deliver := targets.toFunction
+	targets := a.replayTargets()
+	deliver := targets.ToFunction
 	if rf.to == retention.ToSource {
-		deliver = targets.toSource
+		deliver = targets.ToSource
 	}
 	var total retention.ReplaySummary
 	skipped := 0
@@ -432,6 +496,38 @@ func sortLetters(ls []*retention.Letter) {
 	})
 }
 
+// printLettersAs writes letters in an output format: a table, one JSON
+// envelope per line, or a YAML list of envelopes.
+func printLettersAs(w io.Writer, ls []*retention.Letter, format string) error {
+	if format == outYAML {
+		envs := make([]*retention.Envelope, len(ls))
+		for i, l := range ls {
+			envs[i] = l.Envelope
+		}
+		return writeAs(w, outYAML, envs, nil)
+	}
+	return printLetters(w, ls, format == outJSON)
+}
+
+// printEnvelope writes a letter's main fields, one per line.
+func printEnvelope(w io.Writer, l *retention.Letter) error {
+	e := l.Envelope
+	status := "pending"
+	if l.Resolved {
+		status = "replayed"
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, row := range [][2]string{
+		{"id", e.ID}, {"destination", l.Destination}, {"dead-lettered", l.DeadLetteredAt.UTC().Format(time.RFC3339)},
+		{"source", e.Source}, {"function", e.Function}, {"mode", string(e.Mode)}, {"condition", string(e.Condition)},
+		{"attempts", fmt.Sprint(e.Attempts)}, {"replays", fmt.Sprint(e.Replays)}, {"status", status},
+		{"last error", lastError(e.LastError)},
+	} {
+		_, _ = fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+	}
+	return tw.Flush()
+}
+
 // printLetters writes letters as a table, or as one JSON envelope per line.
 func printLetters(w io.Writer, ls []*retention.Letter, asJSON bool) error {
 	if asJSON {
@@ -457,8 +553,8 @@ func printLetters(w io.Writer, ls []*retention.Letter, asJSON bool) error {
 	return tw.Flush()
 }
 
-func lastError(e shard.ErrorInfo) string {
-	s := e.Kind
+func lastError(e event.ErrorInfo) string {
+	s := string(e.Kind)
 	if e.Status != 0 {
 		s += fmt.Sprintf(" %d", e.Status)
 	}

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
-	"github.com/sluicehq/sluice/shard"
 )
 
 // dlqConfig is a configuration with one Kafka dead-letter destination; the
@@ -92,8 +92,8 @@ func TestPrintLetters(t *testing.T) {
 	at := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 	ls := []*retention.Letter{{
 		Destination: "dead", DeadLetteredAt: at, Resolved: true,
-		Envelope: &retention.Envelope{Version: 1, ID: "abc", Source: "orders", Function: "fn", Condition: shard.PermanentError,
-			Attempts: 1, Replays: 2, LastError: shard.ErrorInfo{Kind: "status", Status: 400, Message: "bad\nrequest " + strings.Repeat("x", 80)}},
+		Envelope: &retention.Envelope{Version: 1, ID: "abc", Source: "orders", Function: "fn", Condition: event.PermanentError,
+			Attempts: 1, Replays: 2, LastError: event.ErrorInfo{Kind: "status", Status: 400, Message: "bad\nrequest " + strings.Repeat("x", 80)}},
 	}}
 	var table, js bytes.Buffer
 	if err := printLetters(&table, ls, false); err != nil {

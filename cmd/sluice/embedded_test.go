@@ -94,7 +94,11 @@ sources:
 	case <-time.After(30 * time.Second):
 		t.Fatal("no embedded nats-server within 30s")
 	}
-	<-running
+	select {
+	case <-running:
+	case <-time.After(60 * time.Second):
+		t.Fatal("sluice did not log \"sluice running\" within 60s")
+	}
 
 	nc, err := natsgo.Connect(url)
 	if err != nil {
@@ -163,9 +167,11 @@ func TestQuickstart(t *testing.T) {
 			t.Fatalf("output lacks %q:\n%s", want, stdout)
 		}
 	}
-	var published, invoked int
+	// The summary counts records and invocations (batches) apart.
+	var published, invoked, throttled, delivered int
 	i := strings.LastIndex(stdout, "published ")
-	if _, err := fmt.Sscanf(stdout[i:], "published %d, invoked %d times", &published, &invoked); err != nil || published == 0 || invoked == 0 {
-		t.Fatalf("summary %q: want events published and the function invoked (%v)", stdout[i:], err)
+	if _, err := fmt.Sscanf(stdout[i:], "published %d records; function invoked %d times (batches of up to 5 records, %d throttled), %d records delivered",
+		&published, &invoked, &throttled, &delivered); err != nil || published == 0 || invoked == 0 || delivered == 0 || delivered > published {
+		t.Fatalf("summary %q: want records published and delivered, and the function invoked (%v)", stdout[i:], err)
 	}
 }

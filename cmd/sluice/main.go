@@ -50,7 +50,9 @@ func report(err error, stderr io.Writer) int {
 		return exitOK
 	case errors.As(err, &cerr):
 		// One problem per line, each naming its key.
-		_, _ = fmt.Fprintln(stderr, cerr.Error())
+		for _, m := range cerr.Messages() {
+			_, _ = fmt.Fprintln(stderr, "sluice:", m)
+		}
 		return exitConfig
 	case errors.Is(err, config.ErrInvalid):
 		_, _ = fmt.Fprintln(stderr, "sluice:", err)

@@ -81,12 +81,13 @@ sources:
 	if code != exitConfig || stdout != "" {
 		t.Fatalf("exit %d, stdout %q", code, stdout)
 	}
-	want := strings.Join([]string{
+	// Every line starts with "sluice: ", as every error of the command does.
+	want := "sluice: " + strings.Join([]string{
 		"sources.orders.batchsize: unknown key; did you mean batch_size? (allowed: batch_size, batching_window, bisect_batch_on_error, broker, function, max_batch_bytes, max_event_age, max_record_age, max_retry_attempts, mode, on_failure, parallelization_factor, partitions, report_batch_item_failures, retry_backoff, scope, starting_position, starting_timestamp, stream, subject, topic)",
 		`sources.orders.max_record_age: 30s is out of range (-1 or 60s..168h)`,
 		`sources.orders.on_failure: undefined dead-letter destination "dead" (defined: none)`,
 		"sources.orders.topic: no brokers are defined, so this uses the embedded NATS JetStream: use stream and subject, or define a Kafka broker under brokers",
-	}, "\n") + "\n"
+	}, "\nsluice: ") + "\n"
 	if stderr != want {
 		t.Errorf("stderr:\n%s\nwant:\n%s", stderr, want)
 	}
@@ -105,6 +106,8 @@ func TestExitCodes(t *testing.T) {
 		{"version", []string{"version"}, exitOK, ""},
 		{"unknown command", []string{"bogus"}, exitConfig, `sluice: unknown command "bogus" for "sluice"`},
 		{"unknown subcommand", []string{"config", "bogus"}, exitConfig, `sluice: unknown command "bogus" for "sluice config"`},
+		{"unknown completion shell", []string{"completion", "bogus"}, exitConfig, `sluice: unknown command "bogus" for "sluice completion"`},
+		{"version flag", []string{"--version"}, exitOK, ""},
 		{"unknown flag", []string{"config", "validate", "--bogus"}, exitConfig, "sluice: unknown flag: --bogus"},
 		{"validate without a file", []string{"config", "validate"}, exitConfig, "sluice: -c/--config FILE is required"},
 		{"missing file", []string{"config", "validate", "-c", "/nonexistent/sluice.yaml"}, exitConfig, "open /nonexistent/sluice.yaml: no such file or directory"},

@@ -69,6 +69,7 @@ func newRootCmd() *cobra.Command {
 		newClusterCmd(),
 		newDLQCmd(),
 		newVersionCmd(),
+		newHealthcheckCmd(),
 	)
 	root.Long = `sluice consumes event streams from Kafka or NATS JetStream and invokes functions
 with them, under concurrency limits that behave like AWS Lambda's: an account
@@ -89,20 +90,43 @@ sets account.concurrency: two underscores between levels), then flags
 	}
 
 	pf := root.PersistentFlags()
-	pf.StringArrayP(flagConfig, "c", nil, "configuration `FILE` (YAML, or TOML by .toml); repeat to layer files, later ones win")
+	pf.StringArrayP(flagConfig, "c", nil, "configuration `FILE` (YAML: .yaml, .yml, .json; TOML: .toml); repeat to layer files, later ones win")
 	pf.String(flagLogLevel, "info", "log `level`: debug, info, warn or error")
 	config.RegisterFlags(pf)
+	_ = root.RegisterFlagCompletionFunc(flagLogLevel, fixed("debug", "info", "warn", "error")) // cannot fail: the flag was just added
+	_ = root.MarkPersistentFlagFilename(flagConfig, "yaml", "yml", "json", "toml")
+	// cobra's completion command, made now so that, like every group, an
+	// unknown shell is a usage error rather than help and exit 0.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Args = usageArgs(cobra.NoArgs)
+			c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		}
+	}
+	v, _ := buildInfo()
+	root.Version = v
+	root.SetVersionTemplate(versionText()) // the same as `sluice version`
 	return root
 }
 
 // loadConfig loads and validates the configuration of the files given with
-// -c, the environment and the flags.
+// -c, the environment and the flags. A SLUICE_ variable that matches no key
+// is a warning (and ignored), except for the config commands, which are
+// there to find such mistakes and fail on them.
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	files, err := cmd.Flags().GetStringArray(flagConfig)
 	if err != nil {
 		return nil, err
 	}
-	return config.Load(files, cmd.Flags())
+	if p := cmd.Parent(); p != nil && p.Name() == "config" {
+		return config.Load(files, cmd.Flags())
+	}
+	return config.Load(files, cmd.Flags(), config.WarnUnknownEnv(func(msg string) {
+		if log, err := newLogger(cmd); err == nil {
+			log.Warn("environment variable ignored: " + msg)
+		}
+	}))
 }
 
 // newLogger returns the logger --log-level asks for, writing to the

@@ -57,9 +57,14 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the version, commit and Go version of this binary",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			v, c := buildInfo()
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "sluice %s\ncommit: %s\ngo: %s %s/%s\n", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			_, err := fmt.Fprint(cmd.OutOrStdout(), versionText())
 			return err
 		},
 	}
+}
+
+// versionText is what `sluice version` and `sluice --version` print.
+func versionText() string {
+	v, c := buildInfo()
+	return fmt.Sprintf("sluice %s\ncommit: %s\ngo: %s %s/%s\n", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }

@@ -48,7 +48,7 @@ func EnsureTopic(ctx context.Context, broker consumer.KafkaConfig, topic string,
 		want[configRetentionBytes] = strconv.FormatInt(maxBytes, 10)
 	}
 
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(broker.Seeds...), kgo.ClientID(clientID(broker))}, opts...)...)
+	cl, err := newClient(broker, opts...)
 	if err != nil {
 		return false, nil, fmt.Errorf("kafka: ensure topic %q: %w", topic, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
+	"github.com/sluicehq/sluice/redelivery"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -24,9 +25,6 @@ const (
 	// being moved to a retry topic or dead-lettered); the function's own
 	// limits apply on top, in the dispatcher.
 	DefaultAsyncConcurrency = 64
-	// maxRetryAfter caps a function's Retry-After (the event's expiry caps
-	// it further).
-	maxRetryAfter = 15 * time.Minute
 	// unsettledPerSlot × Concurrency bounds the records of the source
 	// topic and retry topics that were started and are not yet behind a
 	// partition's mark: one stuck event (a long invocation, a long wait for
@@ -35,10 +33,6 @@ const (
 	// memory until it settles. Past the bound the poll loop fetches nothing
 	// more until the stuck event settles.
 	unsettledPerSlot = 64
-	// deadLetterTimeout bounds one dead-letter write (the Kafka writer has
-	// its own, shorter, timeout); below DefaultStopTimeout, so a stopping
-	// partition waits for it.
-	deadLetterTimeout = 10 * time.Second
 )
 
 // AsyncOptions are the collaborators and tuning of an Async source.
@@ -50,7 +44,7 @@ type AsyncOptions struct {
 	Deliverer consumer.AsyncDeliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics.
@@ -89,21 +83,19 @@ type AsyncOptions struct {
 // goroutine (assigned, revoked, lost). Locks, in this order: Async.mu →
 // apart.mu → franz-go's.
 type Async struct {
-	name     string
-	topic    string
-	group    string
-	broker   consumer.KafkaConfig
-	src      consumer.SourceConfig
-	opts     AsyncOptions
-	log      *slog.Logger
-	backoff  shard.Backoff
-	maxAge   time.Duration
-	attempts int // max_retry_attempts
-	tiers    []retryTier
-	isRetry  map[string]bool // topic → it is one of the retry topics
-	kopts    []kgo.Opt
-	metrics  *consumer.AsyncMetrics
-	commits  *committer
+	name    string
+	topic   string
+	group   string
+	broker  consumer.KafkaConfig
+	src     consumer.SourceConfig
+	opts    AsyncOptions
+	log     *slog.Logger
+	policy  redelivery.Policy // max_retry_attempts, max_event_age, retry_backoff
+	tiers   []retryTier
+	isRetry map[string]bool // topic → it is one of the retry topics
+	kopts   []kgo.Opt
+	metrics *consumer.AsyncMetrics
+	commits *committer
 
 	// ensureMu serializes Ensure; ensured is set once it succeeded.
 	ensureMu sync.Mutex
@@ -184,7 +176,7 @@ type apart struct {
 // entry is one fetched record.
 type entry struct {
 	kr   *kgo.Record
-	ev   event
+	ev   retryEvent
 	err  error // reading its retry headers failed (see eventOf)
 	done bool  // delivered, moved to a retry topic or dead-lettered; guarded by apart.mu
 }
@@ -243,15 +235,16 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 	b := src.RetryBackoff
 	a := &Async{
 		name: name, topic: src.Topic, group: opts.Group, broker: broker, src: src, opts: opts,
-		log:      opts.Logger.With("source", name, "topic", src.Topic),
-		backoff:  shard.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
-		maxAge:   src.MaxEventAge,
-		attempts: src.MaxRetryAttempts,
-		tiers:    tiers,
-		isRetry:  make(map[string]bool, len(tiers)),
-		parts:    make(map[topicPartition]*apart),
-		commits:  newCommitter(),
-		metrics:  consumer.NewAsyncMetrics(name),
+		log: opts.Logger.With("source", name, "topic", src.Topic),
+		policy: redelivery.Policy{
+			MaxAttempts: src.MaxRetryAttempts, MaxAge: src.MaxEventAge, AgeCondition: event.EventAgeExceeded,
+			Backoff: event.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
+		},
+		tiers:   tiers,
+		isRetry: make(map[string]bool, len(tiers)),
+		parts:   make(map[topicPartition]*apart),
+		commits: newCommitter(),
+		metrics: consumer.NewAsyncMetrics(name),
 	}
 	a.member = member[*apart]{log: a.log, commitTimeout: opts.CommitTimeout, what: "events",
 		startLocked: a.startPartsLocked, detachLocked: a.detachLocked, stop: a.stop}
@@ -261,9 +254,11 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 		a.isRetry[t.topic] = true
 		topics = append(topics, t.topic)
 	}
-	a.kopts = append([]kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
+	base, err := ClientOpts(broker)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
+	}
+	a.kopts = append(append(base,
 		kgo.WithLogger(kgoLogger{a.log}),
 		kgo.ConsumerGroup(opts.Group),
 		kgo.ConsumeTopics(topics...),
@@ -280,7 +275,7 @@ func NewAsync(name string, broker consumer.KafkaConfig, src consumer.SourceConfi
 		kgo.FetchMaxBytes(DefaultFetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(DefaultFetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-	}, append(sessionOpts(broker), opts.ClientOpts...)...)
+	), append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(a.metrics); err != nil {
 			return nil, fmt.Errorf("kafka: source %q: register metrics: %w", name, err)
@@ -503,9 +498,9 @@ func (a *Async) startLocked(pt *apart, e *entry) {
 }
 
 // handle invokes one event and settles it: delivered, moved to a retry
-// topic, or dead-lettered, then marked. An event whose partition stops
-// (revoke, shutdown) before it is settled is left unmarked: it is read again
-// from the last commit.
+// topic, or dead-lettered, then marked — as the redelivery policy decides.
+// An event whose partition stops (revoke, shutdown) before it is settled is
+// left unmarked: it is read again from the last commit.
 func (a *Async) handle(pt *apart, e *entry) {
 	ctx := pt.ctx
 	ev := e.ev
@@ -516,137 +511,73 @@ func (a *Async) handle(pt *apart, e *entry) {
 	now := time.Now()
 	a.metrics.Received.Inc()
 	a.metrics.Age.Observe(max(0, now.Sub(ev.rec.Timestamp)).Seconds())
-	expiry := ev.rec.Timestamp.Add(a.maxAge)
-	switch {
-	case !now.Before(expiry):
-		a.giveUp(pt, e, &ev, shard.EventAgeExceeded)
-		return
-	case ev.attempts > a.attempts:
-		// max_retry_attempts was lowered since the event was retried.
-		a.giveUp(pt, e, &ev, shard.RetryAttemptsExhausted)
+	st := ev.state()
+	if cond, ok := a.policy.Before(&st, ev.rec.Timestamp, now); ok {
+		a.giveUp(pt, e, &ev, cond)
 		return
 	}
-	if ev.first.IsZero() {
-		ev.first = now
-	}
-	dctx, cancel := context.WithDeadline(ctx, expiry)
-	res := a.opts.Deliverer.Deliver(dctx, ev.rec, ev.attempts+1)
-	cancel()
-	ev.last = time.Now()
-	if res.Outcome != shard.Delivered && ctx.Err() != nil {
-		return // stopping: the outcome does not count; the event is read again
-	}
-
-	switch res.Outcome {
-	case shard.Delivered:
+	a.policy.Begin(&st, now)
+	// The expiry bounds only the wait for a slot: an invocation that
+	// started runs to its answer, however old the event grows meanwhile.
+	res := a.opts.Deliverer.Deliver(ctx, ev.rec, st.Attempts+1, a.policy.Expiry(ev.rec.Timestamp))
+	dec := a.policy.After(&st, res, 1, ev.rec.Timestamp, time.Now(), ctx.Err() != nil)
+	ev.setState(st)
+	switch dec.Action {
+	case redelivery.Done:
 		a.settle(pt, e)
-
-	case shard.Throttled:
-		if !ev.last.Before(expiry) {
-			if ev.lastError.Message == "" || res.Error.Kind != "cancelled" {
-				ev.lastError = res.Error
-			}
-			a.giveUp(pt, e, &ev, shard.EventAgeExceeded)
-			return
-		}
-		ev.throttles++
-		ev.lastError = res.Error
-		delay := max(a.backoff.Delay(ev.throttles, rand.Float64()), min(res.RetryAfter, maxRetryAfter))
-		a.retry(pt, e, &ev, delay, expiry)
-
-	case shard.Failed, shard.Partial:
-		ev.attempts++
-		ev.lastError = res.Error
-		if ev.attempts > a.attempts {
-			a.giveUp(pt, e, &ev, shard.RetryAttemptsExhausted)
-			return
-		}
-		a.retry(pt, e, &ev, a.backoff.Delay(ev.attempts, rand.Float64()), expiry)
-
-	case shard.Permanent:
-		ev.attempts++
-		ev.lastError = res.Error
-		a.giveUp(pt, e, &ev, shard.PermanentError)
+	case redelivery.Retry:
+		a.retry(pt, e, &ev, dec.Delay)
+	case redelivery.DeadLetter:
+		a.giveUp(pt, e, &ev, dec.Condition)
+	case redelivery.Abandon, redelivery.Split: // stopping: the event is read again (an event is never split)
 	}
 }
 
-// retry writes ev to the retry tier of delay, due after delay (but at the
-// latest at its expiry, when it is then dead-lettered on time), retrying the
-// write until it is acknowledged or the partition stops; then settles it.
-func (a *Async) retry(pt *apart, e *entry, ev *event, delay time.Duration, expiry time.Time) {
-	now := time.Now()
-	ev.due = now.Add(delay)
-	if ev.due.After(expiry) {
-		ev.due = expiry
-	}
-	tier := a.tiers[tierFor(a.tiers, ev.due.Sub(now))]
+// retry writes ev to the retry tier of delay, due after delay (the policy
+// cut it at the event's expiry, when it is then dead-lettered on time),
+// retrying the write until it is acknowledged or the partition stops; then
+// settles it.
+func (a *Async) retry(pt *apart, e *entry, ev *retryEvent, delay time.Duration) {
+	ev.due = time.Now().Add(delay)
+	tier := a.tiers[tierFor(a.tiers, delay)]
 	kr := retryRecord(ev, a.name, tier.topic)
-	for try := 1; ; try++ {
-		// A write is not cut short when the partition stops: franz-go
-		// may fail a record already on the wire when its context ends,
-		// and the event would then be handled again from the source
-		// although its retry record exists (a second retry chain). The
-		// write is bounded by its own timeout, and stop waits for it.
-		err := produceRetry(context.WithoutCancel(pt.ctx), a.prod, kr)
-		if err == nil {
-			break
-		}
-		if pt.ctx.Err() != nil {
-			return
-		}
+	// A write is not cut short when the partition stops: franz-go may fail
+	// a record already on the wire when its context ends, and the event
+	// would then be handled again from the source although its retry record
+	// exists (a second retry chain). The write is bounded by its own
+	// timeout (produceRetry), and stop waits for it.
+	err := a.policy.Persist(pt.ctx, 0, func(wctx context.Context) error {
+		return produceRetry(wctx, a.prod, kr)
+	}, func(try int, err error) {
 		a.log.Error("writing an event to its retry topic failed; retrying (the event is held meanwhile)",
 			"retry_topic", tier.topic, "try", try, "error", err)
-		if !sleepCtx(pt.ctx, a.backoff.Delay(try, rand.Float64())) {
-			return
-		}
+	})
+	if err != nil {
+		return // the partition stopped
 	}
 	a.log.Debug("event retried later", "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset,
 		"attempts", ev.attempts, "throttles", ev.throttles, "delay", delay, "retry_topic", tier.topic, "error", ev.lastError.Message)
 	a.settle(pt, e)
 }
 
-// giveUp dead-letters ev with cond (retrying the write until it succeeds or
-// the partition stops; the event is held meanwhile), or drops it without a
-// destination; then settles it. The dead letter carries the original
-// record's coordinates.
-func (a *Async) giveUp(pt *apart, e *entry, ev *event, cond shard.Condition) {
-	now := time.Now()
-	first, last := ev.first, ev.last
-	if first.IsZero() {
-		first = now
-	}
-	if last.IsZero() {
-		last = now
-	}
+// giveUp dead-letters ev with cond through the policy's bounded, retried
+// write (until it succeeds or the partition stops; the event is held
+// meanwhile), or drops it without a destination; then settles it. The dead
+// letter carries the original record's coordinates.
+func (a *Async) giveUp(pt *apart, e *entry, ev *retryEvent, cond event.Condition) {
 	if a.opts.DeadLetterer == nil {
 		a.log.Warn("dropping an undeliverable event: the source has no on_failure destination",
 			"condition", cond, "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset,
 			"attempts", ev.attempts, "error", ev.lastError.Message)
 	} else {
-		rec := ev.rec
-		rec.Ref = nil
-		dl := shard.DeadLetter{
-			Source: a.name, Function: a.src.Function, Mode: string(consumer.ModeAsync),
-			Condition: cond, Attempts: ev.attempts, FirstAttemptAt: first, LastAttemptAt: last,
-			LastError: ev.lastError, Record: rec,
-		}
-		for try := 1; ; try++ {
-			// Not cut short when the partition stops, as in retry (a
-			// letter written but reported failed would be written twice).
-			wctx, cancel := context.WithTimeout(context.WithoutCancel(pt.ctx), deadLetterTimeout)
-			err := a.opts.DeadLetterer.DeadLetter(wctx, []shard.DeadLetter{dl})
-			cancel()
-			if err == nil {
-				break
-			}
-			if pt.ctx.Err() != nil {
-				return
-			}
+		st := ev.state()
+		letters := redelivery.Letters(a.name, a.src.Function, string(consumer.ModeAsync), cond, &st, time.Now(), []event.Record{ev.rec})
+		err := a.policy.Store(pt.ctx, a.opts.DeadLetterer, letters, func(try int, err error) {
 			a.log.Error("dead-letter write failed; retrying (the event is held meanwhile)",
 				"condition", cond, "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset, "try", try, "error", err)
-			if !sleepCtx(pt.ctx, a.backoff.Delay(try, rand.Float64())) {
-				return
-			}
+		})
+		if err != nil {
+			return // the partition stopped
 		}
 	}
 	a.metrics.Dropped.WithLabelValues(string(cond)).Inc()
@@ -793,17 +724,5 @@ func (a *Async) stop(parts []*apart, fenceFirst bool) {
 		pt.mu.Lock()
 		pt.revoked = true
 		pt.mu.Unlock()
-	}
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

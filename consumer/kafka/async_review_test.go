@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // With starting_position latest, a retry partition that never had a commit
@@ -17,7 +17,7 @@ func TestAsyncLatestKeepsUncommittedRetryRecords(t *testing.T) {
 	cfg := asyncSourceConfig("orders", 2, time.Hour)
 	cfg.StartingPosition = consumer.Latest
 	cfg.RetryBackoff = consumer.Backoff{Initial: 2 * time.Second, Max: 2 * time.Second, Multiplier: 1}
-	f := newAsyncFake(func(shard.Record, int) shard.Result { return fail500 })
+	f := newAsyncFake(func(event.Record, int) event.Result { return fail500 })
 	opts := testAsyncOpts(f, "g")
 	opts.RetryTiers = []time.Duration{100 * time.Millisecond}
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
@@ -41,7 +41,10 @@ func TestAsyncLatestKeepsUncommittedRetryRecords(t *testing.T) {
 	})
 	stop() // before any retry record is due: the retry partition has no commit
 	f.mu.Lock()
-	seen := len(f.calls)
+	seen := map[int64]bool{} // offsets of the events invoked before the restart
+	for off := range f.calls {
+		seen[off] = true
+	}
 	f.mu.Unlock()
 
 	b, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
@@ -50,8 +53,23 @@ func TestAsyncLatestKeepsUncommittedRetryRecords(t *testing.T) {
 	}
 	runAsync(t, b)
 	waitFor(t, 20*time.Second, "every event seen before the restart dead-lettered", func() bool {
-		return len(f.deadLetters()) >= seen
+		return len(f.deadLetters()) >= len(seen)
 	})
+	// Exactly those events, once each, after all their attempts (the one
+	// before the restart counts).
+	dead := map[int64]bool{}
+	for _, dl := range f.deadLetters() {
+		off := dl.Record.Offset
+		switch {
+		case !seen[off]:
+			t.Errorf("dead letter for offset %d, an event not invoked before the restart (invoked: %v)", off, seen)
+		case dead[off]:
+			t.Errorf("offset %d dead-lettered twice", off)
+		case dl.Condition != event.RetryAttemptsExhausted || dl.Attempts != 3:
+			t.Errorf("offset %d dead-lettered with %s after %d attempts, want RetryAttemptsExhausted after 3", off, dl.Condition, dl.Attempts)
+		}
+		dead[off] = true
+	}
 }
 
 // While the first event of a partition is stuck (here: its invocation
@@ -63,11 +81,11 @@ func TestAsyncBoundsRecordsHeldBehindAStuckEvent(t *testing.T) {
 	seeds := newCluster(t, 1, "orders")
 	produce(t, seeds, "orders", 1, n)
 	release := make(chan struct{})
-	f := newAsyncFake(func(rec shard.Record, _ int) shard.Result {
+	f := newAsyncFake(func(rec event.Record, _ int) event.Result {
 		if rec.Offset == 0 {
 			<-release
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	})
 	opts := testAsyncOpts(f, "g")
 	opts.Concurrency = 4

@@ -3,21 +3,23 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // asyncCall is one invocation an asyncFake saw.
 type asyncCall struct {
-	rec     shard.Record
+	rec     event.Record
 	attempt int
 	at      time.Time
 }
@@ -25,25 +27,25 @@ type asyncCall struct {
 // asyncFake is an AsyncDeliverer answering with behave, and recording each
 // call; and a DeadLetterer recording each letter.
 type asyncFake struct {
-	behave func(rec shard.Record, attempt int) shard.Result
+	behave func(rec event.Record, attempt int) event.Result
 
 	mu       sync.Mutex
 	calls    map[int64][]asyncCall // by original offset
 	ok       map[[2]int64]int      // successful deliveries by original partition and offset
-	letters  []shard.DeadLetter
+	letters  []event.DeadLetter
 	storedAt []time.Time // when each letter was stored
 }
 
-func newAsyncFake(behave func(rec shard.Record, attempt int) shard.Result) *asyncFake {
+func newAsyncFake(behave func(rec event.Record, attempt int) event.Result) *asyncFake {
 	return &asyncFake{behave: behave, calls: map[int64][]asyncCall{}, ok: map[[2]int64]int{}}
 }
 
-func (f *asyncFake) Deliver(_ context.Context, rec shard.Record, attempt int) shard.Result {
+func (f *asyncFake) Deliver(_ context.Context, rec event.Record, attempt int, _ time.Time) event.Result {
 	f.mu.Lock()
 	f.calls[rec.Offset] = append(f.calls[rec.Offset], asyncCall{rec: rec, attempt: attempt, at: time.Now()})
 	f.mu.Unlock()
 	res := f.behave(rec, attempt)
-	if res.Outcome == shard.Delivered {
+	if res.Outcome == event.Delivered {
 		f.mu.Lock()
 		f.ok[[2]int64{int64(rec.Partition), rec.Offset}]++
 		f.mu.Unlock()
@@ -57,7 +59,7 @@ func (f *asyncFake) deliveredCount() int {
 	return len(f.ok)
 }
 
-func (f *asyncFake) DeadLetter(_ context.Context, dls []shard.DeadLetter) error {
+func (f *asyncFake) DeadLetter(_ context.Context, dls []event.DeadLetter) error {
 	f.mu.Lock()
 	f.letters = append(f.letters, dls...)
 	for range dls {
@@ -67,7 +69,7 @@ func (f *asyncFake) DeadLetter(_ context.Context, dls []shard.DeadLetter) error 
 	return nil
 }
 
-func (f *asyncFake) deadLetters() []shard.DeadLetter {
+func (f *asyncFake) deadLetters() []event.DeadLetter {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.letters)
@@ -126,7 +128,7 @@ func runAsync(t *testing.T, a *Async) (stop func()) {
 	return stop
 }
 
-var fail500 = shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
+var fail500 = event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
 
 // A function that always fails: each event is tried 1 + max_retry_attempts
 // times with attempts 1, 2, 3, then dead-lettered as RetryAttemptsExhausted
@@ -136,7 +138,7 @@ func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 	const n = 20
 	seeds := newCluster(t, 2, "orders")
 	produce(t, seeds, "orders", 2, n/2)
-	f := newAsyncFake(func(shard.Record, int) shard.Result { return fail500 })
+	f := newAsyncFake(func(event.Record, int) event.Result { return fail500 })
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, asyncSourceConfig("orders", 2, time.Hour), testAsyncOpts(f, "g"))
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +154,7 @@ func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 			t.Errorf("event %d@%d dead-lettered twice", r.Partition, r.Offset)
 		}
 		seen[k] = true
-		if dl.Condition != shard.RetryAttemptsExhausted || dl.Attempts != 3 || dl.LastError.Status != 500 {
+		if dl.Condition != event.RetryAttemptsExhausted || dl.Attempts != 3 || dl.LastError.Status != 500 {
 			t.Errorf("dead letter %s attempts %d error %+v, want RetryAttemptsExhausted, 3, status 500", dl.Condition, dl.Attempts, dl.LastError)
 		}
 		if r.Topic != "orders" || r.Timestamp.IsZero() || dl.Mode != "async" || dl.Source != "orders" {
@@ -208,9 +210,9 @@ func TestAsyncThrottledUntilExpired(t *testing.T) {
 	seeds := newCluster(t, 1, "orders")
 	produce(t, seeds, "orders", 1, 3)
 	const maxAge = 1500 * time.Millisecond
-	f := newAsyncFake(func(shard.Record, int) shard.Result {
-		return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled", RetryAfter: 300 * time.Millisecond,
-			Error: shard.ErrorInfo{Kind: "throttled", Status: 429, Message: "slow down"}}
+	f := newAsyncFake(func(event.Record, int) event.Result {
+		return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled", RetryAfter: 300 * time.Millisecond,
+			Error: event.ErrorInfo{Kind: "throttled", Status: 429, Message: "slow down"}}
 	})
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, asyncSourceConfig("orders", 2, maxAge), testAsyncOpts(f, "g"))
 	if err != nil {
@@ -222,7 +224,7 @@ func TestAsyncThrottledUntilExpired(t *testing.T) {
 	storedAt := slices.Clone(f.storedAt)
 	f.mu.Unlock()
 	for i, dl := range f.deadLetters() {
-		if dl.Condition != shard.EventAgeExceeded || dl.Attempts != 0 || dl.LastError.Status != 429 {
+		if dl.Condition != event.EventAgeExceeded || dl.Attempts != 0 || dl.LastError.Status != 429 {
 			t.Errorf("dead letter %s attempts %d error %+v, want EventAgeExceeded, 0, 429", dl.Condition, dl.Attempts, dl.LastError)
 		}
 		if age := storedAt[i].Sub(dl.Record.Timestamp); age < maxAge-10*time.Millisecond || age > maxAge+time.Second {
@@ -251,7 +253,7 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 	produce(t, seeds, "orders", 1, n)
 	cfg := asyncSourceConfig("orders", 2, time.Hour)
 	cfg.RetryBackoff = consumer.Backoff{Initial: 500 * time.Millisecond, Max: 500 * time.Millisecond, Multiplier: 1}
-	f := newAsyncFake(func(shard.Record, int) shard.Result { return fail500 })
+	f := newAsyncFake(func(event.Record, int) event.Result { return fail500 })
 	opts := testAsyncOpts(f, "g")
 	opts.RetryTiers = []time.Duration{100 * time.Millisecond}
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
@@ -275,7 +277,11 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 	}
 	runAsync(t, b)
 	waitFor(t, 20*time.Second, "every event dead-lettered", func() bool { return len(f.deadLetters()) >= n })
-	time.Sleep(300 * time.Millisecond) // nothing more comes
+	// Nothing more can come once the group committed the source topic and
+	// every retry topic to its end.
+	waitFor(t, 20*time.Second, "source and retry topics committed to their ends", func() bool {
+		return committedToEnd(t, seeds, "g", append([]string{"orders"}, b.RetryTopics()...)...)
+	})
 	for o := range int64(n) {
 		var atts []int
 		for _, c := range f.callsOf(o) {
@@ -295,14 +301,14 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 func TestAsyncOutcomes(t *testing.T) {
 	seeds := newCluster(t, 1, "orders")
 	produce(t, seeds, "orders", 1, 3)
-	f := newAsyncFake(func(rec shard.Record, attempt int) shard.Result {
+	f := newAsyncFake(func(rec event.Record, attempt int) event.Result {
 		switch {
 		case rec.Offset == 0:
-			return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "status", Status: 400, Message: "bad"}}
+			return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: 400, Message: "bad"}}
 		case rec.Offset == 1 && attempt < 2:
 			return fail500
 		default:
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		}
 	})
 	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, asyncSourceConfig("orders", 2, time.Hour), testAsyncOpts(f, "g"))
@@ -313,7 +319,7 @@ func TestAsyncOutcomes(t *testing.T) {
 	waitFor(t, 10*time.Second, "everything committed", func() bool { return committed(t, seeds, "g", "orders")[0] == 3 })
 	waitFor(t, 10*time.Second, "offset 1 delivered on attempt 2", func() bool { return len(f.callsOf(1)) == 2 })
 	dls := f.deadLetters()
-	if len(dls) != 1 || dls[0].Condition != shard.PermanentError || dls[0].Record.Offset != 0 || dls[0].Attempts != 1 {
+	if len(dls) != 1 || dls[0].Condition != event.PermanentError || dls[0].Record.Offset != 0 || dls[0].Attempts != 1 {
 		t.Fatalf("dead letters %+v, want offset 0 PermanentError after 1 attempt", dls)
 	}
 	if c := f.callsOf(2); len(c) != 1 {
@@ -348,11 +354,11 @@ func TestTierFor(t *testing.T) {
 
 func TestRetryRecordRoundTrip(t *testing.T) {
 	ts := time.UnixMilli(1_700_000_000_123)
-	ev := event{
-		rec: shard.Record{Topic: "orders", Partition: 3, Offset: 42, Timestamp: ts, Key: []byte("k"), Value: []byte("v"),
-			Headers: []shard.Header{{Key: "tenant", Value: []byte("a")}}},
+	ev := retryEvent{
+		rec: event.Record{Topic: "orders", Partition: 3, Offset: 42, Timestamp: ts, Key: []byte("k"), Value: []byte("v"),
+			Headers: []event.Header{{Key: "tenant", Value: []byte("a")}}},
 		attempts: 2, throttles: 5, first: ts.Add(time.Second), last: ts.Add(2 * time.Second), due: ts.Add(3 * time.Second),
-		lastError: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
+		lastError: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"},
 	}
 	kr := retryRecord(&ev, "src", "orders.sluice-retry.src.1s")
 	kr.Partition, kr.Offset = 0, 7
@@ -360,7 +366,6 @@ func TestRetryRecordRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got.rec.Ref = nil
 	if fmt.Sprint(got.rec) != fmt.Sprint(ev.rec) || got.attempts != 2 || got.throttles != 5 || !got.first.Equal(ev.first) ||
 		!got.last.Equal(ev.last) || !got.due.Equal(ev.due) || got.lastError != ev.lastError {
 		t.Errorf("round trip:\n got %+v\nwant %+v", got, ev)
@@ -389,7 +394,7 @@ func TestRetryRecordRoundTrip(t *testing.T) {
 // client is replaced by hooks so the clock is synctest's.
 func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := newAsyncFake(func(shard.Record, int) shard.Result { return shard.Result{Outcome: shard.Delivered} })
+		f := newAsyncFake(func(event.Record, int) event.Result { return event.Result{Outcome: event.Delivered} })
 		const maxAge = time.Minute
 		a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: []string{"127.0.0.1:1"}},
 			asyncSourceConfig("orders", 2, maxAge), testAsyncOpts(f, "g"))
@@ -423,8 +428,8 @@ func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
 		dues := []time.Duration{2 * time.Second, time.Second, 5 * time.Second, 6 * time.Second}
 		var krs []*kgo.Record
 		for i, d := range dues {
-			ev := event{
-				rec:      shard.Record{Topic: "orders", Offset: int64(100 + i), Timestamp: start, Value: []byte("v")},
+			ev := retryEvent{
+				rec:      event.Record{Topic: "orders", Offset: int64(100 + i), Timestamp: start, Value: []byte("v")},
 				attempts: 1, first: start, last: start, due: start.Add(d),
 			}
 			if i == 3 {
@@ -465,7 +470,7 @@ func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
 		time.Sleep(time.Second)
 		synctest.Wait()
 		dls := f.deadLetters()
-		if len(dls) != 1 || dls[0].Condition != shard.EventAgeExceeded || dls[0].Record.Offset != 103 || dls[0].Attempts != 1 {
+		if len(dls) != 1 || dls[0].Condition != event.EventAgeExceeded || dls[0].Record.Offset != 103 || dls[0].Attempts != 1 {
 			t.Fatalf("at 6s: dead letters %+v, want 103 EventAgeExceeded after 1 attempt", dls)
 		}
 		if len(f.callsOf(103)) != 0 {
@@ -479,39 +484,93 @@ func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
 
 // A second member joins while events wait in retry topics and fail or
 // succeed: every event is delivered (on its second attempt), none is
-// dead-lettered, and the source topic is committed to its end.
+// dead-lettered, and the source topic is committed to its end. The join
+// happens mid-stream by construction: half the events are produced, a
+// delivers some, b joins and is assigned partitions, and only then is the
+// other half produced; b must deliver some of them before it is stopped.
 func TestAsyncRebalanceLosesNothing(t *testing.T) {
 	const parts, n = 2, 200
 	seeds := newCluster(t, parts, "orders")
-	produce(t, seeds, "orders", parts, n/parts)
-	f := newAsyncFake(func(_ shard.Record, attempt int) shard.Result {
+	produce(t, seeds, "orders", parts, n/parts/2)
+	behave := func(_ event.Record, attempt int) event.Result {
 		if attempt == 1 {
 			return fail500
 		}
-		return shard.Result{Outcome: shard.Delivered}
-	})
+		return event.Result{Outcome: event.Delivered}
+	}
+	fa, fb := newAsyncFake(behave), newAsyncFake(behave) // what a and b delivered
+	delivered := func() int {
+		fa.mu.Lock()
+		defer fa.mu.Unlock()
+		fb.mu.Lock()
+		defer fb.mu.Unlock()
+		all := maps.Clone(fa.ok)
+		maps.Copy(all, fb.ok)
+		return len(all)
+	}
 	cfg := asyncSourceConfig("orders", 2, time.Hour)
 	cfg.RetryBackoff = consumer.Backoff{Initial: 300 * time.Millisecond, Max: 300 * time.Millisecond, Multiplier: 1}
-	opts := testAsyncOpts(f, "g")
-	opts.Concurrency = 16 // several poll rounds, so the join lands mid-way
-	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
-	if err != nil {
-		t.Fatal(err)
+	newMember := func(f *asyncFake) *Async {
+		opts := testAsyncOpts(f, "g")
+		opts.Concurrency = 16 // several poll rounds, so the join lands mid-way
+		m, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
 	}
+	a := newMember(fa)
 	runAsync(t, a)
-	waitFor(t, 10*time.Second, "some events delivered", func() bool { return f.deliveredCount() >= 10 })
-	b, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	waitFor(t, 10*time.Second, "some events delivered", func() bool { return delivered() >= 10 })
+	b := newMember(fb)
 	stopB := runAsync(t, b)
-	waitFor(t, 30*time.Second, "every event delivered", func() bool { return f.deliveredCount() == n })
+	waitFor(t, 30*time.Second, "b is assigned a partition of the source topic", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for tp := range b.parts {
+			if tp.topic == "orders" {
+				return true
+			}
+		}
+		return false
+	})
+	// The second half: offsets n/parts/2 .. n/parts-1 of each partition.
+	produce(t, seeds, "orders", parts, n/parts/2)
+	waitFor(t, 30*time.Second, "every event delivered", func() bool { return delivered() == n })
+	if fb.deliveredCount() == 0 {
+		t.Fatalf("b delivered nothing although it owned a partition when the second half was produced")
+	}
 	stopB() // and its partitions move back to a
 	waitFor(t, 20*time.Second, "source topic committed to its end", func() bool {
 		c := committed(t, seeds, "g", "orders")
 		return c[0] == n/parts && c[1] == n/parts
 	})
-	if dls := f.deadLetters(); len(dls) != 0 {
+	if dls := append(fa.deadLetters(), fb.deadLetters()...); len(dls) != 0 {
 		t.Errorf("%d dead letters, want none (first: %+v)", len(dls), dls[0])
 	}
+}
+
+// committedToEnd reports whether group committed every partition of topics
+// to its end offset: nothing is left for the group to read.
+func committedToEnd(t testing.TB, seeds []string, group string, topics ...string) bool {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(t.Context(), topics...)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		t.Fatalf("end offsets of %v: %v", topics, err)
+	}
+	ok := true
+	ends.Each(func(o kadm.ListedOffset) {
+		if committed(t, seeds, group, o.Topic)[o.Partition] != o.Offset {
+			ok = false
+		}
+	})
+	return ok
 }

@@ -4,9 +4,10 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // Kind is the Kafka broker kind (brokers.<name>.kafka).
@@ -14,14 +15,26 @@ type Kind struct{}
 
 var _ consumer.Kind = Kind{}
 
-// Open returns the Broker of cfg.Kafka. It does not contact the cluster:
-// every client connects when it is first used.
-func (Kind) Open(_ context.Context, name string, cfg consumer.BrokerConfig, _ consumer.Env) (consumer.Broker, error) {
+// Open returns the Broker of cfg.Kafka; its clients connect when they are
+// first used. Open tries the broker's security settings once (Check), so that a wrong
+// password, a wrong CA or a missing tls fails start-up with a message that
+// names the cause instead of leaving the clients retrying forever. A broker
+// that is merely unreachable opens all the same: its clients keep trying,
+// as they always do.
+func (Kind) Open(ctx context.Context, name string, cfg consumer.BrokerConfig, _ consumer.Env) (consumer.Broker, error) {
 	if cfg.Kafka == nil {
 		return nil, fmt.Errorf("kafka: broker %s has no kafka settings", name)
 	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	if err := Check(cctx, *cfg.Kafka); err != nil {
+		return nil, err
+	}
 	return &Broker{cfg: *cfg.Kafka}, nil
 }
+
+// checkTimeout bounds Open's check of the security settings.
+const checkTimeout = 15 * time.Second
 
 // Broker is one Kafka cluster as sluice uses it (consumer.Broker).
 type Broker struct {
@@ -45,10 +58,7 @@ func (b *Broker) NewSource(name string, sc consumer.SourceConfig, deps consumer.
 }
 
 // Encoder encodes batches as Lambda's self-managed Kafka event.
-func (b *Broker) Encoder(consumer.SourceConfig) func([]shard.Record) ([]byte, error) {
-	bootstrap := bootstrapServers(b.cfg)
-	return func(recs []shard.Record) ([]byte, error) { return EncodeEvent(bootstrap, recs) }
-}
+func (b *Broker) Encoder(consumer.SourceConfig) event.Encoder { return NewEncoder(b.cfg) }
 
 // EnsureDestination creates or reconciles d's topic (one partition).
 func (b *Broker) EnsureDestination(ctx context.Context, d consumer.Destination) (bool, []string, error) {
@@ -99,7 +109,7 @@ func (b *Broker) SourceWriter(ctx context.Context, sc consumer.SourceConfig, mus
 }
 
 // AddressEvent does nothing: the topic is the address.
-func (b *Broker) AddressEvent(consumer.SourceConfig, *shard.Record, string) {}
+func (b *Broker) AddressEvent(consumer.SourceConfig, *event.Record, string) {}
 
 // EventsHaveKeys is true: Kafka records have keys.
 func (b *Broker) EventsHaveKeys() bool { return true }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -11,7 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // Reader reads a whole topic, a dead-letter topic for `sluice dlq`, by direct
@@ -39,8 +40,7 @@ func NewReader(broker consumer.KafkaConfig, topic string, opts ...kgo.Opt) (*Rea
 }
 
 func (r *Reader) client(extra ...kgo.Opt) (*kgo.Client, error) {
-	opts := append([]kgo.Opt{kgo.SeedBrokers(r.broker.Seeds...), kgo.ClientID(clientID(r.broker))}, r.opts...)
-	cl, err := kgo.NewClient(append(opts, extra...)...)
+	cl, err := newClient(r.broker, append(slices.Clip(r.opts), extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: reader of %q: %w", r.topic, err)
 	}
@@ -82,13 +82,13 @@ func (r *Reader) bounds(ctx context.Context, adm *kadm.Client) (start, end map[i
 // partition, from the first record kept to the last one present when Scan
 // began (records written meanwhile are not read). A missing topic has no
 // records.
-func (r *Reader) Scan(ctx context.Context, fn func(shard.Record) error) error {
+func (r *Reader) Scan(ctx context.Context, fn func(event.Record) error) error {
 	return r.scan(ctx, false, fn)
 }
 
 // scan reads as Scan does; with firstOnly it stops each partition after its
 // first record.
-func (r *Reader) scan(ctx context.Context, firstOnly bool, fn func(shard.Record) error) error {
+func (r *Reader) scan(ctx context.Context, firstOnly bool, fn func(event.Record) error) error {
 	meta, err := r.client()
 	if err != nil {
 		return err
@@ -238,7 +238,7 @@ func (r *Reader) Measure(ctx context.Context) (int64, time.Time, error) {
 		return size, time.Time{}, nil
 	}
 	var oldest time.Time
-	err = r.scan(ctx, true, func(rec shard.Record) error {
+	err = r.scan(ctx, true, func(rec event.Record) error {
 		if oldest.IsZero() || rec.Timestamp.Before(oldest) {
 			oldest = rec.Timestamp
 		}
@@ -251,11 +251,11 @@ func (r *Reader) Measure(ctx context.Context) (int64, time.Time, error) {
 }
 
 // recordOf converts a fetched record, without keeping a reference to it.
-func recordOf(kr *kgo.Record) shard.Record {
-	rec := shard.Record{Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset, Timestamp: kr.Timestamp,
+func recordOf(kr *kgo.Record) event.Record {
+	rec := event.Record{Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset, Timestamp: kr.Timestamp,
 		Key: kr.Key, Value: kr.Value}
 	for _, h := range kr.Headers {
-		rec.Headers = append(rec.Headers, shard.Header{Key: h.Key, Value: h.Value})
+		rec.Headers = append(rec.Headers, event.Header{Key: h.Key, Value: h.Value})
 	}
 	return rec
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // Records removed (retention, DeleteRecords) while a Scan reads them: the
@@ -27,7 +27,7 @@ func TestReaderScanEndsWhenTheRestIsDeleted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	for i := range 5 { // separate batches, so one fetch can return the first alone
-		if err := w.Append(ctx, []shard.Record{{Key: []byte("k"), Value: fmt.Appendf(nil, "v%d", i)}}); err != nil {
+		if err := w.Append(ctx, []event.Record{{Key: []byte("k"), Value: fmt.Appendf(nil, "v%d", i)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -43,8 +43,10 @@ func TestReaderScanEndsWhenTheRestIsDeleted(t *testing.T) {
 	scanCtx, scanCancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scanCancel()
 	n := 0
-	err = r.Scan(scanCtx, func(shard.Record) error {
+	var values []string
+	err = r.Scan(scanCtx, func(rec event.Record) error {
 		n++
+		values = append(values, string(rec.Value))
 		if n == 1 {
 			var o kadm.Offsets
 			o.Add(kadm.Offset{Topic: "dead", Partition: 0, At: 5})
@@ -56,5 +58,15 @@ func TestReaderScanEndsWhenTheRestIsDeleted(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("Scan = %v after %d records; want it to end once the rest was deleted", err, n)
+	}
+	// What it read is the start of what was written, in order, and not all
+	// of it: the deletion met the scan mid-way.
+	if n == 0 || n >= 5 {
+		t.Fatalf("Scan read %d records (%q), want 1..4: the deletion did not meet the scan mid-way", n, values)
+	}
+	for i, v := range values {
+		if want := fmt.Sprintf("v%d", i); v != want {
+			t.Errorf("record %d read is %q, want %q", i, v, want)
+		}
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 func TestReaderScansToTheEndAtStart(t *testing.T) {
@@ -21,10 +21,10 @@ func TestReaderScansToTheEndAtStart(t *testing.T) {
 	defer w.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	var recs []shard.Record
+	var recs []event.Record
 	for i := range 50 {
-		recs = append(recs, shard.Record{Key: fmt.Appendf(nil, "k%d", i%7), Value: fmt.Appendf(nil, "v%d", i),
-			Headers: []shard.Header{{Key: "sluice-source", Value: []byte("orders")}}})
+		recs = append(recs, event.Record{Key: fmt.Appendf(nil, "k%d", i%7), Value: fmt.Appendf(nil, "v%d", i),
+			Headers: []event.Header{{Key: "sluice-source", Value: []byte("orders")}}})
 	}
 	if err := w.Append(ctx, recs); err != nil {
 		t.Fatal(err)
@@ -35,7 +35,7 @@ func TestReaderScansToTheEndAtStart(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	last := map[int32]int64{}
-	err = r.Scan(ctx, func(rec shard.Record) error {
+	err = r.Scan(ctx, func(rec event.Record) error {
 		if prev, ok := last[rec.Partition]; ok && rec.Offset <= prev {
 			t.Errorf("partition %d: offset %d after %d", rec.Partition, rec.Offset, prev)
 		}
@@ -46,7 +46,7 @@ func TestReaderScansToTheEndAtStart(t *testing.T) {
 		seen[string(rec.Value)] = true
 		if len(seen) == 10 {
 			// Written while scanning: not read by this Scan.
-			if err := w.Append(ctx, []shard.Record{{Key: []byte("late"), Value: []byte("late")}}); err != nil {
+			if err := w.Append(ctx, []event.Record{{Key: []byte("late"), Value: []byte("late")}}); err != nil {
 				t.Error(err)
 			}
 		}
@@ -61,7 +61,7 @@ func TestReaderScansToTheEndAtStart(t *testing.T) {
 
 	stop := errors.New("stop")
 	n := 0
-	if err := r.Scan(ctx, func(shard.Record) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
+	if err := r.Scan(ctx, func(event.Record) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
 		t.Fatalf("Scan returned %v after %d records, want fn's error after 1", err, n)
 	}
 
@@ -72,7 +72,7 @@ func TestReaderScansToTheEndAtStart(t *testing.T) {
 	if ok, err := missing.Exists(ctx); ok || err != nil {
 		t.Fatalf("Exists of a missing topic = %v, %v; want false, nil", ok, err)
 	}
-	if err := missing.Scan(ctx, func(shard.Record) error { t.Error("a missing topic has records"); return nil }); err != nil {
+	if err := missing.Scan(ctx, func(event.Record) error { t.Error("a missing topic has records"); return nil }); err != nil {
 		t.Fatalf("Scan of a missing topic: %v", err)
 	}
 }

@@ -15,10 +15,18 @@
 //     revoke and shutdown, never for lost partitions.
 //   - Async: an async-mode source (SPEC §2.2), see "Async sources" below.
 //   - EncodeEvent: the request body of a batch, Lambda's self-managed Kafka
-//     event (SPEC §3).
+//     event (SPEC §3); Encoder is it as the stream deliverer's
+//     event.Encoder. Records carry their timestamp type and leader epoch,
+//     so a checkpoint is marked from the record itself.
 //   - Writer: a synchronous producer to one topic, what the dead-letter store
 //     writes Kafka destinations with.
 //   - EnsureTopic: creates a topic or reconciles its retention (SPEC §4).
+//   - ClientOpts: the options every client of a broker starts from (seeds,
+//     client id, TLS, SASL with franz-go's pkg/sasl: PLAIN, SCRAM,
+//     OAUTHBEARER with a fixed token or OAuth 2 client credentials,
+//     AWS_MSK_IAM over the AWS SDK's credential chain). Every kgo.Client of
+//     this package is built on it; Check tries it once at start-up and
+//     names the cause when it cannot work (client.go).
 //   - the sources' metrics: sluice_offset_lag, sluice_iterator_age_seconds
 //     and sluice_shards, per source, read at scrape time.
 //
@@ -55,12 +63,16 @@
 //     and DefaultRetryRetention (7 days, reconciled at each start). The
 //     source topic and its retry topics are read by one consumer group,
 //     "sluice-<source>", so processes share all of them.
-//   - Waiting. A throttled event waits retry_backoff (by throttles so far)
-//     but at least the function's Retry-After (capped at 15 min); a failed
-//     one waits retry_backoff by attempts. The wait is capped at the
-//     event's expiry (its original record timestamp + max_event_age), so an
-//     event that cannot be delivered in time is dead-lettered on time. The
-//     event is written to the tier of the longest delay not above its wait,
+//   - Waiting. What follows each delivery is the redelivery policy's
+//     decision (package redelivery, shared with the shard engine and the
+//     JetStream source): a throttled event waits retry_backoff (by
+//     throttles so far) but at least the function's Retry-After (capped at
+//     15 min); a failed one waits retry_backoff by attempts. The wait is
+//     capped at the event's expiry (its original record timestamp +
+//     max_event_age), so an event that cannot be delivered in time is
+//     dead-lettered on time; the expiry bounds only the wait for a
+//     concurrency slot, never an invocation that started. This package
+//     keeps the mechanics: the event is written to the tier of the longest delay not above its wait,
 //     with its due time. Its key, value and headers are the original's;
 //     headers "sluice-retry-*" carry the original topic, partition, offset
 //     and timestamp (the event time max_event_age counts from, as Lambda's

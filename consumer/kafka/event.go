@@ -4,12 +4,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
-	"github.com/twmb/franz-go/pkg/kgo"
-
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // EventSource is the eventSource of the request body sluice sends for a
@@ -33,18 +32,40 @@ var ErrEmptyBatch = errors.New("kafka: empty batch")
 // partition first appears, each group in batch order (a stream batch holds
 // one partition). A nil key or value is left out, as Lambda does for a null
 // key or a tombstone; an empty one is "". Header values are arrays of signed
-// bytes: 0xff is -1. timestampType is CREATE_TIME unless the record's Ref is
-// a *kgo.Record stamped by the broker (LOG_APPEND_TIME).
+// bytes: 0xff is -1. timestampType is the record's (CREATE_TIME unless the
+// broker stamped it: LOG_APPEND_TIME).
 //
 // It sizes the buffer from the records first, so a batch is encoded with one
 // allocation and no reflection; AppendEvent appends to a buffer of the
 // caller's (e.g. a pooled one).
-func EncodeEvent(bootstrapServers string, recs []shard.Record) ([]byte, error) {
+func EncodeEvent(bootstrapServers string, recs []event.Record) ([]byte, error) {
+	return encodeEvent(bootstrapServers, recs)
+}
+
+// Encoder is the event.Encoder of a Kafka stream source: EncodeEvent with
+// the brokers the source reads from.
+type Encoder struct {
+	BootstrapServers string // comma-separated, as the event's bootstrapServers
+}
+
+// NewEncoder returns the Encoder of a source reading from broker.
+func NewEncoder(broker consumer.KafkaConfig) Encoder {
+	return Encoder{BootstrapServers: strings.Join(broker.Seeds, ",")}
+}
+
+// Encode is EncodeEvent.
+func (e Encoder) Encode(recs []event.Record) ([]byte, error) {
+	return encodeEvent(e.BootstrapServers, recs)
+}
+
+var _ event.Encoder = Encoder{}
+
+func encodeEvent(bootstrapServers string, recs []event.Record) ([]byte, error) {
 	return AppendEvent(make([]byte, 0, eventSize(bootstrapServers, recs)), bootstrapServers, recs)
 }
 
 // AppendEvent appends the event EncodeEvent returns to dst.
-func AppendEvent(dst []byte, bootstrapServers string, recs []shard.Record) ([]byte, error) {
+func AppendEvent(dst []byte, bootstrapServers string, recs []event.Record) ([]byte, error) {
 	if len(recs) == 0 {
 		return dst, ErrEmptyBatch
 	}
@@ -100,7 +121,7 @@ func AppendEvent(dst []byte, bootstrapServers string, recs []shard.Record) ([]by
 
 // seenBefore reports whether r's partition occurs in earlier; for the usual
 // one-partition batch it compares one record (the previous one).
-func seenBefore(earlier []shard.Record, r *shard.Record) bool {
+func seenBefore(earlier []event.Record, r *event.Record) bool {
 	for k := len(earlier) - 1; k >= 0; k-- {
 		if earlier[k].Partition == r.Partition && earlier[k].Topic == r.Topic {
 			return true
@@ -111,7 +132,7 @@ func seenBefore(earlier []shard.Record, r *shard.Record) bool {
 
 // appendRecord appends r after its `{"topic":...,"partition":...,"offset":`,
 // which the caller wrote.
-func appendRecord(dst []byte, r *shard.Record) []byte {
+func appendRecord(dst []byte, r *event.Record) []byte {
 	dst = strconv.AppendInt(dst, r.Offset, 10)
 	dst = append(dst, `,"timestamp":`...)
 	ts := int64(-1) // Kafka's "no timestamp"
@@ -151,18 +172,13 @@ func appendRecord(dst []byte, r *shard.Record) []byte {
 	return append(dst, "]}"...)
 }
 
-func timestampType(r *shard.Record) string {
-	if kr, ok := r.Ref.(*kgo.Record); ok && kr.Attrs.TimestampType() == 1 {
-		return "LOG_APPEND_TIME"
-	}
-	return "CREATE_TIME"
-}
+func timestampType(r *event.Record) string { return r.TimestampType.String() }
 
 // eventSize returns an upper bound of the encoded size, so that EncodeEvent
 // allocates once. It is tight for the usual topic name (no character to
 // escape): a loose bound costs zeroing and collecting the excess on every
 // batch.
-func eventSize(bootstrapServers string, recs []shard.Record) int {
+func eventSize(bootstrapServers string, recs []event.Record) int {
 	n := 64 + 6*len(bootstrapServers)
 	topic, topicLen := "", 0
 	for i := range recs {

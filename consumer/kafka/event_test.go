@@ -12,16 +12,16 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
-func testRecords() []shard.Record {
+func testRecords() []event.Record {
 	ts := time.UnixMilli(1714550400123)
-	return []shard.Record{
+	return []event.Record{
 		{
 			Topic: "orders", Partition: 3, Offset: 41, Timestamp: ts,
 			Key: []byte("order-42"), Value: []byte(`{"amount":12.5}`),
-			Headers: []shard.Header{
+			Headers: []event.Header{
 				{Key: "tenant", Value: []byte("acme")},
 				{Key: "bytes", Value: []byte{0x00, 0x7f, 0x80, 0xff}},
 				{Key: "tenant", Value: []byte("again")}, // keys may repeat
@@ -102,10 +102,10 @@ func TestEncodeEventDecodesAsLambdaKafkaEvent(t *testing.T) {
 }
 
 func TestEncodeEventGroupsPartitionsAndEscapes(t *testing.T) {
-	recs := []shard.Record{
+	recs := []event.Record{
 		{Topic: "a\"b\\c\n\u2028\xff", Partition: 0, Offset: 1, Value: []byte("x")},
 		{Topic: "t", Partition: 1, Offset: 7},
-		{Topic: "a\"b\\c\n\u2028\xff", Partition: 0, Offset: 2, Headers: []shard.Header{{Key: "<&>\x01", Value: []byte{1}}}},
+		{Topic: "a\"b\\c\n\u2028\xff", Partition: 0, Offset: 2, Headers: []event.Header{{Key: "<&>\x01", Value: []byte{1}}}},
 	}
 	body, err := EncodeEvent("", recs)
 	if err != nil {
@@ -137,13 +137,29 @@ func TestEncodeEventGroupsPartitionsAndEscapes(t *testing.T) {
 }
 
 func TestEncodeEventZeroTimestamp(t *testing.T) {
-	// A *kgo.Record from a create-time batch (the zero attributes).
-	body, err := EncodeEvent("b", []shard.Record{{Topic: "t", Ref: &kgo.Record{}}})
+	// A record from a create-time batch (the zero timestamp type).
+	body, err := EncodeEvent("b", []event.Record{{Topic: "t", TimestampType: event.CreateTime}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(body), `"timestamp":-1,"timestampType":"CREATE_TIME"`) {
 		t.Errorf("zero timestamp / create time: %s", body)
+	}
+}
+
+// A record of a log-append-time topic says so: the type rides on the
+// record (convert reads it from the batch attributes).
+func TestEncodeEventLogAppendTime(t *testing.T) {
+	recs := []event.Record{{Topic: "t", Timestamp: time.UnixMilli(1714550400124), TimestampType: event.LogAppendTime}}
+	body, err := EncodeEvent("b", recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(body), `"timestamp":1714550400124,"timestampType":"LOG_APPEND_TIME"`) {
+		t.Errorf("log append time: %s", body)
+	}
+	if got := timestampTypeOf(&kgo.Record{}); got != event.CreateTime {
+		t.Errorf("zero attributes: %v, want CreateTime", got)
 	}
 }
 
@@ -189,12 +205,12 @@ func keys[V any](m map[string]V) []string {
 // the same event as aws-lambda-go's structs (the obvious alternative), as a
 // ratio from one run (STYLE 21): x-encoding/json < 1 is faster.
 func BenchmarkEncodeEvent(b *testing.B) {
-	recs := make([]shard.Record, 100)
+	recs := make([]event.Record, 100)
 	for i := range recs {
-		recs[i] = shard.Record{
+		recs[i] = event.Record{
 			Topic: "orders", Partition: 3, Offset: int64(i), Timestamp: time.UnixMilli(1714550400123),
 			Key: []byte("order-42"), Value: bytes.Repeat([]byte("v"), 512),
-			Headers: []shard.Header{{Key: "tenant", Value: []byte("acme")}},
+			Headers: []event.Header{{Key: "tenant", Value: []byte("acme")}},
 		}
 	}
 	lambdaEvent := func() events.KafkaEvent {

@@ -18,7 +18,7 @@ type Pinger struct {
 
 // NewPinger returns a Pinger of broker. It does not connect until Ping.
 func NewPinger(broker consumer.KafkaConfig, opts ...kgo.Opt) (*Pinger, error) {
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(broker.Seeds...), kgo.ClientID(clientID(broker))}, opts...)...)
+	cl, err := newClient(broker, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: ping client: %w", err)
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
+	"github.com/sluicehq/sluice/redelivery"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -51,7 +53,7 @@ const (
 	hdrFirstAttempt    = retryHeaderPrefix + "first-attempt" // Unix ms
 	hdrLastAttempt     = retryHeaderPrefix + "last-attempt"  // Unix ms
 	hdrDue             = retryHeaderPrefix + "due"           // Unix ms: not to be tried before
-	hdrLastError       = retryHeaderPrefix + "last-error"    // JSON shard.ErrorInfo
+	hdrLastError       = retryHeaderPrefix + "last-error"    // JSON event.ErrorInfo
 	retryTopicInfix    = ".sluice-retry."
 	retryProduceTimout = 10 * time.Second
 )
@@ -107,16 +109,27 @@ func tierFor(tiers []retryTier, d time.Duration) int {
 	return i
 }
 
-// event is one async event as the source handles it: the original record
-// (coordinates, timestamp, key, value, headers) and its retry state.
-type event struct {
-	rec       shard.Record // the original record: what the function and a dead letter see
+// retryEvent is one async event as the source handles it: the original
+// record (coordinates, timestamp, key, value, headers) and its retry state,
+// which retry records carry in their headers.
+type retryEvent struct {
+	rec       event.Record // the original record: what the function and a dead letter see
 	attempts  int
 	throttles int
 	first     time.Time // zero before the first try
 	last      time.Time
 	due       time.Time // zero for a record of the source topic
-	lastError shard.ErrorInfo
+	lastError event.ErrorInfo
+}
+
+// state returns ev's retry state, as the redelivery policy sees it.
+func (ev *retryEvent) state() redelivery.State {
+	return redelivery.State{Attempts: ev.attempts, Throttles: ev.throttles, First: ev.first, Last: ev.last, LastError: ev.lastError}
+}
+
+// setState takes back the retry state the policy updated.
+func (ev *retryEvent) setState(st redelivery.State) {
+	ev.attempts, ev.throttles, ev.first, ev.last, ev.lastError = st.Attempts, st.Throttles, st.First, st.Last, st.LastError
 }
 
 // eventOf reads kr: a record of the source topic is a fresh event; a record
@@ -124,10 +137,10 @@ type event struct {
 // its headers. A retry record whose headers are unreadable is taken as a
 // fresh event at its own coordinates (err says why), so it is still
 // delivered rather than lost.
-func eventOf(kr *kgo.Record, source string) (event, error) {
-	ev := event{rec: shard.Record{
+func eventOf(kr *kgo.Record, source string) (retryEvent, error) {
+	ev := retryEvent{rec: event.Record{
 		Topic: kr.Topic, Partition: kr.Partition, Offset: kr.Offset, Timestamp: kr.Timestamp,
-		Key: kr.Key, Value: kr.Value, Ref: kr,
+		Key: kr.Key, Value: kr.Value, TimestampType: timestampTypeOf(kr),
 	}}
 	var retry map[string]string
 	for _, h := range kr.Headers {
@@ -138,7 +151,7 @@ func eventOf(kr *kgo.Record, source string) (event, error) {
 			retry[h.Key] = string(h.Value)
 			continue
 		}
-		ev.rec.Headers = append(ev.rec.Headers, shard.Header{Key: h.Key, Value: h.Value})
+		ev.rec.Headers = append(ev.rec.Headers, event.Header{Key: h.Key, Value: h.Value})
 	}
 	if retry == nil {
 		return ev, nil
@@ -161,11 +174,11 @@ func eventOf(kr *kgo.Record, source string) (event, error) {
 		}
 		return time.UnixMilli(ms)
 	}
-	orig := shard.Record{
+	orig := event.Record{
 		Topic: retry[hdrTopic], Partition: int32(num(hdrPartition)), Offset: num(hdrOffset),
-		Timestamp: at(hdrEventTime), Key: kr.Key, Value: kr.Value, Headers: ev.rec.Headers, Ref: kr,
+		Timestamp: at(hdrEventTime), Key: kr.Key, Value: kr.Value, Headers: ev.rec.Headers,
 	}
-	out := event{
+	out := retryEvent{
 		rec: orig, attempts: int(num(hdrAttempts)), throttles: int(num(hdrThrottles)),
 		first: at(hdrFirstAttempt), last: at(hdrLastAttempt), due: at(hdrDue),
 	}
@@ -185,7 +198,7 @@ func eventOf(kr *kgo.Record, source string) (event, error) {
 
 // retryRecord returns the record that carries ev to topic: the original
 // key, value and headers, plus the retry state.
-func retryRecord(ev *event, source, topic string) *kgo.Record {
+func retryRecord(ev *retryEvent, source, topic string) *kgo.Record {
 	ms := func(t time.Time) []byte {
 		if t.IsZero() {
 			return []byte("0")
@@ -221,8 +234,6 @@ func retryRecord(ev *event, source, topic string) *kgo.Record {
 // complete fails after retryProduceTimout instead of hanging (as Writer).
 func newRetryProducer(broker consumer.KafkaConfig, extra []kgo.Opt) (*kgo.Client, error) {
 	opts := []kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.DisableIdempotentWrite(), // see NewWriter: a write must be able to fail on time
@@ -230,7 +241,7 @@ func newRetryProducer(broker consumer.KafkaConfig, extra []kgo.Opt) (*kgo.Client
 		kgo.RecordDeliveryTimeout(retryProduceTimout),
 		kgo.ProduceRequestTimeout(retryProduceTimout),
 	}
-	return kgo.NewClient(append(opts, extra...)...)
+	return newClient(broker, append(opts, extra...)...)
 }
 
 // produceRetry writes kr and returns nil once it was acknowledged.
@@ -250,7 +261,7 @@ func produceRetry(ctx context.Context, cl *kgo.Client, kr *kgo.Record) error {
 func ensureRetryTopics(ctx context.Context, broker consumer.KafkaConfig, topic string, tiers []retryTier,
 	retention time.Duration, opts []kgo.Opt,
 ) (created []string, changed []string, err error) {
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(broker.Seeds...), kgo.ClientID(clientID(broker))}, opts...)...)
+	cl, err := newClient(broker, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kafka: retry topics: %w", err)
 	}

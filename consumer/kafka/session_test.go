@@ -7,7 +7,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // brokers.<name>.kafka.session_timeout reaches the group clients of both
@@ -27,7 +27,7 @@ func TestSessionTimeoutReachesClients(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := newAsyncFake(func(shard.Record, int) shard.Result { return shard.Result{Outcome: shard.Delivered} })
+		f := newAsyncFake(func(event.Record, int) event.Result { return event.Result{Outcome: event.Delivered} })
 		a, err := NewAsync("orders", broker, asyncSourceConfig("orders", 2, time.Hour), AsyncOptions{Deliverer: f, Logger: quietLogger()})
 		if err != nil {
 			t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -55,7 +56,7 @@ const (
 	maxPollRecords = 10000
 	// DefaultShardBufferBytes bounds what one shard holds (buffered and in
 	// flight) by the estimated encoded size of its records
-	// (shard.Record.Size, about what they occupy in memory too): it pauses
+	// (event.Record.Size, about what they occupy in memory too): it pauses
 	// its partition at this, and resumes at half. With a fetch share of at
 	// most FetchMaxPartitionBytes on top, a shard holds a few MiB at most.
 	DefaultShardBufferBytes = 4 << 20
@@ -84,7 +85,7 @@ type Options struct {
 	Deliverer shard.Deliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics (metrics.go).
@@ -239,9 +240,11 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 	s.member = member[*part]{log: s.log, commitTimeout: opts.CommitTimeout, what: "records",
 		startLocked: s.startLocked, detachLocked: s.detachLocked, stop: s.stop}
 	s.init()
-	s.kopts = append([]kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
+	base, err := ClientOpts(broker)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
+	}
+	s.kopts = append(append(base,
 		kgo.WithLogger(kgoLogger{s.log}),
 		kgo.ConsumerGroup(opts.Group),
 		kgo.ConsumeTopics(src.Topic),
@@ -262,7 +265,7 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		kgo.FetchMaxBytes(opts.FetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(opts.FetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-	}, append(sessionOpts(broker), opts.ClientOpts...)...)
+	), append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		c := consumer.NewShardCollector(s.name, func() []consumer.ShardLoad {
 			return shardLoads(s.Shards())
@@ -366,16 +369,25 @@ func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
 	})
 }
 
-func convert(krs []*kgo.Record) []shard.Record {
-	recs := make([]shard.Record, len(krs))
+// timestampTypeOf reads the timestamp type of kr's attributes.
+func timestampTypeOf(kr *kgo.Record) event.TimestampType {
+	if kr.Attrs.TimestampType() == 1 {
+		return event.LogAppendTime
+	}
+	return event.CreateTime
+}
+
+func convert(krs []*kgo.Record) []event.Record {
+	recs := make([]event.Record, len(krs))
 	for i, kr := range krs {
 		r := &recs[i]
-		r.Topic, r.Partition, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.Offset, kr.Timestamp
-		r.Key, r.Value, r.Ref = kr.Key, kr.Value, kr
+		r.Topic, r.Partition, r.LeaderEpoch, r.Offset, r.Timestamp = kr.Topic, kr.Partition, kr.LeaderEpoch, kr.Offset, kr.Timestamp
+		r.TimestampType = timestampTypeOf(kr)
+		r.Key, r.Value = kr.Key, kr.Value
 		if len(kr.Headers) > 0 {
-			r.Headers = make([]shard.Header, len(kr.Headers))
+			r.Headers = make([]event.Header, len(kr.Headers))
 			for j, h := range kr.Headers {
-				r.Headers[j] = shard.Header{Key: h.Key, Value: h.Value}
+				r.Headers[j] = event.Header{Key: h.Key, Value: h.Value}
 			}
 		}
 	}
@@ -424,12 +436,9 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
-		Commit: func(last shard.Record) {
-			kr, ok := last.Ref.(*kgo.Record)
-			if !ok {
-				s.log.Error("bug: a checkpointed record has no *kgo.Record", "partition", p, "offset", last.Offset)
-				return
-			}
+		Commit: func(last event.Record) {
+			// What a mark reads of a record: its coordinates and epoch.
+			kr := &kgo.Record{Topic: last.Topic, Partition: last.Partition, LeaderEpoch: last.LeaderEpoch, Offset: last.Offset}
 			pt.mu.Lock()
 			marked := !pt.revoked
 			if marked {
@@ -750,3 +759,16 @@ func (c *committer) run(ctx context.Context, cl *kgo.Client, timeout time.Durati
 		c.mu.Unlock()
 	}
 }
+
+// PartitionLoads reports the lag and iterator age of every partition this
+// process owns (consumer.PartitionLoader).
+func (s *Source) PartitionLoads() []consumer.PartitionLoad {
+	st := s.Shards()
+	out := make([]consumer.PartitionLoad, len(st))
+	for i := range st {
+		out[i] = consumer.PartitionLoad{Partition: st[i].Shard.Partition, Lag: st[i].Lag, IteratorAge: st[i].IteratorAge}
+	}
+	return out
+}
+
+var _ consumer.PartitionLoader = (*Source)(nil)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -27,26 +29,26 @@ import (
 // its behave function (Delivered when nil). It honours ctx as the shard
 // engine's Deliverer contract says.
 type fakeDeliverer struct {
-	behave func(ctx context.Context, d shard.Delivery) shard.Result
+	behave func(ctx context.Context, d shard.Delivery) event.Result
 
 	mu        sync.Mutex
 	delivered map[int32][]int64 // offsets of successful deliveries, in order
 	calls     map[int32]int
 }
 
-func newFakeDeliverer(behave func(ctx context.Context, d shard.Delivery) shard.Result) *fakeDeliverer {
+func newFakeDeliverer(behave func(ctx context.Context, d shard.Delivery) event.Result) *fakeDeliverer {
 	return &fakeDeliverer{behave: behave, delivered: map[int32][]int64{}, calls: map[int32]int{}}
 }
 
-func (f *fakeDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.Result {
+func (f *fakeDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.Result {
 	f.mu.Lock()
 	f.calls[d.Shard.Partition]++
 	f.mu.Unlock()
-	res := shard.Result{Outcome: shard.Delivered}
+	res := event.Result{Outcome: event.Delivered}
 	if f.behave != nil {
 		res = f.behave(ctx, d)
 	}
-	if res.Outcome == shard.Delivered {
+	if res.Outcome == event.Delivered {
 		f.mu.Lock()
 		for _, r := range d.Records {
 			f.delivered[r.Partition] = append(f.delivered[r.Partition], r.Offset)
@@ -86,7 +88,7 @@ func testWorkerConfig() shard.WorkerConfig {
 	c.Function = "fn"
 	c.BatchSize = 50
 	wc := c.WorkerConfig("orders")
-	wc.Backoff = shard.Backoff{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2}
+	wc.Backoff = event.Backoff{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 2}
 	return wc
 }
 
@@ -317,15 +319,15 @@ func TestSourceCommitsOnlyAfterSuccess(t *testing.T) {
 	// The first batch (0..49) succeeds; the second fails (a function error,
 	// retried with backoff) until released.
 	release := make(chan struct{})
-	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
 		if d.Records[0].Offset == 0 {
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		}
 		select {
 		case <-release:
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		default:
-			return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
+			return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
 		}
 	})
 	s, err := New("orders", consumer.KafkaConfig{Seeds: seeds}, sourceConfig("orders"), testSourceOpts(f, "g"))
@@ -357,15 +359,15 @@ func TestSourceBlockedPartitionDoesNotStopOthers(t *testing.T) {
 	produce(t, seeds, "orders", parts, n)
 
 	release := make(chan struct{})
-	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
 		if d.Shard.Partition != slow {
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		}
 		select {
 		case <-release:
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		default:
-			return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled", RetryAfter: 20 * time.Millisecond}
+			return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled", RetryAfter: 20 * time.Millisecond}
 		}
 	})
 	opts := testSourceOpts(f, "g")
@@ -422,20 +424,32 @@ func TestSourceBlockedPartitionDoesNotStopOthers(t *testing.T) {
 
 // Two members of one group: partitions move when the second joins and again
 // when the first leaves; every record is delivered, first deliveries stay in
-// order, and the commits end at the end of each partition.
+// order, and the commits end at the end of each partition. Both moves happen
+// mid-stream by construction: half the records are produced before b joins
+// and half after; and deliveries are held (until the context ends) from
+// before the second half is produced until a has left.
 func TestSourceRebalanceLosesNothing(t *testing.T) {
 	const parts, n = 4, 600
 	seeds := newCluster(t, parts, "orders")
-	produce(t, seeds, "orders", parts, n)
+	produce(t, seeds, "orders", parts, n/2)
 
 	// One delivery log for both members; slow enough that a rebalance lands
 	// mid-stream.
-	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+	var held atomic.Bool
+	release := make(chan struct{})
+	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
+		if held.Load() {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return event.Result{Outcome: event.Throttled, Reason: "cancelled"}
+			}
+		}
 		select {
 		case <-time.After(5 * time.Millisecond):
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		case <-ctx.Done():
-			return shard.Result{Outcome: shard.Throttled, Reason: "cancelled"}
+			return event.Result{Outcome: event.Throttled, Reason: "cancelled"}
 		}
 	})
 	newMember := func() *Source {
@@ -462,11 +476,14 @@ func TestSourceRebalanceLosesNothing(t *testing.T) {
 		return len(a.Statuses()) > 0 && len(b.Statuses()) > 0 && len(a.Statuses())+len(b.Statuses()) == parts
 	})
 	t.Logf("after b joined: a has %d, b has %d partitions; %d of %d delivered", len(a.Statuses()), len(b.Statuses()), total(), parts*n)
-	if total() >= parts*n {
-		t.Log("everything was delivered before the rebalance; the test proves less than it should")
+	held.Store(true)
+	produce(t, seeds, "orders", parts, n/2) // offsets n/2..n-1 of each partition
+	if got := total(); got >= parts*n {
+		t.Fatalf("%d records delivered while deliveries were held, want fewer than %d", got, parts*n)
 	}
 	stopA()
 	waitFor(t, 15*time.Second, "b owns every partition", func() bool { return len(b.Statuses()) == parts })
+	close(release)
 	waitFor(t, 30*time.Second, "every record delivered", func() bool { return total() == parts*n })
 	dups := 0
 	for p := range int32(parts) {
@@ -587,12 +604,12 @@ func TestSourceChurnLosesNothing(t *testing.T) {
 	const parts, n = 6, 1500
 	seeds := newCluster(t, parts, "orders")
 	produce(t, seeds, "orders", parts, n)
-	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
 		select {
 		case <-time.After(20 * time.Millisecond):
-			return shard.Result{Outcome: shard.Delivered}
+			return event.Result{Outcome: event.Delivered}
 		case <-ctx.Done():
-			return shard.Result{Outcome: shard.Throttled, Reason: "cancelled"}
+			return event.Result{Outcome: event.Throttled, Reason: "cancelled"}
 		}
 	})
 	total := func() int {
@@ -654,13 +671,13 @@ func TestSourceFencesAWorkerThatOutlivesItsPartition(t *testing.T) {
 			seeds := newCluster(t, 1, "orders")
 			produce(t, seeds, "orders", 1, 5)
 			entered, release := make(chan struct{}, 1), make(chan struct{})
-			f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) shard.Result {
+			f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
 				select {
 				case entered <- struct{}{}:
 				default:
 				}
 				<-release
-				return shard.Result{Outcome: shard.Delivered}
+				return event.Result{Outcome: event.Delivered}
 			})
 			opts := testSourceOpts(f, "g")
 			opts.StopTimeout = 100 * time.Millisecond
@@ -724,7 +741,7 @@ func testCommitPipeline(t *testing.T, depth int) {
 		behind []string
 	)
 	ahead := int64(depth) * 50
-	f := newFakeDeliverer(func(_ context.Context, d shard.Delivery) shard.Result {
+	f := newFakeDeliverer(func(_ context.Context, d shard.Delivery) event.Result {
 		// The batch starting at o: everything before o-ahead must be
 		// committed (the batches after it may still be on the wire).
 		if o := d.Records[0].Offset; o >= ahead+50 {
@@ -734,7 +751,7 @@ func testCommitPipeline(t *testing.T, depth int) {
 				mu.Unlock()
 			}
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	})
 	opts := testSourceOpts(f, "g")
 	opts.CommitPipelineDepth = depth

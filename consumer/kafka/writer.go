@@ -10,7 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // DefaultWriteTimeout bounds one Writer.Append: a topic that is missing or a
@@ -62,8 +62,6 @@ func NewWriter(broker consumer.KafkaConfig, topic string, opts ...WriterOption) 
 		c.timeout = DefaultWriteTimeout
 	}
 	kopts := []kgo.Opt{
-		kgo.SeedBrokers(broker.Seeds...),
-		kgo.ClientID(clientID(broker)),
 		kgo.DefaultProduceTopic(topic),
 		// The same key lands in the same partition, so letters of one key
 		// stay in order; keyless records stick to a partition per batch.
@@ -80,7 +78,7 @@ func NewWriter(broker consumer.KafkaConfig, topic string, opts ...WriterOption) 
 		kgo.RecordDeliveryTimeout(c.timeout),
 		kgo.ProduceRequestTimeout(min(c.timeout, 10*time.Second)),
 	}
-	cl, err := kgo.NewClient(kopts...)
+	cl, err := newClient(broker, kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: writer to %q: %w", topic, err)
 	}
@@ -95,7 +93,7 @@ func (w *Writer) Topic() string { return w.topic }
 // topic's retention counts from then) and returns nil only once every one of
 // them was acknowledged. It gives up after the Writer's timeout or when ctx
 // ends; records may then have been written or not (at-least-once).
-func (w *Writer) Append(ctx context.Context, recs []shard.Record) error {
+func (w *Writer) Append(ctx context.Context, recs []event.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 func TestWriterAppendRoundTrip(t *testing.T) {
@@ -23,9 +23,9 @@ func TestWriterAppendRoundTrip(t *testing.T) {
 	defer w.Close()
 
 	old := time.Now().Add(-30 * 24 * time.Hour)
-	recs := []shard.Record{
+	recs := []event.Record{
 		{Topic: "ignored", Offset: 99, Timestamp: old, Key: []byte("k1"), Value: []byte("v1"),
-			Headers: []shard.Header{{Key: "sluice-condition", Value: []byte("RecordAgeExceeded")}, {Key: "bin", Value: []byte{0xff}}}},
+			Headers: []event.Header{{Key: "sluice-condition", Value: []byte("RecordAgeExceeded")}, {Key: "bin", Value: []byte{0xff}}}},
 		{Key: []byte("k1"), Value: []byte("v2")},
 		{Key: nil, Value: []byte("v3")},
 	}
@@ -79,7 +79,7 @@ func TestWriterMissingTopicFailsInTime(t *testing.T) {
 	}
 	defer w.Close()
 	start := time.Now()
-	err = w.Append(t.Context(), []shard.Record{{Value: []byte("x")}})
+	err = w.Append(t.Context(), []event.Record{{Value: []byte("x")}})
 	took := time.Since(start)
 	if err == nil {
 		t.Fatal("Append to a missing topic succeeded")
@@ -97,7 +97,7 @@ func TestWriterUnreachableClusterFailsInTime(t *testing.T) {
 	}
 	defer w.Close()
 	start := time.Now()
-	err = w.Append(t.Context(), []shard.Record{{Value: []byte("x")}})
+	err = w.Append(t.Context(), []event.Record{{Value: []byte("x")}})
 	took := time.Since(start)
 	if err == nil {
 		t.Fatal("Append to an unreachable cluster succeeded")
@@ -117,7 +117,7 @@ func TestWriterClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close()
-	if err := w.Append(t.Context(), []shard.Record{{Value: []byte("x")}}); !errors.Is(err, ErrWriterClosed) {
+	if err := w.Append(t.Context(), []event.Record{{Value: []byte("x")}}); !errors.Is(err, ErrWriterClosed) {
 		t.Errorf("Append after Close = %v, want ErrWriterClosed", err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -16,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
+	"github.com/sluicehq/sluice/redelivery"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -45,7 +46,7 @@ type AsyncOptions struct {
 	Deliverer consumer.AsyncDeliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics.
@@ -83,16 +84,14 @@ type AsyncOptions struct {
 // deliveries, which are recorded in a KV bucket (see doc.go, "Async
 // attempts"), so a restart keeps them.
 type Async struct {
-	name     string
-	nc       *natsgo.Conn
-	js       jetstream.JetStream
-	src      consumer.SourceConfig
-	opts     AsyncOptions
-	log      *slog.Logger
-	backoff  shard.Backoff
-	maxAge   time.Duration
-	attempts int // max_retry_attempts
-	metrics  *consumer.AsyncMetrics
+	name    string
+	nc      *natsgo.Conn
+	js      jetstream.JetStream
+	src     consumer.SourceConfig
+	opts    AsyncOptions
+	log     *slog.Logger
+	policy  redelivery.Policy // max_retry_attempts, max_event_age, retry_backoff
+	metrics *consumer.AsyncMetrics
 
 	// ensureMu serializes Ensure and guards what it sets up.
 	ensureMu sync.Mutex
@@ -160,10 +159,11 @@ func NewAsync(name string, nc *natsgo.Conn, src consumer.SourceConfig, opts Asyn
 	b := src.RetryBackoff
 	a := &Async{
 		name: name, nc: nc, js: js, src: src, opts: opts,
-		log:      opts.Logger.With("source", name, "stream", src.Stream),
-		backoff:  shard.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
-		maxAge:   src.MaxEventAge,
-		attempts: src.MaxRetryAttempts,
+		log: opts.Logger.With("source", name, "stream", src.Stream),
+		policy: redelivery.Policy{
+			MaxAttempts: src.MaxRetryAttempts, MaxAge: src.MaxEventAge, AgeCondition: event.EventAgeExceeded,
+			Backoff: event.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
+		},
 		inflight: make(map[uint64]jetstream.Msg),
 	}
 	a.metrics = consumer.NewAsyncMetrics(name)
@@ -227,7 +227,7 @@ func (a *Async) Ensure(ctx context.Context) error {
 		Bucket:      a.opts.StateBucket,
 		Description: "sluice: retry state of the async source " + a.name + "'s waiting events",
 		History:     1,
-		TTL:         a.maxAge + stateTTLMargin,
+		TTL:         a.policy.MaxAge + stateTTLMargin,
 		Storage:     jetstream.FileStorage,
 	})
 	if err != nil {
@@ -384,11 +384,25 @@ type asyncState struct {
 	Failures  int             `json:"failures"`  // function attempts that failed
 	First     time.Time       `json:"firstAttemptAt"`
 	Last      time.Time       `json:"lastAttemptAt"`
-	LastError shard.ErrorInfo `json:"lastError"`
+	LastError event.ErrorInfo `json:"lastError"`
 }
 
-// handle invokes one event and settles it: Ack, NakWithDelay (retry state
-// recorded first) or dead letter then Term.
+// state is st as the redelivery policy sees it, with attempts counted.
+func (st *asyncState) state(attempts int) redelivery.State {
+	return redelivery.State{Attempts: attempts, Throttles: st.Throttles, First: st.First, Last: st.Last, LastError: st.LastError}
+}
+
+// update takes back what the policy changed; failures are recorded only
+// when an attempt was consumed.
+func (st *asyncState) update(rs redelivery.State, attempts int) {
+	st.Throttles, st.First, st.Last, st.LastError = rs.Throttles, rs.First, rs.Last, rs.LastError
+	if rs.Attempts != attempts {
+		st.Failures = rs.Attempts
+	}
+}
+
+// handle invokes one event and settles it as the redelivery policy decides:
+// Ack, NakWithDelay (retry state recorded first) or dead letter then Term.
 func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 	md, err := m.Metadata()
 	if err != nil {
@@ -414,28 +428,28 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 	// never recorded (a crash or a lost connection mid-invocation: the
 	// function may have run).
 	attempts := max(st.Failures, int(md.NumDelivered)-1-st.Throttles, 0)
-	expiry := rec.Timestamp.Add(a.maxAge)
-
-	switch {
-	case !now.Before(expiry):
-		a.finish(ctx, m, rec, key, hasState, shard.EventAgeExceeded, attempts, st)
-		return
-	case attempts > a.attempts:
-		// The last attempt's outcome was lost (see above).
-		a.finish(ctx, m, rec, key, hasState, shard.RetryAttemptsExhausted, attempts, st)
+	rs := st.state(attempts)
+	if cond, ok := a.policy.Before(&rs, rec.Timestamp, now); ok {
+		a.finish(ctx, m, rec, key, hasState, cond, rs)
 		return
 	}
 
-	if st.First.IsZero() {
-		st.First = now
+	a.policy.Begin(&rs, now)
+	// The expiry bounds only the wait for a slot: an invocation that
+	// started runs to its answer, however old the event grows meanwhile.
+	res := a.opts.Deliverer.Deliver(ctx, rec, attempts+1, a.policy.Expiry(rec.Timestamp))
+	dec := a.policy.After(&rs, res, 1, rec.Timestamp, time.Now(), ctx.Err() != nil)
+	if dec.Action == redelivery.Abandon {
+		// Stopping: this delivery consumed no attempt. It is recorded as
+		// a throttle and handed back, so that it ends like any other and
+		// is not taken for an attempt whose outcome was lost.
+		rs.Throttles++
+		dec = redelivery.Decision{Action: redelivery.Retry, Delay: a.policy.Delay(rs.Throttles), Throttled: true}
 	}
-	dctx, cancel := context.WithDeadline(ctx, expiry)
-	res := a.opts.Deliverer.Deliver(dctx, rec, attempts+1)
-	cancel()
-	st.Last = time.Now()
+	st.update(rs, attempts)
 
-	switch res.Outcome {
-	case shard.Delivered:
+	switch dec.Action {
+	case redelivery.Done:
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
 		defer cancel()
 		if err := m.Ack(); err != nil {
@@ -444,44 +458,20 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 		if hasState {
 			a.dropState(bctx, key)
 		}
-
-	case shard.Throttled:
-		if !st.Last.Before(expiry) {
-			if st.LastError.Message == "" || res.Error.Kind != "cancelled" {
-				st.LastError = res.Error
-			}
-			a.finish(ctx, m, rec, key, hasState, shard.EventAgeExceeded, attempts, st)
-			return
-		}
-		st.Throttles++
-		st.LastError = res.Error
-		a.retry(ctx, m, key, st, max(a.backoff.Delay(st.Throttles, rand.Float64()), res.RetryAfter), expiry, attempts)
-
-	case shard.Failed, shard.Partial:
-		attempts++
-		st.Failures = attempts
-		st.LastError = res.Error
-		if attempts > a.attempts {
-			a.finish(ctx, m, rec, key, hasState, shard.RetryAttemptsExhausted, attempts, st)
-			return
-		}
-		a.retry(ctx, m, key, st, a.backoff.Delay(attempts, rand.Float64()), expiry, attempts)
-
-	case shard.Permanent:
-		st.Failures = attempts + 1
-		st.LastError = res.Error
-		a.finish(ctx, m, rec, key, hasState, shard.PermanentError, attempts+1, st)
+	case redelivery.Retry:
+		a.retry(ctx, m, key, st, dec.Delay, rs.Attempts)
+	case redelivery.DeadLetter, redelivery.Split: // an event is never split
+		a.finish(ctx, m, rec, key, hasState, dec.Condition, rs)
 	}
 }
 
 // retry records st, then hands the event back to the server to redeliver
-// after delay, cut short at the event's expiry (the next delivery then
-// dead-letters it on time).
-func (a *Async) retry(ctx context.Context, m jetstream.Msg, key string, st asyncState, delay time.Duration, expiry time.Time, attempts int) {
+// after delay (the policy cut it at the event's expiry: the next delivery
+// then dead-letters it on time).
+func (a *Async) retry(ctx context.Context, m jetstream.Msg, key string, st asyncState, delay time.Duration, attempts int) {
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
 	defer cancel()
 	a.saveState(bctx, key, st)
-	delay = min(delay, time.Until(expiry))
 	var err error
 	if delay > 0 {
 		err = m.NakWithDelay(delay)
@@ -494,41 +484,23 @@ func (a *Async) retry(ctx context.Context, m jetstream.Msg, key string, st async
 	a.log.Debug("event retried later", "key", key, "attempts", attempts, "throttles", st.Throttles, "delay", delay, "error", st.LastError.Message)
 }
 
-// finish dead-letters the event (retrying the write until it succeeds or the
-// source stops; the event is kept meanwhile), then terminates it.
-func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec shard.Record, key string, hasState bool,
-	cond shard.Condition, attempts int, st asyncState,
+// finish dead-letters the event through the policy's bounded, retried
+// write (until it succeeds or the source stops; the event is kept
+// meanwhile), then terminates it.
+func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec event.Record, key string, hasState bool,
+	cond event.Condition, rs redelivery.State,
 ) {
-	now := time.Now()
-	first, last := st.First, st.Last
-	if first.IsZero() {
-		first = now
-	}
-	if last.IsZero() {
-		last = now
-	}
 	if a.opts.DeadLetterer == nil {
 		a.log.Warn("dropping an undeliverable event: the source has no on_failure destination",
-			"condition", cond, "sequence", rec.Offset, "attempts", attempts, "error", st.LastError.Message)
+			"condition", cond, "sequence", rec.Offset, "attempts", rs.Attempts, "error", rs.LastError.Message)
 	} else {
-		dl := shard.DeadLetter{
-			Source: a.name, Function: a.src.Function, Mode: string(consumer.ModeAsync),
-			Condition: cond, Attempts: attempts, FirstAttemptAt: first, LastAttemptAt: last,
-			LastError: st.LastError, Record: rec,
-		}
-		for try := 1; ; try++ {
-			err := a.opts.DeadLetterer.DeadLetter(ctx, []shard.DeadLetter{dl})
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return // shutting down: the event is redelivered and ends here again
-			}
+		letters := redelivery.Letters(a.name, a.src.Function, string(consumer.ModeAsync), cond, &rs, time.Now(), []event.Record{rec})
+		err := a.policy.Store(ctx, a.opts.DeadLetterer, letters, func(try int, err error) {
 			a.log.Error("dead-letter write failed; retrying (the event is held meanwhile)",
 				"condition", cond, "sequence", rec.Offset, "try", try, "error", err)
-			if !sleep(ctx, a.backoff.Delay(try, rand.Float64())) {
-				return
-			}
+		})
+		if err != nil {
+			return // shutting down: the event is redelivered and ends here again
 		}
 	}
 	a.metrics.Dropped.WithLabelValues(string(cond)).Inc()
@@ -542,7 +514,7 @@ func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec shard.Record, k
 	}
 }
 
-func (a *Async) loadState(key string, rec shard.Record) (asyncState, bool) {
+func (a *Async) loadState(key string, rec event.Record) (asyncState, bool) {
 	fresh := asyncState{Stamp: rec.Timestamp.UnixNano()}
 	ctx, cancel := context.WithTimeout(context.Background(), bookTimeout)
 	defer cancel()

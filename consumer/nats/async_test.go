@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // asyncCall is one invocation an asyncRecorder saw.
@@ -27,13 +27,13 @@ type asyncRecorder struct {
 	mu     sync.Mutex
 	calls  []asyncCall
 	n      map[string]int
-	answer func(value string, n int) shard.Result
+	answer func(value string, n int) event.Result
 	active atomic.Int32
 	peak   atomic.Int32
 	hold   time.Duration
 }
 
-func (r *asyncRecorder) Deliver(ctx context.Context, rec shard.Record, attempt int) shard.Result {
+func (r *asyncRecorder) Deliver(ctx context.Context, rec event.Record, attempt int, _ time.Time) event.Result {
 	cur := r.active.Add(1)
 	defer r.active.Add(-1)
 	for {
@@ -56,7 +56,7 @@ func (r *asyncRecorder) Deliver(ctx context.Context, rec shard.Record, attempt i
 		sleep(ctx, r.hold)
 	}
 	if answer == nil {
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}
 	return answer(v, n)
 }
@@ -81,7 +81,7 @@ func asyncSource(maxAttempts int, maxAge time.Duration) consumer.SourceConfig {
 	return c
 }
 
-func fastAsync(d consumer.AsyncDeliverer, dlq shard.DeadLetterer) AsyncOptions {
+func fastAsync(d consumer.AsyncDeliverer, dlq event.DeadLetterer) AsyncOptions {
 	o := AsyncOptions{Deliverer: d, Logger: testLogger(), AckWait: 2 * time.Second, FetchWait: 300 * time.Millisecond, Concurrency: 8}
 	if dlq != nil {
 		o.DeadLetterer = dlq
@@ -120,7 +120,7 @@ func settled(t testing.TB, js jetstream.JetStream) {
 	})
 }
 
-var failed500 = shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
+var failed500 = event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 500, Message: "boom"}}
 
 func TestAsyncDeliversWithBoundedConcurrency(t *testing.T) {
 	e := startServer(t)
@@ -152,7 +152,7 @@ func TestAsyncDeliversWithBoundedConcurrency(t *testing.T) {
 func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 	e := startServer(t)
 	_, js := connect(t, e.ClientURL())
-	r := &asyncRecorder{answer: func(string, int) shard.Result { return failed500 }}
+	r := &asyncRecorder{answer: func(string, int) event.Result { return failed500 }}
 	dlq := &fakeDLQ{}
 	a := newAsync(t, e.ClientURL(), asyncSource(2, time.Minute), fastAsync(r, dlq))
 	publish(t, js, "signups.eu.u1", "e1")
@@ -173,7 +173,7 @@ func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 		t.Fatalf("delays %s then %s, want about 100ms then 200ms", d1, d2)
 	}
 	dl := dlq.get()[0]
-	if dl.Condition != shard.RetryAttemptsExhausted || dl.Attempts != 3 || dl.LastError.Status != 500 ||
+	if dl.Condition != event.RetryAttemptsExhausted || dl.Attempts != 3 || dl.LastError.Status != 500 ||
 		dl.Mode != "async" || dl.Source != "signups" || dl.Function != "fn" || string(dl.Record.Value) != "e1" ||
 		dl.Record.Subject != "signups.eu.u1" || dl.Record.Topic != "SIGNUPS" || dl.FirstAttemptAt.After(dl.LastAttemptAt) {
 		t.Fatalf("dead letter %+v", dl)
@@ -181,8 +181,9 @@ func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 	if got := dl.LastAttemptAt.Sub(dl.FirstAttemptAt); got < 250*time.Millisecond {
 		t.Fatalf("first to last attempt %s, want the whole retry window", got)
 	}
+	// Settled: nothing pending, nothing unacknowledged; no invocation can
+	// follow (a message not terminated would be pending or redelivered).
 	settled(t, js)
-	time.Sleep(500 * time.Millisecond)
 	if n := len(r.callsOf("e1")); n != 3 {
 		t.Fatalf("invoked %d times after the dead letter: the event was not terminated", n)
 	}
@@ -205,10 +206,10 @@ func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 func TestAsyncThrottlesDoNotConsumeAttempts(t *testing.T) {
 	e := startServer(t)
 	_, js := connect(t, e.ClientURL())
-	r := &asyncRecorder{answer: func(_ string, n int) shard.Result {
+	r := &asyncRecorder{answer: func(_ string, n int) event.Result {
 		if n <= 4 {
-			return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled", RetryAfter: 50 * time.Millisecond,
-				Error: shard.ErrorInfo{Kind: "throttled", Status: 429}}
+			return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled", RetryAfter: 50 * time.Millisecond,
+				Error: event.ErrorInfo{Kind: "throttled", Status: 429}}
 		}
 		return failed500
 	}}
@@ -232,7 +233,7 @@ func TestAsyncThrottlesDoNotConsumeAttempts(t *testing.T) {
 			t.Fatalf("attempts %v, want %v", attempts, want)
 		}
 	}
-	if dl := dlq.get()[0]; dl.Attempts != 3 || dl.Condition != shard.RetryAttemptsExhausted {
+	if dl := dlq.get()[0]; dl.Attempts != 3 || dl.Condition != event.RetryAttemptsExhausted {
 		t.Fatalf("dead letter %+v, want 3 attempts RetryAttemptsExhausted", dl)
 	}
 }
@@ -244,26 +245,35 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 	e := startServer(t)
 	_, js := connect(t, e.ClientURL())
 	var calls atomic.Int32
-	before := &asyncRecorder{answer: func(_ string, n int) shard.Result {
+	before := &asyncRecorder{answer: func(_ string, n int) event.Result {
 		calls.Add(1)
 		if n <= 2 {
-			return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled"}
+			return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled"}
 		}
 		return failed500
 	}}
 	src := asyncSource(3, time.Minute)
-	src.RetryBackoff = consumer.Backoff{Initial: 100 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 1}
+	// Before the restart, the retry after the failure waits 3 s, so that
+	// the process is surely stopped before a second attempt can start (with
+	// a shorter wait, a loaded machine could run attempt 2 between the
+	// third call and stop, and the premise — one attempt before the
+	// restart — would not hold).
+	src.RetryBackoff = consumer.Backoff{Initial: 3 * time.Second, Max: 3 * time.Second, Multiplier: 1}
 	a := newAsync(t, e.ClientURL(), src, fastAsync(before, nil))
 	publish(t, js, "signups.u1", "e1")
 	stop := runSource(t, a.Run)
 	waitFor(t, 10*time.Second, "2 throttles and a failure", func() bool { return calls.Load() == 3 })
 	stop()
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("%d calls before the restart, want 3 (2 throttles and a failure)", n)
+	}
 
-	after := &asyncRecorder{answer: func(string, int) shard.Result { return failed500 }}
+	after := &asyncRecorder{answer: func(string, int) event.Result { return failed500 }}
 	dlq := &fakeDLQ{}
+	src.RetryBackoff = consumer.Backoff{Initial: 100 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 1}
 	b := newAsync(t, e.ClientURL(), src, fastAsync(after, dlq))
 	runSource(t, b.Run)
-	waitFor(t, 10*time.Second, "a dead letter", func() bool { return len(dlq.get()) == 1 })
+	waitFor(t, 20*time.Second, "a dead letter", func() bool { return len(dlq.get()) == 1 })
 	var attempts []int
 	for _, c := range after.callsOf("e1") {
 		attempts = append(attempts, c.attempt)
@@ -271,7 +281,7 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 	if len(attempts) != 3 || attempts[0] != 2 || attempts[2] != 4 {
 		t.Fatalf("attempts after the restart %v, want [2 3 4]", attempts)
 	}
-	if dl := dlq.get()[0]; dl.Attempts != 4 || dl.Condition != shard.RetryAttemptsExhausted {
+	if dl := dlq.get()[0]; dl.Attempts != 4 || dl.Condition != event.RetryAttemptsExhausted {
 		t.Fatalf("dead letter %+v, want 4 attempts", dl)
 	}
 }
@@ -279,8 +289,8 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 func TestAsyncEventAgeExceeded(t *testing.T) {
 	e := startServer(t)
 	_, js := connect(t, e.ClientURL())
-	r := &asyncRecorder{answer: func(string, int) shard.Result {
-		return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled", Error: shard.ErrorInfo{Kind: "throttled", Status: 429}}
+	r := &asyncRecorder{answer: func(string, int) event.Result {
+		return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled", Error: event.ErrorInfo{Kind: "throttled", Status: 429}}
 	}}
 	dlq := &fakeDLQ{}
 	src := asyncSource(2, 1500*time.Millisecond)
@@ -291,7 +301,7 @@ func TestAsyncEventAgeExceeded(t *testing.T) {
 	waitFor(t, 10*time.Second, "a dead letter", func() bool { return len(dlq.get()) == 1 })
 	el := time.Since(start)
 	dl := dlq.get()[0]
-	if dl.Condition != shard.EventAgeExceeded || dl.Attempts != 0 || dl.LastError.Status != 429 {
+	if dl.Condition != event.EventAgeExceeded || dl.Attempts != 0 || dl.LastError.Status != 429 {
 		t.Fatalf("dead letter %+v, want EventAgeExceeded with 0 attempts and the 429", dl)
 	}
 	if el < 1500*time.Millisecond || el > 3*time.Second {
@@ -305,11 +315,11 @@ func TestAsyncEventAgeExceeded(t *testing.T) {
 func TestAsyncPermanentError(t *testing.T) {
 	e := startServer(t)
 	_, js := connect(t, e.ClientURL())
-	r := &asyncRecorder{answer: func(v string, _ int) shard.Result {
+	r := &asyncRecorder{answer: func(v string, _ int) event.Result {
 		if v == "bad" {
-			return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "status", Status: 400}}
+			return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: 400}}
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}}
 	dlq := &fakeDLQ{}
 	a := newAsync(t, e.ClientURL(), asyncSource(2, time.Minute), fastAsync(r, dlq))
@@ -317,7 +327,7 @@ func TestAsyncPermanentError(t *testing.T) {
 	runSource(t, a.Run)
 	waitFor(t, 10*time.Second, "a dead letter", func() bool { return len(dlq.get()) == 1 })
 	settled(t, js)
-	if dl := dlq.get()[0]; dl.Condition != shard.PermanentError || dl.Attempts != 1 || string(dl.Record.Value) != "bad" {
+	if dl := dlq.get()[0]; dl.Condition != event.PermanentError || dl.Attempts != 1 || string(dl.Record.Value) != "bad" {
 		t.Fatalf("dead letter %+v", dl)
 	}
 	if n := len(r.callsOf("bad")); n != 1 {
@@ -336,8 +346,8 @@ func TestAsyncPermanentError(t *testing.T) {
 func TestAsyncDeadLetterStoreDown(t *testing.T) {
 	e := startServer(t)
 	_, js := connect(t, e.ClientURL())
-	r := &asyncRecorder{answer: func(string, int) shard.Result {
-		return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "status", Status: 422}}
+	r := &asyncRecorder{answer: func(string, int) event.Result {
+		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: 422}}
 	}}
 	dlq := &fakeDLQ{fail: true}
 	opts := fastAsync(r, dlq)

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -78,15 +79,15 @@ type noopDeliverer struct {
 	done chan struct{}
 }
 
-func (d *noopDeliverer) Deliver(_ context.Context, dl shard.Delivery) shard.Result {
+func (d *noopDeliverer) Deliver(_ context.Context, dl shard.Delivery) event.Result {
 	if _, err := EncodeEvent("BENCH", dl.Records); err != nil {
-		return shard.Result{Outcome: shard.Permanent}
+		return event.Result{Outcome: event.Permanent}
 	}
 	n := int64(len(dl.Records))
 	if total := d.got.Add(n); d.done != nil && total >= d.want && total-n < d.want {
 		close(d.done)
 	}
-	return shard.Result{Outcome: shard.Delivered}
+	return event.Result{Outcome: event.Delivered}
 }
 
 // benchBareFetch reads the stream with a plain loop per partition (the same

@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // Kind is the JetStream broker kind (brokers.<name>.nats).
@@ -28,6 +28,8 @@ func (Kind) Open(_ context.Context, name string, cfg consumer.BrokerConfig, env 
 		return nil, fmt.Errorf("nats: broker %s has no nats settings", name)
 	}
 	b := &Broker{cfg: *nb, url: nb.URL}
+	url := nb.URL
+	opts := []natsgo.Option{natsgo.Name(env.ClientName), natsgo.MaxReconnects(-1)}
 	if nb.Embedded() {
 		e, err := startEmbedded(name, *nb, env)
 		if err != nil {
@@ -35,11 +37,20 @@ func (Kind) Open(_ context.Context, name string, cfg consumer.BrokerConfig, env 
 		}
 		b.closers.Add(e.Shutdown)
 		b.url = e.ClientURL()
+		url = b.url
+		if nb.TLS.On() {
+			// sluice reaches its own server in process, so that it need not
+			// trust the server's certificate; the URL says tls://, which
+			// would make nats.go start a handshake this connection does
+			// not need.
+			opts = append(opts, natsgo.InProcessServer(e))
+			url = strings.Replace(url, "tls://", "nats://", 1)
+		}
 	}
-	nc, err := natsgo.Connect(b.url, natsgo.Name(env.ClientName), natsgo.MaxReconnects(-1))
+	nc, err := Connect(url, *nb, opts...) // TLS and credentials; errors redact the URL
 	if err != nil {
 		b.Close()
-		return nil, fmt.Errorf("connect to %s: %w", b.url, err)
+		return nil, err
 	}
 	b.nc = nc
 	b.closers.Add(nc.Close)
@@ -58,7 +69,11 @@ func startEmbedded(name string, nb consumer.NATSConfig, env consumer.Env) (*Embe
 		port = -1 // any free port
 	}
 	dir := filepath.Join(env.StateDir, "nats")
-	e, err := StartEmbedded(dir, WithHost(host), WithPort(port), WithEmbeddedLogger(env.Logger))
+	security, err := embeddedSecurity("brokers."+name+".nats", nb)
+	if err != nil {
+		return nil, err
+	}
+	e, err := StartEmbedded(dir, append([]EmbeddedOption{WithHost(host), WithPort(port), WithEmbeddedLogger(env.Logger)}, security...)...)
 	if err != nil {
 		// One process at a time may serve a state directory's store: the
 		// usual cause is `sluice dlq` beside a running `sluice run`.
@@ -68,6 +83,30 @@ func startEmbedded(name string, nb consumer.NATSConfig, env consumer.Env) (*Embe
 		env.Logger.Info("embedded nats-server started", "broker", name, "url", e.ClientURL(), "store", dir)
 	}
 	return e, nil
+}
+
+// embeddedSecurity returns the options that give the embedded server the
+// credentials and TLS its settings (under key) name.
+func embeddedSecurity(key string, nb consumer.NATSConfig) ([]EmbeddedOption, error) {
+	var opts []EmbeddedOption
+	switch {
+	case nb.TokenFile != "" || nb.TokenEnv != "":
+		tok, err := nb.Token(key)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, WithToken(tok))
+	case nb.User != "":
+		pw, err := nb.Password(key)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, WithUser(nb.User, pw))
+	}
+	if nb.TLS.On() {
+		opts = append(opts, WithTLS(nb.TLS.CertFile, nb.TLS.KeyFile, nb.TLS.CAFile))
+	}
+	return opts, nil
 }
 
 // Broker is one NATS server (or cluster) with JetStream as sluice uses it
@@ -98,10 +137,7 @@ func (b *Broker) NewSource(name string, sc consumer.SourceConfig, deps consumer.
 }
 
 // Encoder encodes batches as sluice's JetStream event (event.go).
-func (b *Broker) Encoder(sc consumer.SourceConfig) func([]shard.Record) ([]byte, error) {
-	stream := sc.Stream
-	return func(recs []shard.Record) ([]byte, error) { return EncodeEvent(stream, recs) }
-}
+func (b *Broker) Encoder(sc consumer.SourceConfig) event.Encoder { return Encoder{Stream: sc.Stream} }
 
 // EnsureDestination creates or reconciles d's stream over d.Subject.
 func (b *Broker) EnsureDestination(ctx context.Context, d consumer.Destination) (bool, []string, error) {
@@ -157,9 +193,9 @@ func (b *Broker) SourceWriter(_ context.Context, sc consumer.SourceConfig, _ boo
 // AddressEvent publishes rec to a subject of sc (its wildcards replaced by
 // id) with id as its Nats-Msg-Id, so a publish retried within the stream's
 // duplicate window is stored once.
-func (b *Broker) AddressEvent(sc consumer.SourceConfig, rec *shard.Record, id string) {
+func (b *Broker) AddressEvent(sc consumer.SourceConfig, rec *event.Record, id string) {
 	rec.Subject = concreteSubject(sc.Subject, id)
-	rec.Headers = append(rec.Headers, shard.Header{Key: "Nats-Msg-Id", Value: []byte(id)})
+	rec.Headers = append(rec.Headers, event.Header{Key: "Nats-Msg-Id", Value: []byte(id)})
 }
 
 // EventsHaveKeys is false: JetStream messages have no key.

@@ -9,7 +9,7 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // readBatch is how many messages one Fetch of a Reader asks for.
@@ -45,7 +45,7 @@ func NewReader(nc *natsgo.Conn, stream string) (*Reader, error) {
 // meanwhile are not read). A missing stream has no messages. Records carry
 // the subject, the stream sequence as Offset and the stored time as
 // Timestamp; Key is left empty (a stream has no keys).
-func (r *Reader) Scan(ctx context.Context, fn func(shard.Record) error) error {
+func (r *Reader) Scan(ctx context.Context, fn func(event.Record) error) error {
 	st, err := r.js.Stream(ctx, r.stream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil
@@ -83,7 +83,6 @@ func (r *Reader) Scan(ctx context.Context, fn func(shard.Record) error) error {
 				return nil // stored after Scan began
 			}
 			rec := newRecord(m, md)
-			rec.Ref = nil
 			if err := fn(rec); err != nil {
 				return err
 			}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 func TestReaderScansAndMeasures(t *testing.T) {
@@ -18,7 +18,7 @@ func TestReaderScansAndMeasures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Scan(ctx, func(shard.Record) error { t.Error("a missing stream has records"); return nil }); err != nil {
+	if err := r.Scan(ctx, func(event.Record) error { t.Error("a missing stream has records"); return nil }); err != nil {
 		t.Fatalf("Scan of a missing stream: %v", err)
 	}
 	if _, _, err := EnsureStream(ctx, js, "DEAD", []string{"sluice.dead.>"}, time.Hour, 0); err != nil {
@@ -31,20 +31,20 @@ func TestReaderScansAndMeasures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var recs []shard.Record
+	var recs []event.Record
 	for i := range 1200 { // more than one fetch
-		recs = append(recs, shard.Record{Key: fmt.Appendf(nil, "id%d", i%50), Value: fmt.Appendf(nil, "v%d", i),
-			Headers: []shard.Header{{Key: "sluice-source", Value: []byte("orders")}}})
+		recs = append(recs, event.Record{Key: fmt.Appendf(nil, "id%d", i%50), Value: fmt.Appendf(nil, "v%d", i),
+			Headers: []event.Header{{Key: "sluice-source", Value: []byte("orders")}}})
 	}
 	if err := w.Append(ctx, recs); err != nil {
 		t.Fatal(err)
 	}
-	var got []shard.Record
-	err = r.Scan(ctx, func(rec shard.Record) error {
+	var got []event.Record
+	err = r.Scan(ctx, func(rec event.Record) error {
 		got = append(got, rec)
 		if len(got) == 1 {
 			// Stored while scanning: not read by this Scan.
-			if err := w.Append(ctx, []shard.Record{{Key: []byte("late"), Value: []byte("late")}}); err != nil {
+			if err := w.Append(ctx, []event.Record{{Key: []byte("late"), Value: []byte("late")}}); err != nil {
 				t.Error(err)
 			}
 		}
@@ -68,7 +68,7 @@ func TestReaderScansAndMeasures(t *testing.T) {
 	}
 }
 
-func hasHeader(hs []shard.Header, k, v string) bool {
+func hasHeader(hs []event.Header, k, v string) bool {
 	for _, h := range hs {
 		if h.Key == k && string(h.Value) == v {
 			return true

@@ -10,9 +10,14 @@
 //   - Async: an async-mode source (SPEC §2.2): one durable consumer shared
 //     by every process, each event invoked on its own, retries left to the
 //     server (NakWithDelay), attempts counted across restarts.
-//   - EncodeEvent: the request body of a stream batch (SPEC §3).
+//   - EncodeEvent: the request body of a stream batch (SPEC §3); Encoder is
+//     it as the stream deliverer's event.Encoder.
 //   - Writer and EnsureStream: a JetStream dead-letter destination (SPEC §4);
 //     Writer implements retention.Appender.
+//   - ConnectOptions and Connect: TLS and the one way to authenticate of a
+//     broker (creds file, nkey seed file, token, user and password), used
+//     for every connection sluice makes; errors name the cause and redact
+//     URL passwords (connect.go).
 //   - Embedded: the in-process nats-server sluice starts when the config
 //     names no broker.
 //   - the sources' metrics, per source: sluice_offset_lag,
@@ -120,9 +125,14 @@
 //
 // # Async mode: attempts across restarts
 //
-// Throttled and failed events go back to the server with NakWithDelay
-// (retry_backoff by attempt, or by throttle count for throttles, at least
-// Retry-After, cut at the event's expiry); the server's delivery count
+// The redelivery policy (package redelivery, shared with the shard engine
+// and the Kafka source) decides what follows each delivery; this package
+// keeps the mechanics. Throttled and failed events go back to the server
+// with NakWithDelay (retry_backoff by attempt, or by throttle count for
+// throttles, at least Retry-After capped at 15 min, cut at the event's
+// expiry, which bounds only the wait for a slot, never an invocation that
+// started); an event whose delivery was cut short by a shutdown is recorded
+// as a throttle and handed back. The server's delivery count
 // (NumDelivered) survives restarts, but counts every delivery, throttles
 // included, and a message cannot be changed to carry a count. So each event
 // that failed or was throttled has a retry state in the KV bucket
@@ -141,8 +151,9 @@
 // first delivery costs nothing extra, each retry one KV write and one delete.
 // Exhausted (attempts > max_retry_attempts), expired (older than
 // max_event_age, throttles and errors alike) or permanently failed events are
-// dead-lettered first (retried until stored, the event held meanwhile), then
-// terminated with TermWithReason. Async has no per-partition order.
+// dead-lettered first (retried until stored, the event held meanwhile; each
+// write bounded by 10 s and not cut short by a shutdown), then terminated
+// with TermWithReason. Async has no per-partition order.
 // MaxAckPending (MaxWaiting, default 10000) bounds events delivered and not
 // acknowledged, which includes every event waiting out a NAK delay on the
 // server; sluice itself holds at most Concurrency events.

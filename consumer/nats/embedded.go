@@ -42,6 +42,25 @@ type embeddedConfig struct {
 	port   int
 	name   string
 	logger *slog.Logger
+
+	token, user, password string // the credentials every client must give; none when all empty
+	cert, key, clientCA   string // TLS: the server's certificate and key; clientCA requires client certificates
+}
+
+// WithToken makes the server require token of every client.
+func WithToken(token string) EmbeddedOption { return func(c *embeddedConfig) { c.token = token } }
+
+// WithUser makes the server require user and password of every client.
+func WithUser(user, password string) EmbeddedOption {
+	return func(c *embeddedConfig) { c.user, c.password = user, password }
+}
+
+// WithTLS makes the server require TLS of its network clients, with the
+// certificate and key in the PEM files cert and key; with clientCA (a PEM
+// file of CAs, optional) it also requires client certificates signed by
+// them. In-process connections (InProcessConn) need no TLS.
+func WithTLS(cert, key, clientCA string) EmbeddedOption {
+	return func(c *embeddedConfig) { c.cert, c.key, c.clientCA = cert, key, clientCA }
 }
 
 // WithPort sets the client port (default 4222); -1 picks a free one (tests).
@@ -83,7 +102,7 @@ func StartEmbedded(dir string, opts ...EmbeddedOption) (*Embedded, error) {
 		}
 		_ = ln.Close()
 	}
-	srv, err := server.NewServer(&server.Options{
+	so := &server.Options{
 		ServerName: c.name,
 		Host:       c.host,
 		Port:       c.port,
@@ -92,7 +111,18 @@ func StartEmbedded(dir string, opts ...EmbeddedOption) (*Embedded, error) {
 		NoSigs:     true,
 		// No HTTP monitoring, cluster, gateway or leafnode listeners: the
 		// embedded server is a local broker, nothing more.
-	})
+		Authorization: c.token,
+		Username:      c.user,
+		Password:      c.password,
+	}
+	if c.cert != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: c.cert, KeyFile: c.key, CaFile: c.clientCA, Verify: c.clientCA != ""})
+		if err != nil {
+			return nil, fmt.Errorf("nats: embedded server: TLS: %w", err)
+		}
+		so.TLSConfig, so.TLS, so.TLSVerify = tc, true, c.clientCA != ""
+	}
+	srv, err := server.NewServer(so)
 	if err != nil {
 		return nil, fmt.Errorf("nats: embedded server: %w", err)
 	}
@@ -126,6 +156,12 @@ func StartEmbedded(dir string, opts ...EmbeddedOption) (*Embedded, error) {
 
 // ClientURL is the URL clients connect to, e.g. nats://127.0.0.1:4222.
 func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
+
+// InProcessConn returns a connection to the server that does not go
+// through the network (nats.go's InProcessServer option takes e), so that
+// sluice reaches its own server without TLS even when network clients must
+// use it. Credentials are still required.
+func (e *Embedded) InProcessConn() (net.Conn, error) { return e.srv.InProcessConn() }
 
 // Shutdown stops the server and waits until it has stopped and flushed its
 // streams to disk.

@@ -6,7 +6,7 @@ import (
 	"strconv"
 
 	"github.com/sluicehq/sluice/consumer"
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // EventSource is the eventSource of the request body sluice sends for a
@@ -32,12 +32,27 @@ var ErrEmptyBatch = errors.New("nats: empty batch")
 // else the stream argument) in the order their partition first appears,
 // each group in batch order. headers is always present ({} without any);
 // a name's values keep their order.
-func EncodeEvent(stream string, recs []shard.Record) ([]byte, error) {
+func EncodeEvent(stream string, recs []event.Record) ([]byte, error) {
+	return encodeEvent(stream, recs)
+}
+
+// Encoder is the event.Encoder of a JetStream stream source: EncodeEvent
+// with the source's stream.
+type Encoder struct {
+	Stream string
+}
+
+// Encode is EncodeEvent.
+func (e Encoder) Encode(recs []event.Record) ([]byte, error) { return encodeEvent(e.Stream, recs) }
+
+var _ event.Encoder = Encoder{}
+
+func encodeEvent(stream string, recs []event.Record) ([]byte, error) {
 	return AppendEvent(make([]byte, 0, eventSize(stream, recs)), stream, recs)
 }
 
 // AppendEvent appends the event EncodeEvent returns to dst.
-func AppendEvent(dst []byte, stream string, recs []shard.Record) ([]byte, error) {
+func AppendEvent(dst []byte, stream string, recs []event.Record) ([]byte, error) {
 	if len(recs) == 0 {
 		return dst, ErrEmptyBatch
 	}
@@ -71,18 +86,18 @@ func AppendEvent(dst []byte, stream string, recs []shard.Record) ([]byte, error)
 	return append(dst, "}}"...), nil
 }
 
-func streamOf(r *shard.Record, stream string) string {
+func streamOf(r *event.Record, stream string) string {
 	if r.Topic != "" {
 		return r.Topic
 	}
 	return stream
 }
 
-func samePartition(a, b *shard.Record) bool { return a.Partition == b.Partition && a.Topic == b.Topic }
+func samePartition(a, b *event.Record) bool { return a.Partition == b.Partition && a.Topic == b.Topic }
 
 // seenBefore reports whether r's partition occurs in earlier; for the usual
 // one-partition batch it compares one record (the previous one).
-func seenBefore(earlier []shard.Record, r *shard.Record) bool {
+func seenBefore(earlier []event.Record, r *event.Record) bool {
 	for k := len(earlier) - 1; k >= 0; k-- {
 		if samePartition(&earlier[k], r) {
 			return true
@@ -91,7 +106,7 @@ func seenBefore(earlier []shard.Record, r *shard.Record) bool {
 	return false
 }
 
-func appendRecord(dst []byte, r *shard.Record, stream string) []byte {
+func appendRecord(dst []byte, r *event.Record, stream string) []byte {
 	dst = append(dst, `{"subject":`...)
 	dst = consumer.AppendJSONString(dst, r.Subject)
 	dst = append(dst, `,"stream":`...)
@@ -144,7 +159,7 @@ func appendRecord(dst []byte, r *shard.Record, stream string) []byte {
 
 // eventSize is an upper bound of the encoded size, so that EncodeEvent
 // allocates once.
-func eventSize(stream string, recs []shard.Record) int {
+func eventSize(stream string, recs []event.Record) int {
 	n := 48
 	for i := range recs {
 		r := &recs[i]

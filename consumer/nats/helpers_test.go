@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -92,24 +93,24 @@ func runSource(t testing.TB, run func(context.Context) error) (stop func()) {
 // Delivered).
 type fakeDeliverer struct {
 	mu     sync.Mutex
-	answer func(d shard.Delivery) shard.Result
+	answer func(d shard.Delivery) event.Result
 	calls  []shard.Delivery
-	got    map[int32][]shard.Record // delivered records by partition, in delivery order
+	got    map[int32][]event.Record // delivered records by partition, in delivery order
 }
 
-func (f *fakeDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.Result {
+func (f *fakeDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.Result {
 	f.mu.Lock()
 	f.calls = append(f.calls, shard.Delivery{Shard: d.Shard, Records: slices.Clone(d.Records), Attempt: d.Attempt})
 	answer := f.answer
 	f.mu.Unlock()
-	res := shard.Result{Outcome: shard.Delivered}
+	res := event.Result{Outcome: event.Delivered}
 	if answer != nil {
 		res = answer(d)
 	}
-	if res.Outcome == shard.Delivered {
+	if res.Outcome == event.Delivered {
 		f.mu.Lock()
 		if f.got == nil {
-			f.got = map[int32][]shard.Record{}
+			f.got = map[int32][]event.Record{}
 		}
 		f.got[d.Shard.Partition] = append(f.got[d.Shard.Partition], d.Records...)
 		f.mu.Unlock()
@@ -117,10 +118,10 @@ func (f *fakeDeliverer) Deliver(ctx context.Context, d shard.Delivery) shard.Res
 	return res
 }
 
-func (f *fakeDeliverer) delivered() map[int32][]shard.Record {
+func (f *fakeDeliverer) delivered() map[int32][]event.Record {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make(map[int32][]shard.Record, len(f.got))
+	out := make(map[int32][]event.Record, len(f.got))
 	for p, rs := range f.got {
 		out[p] = slices.Clone(rs)
 	}
@@ -139,10 +140,10 @@ func (f *fakeDeliverer) count() int {
 type fakeDLQ struct {
 	mu      sync.Mutex
 	fail    bool
-	letters []shard.DeadLetter
+	letters []event.DeadLetter
 }
 
-func (f *fakeDLQ) DeadLetter(_ context.Context, ls []shard.DeadLetter) error {
+func (f *fakeDLQ) DeadLetter(_ context.Context, ls []event.DeadLetter) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.fail {
@@ -152,7 +153,7 @@ func (f *fakeDLQ) DeadLetter(_ context.Context, ls []shard.DeadLetter) error {
 	return nil
 }
 
-func (f *fakeDLQ) get() []shard.DeadLetter {
+func (f *fakeDLQ) get() []event.DeadLetter {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.letters)
@@ -168,7 +169,7 @@ func streamSource(stream, prefix string, partitions int) consumer.SourceConfig {
 }
 
 // fastStream is StreamOptions with short timings for tests.
-func fastStream(d shard.Deliverer, dlq shard.DeadLetterer, src consumer.SourceConfig) StreamOptions {
+func fastStream(d shard.Deliverer, dlq event.DeadLetterer, src consumer.SourceConfig) StreamOptions {
 	o := StreamOptions{
 		Worker:      src.WorkerConfig("clicks"),
 		Deliverer:   d,

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -23,9 +24,9 @@ func TestStreamShortPauseSendsNoKeepAlive(t *testing.T) {
 	nc, js := connect(t, e.ClientURL())
 	src := streamSource("PAUSES", "pauses", 1)
 	release := make(chan struct{})
-	d := &fakeDeliverer{answer: func(shard.Delivery) shard.Result {
+	d := &fakeDeliverer{answer: func(shard.Delivery) event.Result {
 		<-release // the function is busy until the test says
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}}
 	o := fastStream(d, nil, src)
 	o.Worker.Buffer = 2 * src.BatchSize

@@ -6,7 +6,7 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 // pinHeader is the header nats-server adds to every message it delivers to
@@ -15,24 +15,23 @@ import (
 const pinHeader = "Nats-Pin-Id"
 
 // newRecord converts a delivered message. Partition, Key and Subject are
-// the caller's (stream mode parses them from the partition subject); Ref is
-// the jetstream.Msg.
-func newRecord(m jetstream.Msg, md *jetstream.MsgMetadata) shard.Record {
-	return shard.Record{
+// the caller's (stream mode parses them from the partition subject); the
+// source settles the message by its stream sequence (Offset).
+func newRecord(m jetstream.Msg, md *jetstream.MsgMetadata) event.Record {
+	return event.Record{
 		Topic:     md.Stream,
 		Subject:   m.Subject(),
 		Offset:    int64(md.Sequence.Stream),
 		Timestamp: md.Timestamp,
 		Value:     m.Data(),
 		Headers:   recordHeaders(m.Headers()),
-		Ref:       m,
 	}
 }
 
 // recordHeaders flattens NATS headers into record headers, names sorted
 // (a map has no order; a record's headers must be stable across
 // redeliveries), each name's values in order, without the delivery's pin id.
-func recordHeaders(h natsgo.Header) []shard.Header {
+func recordHeaders(h natsgo.Header) []event.Header {
 	if len(h) == 0 {
 		return nil
 	}
@@ -49,17 +48,17 @@ func recordHeaders(h natsgo.Header) []shard.Header {
 		return nil
 	}
 	slices.Sort(names)
-	out := make([]shard.Header, 0, n)
+	out := make([]event.Header, 0, n)
 	for _, k := range names {
 		for _, v := range h[k] {
-			out = append(out, shard.Header{Key: k, Value: []byte(v)})
+			out = append(out, event.Header{Key: k, Value: []byte(v)})
 		}
 	}
 	return out
 }
 
 // natsHeaders is the reverse of recordHeaders, for publishing.
-func natsHeaders(hs []shard.Header) natsgo.Header {
+func natsHeaders(hs []event.Header) natsgo.Header {
 	if len(hs) == 0 {
 		return nil
 	}

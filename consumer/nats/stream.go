@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -64,7 +65,7 @@ type StreamOptions struct {
 	Deliverer shard.Deliverer
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
-	DeadLetterer shard.DeadLetterer
+	DeadLetterer event.DeadLetterer
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics (metrics.go).
@@ -212,7 +213,7 @@ func (s *Stream) ConsumerName(p int) string { return s.opts.ConsumerPrefix + "-"
 
 // Encode returns the request body for a batch of this stream's records
 // (EncodeEvent), for the Deliverer.
-func (s *Stream) Encode(recs []shard.Record) ([]byte, error) { return EncodeEvent(s.src.Stream, recs) }
+func (s *Stream) Encode(recs []event.Record) ([]byte, error) { return EncodeEvent(s.src.Stream, recs) }
 
 // Ensure creates the stream with its partitioning transform, or reconciles
 // an existing one (adding the subject, setting the transform), and creates
@@ -691,7 +692,7 @@ func (pt *partition) startWorker(workCtx context.Context) {
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
-		Commit:       func(last shard.Record) { pt.commit(epoch, last) },
+		Commit:       func(last event.Record) { pt.commit(epoch, last) },
 		Pause:        func(paused bool) { pt.pause(epoch, paused) },
 	})
 	ctx, cancel := context.WithCancel(workCtx)
@@ -733,7 +734,7 @@ func (pt *partition) waitWorker(deadline <-chan time.Time) {
 // consumer processes acks in order), so an acknowledgement is never lost
 // silently. It retries until confirmed or the generation ends (then the
 // messages are redelivered after AckWait, and recovery orders them).
-func (pt *partition) commit(epoch uint64, last shard.Record) {
+func (pt *partition) commit(epoch uint64, last event.Record) {
 	pt.mu.Lock()
 	if pt.epoch != epoch {
 		pt.mu.Unlock()
@@ -1030,9 +1031,9 @@ func (pt *partition) endRecovery(warn string) {
 
 // pushLocked records msgs (sorted, above last) as held and returns their
 // records for Push. Called with mu held.
-func (pt *partition) pushLocked(msgs []heldMsg) []shard.Record {
+func (pt *partition) pushLocked(msgs []heldMsg) []event.Record {
 	s := pt.s
-	recs := make([]shard.Record, 0, len(msgs))
+	recs := make([]event.Record, 0, len(msgs))
 	for _, h := range msgs {
 		p, key, published, err := s.pt.parse(h.m.Subject())
 		if err != nil || p != pt.p {
@@ -1152,3 +1153,16 @@ func settleInOrder(ctx context.Context, nc *natsgo.Conn, msgs []heldMsg, body []
 	}
 	return nil
 }
+
+// PartitionLoads reports the lag and iterator age of every partition this
+// process owns (consumer.PartitionLoader).
+func (s *Stream) PartitionLoads() []consumer.PartitionLoad {
+	st := s.Shards()
+	out := make([]consumer.PartitionLoad, len(st))
+	for i := range st {
+		out[i] = consumer.PartitionLoad{Partition: st[i].Shard.Partition, Lag: st[i].Lag, IteratorAge: st[i].IteratorAge}
+	}
+	return out
+}
+
+var _ consumer.PartitionLoader = (*Stream)(nil)

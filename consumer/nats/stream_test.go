@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -79,7 +80,7 @@ func TestSubsumes(t *testing.T) {
 }
 
 // valueIndex returns i of a value "v<i>".
-func valueIndex(t testing.TB, r shard.Record) int {
+func valueIndex(t testing.TB, r event.Record) int {
 	t.Helper()
 	i, err := strconv.Atoi(strings.TrimPrefix(string(r.Value), "v"))
 	if err != nil {
@@ -91,12 +92,12 @@ func valueIndex(t testing.TB, r shard.Record) int {
 // checkOrder fails unless every partition's records are in sequence order,
 // each key's values in publish order, and each record sits in the partition
 // its key hashes to (one partition per key).
-func checkOrder(t testing.TB, got map[int32][]shard.Record) {
+func checkOrder(t testing.TB, got map[int32][]event.Record) {
 	t.Helper()
 	keyPart := map[string]int32{}
 	lastByKey := map[string]int{}
 	for p, recs := range got {
-		if !slices.IsSortedFunc(recs, func(a, b shard.Record) int { return int(a.Offset - b.Offset) }) {
+		if !slices.IsSortedFunc(recs, func(a, b event.Record) int { return int(a.Offset - b.Offset) }) {
 			t.Fatalf("partition %d delivered out of sequence order", p)
 		}
 		for _, r := range recs {
@@ -174,11 +175,11 @@ func TestStreamThrottledPartitionDoesNotStopOthers(t *testing.T) {
 	var hot atomic.Int32
 	hot.Store(-1)
 	d := &fakeDeliverer{}
-	d.answer = func(dl shard.Delivery) shard.Result {
+	d.answer = func(dl shard.Delivery) event.Result {
 		if throttling.Load() && dl.Shard.Partition == hot.Load() {
-			return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled", RetryAfter: 100 * time.Millisecond}
+			return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled", RetryAfter: 100 * time.Millisecond}
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}
 	opts := fastStream(d, nil, src)
 	opts.AckWait = time.Second // the throttle lasts several AckWaits: InProgress must hold the batch
@@ -281,8 +282,8 @@ func TestStreamAcksOnlyAfterSuccess(t *testing.T) {
 	nc, js := connect(t, e.ClientURL())
 	src := streamSource("CLICKS", "clicks", 2)
 	src.MaxRetryAttempts = -1
-	failing := &fakeDeliverer{answer: func(shard.Delivery) shard.Result {
-		return shard.Result{Outcome: shard.Failed, Error: shard.ErrorInfo{Kind: "status", Status: 500}}
+	failing := &fakeDeliverer{answer: func(shard.Delivery) event.Result {
+		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "status", Status: 500}}
 	}}
 	s, err := NewStream("clicks", nc, src, fastStream(failing, nil, src))
 	if err != nil {
@@ -334,13 +335,13 @@ func TestStreamDeadLettersBeforeAck(t *testing.T) {
 	e := startServer(t)
 	nc, js := connect(t, e.ClientURL())
 	src := streamSource("CLICKS", "clicks", 1)
-	d := &fakeDeliverer{answer: func(dl shard.Delivery) shard.Result {
+	d := &fakeDeliverer{answer: func(dl shard.Delivery) event.Result {
 		for _, r := range dl.Records {
 			if string(r.Value) == "v3" {
-				return shard.Result{Outcome: shard.Permanent, Error: shard.ErrorInfo{Kind: "status", Status: 400, Message: "bad"}}
+				return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: 400, Message: "bad"}}
 			}
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}}
 	dlq := &fakeDLQ{fail: true}
 	opts := fastStream(d, dlq, src)
@@ -370,7 +371,7 @@ func TestStreamDeadLettersBeforeAck(t *testing.T) {
 		return info.NumAckPending == 0 && info.NumPending == 0
 	})
 	dl := dlq.get()
-	if len(dl) != 1 || string(dl[0].Record.Value) != "v3" || dl[0].Condition != shard.PermanentError ||
+	if len(dl) != 1 || string(dl[0].Record.Value) != "v3" || dl[0].Condition != event.PermanentError ||
 		dl[0].Record.Subject != "clicks.k0" || dl[0].Record.Offset != 4 {
 		t.Fatalf("dead letters %+v, want v3 (sequence 4) PermanentError", dl)
 	}
@@ -435,11 +436,11 @@ func TestStreamKeepsPinWhileThrottled(t *testing.T) {
 	ncB, _ := connect(t, e.ClientURL())
 	var throttling atomic.Bool
 	throttling.Store(true)
-	da := &fakeDeliverer{answer: func(shard.Delivery) shard.Result {
+	da := &fakeDeliverer{answer: func(shard.Delivery) event.Result {
 		if throttling.Load() {
-			return shard.Result{Outcome: shard.Throttled, Reason: "ConcurrentInvocationLimitExceeded"}
+			return event.Result{Outcome: event.Throttled, Reason: "ConcurrentInvocationLimitExceeded"}
 		}
-		return shard.Result{Outcome: shard.Delivered}
+		return event.Result{Outcome: event.Delivered}
 	}}
 	db := &fakeDeliverer{}
 	optsA := fastStream(da, nil, src)
@@ -488,8 +489,8 @@ func TestStreamFailoverAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	da := &fakeDeliverer{answer: func(shard.Delivery) shard.Result {
-		return shard.Result{Outcome: shard.Throttled, Reason: "FunctionThrottled"}
+	da := &fakeDeliverer{answer: func(shard.Delivery) event.Result {
+		return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled"}
 	}}
 	optsA := fastStream(da, nil, src)
 	optsA.PinnedTTL, optsA.AckWait = 2*time.Second, time.Second

@@ -11,6 +11,7 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -71,7 +72,7 @@ func NewWriter(nc *natsgo.Conn, stream, subjectPrefix string, opts ...WriterOpti
 // acknowledged every one. On error some may have been stored: the caller
 // retries the whole batch (at-least-once; a dead letter carries an id for
 // duplicates).
-func (w *Writer) Append(ctx context.Context, recs []shard.Record) error {
+func (w *Writer) Append(ctx context.Context, recs []event.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
@@ -116,7 +117,7 @@ func countPending(futs []jetstream.PubAckFuture) int {
 	return n
 }
 
-func (w *Writer) subject(r *shard.Record) string {
+func (w *Writer) subject(r *event.Record) string {
 	if r.Subject != "" {
 		return r.Subject
 	}

@@ -13,7 +13,7 @@ import (
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/sluicehq/sluice/shard"
+	"github.com/sluicehq/sluice/event"
 )
 
 func TestEnsureStream(t *testing.T) {
@@ -65,8 +65,8 @@ func TestWriterAppend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs := []shard.Record{
-		{Key: []byte("abc123"), Value: []byte(`{"n":1}`), Headers: []shard.Header{
+	recs := []event.Record{
+		{Key: []byte("abc123"), Value: []byte(`{"n":1}`), Headers: []event.Header{
 			{Key: "sluice-condition", Value: []byte("PermanentError")}, {Key: "multi", Value: []byte("a")}, {Key: "multi", Value: []byte("b")},
 		}},
 		{Key: []byte("odd.key *>"), Value: []byte(`{"n":2}`)},
@@ -97,7 +97,7 @@ func TestWriterAppend(t *testing.T) {
 
 	// A subject no stream holds (or another stream's) is refused, not lost.
 	w2, _ := NewWriter(nc, "DEAD", "elsewhere", WithWriteTimeout(2*time.Second))
-	if err := w2.Append(ctx, []shard.Record{{Key: []byte("k"), Value: []byte("x")}}); err == nil {
+	if err := w2.Append(ctx, []event.Record{{Key: []byte("k"), Value: []byte("x")}}); err == nil {
 		t.Fatal("Append to a subject outside the stream succeeded")
 	}
 	if _, err := NewWriter(nc, "DEAD", "sluice.dead.>"); err == nil {
@@ -107,9 +107,9 @@ func TestWriterAppend(t *testing.T) {
 
 func TestEncodeEvent(t *testing.T) {
 	ts := time.UnixMilli(1714000000123)
-	recs := []shard.Record{
+	recs := []event.Record{
 		{Topic: "CLICKS", Subject: "clicks.user\"1", Partition: 3, Offset: 17, Timestamp: ts, Value: []byte{0, 1, 0xff},
-			Headers: []shard.Header{{Key: "a", Value: []byte("1")}, {Key: "a", Value: []byte("2")}, {Key: "b", Value: []byte("x\ny")}}},
+			Headers: []event.Header{{Key: "a", Value: []byte("1")}, {Key: "a", Value: []byte("2")}, {Key: "b", Value: []byte("x\ny")}}},
 		{Topic: "CLICKS", Subject: "clicks.user2", Partition: 3, Offset: 19, Timestamp: ts, Value: nil},
 	}
 	body, err := EncodeEvent("CLICKS", recs)

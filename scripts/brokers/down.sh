@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# down.sh RUN_DIR [kafka] [nats]
+# down.sh RUN_DIR [kafka] [nats] [kafka-secure]
 #
-# Stops the brokers that up.sh started in RUN_DIR (both when none is named):
+# Stops the brokers that up.sh started in RUN_DIR (all when none is named):
 # SIGTERM, then SIGKILL if the process is still there after 15 s
 # (SLUICE_BROKER_STOP_TIMEOUT seconds). Only the pid recorded in RUN_DIR is
 # signalled, and only if its command line is still that broker's, so a
@@ -57,15 +57,16 @@ run_dir=$1
 shift
 [[ -d $run_dir ]] || exit 0
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(nats kafka)
+[[ ${#components[@]} -gt 0 ]] || components=(nats kafka kafka-secure)
 
 status=0
 for c in "${components[@]}"; do
 	case $c in
-	kafka) stop Kafka "$run_dir/kafka/pid" kafka.Kafka "$run_dir/kafka/server.log" || status=1 ;;
+	kafka) stop Kafka "$run_dir/kafka/pid" "$run_dir/kafka/server.properties" "$run_dir/kafka/server.log" || status=1 ;;
+	kafka-secure) stop "Kafka (secured)" "$run_dir/kafka-secure/pid" "$run_dir/kafka-secure/server.properties" "$run_dir/kafka-secure/server.log" || status=1 ;;
 	nats) stop nats-server "$run_dir/nats/pid" nats-server "$run_dir/nats/nats.log" || status=1 ;;
 	*)
-		log "unknown component '$c' (want kafka and/or nats)"
+		log "unknown component '$c' (want kafka, nats and/or kafka-secure)"
 		status=2
 		;;
 	esac

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# up.sh RUN_DIR [kafka] [nats]
+# up.sh RUN_DIR [kafka] [nats] [kafka-secure]
 #
 # Starts a real single-node Apache Kafka (KRaft) and/or an out-of-process
 # nats-server with JetStream, on loopback only, for sluice's integration
-# tests. With no component named, starts both. Installs what is missing first:
+# tests. With no component named, starts kafka and nats (and kafka-secure too
+# when SLUICE_BROKERS_SECURE=1). kafka-secure is a second Kafka with TLS and
+# SASL listeners for the secured-connection tests
+# (kafka/server-secure.properties.tmpl says which). Installs what is missing first:
 #
 #   .brokers/kafka/libs/     Kafka jars, copied by Maven from scripts/brokers/kafka/pom.xml
 #                            (~/.m2 caches them; re-copied when the POM changes)
@@ -15,6 +18,8 @@
 #   env                      `export SLUICE_TEST_...=...` lines; source it
 #   kafka/server.properties  kafka/data/  kafka/server.log  kafka/stdout.log  kafka/pid
 #   nats/nats.conf           nats/store/  nats/nats.log     nats/pid
+#   kafka-secure/            as kafka/, plus pki/ (CA, certificates: scripts/brokers/gencerts)
+#                            and password (the test users' password)
 #
 # The first call picks free loopback ports and formats a fresh Kafka data dir.
 # Calling it again on the same RUN_DIR (after down.sh, or after a test killed
@@ -95,15 +100,17 @@ fi
 mkdir -p "$1"
 run_dir=$(cd "$1" && pwd)
 shift
-want_kafka=0 want_nats=0
+want_kafka=0 want_nats=0 want_secure=0
 if [[ $# -eq 0 ]]; then
 	want_kafka=1 want_nats=1
+	[[ ${SLUICE_BROKERS_SECURE:-} == 1 ]] && want_secure=1
 fi
 for c in "$@"; do
 	case $c in
 	kafka) want_kafka=1 ;;
 	nats) want_nats=1 ;;
-	*) die "unknown component '$c' (want kafka and/or nats)" ;;
+	kafka-secure) want_secure=1 ;;
+	*) die "unknown component '$c' (want kafka, nats and/or kafka-secure)" ;;
 	esac
 done
 
@@ -115,7 +122,7 @@ mkdir -p "$bin_dir" "$kafka_home"
 # ---------------------------------------------------------------- checks
 
 need go "Go is needed to build nats-server and the readiness check: https://go.dev/doc/install"
-if [[ $want_kafka == 1 ]]; then
+if [[ $want_kafka == 1 || $want_secure == 1 ]]; then
 	need java "Kafka needs Java 17 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)"
 	need mvn "Maven fetches the Kafka jars (Debian/Ubuntu: apt-get install maven)"
 	java_major=$(java -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p')
@@ -186,7 +193,10 @@ install_waitkafka() {
 }
 
 install_lock
-[[ $want_kafka == 1 ]] && install_kafka && install_waitkafka
+if [[ $want_kafka == 1 || $want_secure == 1 ]]; then
+	install_kafka
+	install_waitkafka
+fi
 [[ $want_nats == 1 ]] && install_nats
 # Release the lock and close its fd, so the brokers started below do not
 # inherit it.
@@ -218,17 +228,57 @@ export SLUICE_TEST_NATS_SERVER_BIN=$bin_dir/nats-server
 export SLUICE_TEST_BROKERS_DIR=$run_dir
 EOF
 
+secure_ports=$run_dir/secure-ports
+if [[ $want_secure == 1 && ! -f $secure_ports ]]; then
+	taken=("$KAFKA_PORT" "$CONTROLLER_PORT" "$NATS_PORT" "$NATS_MONITOR_PORT")
+	sp=$(free_port "${taken[@]}")
+	mp=$(free_port "${taken[@]}" "$sp")
+	ip=$(free_port "${taken[@]}" "$sp" "$mp")
+	sc=$(free_port "${taken[@]}" "$sp" "$mp" "$ip")
+	printf 'SECURE_SASL_PORT=%s\nSECURE_MTLS_PORT=%s\nSECURE_INTERNAL_PORT=%s\nSECURE_CONTROLLER_PORT=%s\n' "$sp" "$mp" "$ip" "$sc" >"$secure_ports"
+fi
+if [[ -f $secure_ports ]]; then
+	# shellcheck source=/dev/null
+	. "$secure_ports"
+	cat >>"$run_dir/env" <<EOF
+export SLUICE_TEST_KAFKA_SASL=127.0.0.1:$SECURE_SASL_PORT
+export SLUICE_TEST_KAFKA_MTLS=127.0.0.1:$SECURE_MTLS_PORT
+export SLUICE_TEST_KAFKA_SECURE_INTERNAL=127.0.0.1:$SECURE_INTERNAL_PORT
+export SLUICE_TEST_KAFKA_PKI=$run_dir/kafka-secure/pki
+export SLUICE_TEST_KAFKA_PASSWORD_FILE=$run_dir/kafka-secure/password
+EOF
+fi
+
 # ---------------------------------------------------------------- kafka
 
+# start_kafka [secure]: the plain broker, or with "secure" the kafka-secure one.
 start_kafka() {
-	local dir=$run_dir/kafka libs=$kafka_home/libs version
+	local secure=${1:-} dir=$run_dir/kafka libs=$kafka_home/libs version wait_port=$KAFKA_PORT name=Kafka
+	local format_extra=()
+	if [[ $secure == secure ]]; then
+		dir=$run_dir/kafka-secure wait_port=$SECURE_INTERNAL_PORT name="Kafka (secured)"
+	fi
 	mkdir -p "$dir"
-	if proc_alive "$dir/pid" kafka.Kafka; then
-		log "Kafka already running (pid $(cat "$dir/pid"))"
+	if proc_alive "$dir/pid" "$dir/server.properties"; then
+		log "$name already running (pid $(cat "$dir/pid"))"
 		return
 	fi
 	version=$(kafka_version "$libs")
-	if [[ ! -f $dir/server.properties ]]; then
+	if [[ $secure == secure ]]; then
+		if [[ ! -f $dir/password ]]; then
+			(cd "$repo" && go run ./scripts/brokers/gencerts -dir "$dir/pki") || die "could not generate the test certificates"
+			head -c18 /dev/urandom | base64 | tr '+/' 'xy' >"$dir/password"
+		fi
+		local pw
+		pw=$(cat "$dir/password")
+		if [[ ! -f $dir/server.properties ]]; then
+			sed -e "s|@SASL_PORT@|$SECURE_SASL_PORT|g" -e "s|@MTLS_PORT@|$SECURE_MTLS_PORT|g" \
+				-e "s|@INTERNAL_PORT@|$SECURE_INTERNAL_PORT|g" -e "s|@CONTROLLER_PORT@|$SECURE_CONTROLLER_PORT|g" \
+				-e "s|@PASSWORD@|$pw|g" -e "s|@PKI@|$dir/pki|g" \
+				-e "s|@DATA_DIR@|$dir/data|g" "$here/kafka/server-secure.properties.tmpl" >"$dir/server.properties"
+		fi
+		format_extra=(--add-scram "SCRAM-SHA-512=[name=alice,password=$pw]" --add-scram "SCRAM-SHA-256=[name=bob,password=$pw]")
+	elif [[ ! -f $dir/server.properties ]]; then
 		sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
 			-e "s|@DATA_DIR@|$dir/data|g" "$here/kafka/server.properties.tmpl" >"$dir/server.properties"
 	fi
@@ -249,7 +299,7 @@ start_kafka() {
 		rm -rf "$dir/data"
 		local tf
 		tf=$(now_ms)
-		if ! "${jvm[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >"$dir/format.log" 2>&1; then
+		if ! "${jvm[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" "${format_extra[@]}" >"$dir/format.log" 2>&1; then
 			cat "$dir/format.log" >&2
 			die "formatting the Kafka data dir failed (log above)"
 		fi
@@ -261,9 +311,9 @@ start_kafka() {
 	"${jvm[@]}" kafka.Kafka "$dir/server.properties" >>"$dir/stdout.log" 2>&1 &
 	pid=$!
 	echo "$pid" >"$dir/pid"
-	if ! "$bin_dir/waitkafka" -addr "127.0.0.1:$KAFKA_PORT" -pid "$pid" \
+	if ! "$bin_dir/waitkafka" -addr "127.0.0.1:$wait_port" -pid "$pid" \
 		-timeout "${SLUICE_KAFKA_START_TIMEOUT:-60}s" >"$dir/wait.log" 2>&1; then
-		log "Kafka $version did not become ready: $(tail -n1 "$dir/wait.log")"
+		log "$name $version did not become ready: $(tail -n1 "$dir/wait.log")"
 		log "last 50 lines of $dir/server.log:"
 		tail -n 50 "$dir/server.log" >&2 2>/dev/null || true
 		# The cause is often far above the shutdown noise at the end.
@@ -275,10 +325,14 @@ start_kafka() {
 			log "last 20 lines of $dir/stdout.log:"
 			tail -n 20 "$dir/stdout.log" >&2
 		fi
-		"$here/down.sh" "$run_dir" kafka || true
+		if [[ $secure == secure ]]; then
+			"$here/down.sh" "$run_dir" kafka-secure || true
+		else
+			"$here/down.sh" "$run_dir" kafka || true
+		fi
 		exit 1
 	fi
-	log "Kafka $version (KRaft, one node) ready at 127.0.0.1:$KAFKA_PORT in $(secs_since "$t0"), pid $pid"
+	log "$name $version (KRaft, one node) ready at 127.0.0.1:$wait_port in $(secs_since "$t0"), pid $pid"
 	log "  $(cat "$dir/wait.log")"
 }
 
@@ -326,5 +380,6 @@ EOF
 }
 
 [[ $want_kafka == 1 ]] && start_kafka
+[[ $want_secure == 1 ]] && start_kafka secure
 [[ $want_nats == 1 ]] && start_nats
 exit 0

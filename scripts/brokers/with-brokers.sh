@@ -12,6 +12,10 @@
 #   SLUICE_TEST_NATS_SERVER_BIN=<abs path of the nats-server binary>
 #   SLUICE_TEST_BROKERS_DIR=<run dir>   (up.sh/down.sh RUN_DIR kafka|nats restart one)
 #
+# With SLUICE_BROKERS_SECURE=1 it also starts the secured Kafka (up.sh's
+# kafka-secure) and CMD sees SLUICE_TEST_KAFKA_SASL, _MTLS, _SECURE_INTERNAL,
+# _PKI and _PASSWORD_FILE (integration/secure_kafka_test.go uses them).
+#
 # Both brokers are stopped afterwards (SIGTERM, SIGKILL after 15 s), also when
 # CMD fails or the script is interrupted, and the script exits with CMD's
 # status. The run dir is removed after a successful run and kept (its path is

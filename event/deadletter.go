@@ -1,0 +1,39 @@
+package event
+
+import (
+	"context"
+	"time"
+)
+
+// Condition is why a record was dead-lettered (SPEC §2, §4).
+type Condition string
+
+// The dead-letter conditions.
+const (
+	RetryAttemptsExhausted Condition = "RetryAttemptsExhausted"
+	RecordAgeExceeded      Condition = "RecordAgeExceeded"
+	EventAgeExceeded       Condition = "EventAgeExceeded"
+	PermanentError         Condition = "PermanentError"
+	RecordTooLarge         Condition = "RecordTooLarge"
+)
+
+// DeadLetter is one record that could not be delivered, with why.
+type DeadLetter struct {
+	Source         string
+	Function       string
+	Mode           string // stream or async
+	Condition      Condition
+	Attempts       int // function attempts made (throttles not counted)
+	FirstAttemptAt time.Time
+	LastAttemptAt  time.Time
+	LastError      ErrorInfo
+	Record         Record
+}
+
+// DeadLetterer durably stores dead letters. DeadLetter returns nil only when
+// every letter is stored (e.g. acknowledged by the broker): the engine moves
+// the shard's checkpoint past the records only then. On error the engine
+// blocks the shard and retries the same letters.
+type DeadLetterer interface {
+	DeadLetter(ctx context.Context, letters []DeadLetter) error
+}
