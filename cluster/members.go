@@ -149,7 +149,7 @@ func (e *Engine) Status() Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
-	st := Status{Name: e.cfg.Name, Broker: e.cfg.Broker, Lease: shard.FormatDuration(e.cfg.Lease), Self: e.id}
+	st := Status{Name: e.cfg.Name, Broker: e.cfg.Broker, Lease: shard.FormatDuration(e.cfg.Lease), Self: e.id, Limits: []Limit{}}
 	self := e.selfLocked()
 	self.Self = true
 	found := false
