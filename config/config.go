@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -122,22 +121,14 @@ func (t TokenConfig) secret() (string, error) {
 // and a path to a device or a huge file must fail start-up, not hang it.
 const maxTokenFileBytes = 64 << 10
 
-// readSmallFile reads name, refusing regular or special files longer than
-// limit bytes without reading more than limit+1 of them.
+// readSmallFile reads name with consumer.ReadSmallFile's bound; a file
+// over limit is refused with a word on what it should hold.
 func readSmallFile(name string, limit int64) ([]byte, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
+	b, err := consumer.ReadSmallFile(name, limit)
+	if limit == maxTokenFileBytes && errors.Is(err, consumer.ErrFileTooLarge) {
+		return nil, fmt.Errorf("%w; a token file holds one secret", err)
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes; a token file holds one secret", name, limit)
-	}
-	return b, nil
+	return b, err
 }
 
 // Default returns the configuration of an empty file: account limits 1000
