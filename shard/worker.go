@@ -46,9 +46,15 @@ type Hooks struct {
 	DeadLetterer event.DeadLetterer
 	// Commit moves the shard's checkpoint: every record up to and including
 	// last was delivered or durably dead-lettered. Called from a lane's
-	// goroutine, serialized and in offset order, never for a record twice. It
-	// may block (e.g. until the broker confirms): the lane's next batch waits.
-	Commit func(last event.Record)
+	// goroutine, serialized (under the worker's commit lock) and in offset
+	// order, never for a record twice, so it must not wait long: it records
+	// the checkpoint (Kafka: marks it) and may return a wait. The lane that
+	// finished the batch calls that wait after releasing every lock of the
+	// worker, before it takes its next batch (Kafka: until the commit of an
+	// earlier checkpoint was confirmed, the bound on what a crash
+	// redelivers); the shard's other lanes go on meanwhile. A nil wait, or
+	// a nil return, means none.
+	Commit func(last event.Record) (wait func())
 	// Pause asks the source to stop (true) or restart (false) fetching this
 	// shard. Called on changes only, from the source's Push or the worker.
 	Pause  func(paused bool)
@@ -90,7 +96,7 @@ type Worker struct {
 
 	wake chan struct{} // capacity 1: a pending "records arrived" signal, never blocks Push
 
-	commitMu sync.Mutex // serializes checkpoint + Hooks.Commit; taken before mu, never inside it
+	commitMu sync.Mutex // serializes checkpoint + Hooks.Commit (not its wait); taken before mu, never inside it
 	pauseMu  sync.Mutex // serializes Hooks.Pause calls; guards paused; taken before mu, never inside it
 	paused   bool       // what Pause was last told
 
@@ -433,7 +439,9 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []event.Record) {
 				return // ctx ended: nothing more is checkpointed; the source redelivers
 			}
 			l.setBlocked(false)
-			w.done(b)
+			if wait := w.done(b); wait != nil {
+				wait() // no lock held: the other lanes checkpoint meanwhile
+			}
 		}
 	}
 }
@@ -455,10 +463,12 @@ func splitBytes(recs []event.Record, limit int64) [][]event.Record {
 }
 
 // done records that every record of b was delivered or dead-lettered and
-// moves the checkpoint as far as it may go.
-func (w *Worker) done(b []event.Record) {
+// moves the checkpoint as far as it may go. It returns the Commit hook's
+// wait, for the lane to call once no lock is held.
+func (w *Worker) done(b []event.Record) (wait func()) {
 	// commitMu makes "compute the checkpoint, then Commit" one step, so two
 	// lanes finishing at once commit in offset order (20 must not follow 30).
+	// Commit does not block on the broker under it: its wait runs after.
 	w.commitMu.Lock()
 	defer w.commitMu.Unlock()
 	var size int64
@@ -494,8 +504,9 @@ func (w *Worker) done(b []event.Record) {
 	w.mu.Unlock()
 	w.updatePause()
 	if last != nil && w.h.Commit != nil {
-		w.h.Commit(*last)
+		return w.h.Commit(*last)
 	}
+	return nil
 }
 
 func searchPending(p []pendingRec, off int64) int {

@@ -436,7 +436,7 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
-		Commit: func(last event.Record) {
+		Commit: func(last event.Record) func() {
 			// What a mark reads of a record: its coordinates and epoch.
 			kr := &kgo.Record{Topic: last.Topic, Partition: last.Partition, LeaderEpoch: last.LeaderEpoch, Offset: last.Offset}
 			pt.mu.Lock()
@@ -445,20 +445,25 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 				cl.MarkCommitRecords(kr)
 			}
 			pt.mu.Unlock()
-			if marked && !s.opts.AsyncCommit {
-				// Ask for a round that commits this mark, and wait for the
-				// round of the mark CommitPipelineDepth batches back: this
-				// one by default, so a crash redelivers at most the batch in
-				// flight; with a depth d the next d batches are delivered
-				// while the commits are on the wire. Stopping the worker
-				// (revoke, shutdown) cuts the wait short; its marks are
-				// committed then.
-				pt.commitRounds = append(pt.commitRounds, s.commits.request())
-				if len(pt.commitRounds) > s.opts.CommitPipelineDepth {
-					s.commits.waitFor(pt.ctx, pt.commitRounds[0])
-					pt.commitRounds = slices.Delete(pt.commitRounds, 0, 1)
-				}
+			if !marked || s.opts.AsyncCommit {
+				return nil
 			}
+			// Ask for a round that commits this mark (the committer
+			// coalesces the marks of every partition into it), and have the
+			// lane wait, outside the worker's locks, for the round of the
+			// mark CommitPipelineDepth checkpoints back: with depth d the
+			// lane delivers its next d batches while the commits are on the
+			// wire, and a crash redelivers at most d+1 batches per lane.
+			// Stopping the worker (revoke, shutdown) cuts the wait short;
+			// its marks are committed then. (The worker serializes Commit
+			// calls, so commitRounds needs no lock of its own.)
+			pt.commitRounds = append(pt.commitRounds, s.commits.request())
+			if len(pt.commitRounds) <= s.opts.CommitPipelineDepth {
+				return nil
+			}
+			target := pt.commitRounds[0]
+			pt.commitRounds = slices.Delete(pt.commitRounds, 0, 1)
+			return func() { s.commits.waitFor(pt.ctx, target) }
 		},
 		Pause: func(paused bool) {
 			pt.mu.Lock()
