@@ -40,13 +40,13 @@ const (
 // Source settings: SPEC §2.1 (stream) and §2.2 (async), with Lambda's ranges
 // and defaults where it has them.
 const (
-	DefaultBatchSize           = shard.DefaultBatchSize
-	MaxBatchSize               = 10000
-	MaxBatchingWindow          = 300 * time.Second
-	DefaultMaxBatchBytes       = shard.Bytes(shard.DefaultMaxBatchBytes)
-	MinMaxBatchBytes           = 1 * shard.KiB   // a smaller body could not hold one record with its envelope
-	MaxMaxBatchBytes           = 256 * shard.MiB // beyond this an HTTP body is almost surely a typo
-	MaxParallelizationFactor   = 10
+	DefaultBatchSize         = shard.DefaultBatchSize
+	MaxBatchSize             = 10000
+	MaxBatchingWindow        = 300 * time.Second
+	DefaultMaxBatchBytes     = shard.Bytes(shard.DefaultMaxBatchBytes)
+	MinMaxBatchBytes         = 1 * shard.KiB   // a smaller body could not hold one record with its envelope
+	MaxMaxBatchBytes         = 256 * shard.MiB // beyond this an HTTP body is almost surely a typo
+	MaxParallelizationFactor = 10
 	// DefaultCommitPipelineDepth is how many checkpoints a Kafka stream
 	// lane may run ahead of the last confirmed offset commit
 	// (commit_pipeline_depth): chosen by measurement (BENCHMARKS.md).

@@ -52,7 +52,7 @@ func (b *Broker) NewSource(name string, sc consumer.SourceConfig, deps consumer.
 	if sc.Mode == consumer.ModeStream {
 		return New(name, b.cfg, sc, Options{Worker: sc.WorkerConfig(name), Deliverer: deps.Stream,
 			CommitPipelineDepth: sc.CommitPipelineDepth,
-			DeadLetterer: deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})
+			DeadLetterer:        deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})
 	}
 	return NewAsync(name, b.cfg, sc, AsyncOptions{Deliverer: deps.Async,
 		DeadLetterer: deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})
