@@ -691,3 +691,26 @@ func TestCommitWaitDoesNotBlockOtherLanes(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestRouterKeepsFullBatches: with records waiting, lanes get batches of
+// batch_size, not the remainders of splitting each take by key.
+func TestRouterKeepsFullBatches(t *testing.T) {
+	h := startWorker(t, WorkerConfig{BatchSize: 100, ParallelizationFactor: 2}, nil)
+	const n = 2000
+	h.w.Push(records(0, n, 37, time.Now()))
+	deadline := time.Now().Add(20 * time.Second)
+	for len(h.d.delivered()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("delivered %d of %d", len(h.d.delivered()), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.d.mu.Lock()
+	calls := len(h.d.calls)
+	h.d.mu.Unlock()
+	// 2000 records in batches of 100: 20 calls, plus at most one short
+	// batch per lane at the end.
+	if calls > n/100+2 {
+		t.Errorf("%d calls for %d records in batches of 100, want at most %d", calls, n, n/100+2)
+	}
+}
