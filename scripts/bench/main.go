@@ -70,6 +70,8 @@ var rows = map[string][]unitRow{
 		{"x-bare-cpu", row{"Kafka pipeline, in-process no-op function: CPU cost", "ratio", "bare CPU time ÷ sluice CPU time (1.0 = as cheap)"}},
 		{"sluice-cpu-ns/rec", row{"  sluice", "CPU ns/rec", ""}},
 		{"bare-cpu-ns/rec", row{"  bare franz-go", "CPU ns/rec", ""}},
+		{"sluice-allocs/rec", row{"  sluice, heap allocations", "allocs/rec", "whole process"}},
+		{"bare-allocs/rec", row{"  bare franz-go, heap allocations", "allocs/rec", "whole process"}},
 	},
 	"BenchmarkKafkaPipelineAsyncCommit": {
 		{"x-bare", row{"Kafka pipeline, AsyncCommit (commit ~1 s later)", "ratio", "÷ bare franz-go poll loop, rec/s"}},
