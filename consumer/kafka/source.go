@@ -104,8 +104,9 @@ type Options struct {
 	// (SPEC §2.1: duplicates limited to batches in flight).
 	AsyncCommit bool
 	// CommitPipelineDepth is how many batches a shard's lane may deliver
-	// beyond its last confirmed commit (without AsyncCommit): 0 by default,
-	// as described above. With depth d, a lane delivers batch N+1 while the
+	// beyond its last confirmed commit (without AsyncCommit): 0 here, as
+	// described above; the configuration's commit_pipeline_depth defaults to
+	// consumer.DefaultCommitPipelineDepth (2), measured in BENCHMARKS.md. With depth d, a lane delivers batch N+1 while the
 	// commit of N is on the wire and a crash redelivers at most d+1 batches
 	// per lane. A lane whose batches take less time than a commit round trip
 	// (a fast function, a local broker: a few ms) delivers d+1 batches per

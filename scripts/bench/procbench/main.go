@@ -41,15 +41,21 @@ type scenario struct {
 	name  string
 	batch int
 	delay time.Duration
-	pf    int // sluice's parallelization_factor; 0: no sluice run
+	pf    int // sluice's parallelization_factor
 	floor bool
+	// one reads the topic of one partition (a quarter of the records):
+	// parallelization_factor compared on the same partition, where eight
+	// partitions × pf 10 would measure only the CPUs of the machine.
+	one bool
 }
 
 var scenarios = []scenario{
-	{"b100 0ms pf1", 100, 0, 1, true},
-	{"b500 0ms pf1", 500, 0, 1, true},
-	{"b100 5ms pf1", 100, 5 * time.Millisecond, 1, true},
-	{"b100 5ms pf10", 100, 5 * time.Millisecond, 10, false},
+	{"b100 0ms pf1", 100, 0, 1, true, false},
+	{"b500 0ms pf1", 500, 0, 1, true, false},
+	{"b100 5ms pf1", 100, 5 * time.Millisecond, 1, true, false},
+	{"b100 5ms pf10", 100, 5 * time.Millisecond, 10, false, false}, // against the floor of "b100 5ms pf1"
+	{"1p b100 5ms pf1", 100, 5 * time.Millisecond, 1, false, true},
+	{"1p b100 5ms pf10", 100, 5 * time.Millisecond, 10, false, true},
 }
 
 type result struct {
@@ -93,6 +99,11 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 		return err
 	}
 	defer deleteTopic(broker, topic)
+	topic1, records1 := topic+"-1p", records/4
+	if err := produce(broker, topic1, records1, 1); err != nil {
+		return err
+	}
+	defer deleteTopic(broker, topic1)
 
 	fn := newFunction()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -120,6 +131,10 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 					continue
 				}
 				group := fmt.Sprintf("procbench-%s-%d-%d", side, r, time.Now().UnixNano())
+				topic, records := topic, records
+				if sc.one {
+					topic, records = topic1, records1
+				}
 				var cmd *exec.Cmd
 				if side == "floor" {
 					cmd = exec.Command(floorBin, "-brokers", broker, "-topic", topic, "-group", group, "-url", url,
@@ -148,6 +163,9 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, sc := range scenarios {
 		s, f := median(results[sc.name+"|sluice"]), median(results[sc.name+"|floor"])
+		if f == nil && !sc.one {
+			f = median(results[strings.Replace(sc.name, "pf10", "pf1", 1)+"|floor"]) // the floor has no lanes
+		}
 		if s == nil {
 			continue
 		}
@@ -158,8 +176,10 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 		fmt.Printf("| %s | %.0f | %.0f | %.3f | %.2f | %.2f | %.3f | %.0f | %.0f |\n", sc.name, s.recPerSec, f.recPerSec,
 			s.recPerSec/f.recPerSec, us(s.cpuPerRec), us(f.cpuPerRec), float64(f.cpuPerRec)/float64(s.cpuPerRec), s.rssMiB, f.rssMiB)
 	}
-	if a, b := median(results["b100 5ms pf1|sluice"]), median(results["b100 5ms pf10|sluice"]); a != nil && b != nil {
-		fmt.Printf("\nsluice b100 5ms: pf10 ÷ pf1 = %.2f\n", b.recPerSec/a.recPerSec)
+	for _, p := range []string{"", "1p "} {
+		if a, b := median(results[p+"b100 5ms pf1|sluice"]), median(results[p+"b100 5ms pf10|sluice"]); a != nil && b != nil {
+			fmt.Printf("\nsluice %sb100 5ms: pf10 ÷ pf1 = %.2f\n", p, b.recPerSec/a.recPerSec)
+		}
 	}
 	return nil
 }
@@ -264,7 +284,7 @@ func (f *function) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func sluiceConfig(dir, broker, topic, group, url string, sc scenario, depth int) (string, error) {
 	src := map[string]any{
 		"topic": topic, "mode": "stream", "function": "fn",
-		"batch_size": sc.batch, "parallelization_factor": sc.pf,
+		"batch_size": sc.batch, "parallelization_factor": sc.pf, "starting_position": "trim_horizon",
 	}
 	if depth >= 0 {
 		src["commit_pipeline_depth"] = depth
