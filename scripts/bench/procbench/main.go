@@ -91,7 +91,7 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 	sluiceBin, floorBin := filepath.Join(dir, "sluice"), filepath.Join(dir, "floor")
 	for bin, pkg := range map[string]string{sluiceBin: "./cmd/sluice", floorBin: "./scripts/bench/floor"} {
 		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			return fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+			return fmt.Errorf("build %s: %w\n%s", pkg, err, out)
 		}
 	}
 	topic := fmt.Sprintf("procbench-%d", time.Now().UnixNano())
