@@ -18,7 +18,10 @@
 //     therefore delivers again at most (depth + 1) × batch_size records per
 //     partition with parallelization_factor 1 (the batch in flight and depth
 //     batches whose commits were on the wire); with N lanes, at most what the
-//     shard holds (its Buffer). Marks move only forward, in offset order, and
+//     shard holds (its Buffer). (A commit round that fails, typically during
+//     a rebalance, releases its waiters too; the marks stay and the next
+//     round, the auto-commit or the revoke commits them, so the bound can be
+//     exceeded by what is marked during the failure.) Marks move only forward, in offset order, and
 //     only past a finished prefix. Options.AsyncCommit leaves commits to the
 //     next round (about a second); marks are also flushed at revoke and
 //     shutdown, never for lost partitions.
