@@ -235,7 +235,7 @@ func benchSluice(b *testing.B, addr, topic string, n, batchSize int, o pipelineO
 	}
 	if o.url == "" {
 		d.Register(fn, dispatch.HandlerFunc(func(_ context.Context, req *dispatch.Request) (*dispatch.Response, error) {
-			hit(len(req.Items))
+			hit(req.Count)
 			return &dispatch.Response{Status: 200}, nil
 		}), 0)
 	} else {
