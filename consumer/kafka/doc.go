@@ -17,8 +17,10 @@
 //     request and starts the next round as soon as one returns. A kill -9
 //     therefore delivers again at most (depth + 1) × batch_size records per
 //     partition with parallelization_factor 1 (the batch in flight and depth
-//     batches whose commits were on the wire); with N lanes, at most what the
-//     shard holds (its Buffer). (A commit round that fails, typically during
+//     batches whose commits were on the wire); with N lanes the shard
+//     leaves N × depth checkpoints unconfirmed, each covering at most what
+//     the shard held (its Buffer), plus the batches in flight. (A commit
+//     round that fails, typically during
 //     a rebalance, releases its waiters too; the marks stay and the next
 //     round, the auto-commit or the revoke commits them, so the bound can be
 //     exceeded by what is marked during the failure.) Marks move only forward, in offset order, and
