@@ -245,7 +245,7 @@ sources:
   orders: {topic: orders, function: thumbnail}
 `
 
-const sourceKeys = "batch_size, batching_window, bisect_batch_on_error, broker, function, max_batch_bytes, max_event_age, max_record_age, max_retry_attempts, mode, on_failure, parallelization_factor, partitions, report_batch_item_failures, retry_backoff, scope, starting_position, starting_timestamp, stream, subject, topic"
+const sourceKeys = "batch_size, batching_window, bisect_batch_on_error, broker, commit_pipeline_depth, function, max_batch_bytes, max_event_age, max_record_age, max_retry_attempts, mode, on_failure, parallelization_factor, partitions, report_batch_item_failures, retry_backoff, scope, starting_position, starting_timestamp, stream, subject, topic"
 
 func TestLoadBadConfigurations(t *testing.T) {
 	for _, tc := range []struct {

@@ -150,6 +150,8 @@ var keyDocs = map[string]KeyDoc{
 		Range: "1KiB..256MiB", Example: "1MiB"},
 	"sources.<name>.parallelization_factor": {Doc: "Batches in flight at once per shard (stream mode); records of one key stay in order.",
 		Range: "1..10", Example: "4"},
+	"sources.<name>.commit_pipeline_depth": {Doc: "Kafka stream sources: how many batches a lane delivers while the offset commits of its earlier batches are on the wire (0: each batch waits for its own commit). A kill -9 delivers again at most (commit_pipeline_depth + 1) × batch_size records per partition with parallelization_factor 1; with N lanes, the records of N × commit_pipeline_depth checkpoints, each at most what the shard held, and those in flight. JetStream sources acknowledge each batch before the next and ignore it.",
+		Range: "0..64", Example: "2"},
 	"sources.<name>.max_record_age": {Doc: "Records older than this are not invoked any more but dead-lettered as RecordAgeExceeded (stream mode); -1 keeps trying forever.",
 		Range: "-1 or 60s..168h", Example: "1h"},
 	"sources.<name>.bisect_batch_on_error": {Doc: "Split a failed batch in halves and retry each, to isolate a bad record (stream mode); splitting uses no attempts.",

@@ -40,13 +40,18 @@ const (
 // Source settings: SPEC §2.1 (stream) and §2.2 (async), with Lambda's ranges
 // and defaults where it has them.
 const (
-	DefaultBatchSize           = shard.DefaultBatchSize
-	MaxBatchSize               = 10000
-	MaxBatchingWindow          = 300 * time.Second
-	DefaultMaxBatchBytes       = shard.Bytes(shard.DefaultMaxBatchBytes)
-	MinMaxBatchBytes           = 1 * shard.KiB   // a smaller body could not hold one record with its envelope
-	MaxMaxBatchBytes           = 256 * shard.MiB // beyond this an HTTP body is almost surely a typo
-	MaxParallelizationFactor   = 10
+	DefaultBatchSize         = shard.DefaultBatchSize
+	MaxBatchSize             = 10000
+	MaxBatchingWindow        = 300 * time.Second
+	DefaultMaxBatchBytes     = shard.Bytes(shard.DefaultMaxBatchBytes)
+	MinMaxBatchBytes         = 1 * shard.KiB   // a smaller body could not hold one record with its envelope
+	MaxMaxBatchBytes         = 256 * shard.MiB // beyond this an HTTP body is almost surely a typo
+	MaxParallelizationFactor = 10
+	// DefaultCommitPipelineDepth is how many checkpoints a Kafka stream
+	// lane may run ahead of the last confirmed offset commit
+	// (commit_pipeline_depth): chosen by measurement (BENCHMARKS.md).
+	DefaultCommitPipelineDepth = 2
+	MaxCommitPipelineDepth     = 64
 	MaxStreamRetryAttempts     = 10000
 	MinRecordAge               = shard.Age(60 * time.Second)
 	MaxRecordAge               = shard.Age(168 * time.Hour)
@@ -400,6 +405,12 @@ type SourceConfig struct {
 	MaxRecordAge            shard.Age     `koanf:"max_record_age"`
 	BisectBatchOnError      bool          `koanf:"bisect_batch_on_error"`
 	ReportBatchItemFailures bool          `koanf:"report_batch_item_failures"`
+	// CommitPipelineDepth (Kafka stream sources): how many batches a lane
+	// delivers beyond its last confirmed offset commit. A kill -9
+	// redelivers at most (CommitPipelineDepth + 1) × BatchSize records per
+	// partition with parallelization_factor 1. JetStream sources acknowledge
+	// each batch before the lane's next and ignore it.
+	CommitPipelineDepth int `koanf:"commit_pipeline_depth"`
 
 	// Async mode only.
 	MaxEventAge time.Duration `koanf:"max_event_age"`
@@ -433,6 +444,7 @@ func DefaultSourceConfig(mode Mode) SourceConfig {
 	c.BatchSize = DefaultBatchSize
 	c.MaxBatchBytes = DefaultMaxBatchBytes
 	c.ParallelizationFactor = 1
+	c.CommitPipelineDepth = DefaultCommitPipelineDepth
 	c.MaxRetryAttempts = DefaultStreamRetryAttempts
 	c.MaxRecordAge = defaultRecordAge
 	return c
@@ -540,6 +552,9 @@ func (c SourceConfig) validateStream(key string) error {
 	if c.ParallelizationFactor < 1 || c.ParallelizationFactor > MaxParallelizationFactor {
 		add("parallelization_factor", "%d is out of range (1..%d)", c.ParallelizationFactor, MaxParallelizationFactor)
 	}
+	if c.CommitPipelineDepth < 0 || c.CommitPipelineDepth > MaxCommitPipelineDepth {
+		add("commit_pipeline_depth", "%d is out of range (0..%d)", c.CommitPipelineDepth, MaxCommitPipelineDepth)
+	}
 	if c.MaxRetryAttempts < -1 || c.MaxRetryAttempts > MaxStreamRetryAttempts {
 		add("max_retry_attempts", "%d is out of range (-1 or 0..%d)", c.MaxRetryAttempts, MaxStreamRetryAttempts)
 	}
@@ -571,6 +586,7 @@ func (c SourceConfig) validateAsync(key string) error {
 		{"batching_window", c.BatchingWindow != 0},
 		{"max_batch_bytes", c.MaxBatchBytes != 0},
 		{"parallelization_factor", c.ParallelizationFactor != 0},
+		{"commit_pipeline_depth", c.CommitPipelineDepth != 0},
 		{"max_record_age", c.MaxRecordAge != 0},
 		{"bisect_batch_on_error", c.BisectBatchOnError},
 		{"report_batch_item_failures", c.ReportBatchItemFailures},

@@ -34,6 +34,9 @@ type Request struct {
 	// failure that names some of them.
 	Items              []string
 	ReportItemFailures bool
+	// Count is how many records the request carries (spans); when 0,
+	// len(Items), at least 1.
+	Count int
 
 	// MaxWait, if > 0, bounds how long Invoke waits in line for a slot: past
 	// it, Invoke gives up with the *ThrottledError of the wait, as if the

@@ -38,9 +38,15 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.R
 		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindEncode, Message: err.Error()}}
 	}
 	first, last := d.Records[0], d.Records[len(d.Records)-1]
-	items := make([]string, len(d.Records))
-	for i := range d.Records {
-		items[i] = strconv.FormatInt(d.Records[i].Offset, 10)
+	// Item ids are read only from a partial answer, which needs
+	// report_batch_item_failures: formatted only then (one string per
+	// record was most of the hot path's allocations).
+	var items []string
+	if s.ReportItemFailures {
+		items = make([]string, len(d.Records))
+		for i := range d.Records {
+			items[i] = strconv.FormatInt(d.Records[i].Offset, 10)
+		}
 	}
 	req := &Request{
 		Function:     s.Function,
@@ -55,6 +61,7 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.R
 		Header:             http.Header{"Sluice-Source": {s.Source}},
 		Body:               body,
 		Items:              items,
+		Count:              len(d.Records),
 		ReportItemFailures: s.ReportItemFailures,
 		WaitUntil:          d.WaitUntil,
 	}

@@ -47,7 +47,7 @@ func (d *Dispatcher) startSpan(ctx context.Context, req *Request) (context.Conte
 		}
 		ctx = traceContext.Extract(ctx, carrier)
 	}
-	batch := max(1, len(req.Items))
+	batch := max(1, req.Count, len(req.Items))
 	attrs := []attribute.KeyValue{
 		attrFunction.String(req.Function),
 		attrBatchSize.Int(batch),

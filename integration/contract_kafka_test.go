@@ -3,6 +3,8 @@ package integration
 import (
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/consumer"
 )
 
 // kafkaBackend runs the stream contract on the real Kafka broker: a topic
@@ -30,6 +32,12 @@ func (e *kafkaEnv) ShortenFailover() time.Duration {
 
 func (e *kafkaEnv) Topic() string     { return e.topic }
 func (e *kafkaEnv) CanBackdate() bool { return true }
+
+// RedeliveryBound: the batch in flight plus commit_pipeline_depth batches
+// whose commits were on the wire (consumer/kafka/doc.go).
+func (e *kafkaEnv) RedeliveryBound(batchSize int) int {
+	return (consumer.DefaultCommitPipelineDepth + 1) * batchSize
+}
 
 func (e *kafkaEnv) Produce(t *testing.T, n int, o produceOpts) []produced {
 	t.Helper()

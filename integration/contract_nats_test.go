@@ -106,6 +106,10 @@ func (e *natsEnv) ShortenFailover() time.Duration {
 func (e *natsEnv) Topic() string     { return e.stream }
 func (e *natsEnv) CanBackdate() bool { return false }
 
+// RedeliveryBound: the batch in flight (a batch is acknowledged before the
+// lane's next).
+func (e *natsEnv) RedeliveryBound(batchSize int) int { return batchSize }
+
 // Produce publishes record s to <prefix>.<key>, the key one that hashes to
 // partition s % partitions, then reads the stream back for the partition
 // and timestamp the server gave each record (and fails the test if a record

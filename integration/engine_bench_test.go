@@ -47,7 +47,7 @@ func BenchmarkThrottledResume(b *testing.B) {
 		got     = make(chan time.Time, 1) // when the shard's batch arrived
 	)
 	d.Register("fn", dispatch.HandlerFunc(func(_ context.Context, req *dispatch.Request) (*dispatch.Response, error) {
-		if req.Items == nil { // the holder; the shard's batches list their offsets
+		if req.Count == 0 { // the holder; the shard's batches carry their record count
 			holding <- struct{}{}
 			<-release
 		} else {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -37,8 +38,13 @@ import (
 // logs each run's time to the first record and to the last.
 //
 //	scripts/brokers/with-brokers.sh go test -run '^$' -bench KafkaPipeline -benchtime 1x ./integration/
+//
+// The source commits as `sluice run` does: commit_pipeline_depth at its
+// default. Also reported: sluice-allocs/rec and bare-allocs/rec, heap
+// allocations per record of each side (the whole process: franz-go's
+// decoding is in both).
 func BenchmarkKafkaPipeline(b *testing.B) {
-	benchPipeline(b, 4, 200000, pipelineOpts{})
+	benchPipeline(b, 4, 200000, pipelineOpts{depth: consumer.DefaultCommitPipelineDepth})
 }
 
 // BenchmarkKafkaPipelineAsyncCommit is BenchmarkKafkaPipeline with
@@ -62,7 +68,9 @@ func BenchmarkKafkaPipelineDepth8(b *testing.B) {
 //	scripts/brokers/with-brokers.sh go test -run '^$' -bench KafkaPartitions -benchtime 1x ./integration/
 func BenchmarkKafkaPartitions(b *testing.B) {
 	for _, p := range []int32{1, 4, 16, 64} {
-		b.Run(fmt.Sprintf("p=%d", p), func(b *testing.B) { benchPipeline(b, p, 100000, pipelineOpts{}) })
+		b.Run(fmt.Sprintf("p=%d", p), func(b *testing.B) {
+			benchPipeline(b, p, 100000, pipelineOpts{depth: consumer.DefaultCommitPipelineDepth})
+		})
 	}
 }
 
@@ -96,16 +104,21 @@ func benchPipeline(b *testing.B, partitions int32, records int, o pipelineOpts) 
 	// on a machine shared with other work, wall time measures the share of
 	// the CPUs the process got as much as the pipeline, while CPU time per
 	// record is what the pipeline costs.
-	var sluiceDur, bareDur, sluiceCPU, bareCPU time.Duration
+	var (
+		sluiceDur, bareDur, sluiceCPU, bareCPU time.Duration
+		sluiceAllocs, bareAllocs               uint64
+	)
 	sluice := func() {
-		c := cpuTime()
+		c, m := cpuTime(), mallocs()
 		sluiceDur += benchSluice(b, addr, topic, records, batchSize, o)
 		sluiceCPU += cpuTime() - c
+		sluiceAllocs += mallocs() - m
 	}
 	bare := func() {
-		c := cpuTime()
+		c, m := cpuTime(), mallocs()
 		bareDur += benchBare(b, addr, topic, records)
 		bareCPU += cpuTime() - c
+		bareAllocs += mallocs() - m
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -128,6 +141,15 @@ func benchPipeline(b *testing.B, partitions int32, records int, o pipelineOpts) 
 	b.ReportMetric(float64(sluiceCPU.Nanoseconds())/total, "sluice-cpu-ns/rec")
 	b.ReportMetric(float64(bareCPU.Nanoseconds())/total, "bare-cpu-ns/rec")
 	b.ReportMetric(bareCPU.Seconds()/sluiceCPU.Seconds(), "x-bare-cpu")
+	b.ReportMetric(float64(sluiceAllocs)/total, "sluice-allocs/rec")
+	b.ReportMetric(float64(bareAllocs)/total, "bare-allocs/rec")
+}
+
+// mallocs returns the heap allocations of the process so far.
+func mallocs() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.Mallocs
 }
 
 // cpuTime returns the user and system CPU time the process has used.
@@ -213,7 +235,7 @@ func benchSluice(b *testing.B, addr, topic string, n, batchSize int, o pipelineO
 	}
 	if o.url == "" {
 		d.Register(fn, dispatch.HandlerFunc(func(_ context.Context, req *dispatch.Request) (*dispatch.Response, error) {
-			hit(len(req.Items))
+			hit(req.Count)
 			return &dispatch.Response{Status: 200}, nil
 		}), 0)
 	} else {

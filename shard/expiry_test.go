@@ -73,7 +73,7 @@ func startExpiryWorker(t *testing.T, maxAttempts int, d *ctxDeliverer) (*Worker,
 		Backoff: event.Backoff{Initial: 100 * time.Millisecond, Max: time.Second, Multiplier: 2},
 	}, Hooks{
 		Deliverer: d, DeadLetterer: dlq, Logger: slog.New(slog.DiscardHandler),
-		Commit: func(r event.Record) { mu.Lock(); last = r.Offset; mu.Unlock() },
+		Commit: func(r event.Record) func() { mu.Lock(); last = r.Offset; mu.Unlock(); return nil },
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -46,9 +46,15 @@ type Hooks struct {
 	DeadLetterer event.DeadLetterer
 	// Commit moves the shard's checkpoint: every record up to and including
 	// last was delivered or durably dead-lettered. Called from a lane's
-	// goroutine, serialized and in offset order, never for a record twice. It
-	// may block (e.g. until the broker confirms): the lane's next batch waits.
-	Commit func(last event.Record)
+	// goroutine, serialized (under the worker's commit lock) and in offset
+	// order, never for a record twice, so it must not wait long: it records
+	// the checkpoint (Kafka: marks it) and may return a wait. The lane that
+	// finished the batch calls that wait after releasing every lock of the
+	// worker, before it takes its next batch (Kafka: until the commit of an
+	// earlier checkpoint was confirmed, the bound on what a crash
+	// redelivers); the shard's other lanes go on meanwhile. A nil wait, or
+	// a nil return, means none.
+	Commit func(last event.Record) (wait func())
 	// Pause asks the source to stop (true) or restart (false) fetching this
 	// shard. Called on changes only, from the source's Push or the worker.
 	Pause  func(paused bool)
@@ -88,9 +94,10 @@ type Worker struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	wake chan struct{} // capacity 1: a pending "records arrived" signal, never blocks Push
+	wake     chan struct{} // capacity 1: a pending "records arrived" signal, never blocks Push
+	laneFree chan struct{} // capacity 1: a lane took its next batch (the router may hand it another)
 
-	commitMu sync.Mutex // serializes checkpoint + Hooks.Commit; taken before mu, never inside it
+	commitMu sync.Mutex // serializes checkpoint + Hooks.Commit (not its wait); taken before mu, never inside it
 	pauseMu  sync.Mutex // serializes Hooks.Pause calls; guards paused; taken before mu, never inside it
 	paused   bool       // what Pause was last told
 
@@ -163,9 +170,10 @@ func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
 	}
 	w := &Worker{
 		id: id, cfg: cfg, h: h,
-		log:  h.Logger.With("source", id.Source, "partition", id.Partition),
-		now:  h.Now,
-		wake: make(chan struct{}, 1),
+		log:      h.Logger.With("source", id.Source, "partition", id.Partition),
+		now:      h.Now,
+		wake:     make(chan struct{}, 1),
+		laneFree: make(chan struct{}, 1),
 	}
 	w.policy = redelivery.Policy{
 		MaxAttempts: cfg.MaxRetryAttempts, MaxAge: cfg.MaxRecordAge, AgeCondition: event.RecordAgeExceeded,
@@ -267,8 +275,8 @@ func (w *Worker) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for i := range lanes {
 		// Capacity 1: the router hands a lane its next batch while the lane
-		// delivers the current one; the router then waits for that lane, which
-		// bounds in-flight records to two batches per lane.
+		// delivers the current one, and never waits for one lane while
+		// another could take a batch (route).
 		lanes[i] = make(chan []event.Record, 1)
 		wg.Go(func() { w.runLane(ctx, lanes[i]) })
 	}
@@ -280,36 +288,84 @@ func (w *Worker) Run(ctx context.Context) {
 }
 
 // route spreads buffered records over lanes by key, keeping each key's
-// records in order, in batches of at most BatchSize.
+// records in order, in batches of at most BatchSize. Lanes run
+// independently: the router hands a batch to a lane only when the lane can
+// take it at once, so a lane that is slow (throttled, retrying, waiting on
+// its commit) holds back only its own keys, up to one batch in its channel
+// and about one more carried here. While records are waiting in the buffer
+// (and no batching window is set), a lane's records are carried until they
+// make a full batch: a batch is cut short only when nothing more is
+// waiting (parallelization_factor 2 used to split every 200 records it took
+// into ~68-record calls).
 func (w *Worker) route(ctx context.Context, lanes []chan []event.Record) {
-	n := len(lanes)
+	n, size := len(lanes), w.cfg.BatchSize
+	carry := make([][]event.Record, n)
+	carried := 0
 	for {
-		recs, ok := w.take(ctx, w.cfg.BatchSize*n, math.MaxInt64)
-		if !ok {
-			return
+		var recs []event.Record
+		if carried == 0 {
+			var ok bool
+			if recs, ok = w.take(ctx, size*n, math.MaxInt64); !ok {
+				return
+			}
+		} else if carried < size*n {
+			recs = w.takeNow(size*n - carried)
 		}
-		w.mu.Lock()
-		for _, r := range recs {
-			w.pending = append(w.pending, pendingRec{rec: r})
+		if len(recs) > 0 {
+			w.mu.Lock()
+			for _, r := range recs {
+				w.pending = append(w.pending, pendingRec{rec: r})
+			}
+			w.mu.Unlock()
+			for _, r := range recs {
+				i := laneOf(r.Key, n)
+				carry[i] = append(carry[i], r)
+			}
+			carried += len(recs)
 		}
-		w.mu.Unlock()
-		parts := make([][]event.Record, n)
-		for _, r := range recs {
-			i := laneOf(r.Key, n)
-			parts[i] = append(parts[i], r)
-		}
-		for i, p := range parts {
-			for len(p) > 0 {
-				k := min(len(p), w.cfg.BatchSize)
+		waiting := w.cfg.BatchingWindow <= 0 && w.buffered() > 0
+		sent := false
+		for i := range lanes {
+			for len(carry[i]) > 0 && (len(carry[i]) >= size || !waiting) {
+				k := min(len(carry[i]), size)
 				select {
-				case lanes[i] <- p[:k]:
-				case <-ctx.Done():
-					return
+				case lanes[i] <- carry[i][:k:k]:
+				default:
+					k = 0 // the lane is busy with a batch and holds the next
 				}
-				p = p[k:]
+				if k == 0 {
+					break
+				}
+				carry[i] = carry[i][k:]
+				if len(carry[i]) == 0 {
+					carry[i] = nil
+				}
+				carried -= k
+				sent = true
 			}
 		}
+		if sent || (len(recs) > 0 && waiting) {
+			continue
+		}
+		if carried == 0 {
+			continue // take waits for records
+		}
+		// Every lane with records to take is busy: wait for one to free,
+		// or for more records.
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.laneFree:
+		case <-w.wake:
+		}
 	}
+}
+
+// buffered returns how many records wait in the buffer.
+func (w *Worker) buffered() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.bufLen
 }
 
 func laneOf(key []byte, n int) int {
@@ -347,6 +403,18 @@ func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]event
 			windowOver = true
 		}
 	}
+	return w.takeUpTo(maxRecs, maxBytes), true
+}
+
+// takeNow returns up to maxRecs buffered records at once, without waiting
+// (none when the buffer is empty).
+func (w *Worker) takeNow(maxRecs int) []event.Record {
+	return w.takeUpTo(maxRecs, math.MaxInt64)
+}
+
+// takeUpTo takes up to maxRecs records within maxBytes from the buffer and
+// counts them in flight.
+func (w *Worker) takeUpTo(maxRecs int, maxBytes int64) []event.Record {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	recs, size := w.takeLocked(maxRecs, maxBytes)
@@ -355,7 +423,7 @@ func (w *Worker) take(ctx context.Context, maxRecs int, maxBytes int64) ([]event
 	}
 	w.inflight += len(recs)
 	w.inBytes += size
-	return recs, true
+	return recs
 }
 
 // takeLocked removes up to maxRecs records from the head of buf, within
@@ -423,6 +491,10 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []event.Record) {
 				if !ok {
 					return
 				}
+				select {
+				case w.laneFree <- struct{}{}:
+				default:
+				}
 			case <-ctx.Done():
 				return
 			}
@@ -433,7 +505,9 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []event.Record) {
 				return // ctx ended: nothing more is checkpointed; the source redelivers
 			}
 			l.setBlocked(false)
-			w.done(b)
+			if wait := w.done(b); wait != nil {
+				wait() // no lock held: the other lanes checkpoint meanwhile
+			}
 		}
 	}
 }
@@ -455,10 +529,12 @@ func splitBytes(recs []event.Record, limit int64) [][]event.Record {
 }
 
 // done records that every record of b was delivered or dead-lettered and
-// moves the checkpoint as far as it may go.
-func (w *Worker) done(b []event.Record) {
+// moves the checkpoint as far as it may go. It returns the Commit hook's
+// wait, for the lane to call once no lock is held.
+func (w *Worker) done(b []event.Record) (wait func()) {
 	// commitMu makes "compute the checkpoint, then Commit" one step, so two
 	// lanes finishing at once commit in offset order (20 must not follow 30).
+	// Commit does not block on the broker under it: its wait runs after.
 	w.commitMu.Lock()
 	defer w.commitMu.Unlock()
 	var size int64
@@ -494,8 +570,9 @@ func (w *Worker) done(b []event.Record) {
 	w.mu.Unlock()
 	w.updatePause()
 	if last != nil && w.h.Commit != nil {
-		w.h.Commit(*last)
+		return w.h.Commit(*last)
 	}
+	return nil
 }
 
 func searchPending(p []pendingRec, off int64) int {

@@ -106,10 +106,11 @@ func startWorker(t *testing.T, cfg WorkerConfig, answer func(Delivery, int) even
 	cfg.Source, cfg.Function = "orders", "fn"
 	h.w = NewWorker(ID{Source: "orders", Partition: 2}, cfg, Hooks{
 		Deliverer: h.d, DeadLetterer: h.dlq, Logger: slog.New(slog.DiscardHandler),
-		Commit: func(last event.Record) {
+		Commit: func(last event.Record) func() {
 			h.mu.Lock()
 			h.commits = append(h.commits, last.Offset)
 			h.mu.Unlock()
+			return nil
 		},
 		Pause: func(p bool) {
 			h.mu.Lock()
@@ -621,4 +622,95 @@ func TestWorkerTakeAcrossPushes(t *testing.T) {
 			t.Fatalf("status buffered %d after all committed", st.Buffered)
 		}
 	})
+}
+
+// TestCommitWaitDoesNotBlockOtherLanes: a lane waiting on its commit (the
+// Commit hook's wait) holds no lock of the worker, so the shard's other
+// lane keeps delivering and checkpointing meanwhile, in offset order.
+func TestCommitWaitDoesNotBlockOtherLanes(t *testing.T) {
+	// Two keys on different lanes: record 0 has key a, the others key b.
+	a, b := []byte("a"), []byte("b")
+	for laneOf(b, 2) == laneOf(a, 2) {
+		b = append(b, 'b')
+	}
+	recs := records(0, 20, 1, time.Now())
+	recs[0].Key = a
+	for i := range recs[1:] {
+		recs[i+1].Key = b
+	}
+	var (
+		mu      sync.Mutex
+		commits []int64
+		held    = make(chan struct{})
+		release = make(chan struct{})
+	)
+	d := &fakeDeliverer{}
+	w := NewWorker(ID{Source: "orders", Partition: 2}, WorkerConfig{
+		Source: "orders", Function: "fn", BatchSize: 1, ParallelizationFactor: 2, MaxRetryAttempts: -1,
+	}, Hooks{
+		Deliverer: d, Logger: slog.New(slog.DiscardHandler),
+		Commit: func(last event.Record) func() {
+			mu.Lock()
+			commits = append(commits, last.Offset)
+			first := len(commits) == 1
+			mu.Unlock()
+			if !first {
+				return nil
+			}
+			return func() { close(held); <-release }
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	defer close(release)
+
+	w.Push(recs)
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no commit")
+	}
+	// The first checkpoint's lane waits on its commit; the other lane
+	// delivers the rest and checkpoints it to the end meanwhile.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		got := slices.Clone(commits)
+		mu.Unlock()
+		if got[len(got)-1] == 19 {
+			if !slices.IsSorted(got) {
+				t.Errorf("checkpoints not in offset order: %v", got)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("one lane waits on its commit and the other is stuck: checkpoints %v, delivered %v", got, d.delivered())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestRouterKeepsFullBatches: with records waiting, lanes get batches of
+// batch_size, not the remainders of splitting each take by key.
+func TestRouterKeepsFullBatches(t *testing.T) {
+	h := startWorker(t, WorkerConfig{BatchSize: 100, ParallelizationFactor: 2}, nil)
+	const n = 2000
+	h.w.Push(records(0, n, 37, time.Now()))
+	deadline := time.Now().Add(20 * time.Second)
+	for len(h.d.delivered()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("delivered %d of %d", len(h.d.delivered()), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.d.mu.Lock()
+	calls := len(h.d.calls)
+	h.d.mu.Unlock()
+	// 2000 records in batches of 100: 20 calls, plus at most one short
+	// batch per lane at the end.
+	if calls > n/100+2 {
+		t.Errorf("%d calls for %d records in batches of 100, want at most %d", calls, n, n/100+2)
+	}
 }

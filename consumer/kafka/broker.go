@@ -51,7 +51,8 @@ var _ consumer.Broker = (*Broker)(nil)
 func (b *Broker) NewSource(name string, sc consumer.SourceConfig, deps consumer.SourceDeps) (consumer.Source, error) {
 	if sc.Mode == consumer.ModeStream {
 		return New(name, b.cfg, sc, Options{Worker: sc.WorkerConfig(name), Deliverer: deps.Stream,
-			DeadLetterer: deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})
+			CommitPipelineDepth: sc.CommitPipelineDepth,
+			DeadLetterer:        deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})
 	}
 	return NewAsync(name, b.cfg, sc, AsyncOptions{Deliverer: deps.Async,
 		DeadLetterer: deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})

@@ -7,12 +7,26 @@
 //     assigned partition, pauses a partition's fetching while its worker is
 //     full or blocked (throttled, retrying, dead-letter store down) so the
 //     other partitions keep flowing, and commits only offsets the workers
-//     checkpointed (franz-go marks). A shard's lane waits for the commit of
-//     each batch before it delivers the next (commits of all shards
-//     coalesced), so a crash redelivers at most the batch in flight per lane;
-//     Options.CommitPipelineDepth and Options.AsyncCommit trade more
-//     duplicates after a crash for throughput; marks are also flushed at
-//     revoke and shutdown, never for lost partitions.
+//     checkpointed (franz-go marks). Commits are off the critical path with
+//     a bound: a lane marks a finished batch and goes on to its next while
+//     the commit is on the wire, and waits (holding no lock, so the other
+//     lanes of its shard go on) only for the commit of the checkpoint
+//     Options.CommitPipelineDepth back (commit_pipeline_depth, default 2 in
+//     the configuration, consumer.DefaultCommitPipelineDepth). One committer
+//     per client coalesces the marks of every partition into each commit
+//     request and starts the next round as soon as one returns. A kill -9
+//     therefore delivers again at most (depth + 1) × batch_size records per
+//     partition with parallelization_factor 1 (the batch in flight and depth
+//     batches whose commits were on the wire); with N lanes the shard
+//     leaves N × depth checkpoints unconfirmed, each covering at most what
+//     the shard held (its Buffer), plus the batches in flight. (A commit
+//     round that fails, typically during
+//     a rebalance, releases its waiters too; the marks stay and the next
+//     round, the auto-commit or the revoke commits them, so the bound can be
+//     exceeded by what is marked during the failure.) Marks move only forward, in offset order, and
+//     only past a finished prefix. Options.AsyncCommit leaves commits to the
+//     next round (about a second); marks are also flushed at revoke and
+//     shutdown, never for lost partitions.
 //   - Async: an async-mode source (SPEC §2.2), see "Async sources" below.
 //   - EncodeEvent: the request body of a batch, Lambda's self-managed Kafka
 //     event (SPEC §3); Encoder is it as the stream deliverer's
@@ -47,7 +61,9 @@
 // guards the partition table and the poll round; part.mu fences a worker's
 // hooks (mark, pause) against its revocation. Lock order: Source.mu, then a
 // Worker's lock (Push and Status), then part.mu (the Pause hook), then
-// franz-go's. No lock is held while waiting for a worker to stop. The
+// franz-go's; committer.mu guards only its round counters and is taken
+// alone. No lock is held while waiting for a worker to stop or for a commit
+// round (the Commit hook returns the wait; the lane runs it lock-free). The
 // sequences that make a revoke, a loss and a re-assignment safe without
 // BlockRebalanceOnPoll are written out on member and Source.assigned.
 //

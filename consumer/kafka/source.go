@@ -104,8 +104,10 @@ type Options struct {
 	// (SPEC §2.1: duplicates limited to batches in flight).
 	AsyncCommit bool
 	// CommitPipelineDepth is how many batches a shard's lane may deliver
-	// beyond its last confirmed commit (without AsyncCommit): 0 by default,
-	// as described above. With depth d, a lane delivers batch N+1 while the
+	// beyond its last confirmed commit (without AsyncCommit; a shard of N
+	// lanes leaves N × CommitPipelineDepth checkpoints unconfirmed): 0 here, as
+	// described above; the configuration's commit_pipeline_depth defaults to
+	// consumer.DefaultCommitPipelineDepth (2), measured in BENCHMARKS.md. With depth d, a lane delivers batch N+1 while the
 	// commit of N is on the wire and a crash redelivers at most d+1 batches
 	// per lane. A lane whose batches take less time than a commit round trip
 	// (a fast function, a local broker: a few ms) delivers d+1 batches per
@@ -432,11 +434,13 @@ func (s *Source) startLocked(cl *kgo.Client, m map[string][]int32) {
 func (s *Source) start(cl *kgo.Client, p int32) *part {
 	pt := &part{p: p, cl: cl, done: make(chan struct{}), hwm: -1, first: -1}
 	tp := map[string][]int32{s.topic: {p}}
+	// How many checkpoints a lane's Commit hook leaves unconfirmed.
+	depth := s.opts.CommitPipelineDepth * s.opts.Worker.WithDefaults().ParallelizationFactor
 	pt.w = shard.NewWorker(shard.ID{Source: s.name, Partition: p}, s.opts.Worker, shard.Hooks{
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
-		Commit: func(last event.Record) {
+		Commit: func(last event.Record) func() {
 			// What a mark reads of a record: its coordinates and epoch.
 			kr := &kgo.Record{Topic: last.Topic, Partition: last.Partition, LeaderEpoch: last.LeaderEpoch, Offset: last.Offset}
 			pt.mu.Lock()
@@ -445,20 +449,28 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 				cl.MarkCommitRecords(kr)
 			}
 			pt.mu.Unlock()
-			if marked && !s.opts.AsyncCommit {
-				// Ask for a round that commits this mark, and wait for the
-				// round of the mark CommitPipelineDepth batches back: this
-				// one by default, so a crash redelivers at most the batch in
-				// flight; with a depth d the next d batches are delivered
-				// while the commits are on the wire. Stopping the worker
-				// (revoke, shutdown) cuts the wait short; its marks are
-				// committed then.
-				pt.commitRounds = append(pt.commitRounds, s.commits.request())
-				if len(pt.commitRounds) > s.opts.CommitPipelineDepth {
-					s.commits.waitFor(pt.ctx, pt.commitRounds[0])
-					pt.commitRounds = slices.Delete(pt.commitRounds, 0, 1)
-				}
+			if !marked || s.opts.AsyncCommit {
+				return nil
 			}
+			// Ask for a round that commits this mark (the committer
+			// coalesces the marks of every partition into it), and have the
+			// lane wait, outside the worker's locks, for the round of the
+			// mark CommitPipelineDepth × ParallelizationFactor checkpoints
+			// back: with one lane and depth d the lane delivers its next d
+			// batches while the commits are on the wire, and a crash
+			// redelivers at most d+1 batches; N lanes make N checkpoints per
+			// round of batches, so they get N times the depth (else every
+			// lane would wait on nearly every commit round).
+			// Stopping the worker (revoke, shutdown) cuts the wait short;
+			// its marks are committed then. (The worker serializes Commit
+			// calls, so commitRounds needs no lock of its own.)
+			pt.commitRounds = append(pt.commitRounds, s.commits.request())
+			if len(pt.commitRounds) <= depth {
+				return nil
+			}
+			target := pt.commitRounds[0]
+			pt.commitRounds = slices.Delete(pt.commitRounds, 0, 1)
+			return func() { s.commits.waitFor(pt.ctx, target) }
 		},
 		Pause: func(paused bool) {
 			pt.mu.Lock()

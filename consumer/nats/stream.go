@@ -692,7 +692,7 @@ func (pt *partition) startWorker(workCtx context.Context) {
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
-		Commit:       func(last event.Record) { pt.commit(epoch, last) },
+		Commit:       func(last event.Record) func() { pt.commit(epoch, last); return nil }, // acks in order, under the worker's commit lock
 		Pause:        func(paused bool) { pt.pause(epoch, paused) },
 	})
 	ctx, cancel := context.WithCancel(workCtx)

@@ -72,6 +72,8 @@ var rows = map[string][]unitRow{
 		{"x-bare-cpu", row{"Kafka pipeline, in-process no-op function: CPU cost", "ratio", "bare CPU time ÷ sluice CPU time (1.0 = as cheap)"}},
 		{"sluice-cpu-ns/rec", row{"  sluice", "CPU ns/rec", ""}},
 		{"bare-cpu-ns/rec", row{"  bare franz-go", "CPU ns/rec", ""}},
+		{"sluice-allocs/rec", row{"  sluice, heap allocations", "allocs/rec", "whole process"}},
+		{"bare-allocs/rec", row{"  bare franz-go, heap allocations", "allocs/rec", "whole process"}},
 	},
 	"BenchmarkKafkaPipelineAsyncCommit": {
 		{"x-bare", row{"Kafka pipeline, AsyncCommit (commit ~1 s later)", "ratio", "÷ bare franz-go poll loop, rec/s"}},
@@ -194,10 +196,34 @@ func main() {
 			failed = append(failed, fmt.Sprintf("%s: %v", s.name, err))
 		}
 	}
+	// The out-of-process comparison (scripts/bench/procbench): `sluice run`
+	// against the bare floor program, its own table.
+	var process []byte
+	if match == nil || match.MatchString("process") {
+		args := []string{"run", "./scripts/bench/procbench"}
+		switch {
+		case *list:
+			fmt.Printf("%-17s go %s\n", "process", strings.Join(args, " "))
+		case os.Getenv("SLUICE_TEST_KAFKA") == "":
+			skipped = append(skipped, "process (needs SLUICE_TEST_KAFKA)")
+		default:
+			fmt.Fprintf(os.Stderr, "bench: process: go %s\n", strings.Join(args, " "))
+			t0 := time.Now()
+			out, err := run(args)
+			fmt.Fprintf(os.Stderr, "bench: process: %s\n", time.Since(t0).Round(time.Second))
+			process = out
+			if err != nil {
+				failed = append(failed, fmt.Sprintf("process: %v", err))
+			}
+		}
+	}
 	if *list {
 		return
 	}
 	printTable(os.Stdout, results)
+	if len(process) > 0 {
+		fmt.Printf("\n`sluice run` against the bare floor program (scripts/bench/floor), out of process:\n%s", process)
+	}
 	fmt.Printf("\n%s, %d CPUs, %s %s/%s; suite took %s\n", cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, time.Since(start).Round(time.Second))
 	for _, s := range skipped {
 		fmt.Printf("skipped: %s\n", s)
