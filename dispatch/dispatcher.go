@@ -241,6 +241,7 @@ func classify(ctx context.Context, req *Request, err error) error {
 		fe *FunctionError
 		pe *PermanentError
 		pb *PartialBatchError
+		iv *InvalidRequestError
 	)
 	switch {
 	case errors.As(err, &pb):
@@ -249,7 +250,7 @@ func classify(ctx context.Context, req *Request, err error) error {
 			return &FunctionError{Kind: KindResponse, Message: "partial batch failure without report_batch_item_failures: whole batch failed (" + err.Error() + ")"}
 		}
 		return checkPartial(pb.Failed, req.Items)
-	case errors.As(err, &t), errors.As(err, &fe), errors.As(err, &pe):
+	case errors.As(err, &t), errors.As(err, &fe), errors.As(err, &pe), errors.As(err, &iv):
 		return err
 	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
 		// The caller gave up (shutdown, revoke): not the function's failure,

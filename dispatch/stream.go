@@ -35,9 +35,10 @@ var _ shard.Deliverer = (*StreamDeliverer)(nil)
 func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.Result {
 	body, err := s.Encode.Encode(d.Records)
 	if err != nil {
-		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindEncode, Message: err.Error()}}
+		return event.Result{Outcome: event.Invalid, Error: event.ErrorInfo{Kind: event.KindEncode, Message: err.Error()}}
 	}
 	first, last := d.Records[0], d.Records[len(d.Records)-1]
+	traceParent, traceState := traceHeaders(&first)
 	items := make([]string, len(d.Records))
 	for i := range d.Records {
 		items[i] = strconv.FormatInt(d.Records[i].Offset, 10)
@@ -49,8 +50,8 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.R
 		// The same batch keeps its key across retries and redeliveries, so
 		// a function can drop a batch it already handled.
 		IdempotencyKey:     fmt.Sprintf("%s-%d-%d-%d", s.Source, first.Partition, first.Offset, last.Offset),
-		TraceParent:        header(&first, "traceparent"),
-		TraceState:         header(&first, "tracestate"),
+		TraceParent:        traceParent,
+		TraceState:         traceState,
 		Shard:              s.Source + "/" + strconv.FormatInt(int64(first.Partition), 10),
 		Header:             http.Header{"Sluice-Source": {s.Source}},
 		Body:               body,
@@ -78,6 +79,7 @@ func resultOf(err error, items []string) event.Result {
 		pb *PartialBatchError
 		fe *FunctionError
 		pe *PermanentError
+		iv *InvalidRequestError
 	)
 	if err == nil {
 		return event.Result{Outcome: event.Delivered}
@@ -90,6 +92,8 @@ func resultOf(err error, items []string) event.Result {
 	case errors.As(err, &pb):
 		return event.Result{Outcome: event.Partial, FailedFrom: slices.Index(items, pb.Failed[0]),
 			Error: event.ErrorInfo{Kind: event.KindPartial, Message: pb.Error()}}
+	case errors.As(err, &iv):
+		return event.Result{Outcome: event.Invalid, Error: event.ErrorInfo{Kind: event.KindInvalid, Message: iv.Message}}
 	case errors.As(err, &pe):
 		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindStatus, Status: pe.Status, Message: pe.Message}}
 	case errors.As(err, &fe):

@@ -1,0 +1,120 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/event"
+	"github.com/sluicehq/sluice/shard"
+)
+
+// Bytes HTTP cannot carry in a header never make a connection error: a scope
+// goes percent-encoded (and decodes to the very scope), a malformed
+// traceparent is dropped, and the record is delivered.
+func TestHostileHeaderBytesAreDelivered(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		seen []http.Header
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Clone())
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	d, _ := newTestDispatcher(t, Config{
+		Account:   AccountConfig{Concurrency: 10, MinUnreserved: 1},
+		Functions: map[string]FunctionConfig{"fn": {URL: srv.URL, Timeout: 5 * time.Second}},
+	})
+	sd := &StreamDeliverer{D: d, Source: "orders", Function: "fn",
+		Encode: event.EncoderFunc(func(recs []event.Record) ([]byte, error) { return json.Marshal(len(recs)) }),
+		Scope:  func(r *event.Record) string { return string(r.Key) }}
+	cases := []struct {
+		key, traceparent   string
+		wantHeader, wantTP string
+		encoded            bool
+	}{
+		{key: "tenant-a", wantHeader: "tenant-a"},
+		{key: "a\x00b\nc", wantHeader: "a%00b%0Ac", encoded: true},
+		{key: "tenant\xff", wantHeader: "tenant%FF", encoded: true},
+		{key: "café 50%", wantHeader: "caf%C3%A9%2050%25", encoded: true},
+		{key: " padded", wantHeader: "%20padded", encoded: true},
+		{key: "t", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nX: y",
+			wantHeader: "t"},
+		{key: "t", traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+			wantHeader: "t", wantTP: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+	}
+	for i, c := range cases {
+		rec := event.Record{Topic: "orders", Offset: int64(i), Key: []byte(c.key)}
+		if c.traceparent != "" {
+			rec.Headers = []event.Header{{Key: "traceparent", Value: []byte(c.traceparent)}, {Key: "tracestate", Value: []byte("a=b")}}
+		}
+		res := sd.Deliver(context.Background(), shard.Delivery{Records: []event.Record{rec}, Attempt: 1})
+		if res.Outcome != event.Delivered {
+			t.Fatalf("key %q: outcome %v (%+v), want delivered", c.key, res.Outcome, res.Error)
+		}
+		mu.Lock()
+		h := seen[len(seen)-1]
+		mu.Unlock()
+		if got := h.Get("Sluice-Scope"); got != c.wantHeader {
+			t.Errorf("key %q: Sluice-Scope %q, want %q", c.key, got, c.wantHeader)
+		}
+		if got := h.Get(HeaderScopeEncoding) == ScopeEncodingPercent; got != c.encoded {
+			t.Errorf("key %q: encoded %v, want %v", c.key, got, c.encoded)
+		}
+		if c.encoded {
+			if dec, err := url.PathUnescape(h.Get("Sluice-Scope")); err != nil || dec != c.key {
+				t.Errorf("key %q: decodes to %q (%v)", c.key, dec, err)
+			}
+		}
+		if got := h.Get("Traceparent"); got != c.wantTP {
+			t.Errorf("traceparent %q sent as %q, want %q", c.traceparent, got, c.wantTP)
+		}
+		if c.wantTP == "" && h.Get("Tracestate") != "" {
+			t.Errorf("tracestate sent without its traceparent")
+		}
+	}
+}
+
+// A header value that still cannot be sent is an InvalidRequestError, which
+// the stream deliverer reports Invalid, never a connection error.
+func TestUnsendableHeaderIsInvalid(t *testing.T) {
+	f, err := NewHTTPFunction("fn", FunctionConfig{URL: "http://127.0.0.1:1/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.Invoke(context.Background(), &Request{Header: http.Header{"Sluice-Source": {"a\r\nb"}}})
+	var iv *InvalidRequestError
+	if !errors.As(err, &iv) || !IsPermanent(err) || OutcomeOf(err) != OutcomePermanent {
+		t.Fatalf("error %v, want an InvalidRequestError (permanent)", err)
+	}
+	if res := resultOf(err, nil); res.Outcome != event.Invalid || res.Error.Kind != event.KindInvalid {
+		t.Fatalf("result %+v, want Invalid", res)
+	}
+}
+
+func TestCheckScope(t *testing.T) {
+	for _, ok := range []string{"tenant-a", "café", "a b"} {
+		if err := CheckScope(ok); err != nil {
+			t.Errorf("CheckScope(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "a\x00", "a\nb", "tenant\xff", string(make([]byte, MaxScopeBytes+1)), "a\u0085"} {
+		if err := CheckScope(bad); err == nil {
+			t.Errorf("CheckScope(%q) accepted", bad)
+		}
+	}
+	if err := (Rule{Pattern: "bad\xff", Concurrency: 1}).Validate("rules[0]"); err == nil {
+		t.Error("a rule pattern with invalid UTF-8 was accepted")
+	}
+	if err := (Rule{Pattern: "*", Concurrency: 1}).Validate("rules[0]"); err != nil {
+		t.Error(err)
+	}
+}
