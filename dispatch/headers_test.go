@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -118,3 +120,51 @@ func TestCheckScope(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// Every failed invocation is one Warn line (shown by a default Info
+// logger), rate-limited per shard; a success is not logged.
+func TestFailedInvocationsAreLogged(t *testing.T) {
+	var logs syncBuffer
+	d, _ := newTestDispatcher(t, Config{Account: AccountConfig{Concurrency: 10, MinUnreserved: 1}},
+		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))))
+	fail := true
+	d.Register("fn", HandlerFunc(func(context.Context, *Request) (*Response, error) {
+		if fail {
+			return nil, &FunctionError{Kind: KindStatus, Status: 500, Message: "boom"}
+		}
+		return &Response{}, nil
+	}), time.Second)
+	for i := range 30 {
+		shardName := "orders/0"
+		if i%2 == 1 {
+			shardName = "orders/1"
+		}
+		_, _ = d.Invoke(context.Background(), &Request{Function: "fn", Shard: shardName, Items: []string{"5", "9"}}, nil)
+	}
+	fail = false
+	_, _ = d.Invoke(context.Background(), &Request{Function: "fn", Shard: "orders/2"}, nil)
+	out := logs.String()
+	if got := strings.Count(out, "invocation failed"); got != 20 {
+		t.Fatalf("%d lines for 15 failures on each of 2 shards, want 10 + 10:\n%s", got, out)
+	}
+	for _, want := range []string{"level=WARN", "function=fn", "shard=orders/0", "outcome=error", "first=5", "last=9", "boom"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "orders/2") {
+		t.Error("a success was logged")
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
