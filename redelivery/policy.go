@@ -236,9 +236,15 @@ func (p *Policy) Store(ctx context.Context, dl event.DeadLetterer, letters []eve
 	}, onFail)
 }
 
+// Permanent wraps err so that Persist stops at it: a write no try can make
+// succeed (a record over its destination's size limit). Persist returns
+// err itself.
+func Permanent(err error) error { return backoff.Permanent(err) }
+
 // Persist runs write until it succeeds or ctx ends, as Store does for dead
 // letters: each try on a context detached from ctx, bounded by timeout (no
-// bound when timeout <= 0), tries spaced by the policy's backoff.
+// bound when timeout <= 0), tries spaced by the policy's backoff. An error
+// of write wrapped by Permanent ends it at once, with that error.
 func (p *Policy) Persist(ctx context.Context, timeout time.Duration, write func(context.Context) error, onFail func(try int, err error)) error {
 	try := 0
 	return backoff.RetryNotify(func() error {
