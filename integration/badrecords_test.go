@@ -27,9 +27,12 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	natssrc "github.com/sluicehq/sluice/consumer/nats"
 	"github.com/sluicehq/sluice/event"
 )
 
@@ -70,9 +73,26 @@ func (f *hostileFn) serve(w http.ResponseWriter, r *http.Request) {
 		ScopeEncoding: r.Header.Get("Sluice-Scope-Encoding"), TraceParent: r.Header.Get("Traceparent")}
 	c.Attempt, _ = strconv.Atoi(r.Header.Get("Sluice-Attempt"))
 	async := r.Header.Get("Sluice-Event-Time") != ""
-	if async {
+	var peek struct {
+		EventSource string `json:"eventSource"`
+		Records     map[string][]struct {
+			Sequence int64  `json:"sequence"`
+			Data     string `json:"data"`
+		} `json:"records"`
+	}
+	_ = json.Unmarshal(body, &peek)
+	switch {
+	case async:
 		c.Sizes = []int{len(body)}
-	} else {
+	case peek.EventSource == natssrc.EventSource:
+		for _, recs := range peek.Records {
+			for _, r := range recs {
+				v, _ := base64.StdEncoding.DecodeString(r.Data)
+				c.Offsets = append(c.Offsets, r.Sequence)
+				c.Sizes = append(c.Sizes, len(v))
+			}
+		}
+	default:
 		var ev events.KafkaEvent
 		if err := json.Unmarshal(body, &ev); err != nil {
 			f.t.Errorf("function: body is not a Kafka event: %v", err)
@@ -295,8 +315,12 @@ func TestBadRecordsKafkaStream(t *testing.T) {
 		t.Fatalf("dlq list: %d letters, want 1", len(letters))
 	}
 	code, out, errs := dlqRun(t, "dlq", "show", "-c", cfg, letters[0].ID)
-	if code != 0 || !strings.Contains(out, "omitted") || !strings.Contains(out, fmt.Sprintf("offset %d", big)) {
+	if code != 0 || !strings.Contains(out, `"payloadOmitted": true`) {
 		t.Fatalf("dlq show: exit %d\n%s\n%s", code, out, errs)
+	}
+	code, out, errs = dlqRun(t, "dlq", "show", "-c", cfg, "-o", "table", letters[0].ID)
+	if code != 0 || !strings.Contains(out, "omitted (") || !strings.Contains(out, fmt.Sprintf("offset %d", big)) {
+		t.Fatalf("dlq show -o table: exit %d\n%s\n%s", code, out, errs)
 	}
 	// Replay fetches the original from the source; the function takes it now.
 	fn.setReject(0)
@@ -369,5 +393,103 @@ func TestBadRecordsKafkaAsync(t *testing.T) {
 	}
 	if failed != 2 {
 		t.Errorf("%d failed-invocation log lines, want 2 (one per failed attempt)", failed)
+	}
+}
+
+// TestBadRecordsNATSStream: a JetStream partition holding, among ordinary
+// messages, a scope header with a \x00, a malformed traceparent and a
+// 900 KB message the function rejects with 400. Every other message is
+// delivered in order within seconds; the 900 KB one is dead-lettered
+// without its payload (its envelope is over the server's max_payload),
+// shown so by `dlq show`, and replayed from the stream by its sequence.
+func TestBadRecordsNATSStream(t *testing.T) {
+	t.Parallel()
+	env := natsBackend{}.Setup(t, 1).(*natsEnv)
+	const n = 10
+	const hostileHeader, hostileTrace, big = 3, 5, 7
+	var seqs []int64
+	for i := range n {
+		msg := &nats.Msg{Subject: env.prefix + ".key-0", Data: fmt.Appendf(nil, "seq-%d", i), Header: nats.Header{}}
+		msg.Header.Set("tenant", "acme")
+		switch i {
+		case hostileHeader:
+			msg.Header.Set("tenant", "evil\x00\x01")
+		case hostileTrace:
+			msg.Header.Set("traceparent", "not-a-traceparent")
+		case big:
+			msg.Data = make([]byte, bigRecord)
+		}
+		ack, err := env.js.PublishMsg(t.Context(), msg, jetstream.WithExpectStream(env.stream))
+		if err != nil {
+			t.Fatalf("publish message %d: %v", i, err)
+		}
+		seqs = append(seqs, int64(ack.Sequence))
+	}
+	fn := newHostileFn(t, bigRecord)
+	source := uniqueName(t, "nats")
+	cfg := env.Config(t, source, fn.srv.URL+"/invoke", map[string]any{"scope": "header:tenant", "batch_size": 1})
+	start := time.Now()
+	p := startSluice(t, "sluice", cfg)
+
+	var want []int64
+	for i, s := range seqs {
+		if i != big {
+			want = append(want, s)
+		}
+	}
+	eventually(t, 60*time.Second, "every other message is delivered, in order", func() error {
+		if got := fn.accepted(bigRecord)[source]; !slices.Equal(got, want) {
+			return fmt.Errorf("delivered %v, want %v", got, want)
+		}
+		return nil
+	})
+	var letters []deadLetter
+	eventually(t, 60*time.Second, "the 900 KB message is dead-lettered", func() error {
+		if letters = env.DeadLetters(t); len(letters) != 1 {
+			return fmt.Errorf("%d dead letters", len(letters))
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "the partition is acknowledged to its end", func() error { return env.AllCommitted(t, source) })
+	t.Logf("the shard moved past the bad messages in %s", time.Since(start).Round(time.Millisecond))
+	for _, c := range fn.snapshot() {
+		if len(c.Offsets) != 1 {
+			continue
+		}
+		switch c.Offsets[0] {
+		case seqs[hostileHeader]:
+			if dec, err := url.PathUnescape(c.Scope); c.ScopeEncoding != "percent" || err != nil || dec != "evil\x00\x01" {
+				t.Errorf("the hostile scope went as %q (%q), decoding to %q", c.Scope, c.ScopeEncoding, dec)
+			}
+		case seqs[hostileTrace]:
+			if c.TraceParent != "" {
+				t.Errorf("a malformed traceparent was sent: %q", c.TraceParent)
+			}
+		}
+	}
+	e := letters[0].Env
+	if r := e.Record; !r.PayloadOmitted || r.Value != nil || r.Topic != env.stream || r.Offset != seqs[big] ||
+		r.OriginalSize < bigRecord || e.Condition != event.PermanentError {
+		t.Errorf("dead letter %s: %+v", e.Condition, r)
+	}
+	p.stop(syscall.SIGTERM)
+
+	code, out, errs := dlqRun(t, "dlq", "show", "-c", cfg, "-o", "table", e.ID)
+	if code != 0 || !strings.Contains(out, "omitted (") || !strings.Contains(out, fmt.Sprintf("sequence %d", seqs[big])) {
+		t.Fatalf("dlq show -o table: exit %d\n%s\n%s", code, out, errs)
+	}
+	fn.setReject(0)
+	code, out, errs = dlqRun(t, "dlq", "replay", "-c", cfg, "--source", source)
+	if code != 0 {
+		t.Fatalf("dlq replay: exit %d\n%s\n%s", code, out, errs)
+	}
+	found := false
+	for _, c := range fn.snapshot() {
+		if slices.Equal(c.Offsets, []int64{seqs[big]}) && slices.Equal(c.Sizes, []int{bigRecord}) && c.Attempt == 2 {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("the replay did not deliver the original 900 KB message (sequence %d)", seqs[big])
 	}
 }
