@@ -115,8 +115,9 @@ type Ensurer interface {
 	Ensure(ctx context.Context) error
 }
 
-// ErrRecordGone: the record asked for is no longer retained by its topic
-// or stream (retention, compaction, an acknowledged work-queue message).
+// ErrRecordGone is returned when the record asked for is no longer
+// retained by its topic or stream (retention, compaction, an acknowledged
+// work-queue message).
 var ErrRecordGone = errors.New("the source no longer retains the record")
 
 // Destination is a dead-letter destination as a broker sees it.
