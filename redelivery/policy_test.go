@@ -259,3 +259,17 @@ func TestInvalidIsInvalidRecord(t *testing.T) {
 		t.Fatalf("state %+v", st)
 	}
 }
+
+// Persist stops at an error wrapped by Permanent and returns it.
+func TestPersistStopsAtPermanent(t *testing.T) {
+	p := &Policy{Backoff: event.Backoff{Initial: time.Millisecond, Max: time.Millisecond, Multiplier: 1}}
+	tooLarge := errors.New("too large")
+	tries := 0
+	err := p.Persist(context.Background(), 0, func(context.Context) error {
+		tries++
+		return Permanent(tooLarge)
+	}, nil)
+	if !errors.Is(err, tooLarge) || tries != 1 {
+		t.Fatalf("Persist = %v after %d tries, want the error after 1", err, tries)
+	}
+}

@@ -195,3 +195,23 @@ func TestWriterLearnsTopicLimit(t *testing.T) {
 		t.Fatal("a record over the topic's limit was accepted")
 	}
 }
+
+// A retry record its producer or topic refuses as too large is
+// errRetryTooLarge, which the async source dead-letters (RetryTooLarge)
+// instead of retrying the write forever.
+func TestProduceRetryTooLarge(t *testing.T) {
+	seeds := newCluster(t, 1, "orders.sluice-retry.src.1s")
+	cl, err := newRetryProducer(consumer.KafkaConfig{Seeds: seeds}, 10_000, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	kr := &kgo.Record{Topic: "orders.sluice-retry.src.1s", Value: make([]byte, 50_000)}
+	if err := produceRetry(t.Context(), cl, kr); !errors.Is(err, errRetryTooLarge) {
+		t.Fatalf("produceRetry of a record over the limit: %v, want errRetryTooLarge", err)
+	}
+	kr = &kgo.Record{Topic: "orders.sluice-retry.src.1s", Value: make([]byte, 5_000)}
+	if err := produceRetry(t.Context(), cl, kr); err != nil {
+		t.Fatalf("produceRetry under the limit: %v", err)
+	}
+}
