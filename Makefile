@@ -3,7 +3,7 @@ GO ?= go
 GOLANGCI_LINT_VERSION ?= v2.6.2
 BIN := $(CURDIR)/bin
 
-.PHONY: help build test test-race integration test-all chaos chaos-short fuzz bench lint fmt vet quickstart docs clean test-alerts
+.PHONY: help build test test-race integration test-all chaos chaos-short fuzz fuzz-short bench lint fmt vet quickstart docs clean test-alerts
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,19 +29,22 @@ test-all: ## everything, against real brokers it fetches and starts itself (Kafk
 
 # The chaos suite restarts brokers, so it always gets a set of its own (never
 # the one the integration tests share) and runs after them, not beside them.
-chaos: ## fault-injection suite, long: ≥ 20 kill -9, broker restarts, flaky function; JetStream and Kafka sources (~17 min, own brokers)
-	SLUICE_CHAOS=long scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 50m -v -run '^TestChaos' ./integration/
+chaos: ## fault-injection suite, long: ≥ 20 kill -9, broker restarts, flaky function; Kafka and JetStream sources, stream and async modes (~25 min, own brokers)
+	SLUICE_CHAOS=long scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 60m -v -run '^TestChaos' ./integration/
 
-chaos-short: ## fault-injection suite, short (CI), Kafka source: 5 kill -9, one restart of each broker (~3 min, own brokers)
-	SLUICE_CHAOS=short scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 15m -v -run '^TestChaos$$' ./integration/
+chaos-short: ## fault-injection suite, short (CI): Kafka and JetStream sources, stream and async modes; kill -9, broker restarts, store outages (~8 min, own brokers)
+	SLUICE_CHAOS=short scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 30m -v -run '^TestChaos(JetStream|KafkaAsync|JetStreamAsync)?$$' ./integration/
 
 FUZZTIME ?= 30s
-FUZZ_TARGETS := config:FuzzLoad dispatch:FuzzParseBatchItemFailures dispatch:FuzzHTTPResponse retention:FuzzDecodeEnvelope retention:FuzzEnvelopeRoundTrip
+FUZZ_TARGETS := admin:FuzzAdminRequest config:FuzzLoad dispatch:FuzzParseBatchItemFailures dispatch:FuzzHTTPResponse retention:FuzzDecodeEnvelope retention:FuzzEnvelopeRoundTrip
 fuzz: ## run each fuzz target for FUZZTIME (default 30s); their seed corpora run with the unit tests anyway
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t#*:}; echo "fuzz $$fn in ./$$pkg for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg/; \
 	done
+
+fuzz-short: ## every fuzz target for 10s (CI)
+	$(MAKE) fuzz FUZZTIME=10s
 
 bench: ## benchmarks: one table of ratios to bare baselines from the same run (~6 min; own brokers unless SLUICE_TEST_KAFKA is set)
 	@if [ -n "$$SLUICE_TEST_KAFKA" ]; then $(GO) run ./scripts/bench; else scripts/brokers/with-brokers.sh $(GO) run ./scripts/bench; fi

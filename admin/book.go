@@ -56,6 +56,8 @@ type Book struct {
 	store Store
 	log   *slog.Logger
 	now   func() time.Time
+	// maxRules caps the rules (dispatch.MaxRules; tests lower it).
+	maxRules int
 
 	// mu guards the fields below and serializes changes: the limiter's own
 	// lock is taken inside it, never the other way round.
@@ -86,7 +88,7 @@ func WithBookClock(now func() time.Time) BookOption { return func(b *Book) { b.n
 // unreadable state file is an error: sluice must not run with limits other
 // than the operator set.
 func NewBook(lim dispatch.Limits, base dispatch.Config, stateDir string, opts ...BookOption) (*Book, error) {
-	b := &Book{lim: lim, store: NewFileStore(stateDir), log: slog.Default(), now: time.Now, functions: base.Functions}
+	b := &Book{lim: lim, store: NewFileStore(stateDir), log: slog.Default(), now: time.Now, functions: base.Functions, maxRules: dispatch.MaxRules}
 	for _, o := range opts {
 		o(b)
 	}
@@ -245,6 +247,9 @@ func (b *Book) SetRule(pattern string, patch RulePatch) (Rule, error) {
 	defer b.mu.Unlock()
 	if _, exists := b.rules[pattern]; !exists && patch.Concurrency == nil {
 		return Rule{}, fmt.Errorf("%w: rule %q does not exist; creating it needs concurrency", ErrInvalid, pattern)
+	}
+	if _, exists := b.rules[pattern]; !exists && len(b.rules) >= b.maxRules {
+		return Rule{}, fmt.Errorf("%w: the rule book is full (%d rules at most); delete a rule first", ErrInvalid, b.maxRules)
 	}
 	return b.changeRuleLocked(pattern, func(ch *RuleChange) {
 		if ch.Deleted {

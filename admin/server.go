@@ -11,9 +11,9 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/dispatch"
@@ -101,6 +101,9 @@ type Options struct {
 	Logger           *slog.Logger
 	// Now is the clock of the views (tests); default time.Now.
 	Now func() time.Time
+	// Cluster returns the cluster's members and shares for GET /v1/cluster
+	// (cluster mode); nil answers 404.
+	Cluster func() any
 }
 
 // maxBody bounds a request body: the API's bodies are a few fields.
@@ -110,7 +113,7 @@ const maxBody = 64 << 10
 type Server struct {
 	o      Options
 	mux    *http.ServeMux
-	tokens []tokenHash
+	tokens atomic.Pointer[[]tokenHash] // replaced whole by SetTokens (tokens.go)
 }
 
 type tokenHash struct {
@@ -133,13 +136,8 @@ func New(o Options) (*Server, error) {
 		o.Shards = func() []shard.Status { return nil }
 	}
 	s := &Server{o: o, mux: http.NewServeMux()}
-	for i, t := range o.Tokens {
-		if t.Secret == "" || !t.Role.Valid() {
-			return nil, fmt.Errorf("admin: token %d: empty secret or unknown role", i)
-		}
-		// Hashing first makes every comparison the same length, so neither
-		// the content nor the length of a secret leaks through timing.
-		s.tokens = append(s.tokens, tokenHash{sum: sha256.Sum256([]byte(t.Secret)), role: t.Role})
+	if err := s.SetTokens(o.Tokens); err != nil {
+		return nil, err
 	}
 
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -195,6 +193,7 @@ func (s *Server) routes() []route {
 	return []route{
 		{"/v1/openapi.json", get(s.getOpenAPI)},
 		{"/v1/account", get(s.getAccount)},
+		{"/v1/cluster", get(s.getCluster)},
 		{"/v1/functions", get(s.listFunctions)},
 		{"/v1/functions/{fn}", get(s.getFunction)},
 		{"/v1/functions/{fn}/concurrency", map[string]endpoint{
@@ -271,7 +270,8 @@ func (s *Server) guard(rt route) http.Handler {
 // authenticate returns the role of the request's bearer token; with no
 // tokens configured every request is admin.
 func (s *Server) authenticate(r *http.Request) (Role, bool) {
-	if len(s.tokens) == 0 {
+	tokens := *s.tokens.Load()
+	if len(tokens) == 0 {
 		return RoleAdmin, true
 	}
 	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
@@ -283,7 +283,7 @@ func (s *Server) authenticate(r *http.Request) (Role, bool) {
 	role := RoleNone
 	// Compare with every token, without stopping at a match, so the time
 	// taken says nothing about which one matched.
-	for _, t := range s.tokens {
+	for _, t := range tokens {
 		if subtle.ConstantTimeCompare(sum[:], t.sum[:]) == 1 {
 			role = t.role
 		}
@@ -381,10 +381,7 @@ func (s *Server) functionView(fn string) (FunctionView, bool) {
 	}
 	var v FunctionView
 	v.FunctionName = fn
-	v.Configuration.URL = cfg.URL
-	if u, err := url.Parse(cfg.URL); err == nil {
-		v.Configuration.URL = u.Redacted() // a read token must not reveal a password in the URL
-	}
+	v.Configuration.URL = dispatch.RedactURL(cfg.URL) // a read token must not reveal a password or an API key in the URL
 	timeout := cfg.Timeout
 	if timeout <= 0 {
 		timeout = dispatch.DefaultTimeout

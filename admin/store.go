@@ -18,16 +18,18 @@ const stateFile = "limits.json"
 // refused rather than misread.
 const stateVersion = 1
 
-// FileStore is the local Store: the file limits.json in a state directory.
+// FileStore is the local Store: the file limits.json in a state directory,
+// with its journal of changes (journal.go).
 type FileStore struct {
 	dir  string
 	path string
+	j    journal
 }
 
 // NewFileStore returns the Store of the file limits.json in dir; the file
 // and dir are made on the first Save.
 func NewFileStore(dir string) *FileStore {
-	return &FileStore{dir: dir, path: filepath.Join(dir, stateFile)}
+	return &FileStore{dir: dir, path: filepath.Join(dir, stateFile), j: journal{path: filepath.Join(dir, journalFile)}}
 }
 
 var _ Store = (*FileStore)(nil)
@@ -38,6 +40,7 @@ func (s *FileStore) Where() string { return s.path }
 // Load reads the file; a missing file is an empty state.
 func (s *FileStore) Load() (State, error) {
 	st := State{Version: stateVersion}
+	removeStaleTemps(s.dir)
 	b, err := os.ReadFile(s.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -60,28 +63,45 @@ func (s *FileStore) Load() (State, error) {
 	if st.Meta == nil {
 		st.Meta = map[string]RuleMeta{}
 	}
+	if err := s.j.replay(&st, b); err != nil {
+		return st, err
+	}
 	return st, nil
 }
 
-// Save writes st atomically: a temporary file in the same directory,
-// synced, renamed over the old one, and the directory synced, so that a
-// crash leaves either the old or the new file, never a torn one.
+// Save makes st durable: as lines appended to the journal when that is
+// cheaper (journal.go), else by writing the whole file (snapshot).
 func (s *FileStore) Save(st State) error {
+	if done, err := s.j.append(st); done || err != nil {
+		return err
+	}
+	b, err := s.snapshot(st)
+	if err != nil {
+		return err
+	}
+	return s.j.reset(st, b)
+}
+
+// snapshot writes st atomically and returns the bytes written: a temporary
+// file in the same directory, synced, renamed over the old one, and the
+// directory synced, so that a crash leaves either the old or the new file,
+// never a torn one.
+func (s *FileStore) snapshot(st State) ([]byte, error) {
 	st.Version = stateVersion
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
-		return fmt.Errorf("admin: encode limits: %w", err)
+		return nil, fmt.Errorf("admin: encode limits: %w", err)
 	}
 	b = append(b, '\n')
 	if err := os.MkdirAll(s.dir, 0o750); err != nil {
-		return fmt.Errorf("admin: save limits: %w", err)
+		return nil, fmt.Errorf("admin: save limits: %w", err)
 	}
 	if old, err := os.ReadFile(s.path); err == nil && bytes.Equal(old, b) {
-		return nil
+		return b, nil
 	}
 	f, err := os.CreateTemp(s.dir, stateFile+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("admin: save limits: %w", err)
+		return nil, fmt.Errorf("admin: save limits: %w", err)
 	}
 	tmp := f.Name()
 	_, err = f.Write(b)
@@ -96,11 +116,11 @@ func (s *FileStore) Save(st State) error {
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("admin: save limits to %s: %w", s.path, err)
+		return nil, fmt.Errorf("admin: save limits to %s: %w", s.path, err)
 	}
 	if d, err := os.Open(s.dir); err == nil {
 		_ = d.Sync() // make the rename durable; not every file system supports it
 		_ = d.Close()
 	}
-	return nil
+	return b, nil
 }

@@ -3,13 +3,14 @@ package config
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/cluster"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
@@ -37,6 +38,9 @@ type Config struct {
 	DeadLetters map[string]retention.Config        `koanf:"dead_letters"`
 	Metrics     MetricsConfig                      `koanf:"metrics"`
 	Tracing     telemetry.Config                   `koanf:"tracing"`
+	// Cluster, when set, shares every limit with the other processes of
+	// the same cluster name (package cluster); nil runs on its own.
+	Cluster *cluster.Config `koanf:"cluster"`
 }
 
 // MetricsConfig is the /metrics exposition.
@@ -54,6 +58,13 @@ type AdminConfig struct {
 	// only a loopback address is accepted.
 	Listen string        `koanf:"listen"`
 	Tokens []TokenConfig `koanf:"tokens"`
+	// The hardening of the listener (admin.go): HTTPS, accepted Host
+	// names, time limits and the cap on open connections.
+	TLS            *AdminTLS     `koanf:"tls"`
+	Hosts          []string      `koanf:"hosts"`
+	ReadTimeout    time.Duration `koanf:"read_timeout"`
+	IdleTimeout    time.Duration `koanf:"idle_timeout"`
+	MaxConnections int           `koanf:"max_connections"`
 }
 
 // Role is what a bearer token may do on the admin API: the admin
@@ -110,30 +121,23 @@ func (t TokenConfig) secret() (string, error) {
 // and a path to a device or a huge file must fail start-up, not hang it.
 const maxTokenFileBytes = 64 << 10
 
-// readSmallFile reads name, refusing regular or special files longer than
-// limit bytes without reading more than limit+1 of them.
+// readSmallFile reads name with consumer.ReadSmallFile's bound; a file
+// over limit is refused with a word on what it should hold.
 func readSmallFile(name string, limit int64) ([]byte, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
+	b, err := consumer.ReadSmallFile(name, limit)
+	if limit == maxTokenFileBytes && errors.Is(err, consumer.ErrFileTooLarge) {
+		return nil, fmt.Errorf("%w; a token file holds one secret", err)
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes; a token file holds one secret", name, limit)
-	}
-	return b, nil
+	return b, err
 }
 
 // Default returns the configuration of an empty file: account limits 1000
 // and 100, the admin API on 127.0.0.1:9400, state in ./.sluice.
 func Default() *Config {
 	return &Config{
-		Account:  dispatch.AccountConfig{}.WithDefaults(),
-		Admin:    AdminConfig{Listen: DefaultAdminListen},
+		Account: dispatch.AccountConfig{}.WithDefaults(),
+		Admin: AdminConfig{Listen: DefaultAdminListen, ReadTimeout: DefaultAdminReadTimeout,
+			IdleTimeout: DefaultAdminIdleTimeout, MaxConnections: DefaultAdminMaxConnections},
 		StateDir: DefaultStateDir,
 		Tracing:  telemetry.Config{SampleRatio: telemetry.DefaultSampleRatio}.WithDefaults(),
 	}
@@ -171,6 +175,9 @@ func (c *Config) complete() {
 			c.DeadLetters[name] = dl
 		}
 	}
+	if c.Cluster != nil && c.Cluster.Broker == "" {
+		c.Cluster.Broker = only
+	}
 }
 
 // Validate checks every section and the references between them, and
@@ -183,10 +190,12 @@ func (c *Config) Validate() error {
 		errs = append(errs, problem("state_dir", "must not be empty (default %s)", DefaultStateDir))
 	}
 	errs = append(errs, c.validateFunctions()...)
+	errs = append(errs, c.validateSecrets()...)
 	errs = append(errs, c.validateBrokers()...)
 	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateDeadLetters()...)
 	errs = append(errs, c.Tracing.Validate("tracing"))
+	errs = append(errs, c.validateCluster()...)
 	return newError(errs...)
 }
 
@@ -195,9 +204,10 @@ func (c *Config) validateAdmin() []error {
 	host, _, err := net.SplitHostPort(c.Admin.Listen)
 	if err != nil {
 		errs = append(errs, problem("admin.listen", "%q is not host:port", c.Admin.Listen))
-	} else if len(c.Admin.Tokens) == 0 && !loopback(host) {
+	} else if len(c.Admin.Tokens) == 0 && !loopback(host) && !c.Admin.TLS.requiresClientCert() {
 		errs = append(errs, problem("admin.listen", "%s is not a loopback address; set admin.tokens to serve the admin API on it", c.Admin.Listen))
 	}
+	errs = append(errs, c.validateAdminHardening()...)
 	secrets := map[string]int{}
 	for i, t := range c.Admin.Tokens {
 		key := fmt.Sprintf("admin.tokens[%d]", i)
@@ -243,7 +253,7 @@ func (c *Config) validateFunctions() []error {
 		if f.URL == "" {
 			errs = append(errs, problem(key+".url", "required (an http:// or https:// URL)"))
 		} else if u, err := url.Parse(f.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, problem(key+".url", "%q is not an http:// or https:// URL", f.URL))
+			errs = append(errs, problem(key+".url", "%q is not an http:// or https:// URL", dispatch.RedactURL(f.URL)))
 		}
 		if f.Timeout == 0 {
 			// dispatch accepts 0 as "unset"; here defaults are applied, so

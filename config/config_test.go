@@ -69,7 +69,7 @@ func TestLoadSpecSketchYAML(t *testing.T) {
 	wantAdmin := config.AdminConfig{Listen: "127.0.0.1:9400", Tokens: []config.TokenConfig{
 		{Role: config.RoleAdmin, File: filepath.Join(dir, "admin.token")}, // relative to the file
 		{Role: config.RoleRead, Env: "SLUICE_READ_TOKEN"},
-	}}
+	}, ReadTimeout: config.DefaultAdminReadTimeout, IdleTimeout: config.DefaultAdminIdleTimeout, MaxConnections: config.DefaultAdminMaxConnections}
 	if !reflect.DeepEqual(c.Admin, wantAdmin) {
 		t.Errorf("admin = %+v, want %+v", c.Admin, wantAdmin)
 	}
@@ -258,7 +258,7 @@ func TestLoadBadConfigurations(t *testing.T) {
 		{
 			name:    "unknown top-level key",
 			overlay: "sourcess: {}",
-			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, dead_letters, functions, metrics, rules, sources, state_dir, tracing)",
+			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, cluster, dead_letters, functions, metrics, rules, sources, state_dir, tracing)",
 		},
 		{
 			name:    "tracing endpoint not a URL",

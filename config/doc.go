@@ -12,7 +12,8 @@
 //     source's defaults depend on its mode).
 //  2. Files given with -c, in order: YAML (.yaml, .yml; .json too, as YAML)
 //     or TOML (.toml); a directory or a name without extension is refused. Relative paths inside a file (state_dir, admin token
-//     files) are relative to that file's directory.
+//     files, broker, admin and function tls files, header value files) are
+//     relative to that file's directory.
 //  3. Environment variables SLUICE_<KEY> (see below).
 //  4. Flags added by RegisterFlags: --state-dir, --admin-listen, then
 //     --set KEY=VALUE (repeatable) for any key, written as in messages
@@ -59,4 +60,15 @@
 //	sources.orders.batchsize: unknown key; did you mean batch_size? (allowed: batch_size, ...)
 //	sources.orders.max_record_age: 30s is out of range (-1 or 60s..168h)
 //	sources.orders.function: undefined function "thumbnial" (defined: thumbnail)
+//
+// # Secrets
+//
+// Secrets are never in a Config, only where they are kept: a file or an
+// environment variable (admin tokens, function header values, private
+// keys). ReadSecretFile reads such a file, at most 64 KiB; Validate reads
+// them all, so a missing one is a problem naming its key; SecretFiles and
+// WorldReadableSecrets let the caller warn about files others may read;
+// LoadServerTLS and LoadClientTLS build TLS settings whose certificate
+// Reload re-reads (SIGHUP). YAML (config show) prints a Redacted copy: URL
+// passwords and query values replaced.
 package config

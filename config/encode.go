@@ -7,15 +7,44 @@ import (
 
 	"github.com/knadh/koanf/parsers/yaml"
 
+	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/shard"
 )
 
 // YAML renders the configuration as a file that Load reads back to the same
 // Config: every default and override applied, keys at their zero value left
-// out. Token secrets are not part of a Config, only where they are kept.
+// out. Secrets are not part of a Config, only where they are kept (files,
+// environment variables); the passwords and query strings of URLs are
+// replaced by "xxxxx" (Redacted), so such a URL does not read back the same.
 func (c *Config) YAML() ([]byte, error) {
-	m, _ := encode(reflect.ValueOf(c).Elem()).(map[string]any)
+	m, _ := encode(reflect.ValueOf(c.Redacted()).Elem()).(map[string]any)
 	return yaml.Parser().Marshal(m)
+}
+
+// Redacted returns a copy of c whose URLs (functions, NATS brokers) have
+// their passwords and query values replaced, for showing it.
+func (c *Config) Redacted() *Config {
+	out := *c
+	if c.Functions != nil {
+		out.Functions = make(map[string]dispatch.FunctionConfig, len(c.Functions))
+	}
+	for name, f := range c.Functions {
+		f.URL = dispatch.RedactURL(f.URL)
+		out.Functions[name] = f
+	}
+	if c.Brokers != nil {
+		out.Brokers = make(map[string]consumer.BrokerConfig, len(c.Brokers))
+	}
+	for name, b := range c.Brokers {
+		if b.NATS != nil && b.NATS.URL != "" {
+			n := *b.NATS
+			n.URL = dispatch.RedactURL(n.URL)
+			b.NATS = &n
+		}
+		out.Brokers[name] = b
+	}
+	return &out
 }
 
 // encode turns v into the plain values of a parsed file, following koanf

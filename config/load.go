@@ -200,8 +200,35 @@ func readFile(path string) (map[string]any, error) {
 			}
 		}
 	}
+	relFiles(m, rel)
 	relBrokerFiles(m, rel)
 	return m, nil
+}
+
+// relFiles resolves the file paths of the admin's and the functions' tls
+// settings and of the functions' header values with rel.
+func relFiles(m map[string]any, rel func(any) any) {
+	resolve := func(v any, keys ...string) {
+		t, _ := v.(map[string]any)
+		for _, k := range keys {
+			if v, ok := t[k]; ok {
+				t[k] = rel(v)
+			}
+		}
+	}
+	tlsKeys := []string{"ca_file", "cert_file", "key_file", "client_ca_file"}
+	if admin, ok := m["admin"].(map[string]any); ok {
+		resolve(admin["tls"], tlsKeys...)
+	}
+	fns, _ := m["functions"].(map[string]any)
+	for _, f := range fns {
+		f, _ := f.(map[string]any)
+		resolve(f["tls"], tlsKeys...)
+		headers, _ := f["headers"].(map[string]any)
+		for _, h := range headers {
+			resolve(h, "value_file")
+		}
+	}
 }
 
 // brokerFileKeys are the keys of brokers.X.kafka and brokers.X.nats (and

@@ -252,9 +252,14 @@ func readSecret(key, field, file, env string) (string, error) {
 	}
 }
 
-// readSmallFile reads name, refusing files longer than limit bytes without
-// reading more than limit+1 of them.
-func readSmallFile(name string, limit int64) ([]byte, error) {
+// readSmallFile is ReadSmallFile.
+func readSmallFile(name string, limit int64) ([]byte, error) { return ReadSmallFile(name, limit) }
+
+// ReadSmallFile reads name, refusing regular or special files (a device, a
+// huge file) longer than limit bytes without reading more than limit+1 of
+// them: the one bounded reader of secret and certificate files, also
+// config's.
+func ReadSmallFile(name string, limit int64) ([]byte, error) {
 	f, err := os.Open(name)
 	if err != nil {
 		return nil, err
@@ -265,10 +270,26 @@ func readSmallFile(name string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", name, limit)
+		return nil, &tooLargeError{name: name, limit: limit}
 	}
 	return b, nil
 }
+
+// ErrFileTooLarge matches (errors.Is) ReadSmallFile's error for a file over
+// its limit.
+var ErrFileTooLarge = errors.New("consumer: file too large")
+
+// tooLargeError is ReadSmallFile's error for a file over its limit.
+type tooLargeError struct {
+	name  string
+	limit int64
+}
+
+func (e *tooLargeError) Error() string {
+	return fmt.Sprintf("%s is larger than %d bytes", e.name, e.limit)
+}
+
+func (e *tooLargeError) Is(target error) bool { return target == ErrFileTooLarge }
 
 // ReadFile reads a small credentials file (a NATS creds or nkey seed file,
 // a certificate) with the bound sluice applies to secrets.

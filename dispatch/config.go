@@ -19,6 +19,10 @@ const (
 	DefaultMinUnreserved      = 100
 	DefaultTimeout            = 30 * time.Second
 	MaxTimeout                = 15 * time.Minute
+	// MaxRules bounds the rule book (the file's rules and the API's
+	// together): each rule costs memory in the limiter and a line in
+	// state_dir, and a book that grows without bound is an attack.
+	MaxRules = 10000
 )
 
 // AccountConfig is the deployment-wide limit.
@@ -41,6 +45,12 @@ type FunctionConfig struct {
 	// AsyncQueue names the async source that direct asynchronous invocations
 	// of this function are appended to.
 	AsyncQueue string `koanf:"async_queue"`
+	// Headers are sent with every request to the function (secure.go):
+	// header name → where its value comes from.
+	Headers map[string]HeaderValue `koanf:"headers"`
+	// TLS is how an https function is reached: a private CA, a client
+	// certificate (mutual TLS), a server name (secure.go).
+	TLS *FunctionTLS `koanf:"tls"`
 }
 
 // Rule limits the concurrency of invocations whose scope matches Pattern.
@@ -119,10 +129,14 @@ func (c Config) Validate() error {
 			}
 			reserved += n
 		}
+		errs = append(errs, f.validateSecurity(key)...)
 	}
 	if left := c.Account.Concurrency - reserved; reserved > 0 && left < c.Account.MinUnreserved {
 		errs = append(errs, fmt.Errorf("%w: functions: reservations total %d and would leave the unreserved pool at %d, under account.min_unreserved (%d)",
 			ErrInvalid, reserved, left, c.Account.MinUnreserved))
+	}
+	if len(c.Rules) > MaxRules {
+		errs = append(errs, fmt.Errorf("%w: rules: %d rules, at most %d", ErrInvalid, len(c.Rules), MaxRules))
 	}
 	seen := make(map[string]int, len(c.Rules))
 	for i, r := range c.Rules {

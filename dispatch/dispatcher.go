@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,7 @@ type options struct {
 	log    *slog.Logger
 	limits Limits
 	tracer trace.Tracer
+	fnTLS  map[string]*tls.Config // WithFunctionTLS
 }
 
 // WithRegisterer registers the dispatcher's metrics with reg (default: none).
@@ -110,7 +112,11 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 		if fc.ReservedConcurrency != nil {
 			conns = max(1, *fc.ReservedConcurrency)
 		}
-		h, err := NewHTTPFunction(name, fc, WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name)))
+		hopts := []HTTPOption{WithMaxConns(conns), WithConnObserver(d.metrics.connObserver(name))}
+		if c, ok := o.fnTLS[name]; ok {
+			hopts = append(hopts, WithTLSConfig(c))
+		}
+		h, err := NewHTTPFunction(name, fc, hopts...)
 		if err != nil {
 			d.unregister(o.reg)
 			lim.Close()

@@ -8,7 +8,9 @@
 // (slots, waiters, fairness, leases), the Dispatcher (a Limits engine +
 // functions + metrics + one OpenTelemetry span per invocation when given a
 // tracer, see WithTracer), the Handler interface with its typed outcomes,
-// and the HTTP function client. It hands sources a way to invoke a function
+// and the HTTP function client with its configured headers and TLS
+// (secure.go: which headers are sluice's own and cannot be configured, and
+// RedactURL, used wherever a URL is shown). It hands sources a way to invoke a function
 // and learn the outcome; it must not import consumer, retention, config or
 // cmd. Of sluice it imports shard only; of OpenTelemetry only the trace API
 // (the SDK and exporter are package telemetry's, wired by cmd).
@@ -27,5 +29,6 @@
 // the admin API, the metrics and cmd only ever see Limits, so nothing else
 // changes. Such an engine keeps the contract written on Limits, in
 // particular all-or-nothing grants and waking waiters on release, live
-// change and expiry.
+// change and expiry. The cluster engine (package cluster) runs a local
+// Limiter on its process's shares and sets them with Limiter.Replace.
 package dispatch

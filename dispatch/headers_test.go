@@ -168,3 +168,19 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// A configured header net/http cannot send is a configuration error, not an
+// InvalidRecord for every record.
+func TestSetHeadersRefusesControlBytes(t *testing.T) {
+	f, err := NewHTTPFunction("fn", FunctionConfig{URL: "http://127.0.0.1:1/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.SetHeaders(http.Header{"X-Token": {"abc\ndef"}})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "functions.fn.headers.X-Token") {
+		t.Fatalf("SetHeaders = %v, want ErrInvalid naming the key", err)
+	}
+	if err := f.SetHeaders(http.Header{"X-Token": {"abc def"}}); err != nil {
+		t.Fatal(err)
+	}
+}

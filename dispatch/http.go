@@ -3,6 +3,7 @@ package dispatch
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -54,6 +56,9 @@ type HTTPFunction struct {
 	// transport is the pool this HTTPFunction built, nil with WithHTTPClient.
 	transport *http.Transport
 	onConn    func(wait time.Duration, reused bool)
+	// headers are the configured headers (SetHeaders), replaced whole on
+	// a reload; nil until set.
+	headers atomic.Pointer[http.Header]
 }
 
 // HTTPOption configures an HTTPFunction. Options are code wiring; operator
@@ -65,6 +70,7 @@ type httpOptions struct {
 	clientOK bool // WithHTTPClient was given, possibly with nil
 	maxConns int
 	onConn   func(wait time.Duration, reused bool)
+	tls      *tls.Config
 }
 
 // WithHTTPClient makes the function use c instead of a pool of its own, e.g.
@@ -127,6 +133,9 @@ func NewHTTPFunction(name string, cfg FunctionConfig, opts ...HTTPOption) (*HTTP
 	if o.clientOK && o.client == nil {
 		return nil, fmt.Errorf("dispatch: function %q: WithHTTPClient(nil)", name)
 	}
+	if o.tls != nil && o.client != nil {
+		return nil, fmt.Errorf("function %q: %w", name, errNoTLS)
+	}
 
 	f := &HTTPFunction{name: name, url: cfg.URL, timeout: timeout, onConn: o.onConn}
 	if o.client != nil {
@@ -134,6 +143,9 @@ func NewHTTPFunction(name string, cfg FunctionConfig, opts ...HTTPOption) (*HTTP
 		f.client = &c
 	} else {
 		f.transport = newTransport(o.maxConns)
+		if o.tls != nil {
+			f.transport.TLSClientConfig = o.tls
+		}
 		f.client = &http.Client{Transport: f.transport}
 	}
 	// A function that redirects is misconfigured (a wrong path, http for
@@ -158,10 +170,10 @@ func checkFunctionURL(raw string) error {
 		return fmt.Errorf("is not a valid URL: %w", err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("must be an http or https URL, got %q", u.Redacted())
+		return fmt.Errorf("must be an http or https URL, got %q", RedactURL(raw))
 	}
 	if u.Hostname() == "" {
-		return fmt.Errorf("must name a host, got %q", u.Redacted())
+		return fmt.Errorf("must name a host, got %q", RedactURL(raw))
 	}
 	return nil
 }
@@ -321,13 +333,20 @@ func (f *HTTPFunction) Invoke(ctx context.Context, req *Request) (*Response, err
 	}
 }
 
-// setHeaders fills h with req.Header, then the contract headers of SPEC §3.
-// The contract headers and Content-Type are set last, so that a header
-// carried in req.Header cannot pass for sluice's own.
+// setHeaders fills h with req.Header, then the configured headers
+// (SetHeaders, which replace a header of the same name), then the contract
+// headers of SPEC §3. The contract headers and Content-Type are set last, so
+// that neither a header carried in req.Header nor a configured one can pass
+// for sluice's own.
 func (f *HTTPFunction) setHeaders(h http.Header, req *Request, deadline time.Time) {
 	for k, vs := range req.Header {
 		k = http.CanonicalHeaderKey(k) // so that Set below replaces it, whatever its case
 		h[k] = append(h[k], vs...)
+	}
+	if conf := f.headers.Load(); conf != nil {
+		for k, vs := range *conf {
+			h[k] = vs // canonical (SetHeaders); never changed once stored
+		}
 	}
 	if h.Get("User-Agent") == "" {
 		h.Set("User-Agent", "sluice")

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"slices"
 	"strings"
 	"sync"
@@ -676,12 +677,22 @@ func TestHTTPFunctionConcurrentInvocationsNeverWaitForAConnection(t *testing.T) 
 		}
 	}))
 
+	// A connection goes back to the idle pool in net/http's read loop,
+	// which may run after Invoke returned; round 2 starts only once every
+	// connection of round 1 is back (PutIdleConn), so that a starved CPU
+	// cannot make the pool look smaller than it is.
+	putIdle := make(chan struct{}, 2*n) // one per returned connection of both rounds: the trace never blocks
+	traced := httptrace.WithClientTrace(guardCtx(t), &httptrace.ClientTrace{PutIdleConn: func(err error) {
+		if err == nil {
+			putIdle <- struct{}{}
+		}
+	}})
 	invokeAll := func() <-chan error {
 		errs := make(chan error, n) // one per invocation, read after all are done
 		var wg sync.WaitGroup
 		for range n {
 			wg.Go(func() {
-				_, err := f.Invoke(guardCtx(t), testRequest())
+				_, err := f.Invoke(traced, testRequest())
 				errs <- err
 			})
 		}
@@ -712,6 +723,13 @@ func TestHTTPFunctionConcurrentInvocationsNeverWaitForAConnection(t *testing.T) 
 	}
 	releaseOnce.Do(func() { close(release) })
 	checkErrs(errs)
+	for i := range n {
+		select {
+		case <-putIdle:
+		case <-timeout:
+			t.Fatalf("only %d of %d connections went back to the idle pool", i, n)
+		}
+	}
 
 	// Round 2: every connection was kept, so none is dialled.
 	checkErrs(invokeAll())

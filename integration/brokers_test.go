@@ -22,7 +22,20 @@ import (
 const (
 	envKafka = "SLUICE_TEST_KAFKA"
 	envNATS  = "SLUICE_TEST_NATS"
+	// envRequire = 1 (CI sets it) turns every skip for a missing broker
+	// into a failure: a suite that skipped everything is not green.
+	envRequire = "SLUICE_REQUIRE_BROKERS"
 )
+
+// skipNoBroker skips the test for a missing broker, or fails it when
+// SLUICE_REQUIRE_BROKERS=1.
+func skipNoBroker(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(envRequire) == "1" {
+		t.Fatalf(format+" (%s=1: a missing broker is a failure)", append(args, envRequire)...)
+	}
+	t.Skipf(format, args...)
+}
 
 // reachTimeout is how long a broker named in the environment gets to answer
 // before the test fails. The brokers are already up when tests start
@@ -45,7 +58,7 @@ func kafkaAddr(t testing.TB) string {
 	t.Helper()
 	addr := os.Getenv(envKafka)
 	if addr == "" {
-		t.Skipf("no Kafka broker: set %s=host:port or run `make test-all` (it starts real brokers)", envKafka)
+		skipNoBroker(t, "no Kafka broker: set %s=host:port or run `make test-all` (it starts real brokers)", envKafka)
 	}
 	if err := probeOnce("kafka "+addr, func() error { return probeKafka(addr) }); err != nil {
 		t.Fatalf("%s=%s is set but that Kafka broker is unreachable: %v "+
@@ -91,7 +104,7 @@ func natsURL(t testing.TB) string {
 	t.Helper()
 	url := os.Getenv(envNATS)
 	if url == "" {
-		t.Skipf("no nats-server: set %s=nats://host:port or run `make test-all` (it starts real brokers)", envNATS)
+		skipNoBroker(t, "no nats-server: set %s=nats://host:port or run `make test-all` (it starts real brokers)", envNATS)
 	}
 	if err := probeOnce("nats "+url, func() error { return probeNATS(url) }); err != nil {
 		t.Fatalf("%s=%s is set but no nats-server with JetStream is reachable there: %v "+

@@ -23,10 +23,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
-	"os"
-	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,11 +80,26 @@ func decodeJSBatch(r *http.Request, body []byte) (*fnBatch, error) {
 
 // jsProducer publishes keyed messages at a steady rate until stopped. Each
 // carries a message id, and a publish that fails is retried with the same
-// id until it is acknowledged, so each record is stored exactly once (the
-// stream's duplicate window) even across a nats-server restart.
+// id until it is acknowledged, so each record is stored once (the stream's
+// duplicate window) even across a nats-server restart. A publish still
+// unacknowledged when producing stops is given up and counted as failed:
+// it may be stored all the same, and the checker reads the stream.
 type jsProducer struct {
-	mu   sync.Mutex
-	recs []chaosRecord
+	mu     sync.Mutex
+	recs   []chaosRecord
+	failed int
+}
+
+func (pr *jsProducer) snapshot() []chaosRecord {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	return slices.Clone(pr.recs)
+}
+
+func (pr *jsProducer) failedCount() int {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	return pr.failed
 }
 
 func (pr *jsProducer) run(ctx context.Context, js jetstream.JetStream, prefix string, rate int) {
@@ -115,13 +128,16 @@ func (pr *jsProducer) run(ctx context.Context, js jetstream.JetStream, prefix st
 					pr.mu.Unlock()
 					break
 				}
-				if ctx.Err() != nil && s > 0 {
-					// Stopping: this one may or may not be stored; it is
-					// not counted as produced (an unknown record is
-					// ignored by the checker).
+				if ctx.Err() != nil {
+					pr.mu.Lock()
+					pr.failed++
+					pr.mu.Unlock()
 					return
 				}
-				time.Sleep(200 * time.Millisecond)
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
 			}
 		}
 	}
@@ -130,38 +146,21 @@ func (pr *jsProducer) run(ctx context.Context, js jetstream.JetStream, prefix st
 // TestChaosJetStream: see the top of this file. SLUICE_CHAOS=short|long
 // runs it (make chaos-short, make chaos).
 func TestChaosJetStream(t *testing.T) {
-	mode := os.Getenv(chaosEnv)
-	if mode == "" {
-		t.Skipf("%s is not set: the chaos suite restarts brokers, run it with `make chaos-short` or `make chaos` (own brokers)", chaosEnv)
-	}
-	plan, ok := chaosPlanFor(mode)
-	if !ok {
-		t.Fatalf("%s=%q: want short or long", chaosEnv, mode)
-	}
-	if os.Getenv("SLUICE_TEST_BROKERS_DIR") == "" {
-		t.Fatalf("%s is set but SLUICE_TEST_BROKERS_DIR is not: run it under scripts/brokers/with-brokers.sh (make chaos-short)", chaosEnv)
-	}
+	c := newChaos(t, "JetStream stream source", decodeJSBatch)
+	plan, mode := c.plan, c.mode
 	// A killed owner's partitions wait PinnedTTL (60 s) for a new owner:
 	// fewer, sparser kills than the Kafka variant.
 	kills, killEvery := 3, 15*time.Second
 	if mode == "long" {
 		kills, killEvery = 10, 20*time.Second
 	}
-	runStart := time.Now()
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("SLUICE_CHAOS_SEED"); s != "" {
-		seed, _ = strconv.ParseUint(s, 10, 64)
-	}
-	t.Logf("chaos %s (JetStream): seed %d", mode, seed)
 
 	_, js := newJetStream(t)
 	stream := strings.ToUpper(unsafeName.ReplaceAllString(uniqueName(t, "CJS"), "_"))
 	prefix := strings.ToLower(stream)
 	dlq := deadLetterTopic(t)
 
-	cf := &chaosFunction{timeout: plan.FunctionTimout, rng: rand.New(rand.NewPCG(seed, seed^0x5eed)),
-		mode: modeOK, phases: map[fnMode]int{}, answers: map[fnMode]int{}, end: map[*fnBatch]time.Time{}}
-	fn := newChaosFnServer(t, cf.policy, decodeJSBatch)
+	fn, cf := c.fn, c.cf
 	source := uniqueName(t, "src")
 	doc := map[string]any{
 		"admin":     map[string]any{"listen": "127.0.0.1:0"},
@@ -189,45 +188,15 @@ func TestChaosJetStream(t *testing.T) {
 		defer cancel()
 		_ = js.DeleteStream(ctx, stream)
 	})
-	run := &chaosRun{t: t, live: map[string]*sluiceProc{}, last: map[*sluiceProc]scrape{},
-		cfgPath: func() string {
-			path := filepath.Join(t.TempDir(), "sluice.yaml")
-			if err := os.WriteFile(path, cfgBytes, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			return path
-		}}
+	c.useConfig(cfgBytes)
+	run := c.run
 	run.start("A") // creates the stream and its partition consumers
 	run.start("B")
 	run.waitOwned(int(plan.Partitions))
 
-	bg, stopBG := context.WithCancel(t.Context())
-	defer stopBG()
 	pr := &jsProducer{}
-	prodCtx, stopProducing := context.WithCancel(bg)
-	var wg, prodWG sync.WaitGroup
-	prodWG.Go(func() { pr.run(prodCtx, js, prefix, plan.Rate) })
-	flipCtx, stopFlipping := context.WithCancel(bg)
-	wg.Go(func() { cf.flip(flipCtx, fn) })
-	wg.Go(func() {
-		for {
-			select {
-			case <-bg.Done():
-				return
-			case <-time.After(250 * time.Millisecond):
-				run.scrapeAll()
-			}
-		}
-	})
-
-	faults := map[string]int{}
-	var faultLog []string
-	note := func(kind, format string, args ...any) {
-		faults[kind]++
-		msg := fmt.Sprintf("%6.1fs %-16s %s", time.Since(runStart).Seconds(), kind, fmt.Sprintf(format, args...))
-		faultLog = append(faultLog, msg)
-		t.Log(msg)
-	}
+	c.background(func(ctx context.Context) { pr.run(ctx, js, prefix, plan.Rate) })
+	faults, note := c.faults, c.note
 	blockedSeen := 0
 	handover := func() {
 		run.waitOwned(int(plan.Partitions))
@@ -277,7 +246,7 @@ func TestChaosJetStream(t *testing.T) {
 		note("kill-9", "killed sluice %s and restarted it", victim)
 	}
 
-	time.Sleep(3 * time.Second)
+	time.Sleep(3 * time.Second) // the processes work under the flipping function before the first fault
 	for _, step := range []func(){handover, kafkaOutage, natsRestart} {
 		if !t.Failed() {
 			step()
@@ -286,14 +255,8 @@ func TestChaosJetStream(t *testing.T) {
 	for faults["kill-9"] < kills && !t.Failed() {
 		killCycle()
 	}
-	time.Sleep(3 * time.Second)
-	stopProducing()
-	stopFlipping()
-	prodWG.Wait()
-	note("end-of-faults", "producing stopped, the function answers 200 from now on")
-	pr.mu.Lock()
-	want := pr.recs
-	pr.mu.Unlock()
+	time.Sleep(3 * time.Second) // the last restarted process works a while before the end
+	c.endFaults(nil)
 
 	letters := func() []chaosLetter {
 		var out []chaosLetter
@@ -303,43 +266,9 @@ func TestChaosJetStream(t *testing.T) {
 		}
 		return out
 	}
-	resolved := func() (lost []chaosRecord) {
-		dead := map[producedKey]bool{}
-		for _, l := range letters() {
-			dead[producedKey{0, l.Env.Record.Offset}] = true
-		}
-		acc := map[producedKey]bool{}
-		for _, b := range fn.snapshot() {
-			for _, r := range b.accepted() {
-				acc[producedKey{0, r.Offset}] = true
-			}
-		}
-		for _, r := range want {
-			if k := (producedKey{0, r.Offset}); !acc[k] && !dead[k] {
-				lost = append(lost, r)
-			}
-		}
-		return lost
-	}
-	drainStart := time.Now()
-	var lost []chaosRecord
-	for {
-		lost = resolved()
-		if len(lost) == 0 || time.Since(drainStart) > plan.Drain+60*time.Second || t.Failed() {
-			break
-		}
-		time.Sleep(time.Second)
-	}
-	t.Logf("drain took %s", time.Since(drainStart).Round(time.Millisecond))
-	run.scrapeAll()
-	stopBG()
-	wg.Wait()
-	run.end("A", syscall.SIGTERM)
-	run.end("B", syscall.SIGTERM)
-
-	checkChaos(t, chaosOutcome{variant: "JetStream source, Kafka dead letters", mode: mode, seed: seed, start: runStart,
-		source: source, topic: stream, want: want, lost: lost, letters: letters(), fn: fn, cf: cf, run: run,
-		faults: faults, faultLog: faultLog})
+	c.plan.Drain += 60 * time.Second // a killed owner's partitions wait for its pin to expire
+	c.drainAndCheck(jsChaosSource{js: js, stream: stream, source: source, partitions: int(plan.Partitions)}, pr.snapshot(), letters,
+		chaosOutcome{variant: "JetStream source, Kafka dead letters", source: source, topic: stream, failed: pr.failedCount()})
 	if blockedSeen == 0 && run.counter("sluice_dead_letter_errors_total", nil) == 0 {
 		t.Errorf("no shard was seen blocked and no dead-letter write failed while the store was down: the outage was not exercised")
 	}

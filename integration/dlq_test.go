@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -426,6 +427,12 @@ func TestDLQReplayKafka(t *testing.T) {
 	if ends := endOffsets(t, paymentsTopic); ends[0] != 60 {
 		t.Fatalf("payments topic ends at %v after the replay to source, want 60 (30 + 30 again)", ends)
 	}
+	// By content: offsets 30..59 are the 30 original records again.
+	recs, err := kafkaChaosSource{seeds: []string{kafkaAddr(t)}, topic: paymentsTopic}.Records(t.Context())
+	if err != nil {
+		t.Fatalf("read the payments topic: %v", err)
+	}
+	checkReplayedToSource(t, recs, 30)
 	if again := listLetters(t, cfg, "--source", "payments"); len(again) != 0 {
 		t.Fatalf("%d payments letters still pending after the replay to source", len(again))
 	}
@@ -594,6 +601,76 @@ func TestDLQReplayJetStream(t *testing.T) {
 	}
 }
 
+// checkReplayedToSource checks that recs, everything a source holds after
+// `dlq replay --to source` of its first n records, are those n records
+// followed by the same n again (same keys and values, in any order).
+func checkReplayedToSource(t *testing.T, recs []chaosRecord, n int) {
+	t.Helper()
+	if len(recs) != 2*n {
+		t.Fatalf("the source holds %d records after the replay to source, want %d", len(recs), 2*n)
+	}
+	content := func(rs []chaosRecord) []string {
+		out := make([]string, len(rs))
+		for i, r := range rs {
+			out[i] = r.Key + "=" + r.Value
+		}
+		slices.Sort(out)
+		return out
+	}
+	if orig, again := content(recs[:n]), content(recs[n:]); !slices.Equal(orig, again) {
+		t.Errorf("replayed to source:\n%q\nwant the original records:\n%q", again, orig)
+	}
+}
+
+// TestDLQReplayToSourceJetStream: `dlq replay --to source` of letters from
+// a JetStream stream source publishes the original messages to that stream
+// again (same key and data), where sluice consumes them anew.
+func TestDLQReplayToSourceJetStream(t *testing.T) {
+	t.Parallel()
+	_, js := newJetStream(t)
+	srcStream, srcPrefix := natsStreamName(t, js)
+	dlStream, dlPrefix := natsStreamName(t, js)
+	fn := newReplayFn(t, http.StatusInternalServerError)
+	cfg := writeYAML(t, t.TempDir(), map[string]any{
+		"admin":     map[string]any{"listen": "127.0.0.1:0"},
+		"state_dir": "./state",
+		"brokers":   map[string]any{"nats": map[string]any{"nats": map[string]any{"url": natsURL(t)}}},
+		"functions": map[string]any{"fn": map[string]any{"url": fn.url(), "timeout": "30s"}},
+		"sources": map[string]any{"clicks": map[string]any{"stream": srcStream, "subject": srcPrefix + ".*", "partitions": 2,
+			"function": "fn", "on_failure": "dead", "max_retry_attempts": 0,
+			"retry_backoff": map[string]any{"initial": "100ms", "max": "1s"}}},
+		"dead_letters": map[string]any{"dead": map[string]any{"stream": dlStream, "subject": dlPrefix + ".>", "retention": "1h"}},
+	})
+	p := startSluice(t, "sluice run", cfg)
+	const n = 20
+	for i := range n {
+		if _, err := js.Publish(t.Context(), fmt.Sprintf("%s.k%d", srcPrefix, i%7), fmt.Appendf(nil, "click-%03d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 60*time.Second, "20 clicks dead-lettered", func() error {
+		if got := listLetters(t, cfg, "--source", "clicks"); len(got) < n {
+			return fmt.Errorf("%d letters", len(got))
+		}
+		return nil
+	})
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Fatalf("sluice run exited %d", code)
+	}
+	code, out, errs := dlqRun(t, "dlq", "replay", "-c", cfg, "--source", "clicks", "--to", "source")
+	if code != 0 || strings.TrimSpace(out) != fmt.Sprintf("replayed %d: %d succeeded, 0 failed, 0 skipped", n, n) {
+		t.Fatalf("replay --to source: exit %d, %q\n%s", code, out, errs)
+	}
+	if left := listLetters(t, cfg, "--source", "clicks"); len(left) != 0 {
+		t.Fatalf("%d letters still pending after the replay to source", len(left))
+	}
+	recs, err := jsChaosSource{js: js, stream: srcStream}.Records(t.Context())
+	if err != nil {
+		t.Fatalf("read the source stream: %v", err)
+	}
+	checkReplayedToSource(t, recs, n)
+}
+
 // TestDLQRetentionReconciled: destinations created with 14 days keep records
 // 14 days; a changed retention is applied (and logged) at the next start.
 func TestDLQRetentionReconciled(t *testing.T) {
@@ -661,7 +738,9 @@ func TestDLQRetentionReconciled(t *testing.T) {
 	}
 
 	p := startSluice(t, "sluice A", config("336h"))
-	p.stop(syscall.SIGTERM)
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("sluice A: exit code %d after SIGTERM, want 0", code)
+	}
 	if got := retentionMs(); got != "1209600000" {
 		t.Errorf("created with retention.ms %s, want 1209600000 (14 days)", got)
 	}
@@ -672,7 +751,9 @@ func TestDLQRetentionReconciled(t *testing.T) {
 	logged(p, "dead-letter stream created", dlStream)
 
 	p = startSluice(t, "sluice B", config("168h"))
-	p.stop(syscall.SIGTERM)
+	if code := p.stop(syscall.SIGTERM); code != 0 {
+		t.Errorf("sluice B: exit code %d after SIGTERM, want 0", code)
+	}
 	if got := retentionMs(); got != "604800000" {
 		t.Errorf("after the change retention.ms is %s, want 604800000 (7 days)", got)
 	}

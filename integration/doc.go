@@ -13,7 +13,8 @@
 //
 // A test skips, saying how to run it, when its broker's variable is unset, and
 // fails when the variable is set but the broker does not answer within ~10 s:
-// CI sets them, so CI never passes by skipping.
+// CI sets them, so CI never passes by skipping. SLUICE_REQUIRE_BROKERS=1 (set
+// by .ci/run) turns every skip for a missing broker into a failure.
 //
 // `make test-all` (scripts/brokers/with-brokers.sh) fetches, starts and stops
 // both brokers on free loopback ports and sets the variables; to run only this

@@ -46,7 +46,7 @@ func secureKafkaEnv(t *testing.T) secureKafka {
 		passwordFile: os.Getenv("SLUICE_TEST_KAFKA_PASSWORD_FILE"),
 	}
 	if k.sasl == "" {
-		t.Skip("no secured Kafka broker: run `make test-all`, or scripts/brokers/up.sh RUN_DIR kafka-secure and source RUN_DIR/env")
+		skipNoBroker(t, "no secured Kafka broker: run `make test-all`, or scripts/brokers/up.sh RUN_DIR kafka-secure and source RUN_DIR/env")
 	}
 	return k
 }

@@ -33,7 +33,7 @@ func startSecureNATS(t *testing.T, pki *testpki.PKI, authBlock string, opts ...n
 	t.Helper()
 	bin := os.Getenv("SLUICE_TEST_NATS_SERVER_BIN")
 	if bin == "" {
-		t.Skip("no nats-server binary: set SLUICE_TEST_NATS_SERVER_BIN or run `make test-all`")
+		skipNoBroker(t, "no nats-server binary: set SLUICE_TEST_NATS_SERVER_BIN or run `make test-all`")
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -187,7 +187,7 @@ func natsAuthCases(t *testing.T, pki *testpki.PKI) []struct {
 // message naming the broker and the cause.
 func TestSecureNATS(t *testing.T) {
 	if os.Getenv("SLUICE_TEST_NATS_SERVER_BIN") == "" {
-		t.Skip("no nats-server binary: set SLUICE_TEST_NATS_SERVER_BIN or run `make test-all`")
+		skipNoBroker(t, "no nats-server binary: set SLUICE_TEST_NATS_SERVER_BIN or run `make test-all`")
 	}
 	pki, err := testpki.New(t.TempDir())
 	if err != nil {

@@ -18,13 +18,18 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/dispatch"
 )
 
 // The admin CLI: HTTP clients of the admin API of a running sluice (SPEC §6).
 
 const (
-	flagAdmin = "admin"
-	flagToken = "token"
+	flagAdmin  = "admin"
+	flagToken  = "token"
+	flagCACert = "cacert"
+	flagCert   = "cert"
+	flagKey    = "key"
 	// envToken holds the bearer token when --token is not given.
 	envToken = "SLUICE_TOKEN"
 	// clientTimeout bounds one admin API call.
@@ -33,8 +38,11 @@ const (
 
 // addClientFlags adds --admin and --token to cmd.
 func addClientFlags(cmd *cobra.Command) {
-	cmd.PersistentFlags().String(flagAdmin, "", "`URL` of the admin API (default: http:// + admin.listen of the configuration given with -c, else http://127.0.0.1:9400)")
+	cmd.PersistentFlags().String(flagAdmin, "", "`URL` of the admin API (default: http:// + admin.listen of the configuration given with -c — https:// with admin.tls — else http://127.0.0.1:9400)")
 	cmd.PersistentFlags().String(flagToken, "", "bearer `token` of the admin API (default: $"+envToken+")")
+	cmd.PersistentFlags().String(flagCACert, "", "CA certificate `file` that the admin API's HTTPS certificate is signed by (default: the system's roots)")
+	cmd.PersistentFlags().String(flagCert, "", "client certificate `file`, when the admin API asks for one (admin.tls.client_ca_file)")
+	cmd.PersistentFlags().String(flagKey, "", "the client certificate's key `file`")
 }
 
 // adminClient calls the admin API.
@@ -47,20 +55,23 @@ type adminClient struct {
 func newAdminClient(cmd *cobra.Command) (*adminClient, error) {
 	base, _ := cmd.Flags().GetString(flagAdmin)
 	if base == "" {
-		listen := "127.0.0.1:9400"
+		listen, scheme := "127.0.0.1:9400", "http://"
 		if files, _ := cmd.Flags().GetStringArray(flagConfig); len(files) > 0 {
 			cfg, err := loadConfig(cmd)
 			if err != nil {
 				return nil, err
 			}
 			listen = cfg.Admin.Listen
+			if cfg.Admin.TLS != nil {
+				scheme = "https://"
+			}
 		}
 		if host, port, err := net.SplitHostPort(listen); err == nil {
 			if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 				listen = net.JoinHostPort("127.0.0.1", port) // the server listens everywhere: ask it here
 			}
 		}
-		base = "http://" + listen
+		base = scheme + listen
 	}
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -70,7 +81,32 @@ func newAdminClient(cmd *cobra.Command) (*adminClient, error) {
 	if token == "" {
 		token = os.Getenv(envToken)
 	}
-	return &adminClient{base: strings.TrimRight(base, "/"), token: token, http: &http.Client{Timeout: clientTimeout}}, nil
+	hc, err := adminHTTPClient(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return &adminClient{base: strings.TrimRight(base, "/"), token: token, http: hc}, nil
+}
+
+// adminHTTPClient is the HTTP client of the admin CLI, with the CA and
+// client certificate of --cacert, --cert and --key.
+func adminHTTPClient(cmd *cobra.Command) (*http.Client, error) {
+	ca, _ := cmd.Flags().GetString(flagCACert)
+	cert, _ := cmd.Flags().GetString(flagCert)
+	key, _ := cmd.Flags().GetString(flagKey)
+	if ca == "" && cert == "" && key == "" {
+		return &http.Client{Timeout: clientTimeout}, nil
+	}
+	if (cert == "") != (key == "") {
+		return nil, usagef(cmd, "--%s and --%s go together", flagCert, flagKey)
+	}
+	ct, err := config.LoadClientTLS(dispatch.FunctionTLS{CAFile: ca, CertFile: cert, KeyFile: key})
+	if err != nil {
+		return nil, usagef(cmd, "--%s/--%s/--%s: %v", flagCACert, flagCert, flagKey, err)
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = ct.Config
+	return &http.Client{Timeout: clientTimeout, Transport: t}, nil
 }
 
 // do calls method path with body (JSON-encoded unless nil) and decodes a 2xx

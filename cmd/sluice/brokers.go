@@ -34,6 +34,17 @@ func (a *app) broker(ctx context.Context, what, name string) (consumer.Broker, e
 	if !ok {
 		return nil, fmt.Errorf("%s: brokers.%s: unknown broker kind %q", what, name, bc.Kind())
 	}
+	if bc.NATS != nil && bc.NATS.Embedded() && a.lock == nil {
+		// `sluice dlq list/show`: the embedded server's store under
+		// state_dir is about to be opened (run and replay hold the lock
+		// already, from wire).
+		lock, err := lockStateDir(a.cfg.StateDir)
+		if err != nil {
+			return nil, err
+		}
+		a.lock = lock
+		a.closers = append(a.closers, func() { lock.release(); a.lock = nil })
+	}
 	client := "sluice"
 	if what != "run" {
 		client = "sluice-" + what

@@ -19,8 +19,10 @@ func newConfigShowCmd() *cobra.Command {
 		Short: "Print the configuration as sluice sees it, with defaults and overrides applied",
 		Long: `Print the configuration as 'sluice run' would see it: the files given with -c,
 the SLUICE_ environment variables and the flags, with every default filled in,
-as YAML that sluice reads back. Keys at their zero value are left out; token
-secrets are not printed, only where they are kept. Exits 2 if it is not valid.`,
+as YAML that sluice reads back. Keys at their zero value are left out;
+secrets (tokens, header values, keys) are not printed, only where they are
+kept, and passwords and query values in URLs show as xxxxx. Exits 2 if it is
+not valid.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := loadConfig(cmd)

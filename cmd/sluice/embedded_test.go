@@ -94,7 +94,11 @@ sources:
 	case <-time.After(30 * time.Second):
 		t.Fatal("no embedded nats-server within 30s")
 	}
-	<-running
+	select {
+	case <-running:
+	case <-time.After(60 * time.Second):
+		t.Fatal("sluice did not log \"sluice running\" within 60s")
+	}
 
 	nc, err := natsgo.Connect(url)
 	if err != nil {

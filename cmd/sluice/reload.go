@@ -18,8 +18,9 @@ func catchSIGHUP() chan os.Signal {
 	return hup
 }
 
-// reloadOnSIGHUP reloads the limits (account, reservations, rules) from the
-// configuration on every signal of hup (catchSIGHUP) until ctx ends, through
+// reloadOnSIGHUP reloads the limits (account, reservations, rules) and
+// re-reads the secret files (function headers and certificates, the admin
+// API's certificate; secrets.go) from the configuration on every signal of hup (catchSIGHUP) until ctx ends, through
 // load (the same files, environment and flags sluice started with).
 // In-flight invocations keep their slots; the API's changes stay on top. A
 // file that does not load or validate is logged and changes nothing. Other
@@ -54,6 +55,7 @@ func (a *app) reload(load func() (*config.Config, error)) {
 		a.log.Error("reload: the configuration does not load; nothing changed", "error", err)
 		return
 	}
+	a.reloadSecrets(cfg)
 	if err := a.book.Reload(cfg.Dispatch()); err != nil {
 		a.log.Error("reload: could not save the limits", "error", err)
 		return

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/cluster"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
@@ -54,6 +54,14 @@ type app struct {
 	book      *admin.Book  // live limits: the file's, with the API's changes on top (admin_wire.go)
 	readiness *readiness   // broker checks of /readyz (admin_wire.go)
 	ingress   http.Handler // the HTTP ingress (SPEC §2.3), mounted by the admin API; nil when not wired
+
+	secrets  *secrets                     // function headers and TLS, re-read on SIGHUP (secrets.go)
+	adminTLS *config.ServerTLS            // admin.tls, loaded by wire, re-read on SIGHUP (admin_server.go)
+	lock     *stateLock                   // the lock on state_dir (statelock.go)
+	api      atomic.Pointer[admin.Server] // the admin API once run serves it, for SIGHUP's token reload
+
+	cluster   *cluster.Engine // the cluster-wide limits; nil without a cluster section (cluster_wire.go)
+	bookStore *cluster.Store  // the shared rule book; nil without a cluster section
 }
 
 // source is a running source as the app sees it.
@@ -63,22 +71,58 @@ type source = consumer.Source
 // Start-up work that talks to brokers (creating dead-letter topics) is bounded
 // by ctx.
 func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, error) {
+	// One process per state_dir: taken before anything reads or writes it.
+	lock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	sec, dopts, err := loadSecrets(cfg, log)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var closers []func()
 	tracing, err := tracer(cfg.Tracing, log, &closers)
 	if err != nil {
+		lock.release()
 		return nil, err
 	}
-	d, err := dispatch.New(cfg.Dispatch(), append([]dispatch.Option{dispatch.WithRegisterer(reg), dispatch.WithLogger(log)}, tracing...)...)
+	opts := append([]dispatch.Option{dispatch.WithRegisterer(reg), dispatch.WithLogger(log)}, tracing...)
+	eng, err := newClusterEngine(cfg, reg, log) // nil without a cluster section
 	if err != nil {
 		for _, c := range closers {
 			c()
 		}
+		lock.release()
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, reg: reg, disp: d, closers: closers}
+	if eng != nil {
+		opts = append(opts, dispatch.WithLimits(eng))
+	}
+	d, err := dispatch.New(cfg.Dispatch(), append(opts, dopts...)...)
+	if err != nil {
+		for _, c := range closers {
+			c()
+		}
+		lock.release()
+		return nil, err
+	}
+	a := &app{cfg: cfg, log: log, reg: reg, disp: d, closers: closers, lock: lock, secrets: sec, cluster: eng}
+	if err := setHeaders(d, cfg, cfg.Functions); err != nil {
+		a.close()
+		return nil, err
+	}
+	if err := a.loadAdminTLS(); err != nil {
+		a.close()
+		return nil, err
+	}
 	if err := a.wireSources(ctx); err != nil {
+		a.close()
+		return nil, err
+	}
+	if err := a.wireCluster(ctx); err != nil {
 		a.close()
 		return nil, err
 	}
@@ -214,6 +258,7 @@ func (a *app) close() {
 		a.closers[i]()
 	}
 	a.disp.Close()
+	a.lock.release() // last: the embedded server's store is closed
 }
 
 // run serves until ctx ends, then shuts down: the sources stop fetching,
@@ -221,18 +266,17 @@ func (a *app) close() {
 // what is done; the admin API drains within shutdownGrace.
 func (a *app) run(ctx context.Context) error {
 	defer a.close()
-	ln, err := net.Listen("tcp", a.cfg.Admin.Listen)
-	if err != nil {
-		return fmt.Errorf("run: admin API: %w", err)
-	}
 	handler, err := a.adminAPI()
 	if err != nil {
-		_ = ln.Close()
 		return err
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	as, err := a.listenAdmin(handler)
+	if err != nil {
+		return err
+	}
+	ln, srv := as.ln, as.srv
 	served := make(chan error, 1) // Serve's one result; buffered so Serve never blocks on it
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- as.serve() }()
 
 	sctx, stopSources := context.WithCancel(ctx)
 	defer stopSources()

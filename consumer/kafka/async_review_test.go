@@ -41,7 +41,10 @@ func TestAsyncLatestKeepsUncommittedRetryRecords(t *testing.T) {
 	})
 	stop() // before any retry record is due: the retry partition has no commit
 	f.mu.Lock()
-	seen := len(f.calls)
+	seen := map[int64]bool{} // offsets of the events invoked before the restart
+	for off := range f.calls {
+		seen[off] = true
+	}
 	f.mu.Unlock()
 
 	b, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
@@ -50,8 +53,23 @@ func TestAsyncLatestKeepsUncommittedRetryRecords(t *testing.T) {
 	}
 	runAsync(t, b)
 	waitFor(t, 20*time.Second, "every event seen before the restart dead-lettered", func() bool {
-		return len(f.deadLetters()) >= seen
+		return len(f.deadLetters()) >= len(seen)
 	})
+	// Exactly those events, once each, after all their attempts (the one
+	// before the restart counts).
+	dead := map[int64]bool{}
+	for _, dl := range f.deadLetters() {
+		off := dl.Record.Offset
+		switch {
+		case !seen[off]:
+			t.Errorf("dead letter for offset %d, an event not invoked before the restart (invoked: %v)", off, seen)
+		case dead[off]:
+			t.Errorf("offset %d dead-lettered twice", off)
+		case dl.Condition != event.RetryAttemptsExhausted || dl.Attempts != 3:
+			t.Errorf("offset %d dead-lettered with %s after %d attempts, want RetryAttemptsExhausted after 3", off, dl.Condition, dl.Attempts)
+		}
+		dead[off] = true
+	}
 }
 
 // While the first event of a partition is stuck (here: its invocation

@@ -3,12 +3,14 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
@@ -275,7 +277,11 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 	}
 	runAsync(t, b)
 	waitFor(t, 20*time.Second, "every event dead-lettered", func() bool { return len(f.deadLetters()) >= n })
-	time.Sleep(300 * time.Millisecond) // nothing more comes
+	// Nothing more can come once the group committed the source topic and
+	// every retry topic to its end.
+	waitFor(t, 20*time.Second, "source and retry topics committed to their ends", func() bool {
+		return committedToEnd(t, seeds, "g", append([]string{"orders"}, b.RetryTopics()...)...)
+	})
 	for o := range int64(n) {
 		var atts []int
 		for _, c := range f.callsOf(o) {
@@ -478,39 +484,93 @@ func TestAsyncRetryPartitionWaitsForDue(t *testing.T) {
 
 // A second member joins while events wait in retry topics and fail or
 // succeed: every event is delivered (on its second attempt), none is
-// dead-lettered, and the source topic is committed to its end.
+// dead-lettered, and the source topic is committed to its end. The join
+// happens mid-stream by construction: half the events are produced, a
+// delivers some, b joins and is assigned partitions, and only then is the
+// other half produced; b must deliver some of them before it is stopped.
 func TestAsyncRebalanceLosesNothing(t *testing.T) {
 	const parts, n = 2, 200
 	seeds := newCluster(t, parts, "orders")
-	produce(t, seeds, "orders", parts, n/parts)
-	f := newAsyncFake(func(_ event.Record, attempt int) event.Result {
+	produce(t, seeds, "orders", parts, n/parts/2)
+	behave := func(_ event.Record, attempt int) event.Result {
 		if attempt == 1 {
 			return fail500
 		}
 		return event.Result{Outcome: event.Delivered}
-	})
+	}
+	fa, fb := newAsyncFake(behave), newAsyncFake(behave) // what a and b delivered
+	delivered := func() int {
+		fa.mu.Lock()
+		defer fa.mu.Unlock()
+		fb.mu.Lock()
+		defer fb.mu.Unlock()
+		all := maps.Clone(fa.ok)
+		maps.Copy(all, fb.ok)
+		return len(all)
+	}
 	cfg := asyncSourceConfig("orders", 2, time.Hour)
 	cfg.RetryBackoff = consumer.Backoff{Initial: 300 * time.Millisecond, Max: 300 * time.Millisecond, Multiplier: 1}
-	opts := testAsyncOpts(f, "g")
-	opts.Concurrency = 16 // several poll rounds, so the join lands mid-way
-	a, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
-	if err != nil {
-		t.Fatal(err)
+	newMember := func(f *asyncFake) *Async {
+		opts := testAsyncOpts(f, "g")
+		opts.Concurrency = 16 // several poll rounds, so the join lands mid-way
+		m, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
 	}
+	a := newMember(fa)
 	runAsync(t, a)
-	waitFor(t, 10*time.Second, "some events delivered", func() bool { return f.deliveredCount() >= 10 })
-	b, err := NewAsync("orders", consumer.KafkaConfig{Seeds: seeds}, cfg, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	waitFor(t, 10*time.Second, "some events delivered", func() bool { return delivered() >= 10 })
+	b := newMember(fb)
 	stopB := runAsync(t, b)
-	waitFor(t, 30*time.Second, "every event delivered", func() bool { return f.deliveredCount() == n })
+	waitFor(t, 30*time.Second, "b is assigned a partition of the source topic", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for tp := range b.parts {
+			if tp.topic == "orders" {
+				return true
+			}
+		}
+		return false
+	})
+	// The second half: offsets n/parts/2 .. n/parts-1 of each partition.
+	produce(t, seeds, "orders", parts, n/parts/2)
+	waitFor(t, 30*time.Second, "every event delivered", func() bool { return delivered() == n })
+	if fb.deliveredCount() == 0 {
+		t.Fatalf("b delivered nothing although it owned a partition when the second half was produced")
+	}
 	stopB() // and its partitions move back to a
 	waitFor(t, 20*time.Second, "source topic committed to its end", func() bool {
 		c := committed(t, seeds, "g", "orders")
 		return c[0] == n/parts && c[1] == n/parts
 	})
-	if dls := f.deadLetters(); len(dls) != 0 {
+	if dls := append(fa.deadLetters(), fb.deadLetters()...); len(dls) != 0 {
 		t.Errorf("%d dead letters, want none (first: %+v)", len(dls), dls[0])
 	}
+}
+
+// committedToEnd reports whether group committed every partition of topics
+// to its end offset: nothing is left for the group to read.
+func committedToEnd(t testing.TB, seeds []string, group string, topics ...string) bool {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(t.Context(), topics...)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		t.Fatalf("end offsets of %v: %v", topics, err)
+	}
+	ok := true
+	ends.Each(func(o kadm.ListedOffset) {
+		if committed(t, seeds, group, o.Topic)[o.Partition] != o.Offset {
+			ok = false
+		}
+	})
+	return ok
 }

@@ -43,8 +43,10 @@ func TestReaderScanEndsWhenTheRestIsDeleted(t *testing.T) {
 	scanCtx, scanCancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scanCancel()
 	n := 0
-	err = r.Scan(scanCtx, func(event.Record) error {
+	var values []string
+	err = r.Scan(scanCtx, func(rec event.Record) error {
 		n++
+		values = append(values, string(rec.Value))
 		if n == 1 {
 			var o kadm.Offsets
 			o.Add(kadm.Offset{Topic: "dead", Partition: 0, At: 5})
@@ -56,5 +58,15 @@ func TestReaderScanEndsWhenTheRestIsDeleted(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("Scan = %v after %d records; want it to end once the rest was deleted", err, n)
+	}
+	// What it read is the start of what was written, in order, and not all
+	// of it: the deletion met the scan mid-way.
+	if n == 0 || n >= 5 {
+		t.Fatalf("Scan read %d records (%q), want 1..4: the deletion did not meet the scan mid-way", n, values)
+	}
+	for i, v := range values {
+		if want := fmt.Sprintf("v%d", i); v != want {
+			t.Errorf("record %d read is %q, want %q", i, v, want)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -423,15 +424,27 @@ func TestSourceBlockedPartitionDoesNotStopOthers(t *testing.T) {
 
 // Two members of one group: partitions move when the second joins and again
 // when the first leaves; every record is delivered, first deliveries stay in
-// order, and the commits end at the end of each partition.
+// order, and the commits end at the end of each partition. Both moves happen
+// mid-stream by construction: half the records are produced before b joins
+// and half after; and deliveries are held (until the context ends) from
+// before the second half is produced until a has left.
 func TestSourceRebalanceLosesNothing(t *testing.T) {
 	const parts, n = 4, 600
 	seeds := newCluster(t, parts, "orders")
-	produce(t, seeds, "orders", parts, n)
+	produce(t, seeds, "orders", parts, n/2)
 
 	// One delivery log for both members; slow enough that a rebalance lands
 	// mid-stream.
+	var held atomic.Bool
+	release := make(chan struct{})
 	f := newFakeDeliverer(func(ctx context.Context, d shard.Delivery) event.Result {
+		if held.Load() {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return event.Result{Outcome: event.Throttled, Reason: "cancelled"}
+			}
+		}
 		select {
 		case <-time.After(5 * time.Millisecond):
 			return event.Result{Outcome: event.Delivered}
@@ -463,11 +476,14 @@ func TestSourceRebalanceLosesNothing(t *testing.T) {
 		return len(a.Statuses()) > 0 && len(b.Statuses()) > 0 && len(a.Statuses())+len(b.Statuses()) == parts
 	})
 	t.Logf("after b joined: a has %d, b has %d partitions; %d of %d delivered", len(a.Statuses()), len(b.Statuses()), total(), parts*n)
-	if total() >= parts*n {
-		t.Log("everything was delivered before the rebalance; the test proves less than it should")
+	held.Store(true)
+	produce(t, seeds, "orders", parts, n/2) // offsets n/2..n-1 of each partition
+	if got := total(); got >= parts*n {
+		t.Fatalf("%d records delivered while deliveries were held, want fewer than %d", got, parts*n)
 	}
 	stopA()
 	waitFor(t, 15*time.Second, "b owns every partition", func() bool { return len(b.Statuses()) == parts })
+	close(release)
 	waitFor(t, 30*time.Second, "every record delivered", func() bool { return total() == parts*n })
 	dups := 0
 	for p := range int32(parts) {

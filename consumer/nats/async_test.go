@@ -181,8 +181,9 @@ func TestAsyncRetriesThenDeadLetters(t *testing.T) {
 	if got := dl.LastAttemptAt.Sub(dl.FirstAttemptAt); got < 250*time.Millisecond {
 		t.Fatalf("first to last attempt %s, want the whole retry window", got)
 	}
+	// Settled: nothing pending, nothing unacknowledged; no invocation can
+	// follow (a message not terminated would be pending or redelivered).
 	settled(t, js)
-	time.Sleep(500 * time.Millisecond)
 	if n := len(r.callsOf("e1")); n != 3 {
 		t.Fatalf("invoked %d times after the dead letter: the event was not terminated", n)
 	}
@@ -252,18 +253,27 @@ func TestAsyncRestartKeepsAttempts(t *testing.T) {
 		return failed500
 	}}
 	src := asyncSource(3, time.Minute)
-	src.RetryBackoff = consumer.Backoff{Initial: 100 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 1}
+	// Before the restart, the retry after the failure waits 3 s, so that
+	// the process is surely stopped before a second attempt can start (with
+	// a shorter wait, a loaded machine could run attempt 2 between the
+	// third call and stop, and the premise — one attempt before the
+	// restart — would not hold).
+	src.RetryBackoff = consumer.Backoff{Initial: 3 * time.Second, Max: 3 * time.Second, Multiplier: 1}
 	a := newAsync(t, e.ClientURL(), src, fastAsync(before, nil))
 	publish(t, js, "signups.u1", "e1")
 	stop := runSource(t, a.Run)
 	waitFor(t, 10*time.Second, "2 throttles and a failure", func() bool { return calls.Load() == 3 })
 	stop()
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("%d calls before the restart, want 3 (2 throttles and a failure)", n)
+	}
 
 	after := &asyncRecorder{answer: func(string, int) event.Result { return failed500 }}
 	dlq := &fakeDLQ{}
+	src.RetryBackoff = consumer.Backoff{Initial: 100 * time.Millisecond, Max: 100 * time.Millisecond, Multiplier: 1}
 	b := newAsync(t, e.ClientURL(), src, fastAsync(after, dlq))
 	runSource(t, b.Run)
-	waitFor(t, 10*time.Second, "a dead letter", func() bool { return len(dlq.get()) == 1 })
+	waitFor(t, 20*time.Second, "a dead letter", func() bool { return len(dlq.get()) == 1 })
 	var attempts []int
 	for _, c := range after.callsOf("e1") {
 		attempts = append(attempts, c.attempt)
