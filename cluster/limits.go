@@ -133,17 +133,7 @@ func (e *Engine) Rules() []dispatch.Rule {
 		out = append(out, r)
 	}
 	e.mu.Unlock()
-	slices.SortFunc(out, func(a, b dispatch.Rule) int {
-		switch {
-		case a.Pattern == b.Pattern:
-			return 0
-		case a.Pattern == "*":
-			return -1
-		case b.Pattern == "*":
-			return 1
-		}
-		return strings.Compare(a.Pattern, b.Pattern)
-	})
+	dispatch.SortRules(out)
 	return out
 }
 

@@ -104,7 +104,14 @@ func (l *Limiter) Rules() []Rule {
 		out = append(out, r)
 	}
 	l.mu.Unlock()
-	slices.SortFunc(out, func(a, b Rule) int {
+	SortRules(out)
+	return out
+}
+
+// SortRules sorts rules the way Rules lists them: "*" first, then by
+// pattern.
+func SortRules(rules []Rule) {
+	slices.SortFunc(rules, func(a, b Rule) int {
 		switch {
 		case a.Pattern == b.Pattern:
 			return 0
@@ -115,7 +122,6 @@ func (l *Limiter) Rules() []Rule {
 		}
 		return strings.Compare(a.Pattern, b.Pattern)
 	})
-	return out
 }
 
 // Usage is a consistent snapshot of the limiter.
