@@ -83,7 +83,7 @@ sources:
 	}
 	// Every line starts with "sluice: ", as every error of the command does.
 	want := "sluice: " + strings.Join([]string{
-		"sources.orders.batchsize: unknown key; did you mean batch_size? (allowed: batch_size, batching_window, bisect_batch_on_error, broker, function, max_batch_bytes, max_event_age, max_record_age, max_retry_attempts, mode, on_failure, parallelization_factor, partitions, report_batch_item_failures, retry_backoff, scope, starting_position, starting_timestamp, stream, subject, topic)",
+		"sources.orders.batchsize: unknown key; did you mean batch_size? (allowed: batch_size, batching_window, bisect_batch_on_error, broker, commit_pipeline_depth, function, max_batch_bytes, max_event_age, max_record_age, max_retry_attempts, mode, on_failure, parallelization_factor, partitions, report_batch_item_failures, retry_backoff, scope, starting_position, starting_timestamp, stream, subject, topic)",
 		`sources.orders.max_record_age: 30s is out of range (-1 or 60s..168h)`,
 		`sources.orders.on_failure: undefined dead-letter destination "dead" (defined: none)`,
 		"sources.orders.topic: no brokers are defined, so this uses the embedded NATS JetStream: use stream and subject, or define a Kafka broker under brokers",
