@@ -30,14 +30,13 @@ type AsyncDeliverer struct {
 // for a slot at most MaxSlotWait and until waitUntil (if not zero; the
 // event's expiry). Neither bounds the invocation once it started.
 func (a *AsyncDeliverer) Deliver(ctx context.Context, rec event.Record, attempt int, waitUntil time.Time) event.Result {
-	traceParent, traceState := traceHeaders(&rec)
 	req := &Request{
 		Function:       a.Function,
 		InvocationID:   newID(),
 		Attempt:        attempt,
 		IdempotencyKey: asyncIdempotencyKey(a.Source, &rec),
-		TraceParent:    traceParent,
-		TraceState:     traceState,
+		TraceParent:    header(&rec, "traceparent"),
+		TraceState:     header(&rec, "tracestate"),
 		Header: http.Header{
 			"Sluice-Source":     {a.Source},
 			"Sluice-Event-Time": {rec.Timestamp.UTC().Format(time.RFC3339Nano)},
@@ -47,9 +46,7 @@ func (a *AsyncDeliverer) Deliver(ctx context.Context, rec event.Record, attempt 
 		MaxWait:     a.MaxSlotWait,
 		WaitUntil:   waitUntil,
 	}
-	// A Content-Type HTTP cannot carry is not the event's fault: the body
-	// goes as octets.
-	if ct := header(&rec, "Content-Type"); ct != "" && plainHeaderValue(ct) {
+	if ct := header(&rec, "Content-Type"); ct != "" {
 		req.ContentType = ct
 	}
 	if a.Scope != nil {

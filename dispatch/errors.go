@@ -91,18 +91,6 @@ func (e *PermanentError) Error() string {
 	return fmt.Sprintf("dispatch: permanent error (status %d): %s", e.Status, e.Message)
 }
 
-// InvalidRequestError says no invocation could be built from the request's
-// records: a header value HTTP cannot carry even after sluice's encodings
-// (see headers.go), a body that could not be encoded. Retrying cannot help,
-// and nothing was sent: the records are dead-lettered with InvalidRecord.
-type InvalidRequestError struct {
-	Message string
-}
-
-func (e *InvalidRequestError) Error() string {
-	return "dispatch: invalid request: " + e.Message
-}
-
 // PartialBatchError reports that some items of a batch failed
 // (report_batch_item_failures). Failed holds the failed item identifiers in
 // batch order, so Failed[0] is the lowest: the checkpoint moves to just before
@@ -131,14 +119,10 @@ func IsThrottled(err error) bool {
 	return ok
 }
 
-// IsPermanent reports whether err is a failure that must not be retried:
-// a *PermanentError or an *InvalidRequestError.
+// IsPermanent reports whether err is a failure that must not be retried.
 func IsPermanent(err error) bool {
-	var (
-		p  *PermanentError
-		iv *InvalidRequestError
-	)
-	return errors.As(err, &p) || errors.As(err, &iv)
+	var p *PermanentError
+	return errors.As(err, &p)
 }
 
 // Outcome is the label value of sluice_invocations_total{outcome}.
