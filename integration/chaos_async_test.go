@@ -12,10 +12,7 @@ package integration
 //     needs the store and must be held;
 //   - the retry store refusing writes for a while, while the function
 //     answers 500 to everything, so that every event needs it: Kafka's retry
-//     topics accept no record (their min.insync.replicas set to 2 on a
-//     single broker: every acks=all write fails with NOT_ENOUGH_REPLICAS, a
-//     failure sluice must retry; a max.message.bytes too small would make
-//     each event RetryTooLarge instead, which is dead-lettered), JetStream's
+//     topics accept no record (their max.message.bytes set to 1), JetStream's
 //     retry-state bucket accepts no value (its stream's max_msg_size set to
 //     1); sluice's retry loops (Kafka) and its fallback (JetStream: the lost
 //     record makes a throttle count as an attempt) are exercised, and the
@@ -161,10 +158,10 @@ func TestChaosKafkaAsync(t *testing.T) {
 	c.background(func(ctx context.Context) { pr.run(ctx, t, prodCl, partitions, plan.Rate) })
 
 	adm := kadm.NewClient(newKafkaClient(t))
-	setRetryISR := func(isr *string) {
-		cfg := kadm.AlterConfig{Op: kadm.DeleteConfig, Name: "min.insync.replicas"}
-		if isr != nil {
-			cfg = kadm.AlterConfig{Op: kadm.SetConfig, Name: "min.insync.replicas", Value: isr}
+	setRetryLimit := func(limit *string) {
+		cfg := kadm.AlterConfig{Op: kadm.DeleteConfig, Name: "max.message.bytes"}
+		if limit != nil {
+			cfg = kadm.AlterConfig{Op: kadm.SetConfig, Name: "max.message.bytes", Value: limit}
 		}
 		resps, err := adm.AlterTopicConfigs(t.Context(), []kadm.AlterConfig{cfg}, retry...)
 		for _, r := range resps {
@@ -173,19 +170,19 @@ func TestChaosKafkaAsync(t *testing.T) {
 			}
 		}
 		if err != nil {
-			t.Fatalf("min.insync.replicas of the retry topics: %v", err)
+			t.Fatalf("max.message.bytes of the retry topics: %v", err)
 		}
 	}
 	storeFailure := func() {
-		two := "2" // on one broker: no acks=all write can succeed
+		one := "1"
 		from := time.Now()
 		c.forceAnswer(http.StatusInternalServerError, func() {
-			setRetryISR(&two)
+			setRetryLimit(&one)
 			time.Sleep(plan.Outage) // the fault lasts this long
-			setRetryISR(nil)
+			setRetryLimit(nil)
 		})
 		c.faultWindow(from)
-		c.note("retry-store", "every retry topic refused records (min.insync.replicas=2 on one broker) for %s while the function answered 500", plan.Outage)
+		c.note("retry-store", "every retry topic refused records (max.message.bytes=1) for %s while the function answered 500", plan.Outage)
 	}
 	brokerRestart := func() {
 		pr.paused.Store(true)
