@@ -172,7 +172,10 @@ func (d *Dispatcher) SetHeaders(fn string, h http.Header) error {
 // of URLs (NATS) is redacted element by element; what does not parse is
 // replaced whole.
 func RedactURL(raw string) string {
-	if strings.Contains(raw, ",") {
+	// A list of URLs (NATS takes "nats://a:4222,nats://b:4222") is redacted
+	// URL by URL; a single URL with a comma in it ("http://,") is one URL,
+	// so that the redacted text still parses as the same URL.
+	if strings.Count(raw, "://") > 1 && strings.Contains(raw, ",") {
 		parts := strings.Split(raw, ",")
 		for i, p := range parts {
 			parts[i] = RedactURL(strings.TrimSpace(p))
