@@ -66,7 +66,6 @@ func newRootCmd() *cobra.Command {
 		newLimitsCmd(),
 		newShardsCmd(),
 		newQueuesCmd(),
-		newClusterCmd(),
 		newDLQCmd(),
 		newVersionCmd(),
 		newHealthcheckCmd(),
