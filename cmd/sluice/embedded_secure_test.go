@@ -1,16 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -61,48 +57,7 @@ sources:
   clicks: {stream: CLICKS, subject: "clicks.*", partitions: 1, function: fn}
 `, filepath.Join(dir, "state"), pki.ServerCert, pki.ServerKey, fn.URL+"/invoke"))
 
-	cmd := exec.Command(buildSluice(t), "run", "-c", cfg)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	urls := make(chan string, 1) // the one URL line
-	running := make(chan struct{})
-	var (
-		logsMu sync.Mutex // guards logs: written by the reader, read by the test
-		logs   strings.Builder
-	)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			logsMu.Lock()
-			logs.WriteString(sc.Text() + "\n")
-			logsMu.Unlock()
-			var line struct{ Msg, URL string }
-			if json.Unmarshal(sc.Bytes(), &line) != nil {
-				continue
-			}
-			switch line.Msg {
-			case "embedded nats-server started":
-				urls <- line.URL
-			case "sluice running":
-				close(running)
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	var url string
-	select {
-	case url = <-urls:
-	case <-time.After(30 * time.Second):
-		t.Fatal("no embedded nats-server within 30s")
-	}
-	select {
-	case <-running:
-	case <-time.After(60 * time.Second):
-		t.Fatal("sluice not running within 60s")
-	}
+	cmd, url, logs := startEmbedded(t, cfg)
 	if !strings.HasPrefix(url, "tls://") {
 		t.Errorf("embedded server URL %q, want tls://", url)
 	}
@@ -135,11 +90,9 @@ sources:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	logsMu.Lock()
-	if strings.Contains(logs.String(), "embedded-s3cret") {
+	if strings.Contains(logs(), "embedded-s3cret") {
 		t.Error("the token appears in the logs")
 	}
-	logsMu.Unlock()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

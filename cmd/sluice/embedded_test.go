@@ -64,41 +64,7 @@ sources:
   clicks: {stream: CLICKS, subject: "clicks.*", partitions: 3, function: fn, batch_size: 10}
 `, filepath.Join(dir, "state"), fn.URL+"/invoke"))
 
-	cmd := exec.Command(buildSluice(t), "run", "-c", cfg)
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	urls := make(chan string, 1)
-	running := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var line struct{ Msg, URL string }
-			if json.Unmarshal(sc.Bytes(), &line) != nil {
-				continue
-			}
-			switch line.Msg {
-			case "embedded nats-server started":
-				urls <- line.URL
-			case "sluice running":
-				close(running)
-			}
-		}
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	var url string
-	select {
-	case url = <-urls:
-	case <-time.After(30 * time.Second):
-		t.Fatal("no embedded nats-server within 30s")
-	}
-	select {
-	case <-running:
-	case <-time.After(60 * time.Second):
-		t.Fatal("sluice did not log \"sluice running\" within 60s")
-	}
+	cmd, url, _ := startEmbedded(t, cfg)
 
 	nc, err := natsgo.Connect(url)
 	if err != nil {
@@ -174,4 +140,54 @@ func TestQuickstart(t *testing.T) {
 		&published, &invoked, &throttled, &delivered); err != nil || published == 0 || invoked == 0 || delivered == 0 || delivered > published {
 		t.Fatalf("summary %q: want records published and delivered, and the function invoked (%v)", stdout[i:], err)
 	}
+}
+
+// startEmbedded starts `sluice run -c cfg` with the embedded nats-server and
+// waits until the server has logged its URL and sluice logs "sluice
+// running". It returns the process (killed at cleanup), the server's URL and
+// everything sluice logged so far, on demand.
+func startEmbedded(t *testing.T, cfg string) (cmd *exec.Cmd, url string, logs func() string) {
+	t.Helper()
+	cmd = exec.Command(buildSluice(t), "run", "-c", cfg)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	urls := make(chan string, 1) // the one URL line
+	running := make(chan struct{})
+	var (
+		mu  sync.Mutex // guards out: written by the reader, read by the test
+		out strings.Builder
+	)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			mu.Lock()
+			out.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			var line struct{ Msg, URL string }
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				continue
+			}
+			switch line.Msg {
+			case "embedded nats-server started":
+				urls <- line.URL
+			case "sluice running":
+				close(running)
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	select {
+	case url = <-urls:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no embedded nats-server within 30s")
+	}
+	select {
+	case <-running:
+	case <-time.After(60 * time.Second):
+		t.Fatal("sluice did not log \"sluice running\" within 60s")
+	}
+	return cmd, url, func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
 }
