@@ -249,7 +249,7 @@ func benchSluice(b *testing.B, addr, topic string, n, batchSize int, o pipelineO
 	sc.Topic, sc.Function, sc.BatchSize = topic, fn, batchSize
 	deliverer := &dispatch.StreamDeliverer{
 		D: d, Source: name, Function: fn,
-		Encode: event.EncoderFunc(func(recs []event.Record) ([]byte, error) { return kafka.EncodeEvent(addr, recs) }),
+		Encode: kafka.Encoder{BootstrapServers: addr}, // as `sluice run` (kafka.NewEncoder)
 	}
 	src, err := kafka.New(name, broker, sc, kafka.Options{
 		AsyncCommit:         o.async,
