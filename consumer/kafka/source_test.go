@@ -337,9 +337,9 @@ func TestSourceCommitsOnlyAfterSuccess(t *testing.T) {
 	runSource(t, s)
 
 	waitFor(t, 10*time.Second, "offset 50 committed", func() bool { return committed(t, seeds, "g", "orders")[0] == 50 })
-	// Several autocommit intervals pass while the second batch fails: the
+	// Several periodic commit rounds pass while the second batch fails: the
 	// commit stays before it.
-	time.Sleep(3 * autoCommitInterval)
+	time.Sleep(3 * commitInterval)
 	if c := committed(t, seeds, "g", "orders")[0]; c != 50 {
 		t.Fatalf("committed %d while records 50.. were failing, want 50", c)
 	}
