@@ -31,9 +31,6 @@
 //     moves back, not even when a round races a revoke's commit. Options.AsyncCommit leaves commits to the
 //     next round (about a second); marks are also flushed at revoke and
 //     shutdown, never for lost partitions.
-//     The Source decodes fetched records into pooled kgo.Record slices
-//     (pool.go, kgo.WithPools); the poll loop copies each record into an
-//     event.Record and recycles it at once.
 //   - Async: an async-mode source (SPEC §2.2), see "Async sources" below.
 //   - EncodeEvent: the request body of a batch, Lambda's self-managed Kafka
 //     event (SPEC §3); Encoder is it as the stream deliverer's

@@ -277,9 +277,6 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		kgo.FetchMaxBytes(opts.FetchMaxBytes),
 		kgo.FetchMaxPartitionBytes(opts.FetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-		// Record slices reused across fetches and sources: poll copies
-		// each record out and recycles it (pool.go).
-		kgo.WithPools(records),
 	), append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		c := consumer.NewShardCollector(s.name, func() []consumer.ShardLoad {
@@ -362,9 +359,6 @@ func (s *Source) Run(ctx context.Context) error {
 // is throttled pauses its partition instead).
 func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
 	s.pollLoop(ctx, cl, func() int { return maxPollRecords }, func(fp kgo.FetchTopicPartition) {
-		// Every record is copied out (or dropped) here: its kgo.Record
-		// goes back to the pool (pool.go).
-		defer recycle(fp.Records)
 		if fp.Topic != s.topic {
 			return
 		}
@@ -395,9 +389,6 @@ func timestampTypeOf(kr *kgo.Record) event.TimestampType {
 	return event.CreateTime
 }
 
-// convert copies krs into event.Records. Nothing of a kgo.Record itself is
-// kept (keys, values and headers point into franz-go's decoded buffers, not
-// into the record), so krs can be recycled afterwards.
 func convert(krs []*kgo.Record) []event.Record {
 	recs := make([]event.Record, len(krs))
 	for i, kr := range krs {
