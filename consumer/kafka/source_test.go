@@ -789,3 +789,29 @@ func TestNewShardBufferDefaults(t *testing.T) {
 		t.Fatalf("explicit: Buffer %d, BufferBytes %d; want 100, 1024", w.Buffer, w.BufferBytes)
 	}
 }
+
+// A partition's share of a fetch is a sixteenth of what its shard buffers,
+// within 64 KiB..1 MiB, unless set.
+func TestNewFetchPartitionBytesFromShardBuffer(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		bufferBytes int64
+		set, want   int32
+	}{
+		{0, 0, 256 << 10}, // DefaultShardBufferBytes
+		{1 << 20, 0, 64 << 10},
+		{1 << 10, 0, 64 << 10},
+		{64 << 20, 0, 1 << 20},
+		{0, 512 << 10, 512 << 10},
+	} {
+		opts := Options{Deliverer: newFakeDeliverer(nil), Worker: testWorkerConfig(), FetchMaxPartitionBytes: c.set}
+		opts.Worker.BufferBytes = c.bufferBytes
+		s, err := New("orders", consumer.KafkaConfig{Seeds: []string{"127.0.0.1:1"}}, sourceConfig("orders"), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.opts.FetchMaxPartitionBytes; got != c.want {
+			t.Errorf("BufferBytes %d, FetchMaxPartitionBytes %d: got %d, want %d", c.bufferBytes, c.set, got, c.want)
+		}
+	}
+}

@@ -73,6 +73,7 @@ var rows = map[string][]unitRow{
 		{"bare-cpu-ns/rec", row{"  bare franz-go", "CPU ns/rec", ""}},
 		{"sluice-allocs/rec", row{"  sluice, heap allocations", "allocs/rec", "whole process"}},
 		{"bare-allocs/rec", row{"  bare franz-go, heap allocations", "allocs/rec", "whole process"}},
+		{"sluice-decoded/rec", row{"  sluice, records read from fetches", "per record", "above 1: fetched data dropped at a pause and fetched again"}},
 	},
 	"BenchmarkKafkaPipelineAsyncCommit": {
 		{"x-bare", row{"Kafka pipeline, AsyncCommit (commit ~1 s later)", "ratio", "÷ bare franz-go poll loop, rec/s"}},
