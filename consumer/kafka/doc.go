@@ -6,7 +6,10 @@
 //     (group "sluice-<source>" by default) that runs one shard.Worker per
 //     assigned partition, pauses a partition's fetching while its worker is
 //     full or blocked (throttled, retrying, dead-letter store down) so the
-//     other partitions keep flowing, and commits only offsets the workers
+//     other partitions keep flowing (franz-go drops what it fetched for a
+//     paused partition and fetches it again after the resume, so a
+//     partition's share of a fetch is a sixteenth of what its shard buffers:
+//     few fetches are dropped), and commits only offsets the workers
 //     checkpointed (franz-go marks). Commits are off the critical path with
 //     a bound: a lane marks a finished batch and goes on to its next while
 //     the commit is on the wire, and waits (holding no lock, so the other
