@@ -15,6 +15,12 @@
 // cmd. Of sluice it imports shard only; of OpenTelemetry only the trace API
 // (the SDK and exporter are package telemetry's, wired by cmd).
 //
+// The stream deliverer encodes a batch into a pooled buffer when the
+// source's encoder can append (event.AppendEncoder; body.go): the buffer
+// goes back to the pool once the invocation returned and net/http closed
+// every request body reading it (each holds a reference). An in-process
+// Handler that keeps Request.Body past its Invoke must copy it.
+//
 // Limits is the seam for limits shared by several sluice processes: a
 // cluster-wide engine implements Limits (its Leases are grants of a remote
 // book, with the engine's own expiry) and is given to New with WithLimits;

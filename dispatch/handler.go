@@ -27,7 +27,13 @@ type Request struct {
 	Shard          string      // the shard of a stream batch ("orders/2"), for the invocation's span; empty otherwise
 	Header         http.Header // further headers, e.g. Sluice-Source and Sluice-Event-Time
 	ContentType    string      // default application/json
-	Body           []byte
+	// Body is the request body. A stream batch's body is in a pooled buffer
+	// that is reused once Invoke returned: a Handler that keeps the body
+	// past its Invoke must copy it.
+	Body []byte
+	// pooled, if set, holds Body (the stream deliverer's pooled buffer):
+	// the HTTP function reads Body through a reference to it.
+	pooled *pooledBody
 
 	// Items are the identifiers of a batch's records (offsets or sequences),
 	// in order. With ReportItemFailures, the function may answer a partial

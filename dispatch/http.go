@@ -1,7 +1,6 @@
 package dispatch
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -269,7 +268,7 @@ func (f *HTTPFunction) Invoke(ctx context.Context, req *Request) (*Response, err
 	if f.onConn != nil {
 		ctx = f.traceConn(ctx)
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, f.url, bytes.NewReader(req.Body))
+	hreq, err := newHTTPRequest(ctx, f.url, req)
 	if err != nil { // the URL was checked by NewHTTPFunction
 		return nil, fmt.Errorf("dispatch: function %q: %w", f.name, err)
 	}

@@ -33,7 +33,22 @@ var _ shard.Deliverer = (*StreamDeliverer)(nil)
 // Deliver invokes the function with d's records and maps the outcome for the
 // shard engine.
 func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.Result {
-	body, err := s.Encode.Encode(d.Records)
+	// The body goes into a pooled buffer when the encoder can append
+	// (a batch body was most of the hot path's allocated bytes); it is
+	// reused once this invocation and every HTTP request reading it ended.
+	var (
+		body   []byte
+		pooled *pooledBody
+		err    error
+	)
+	if ae, ok := s.Encode.(event.AppendEncoder); ok {
+		pooled = getBody()
+		defer pooled.release()
+		pooled.b, err = ae.AppendEncode(pooled.b, d.Records)
+		body = pooled.b
+	} else {
+		body, err = s.Encode.Encode(d.Records)
+	}
 	if err != nil {
 		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindEncode, Message: err.Error()}}
 	}
@@ -60,6 +75,7 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.R
 		Shard:              s.Source + "/" + strconv.FormatInt(int64(first.Partition), 10),
 		Header:             http.Header{"Sluice-Source": {s.Source}},
 		Body:               body,
+		pooled:             pooled,
 		Items:              items,
 		Count:              len(d.Records),
 		ReportItemFailures: s.ReportItemFailures,

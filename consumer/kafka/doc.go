@@ -6,7 +6,10 @@
 //     (group "sluice-<source>" by default) that runs one shard.Worker per
 //     assigned partition, pauses a partition's fetching while its worker is
 //     full or blocked (throttled, retrying, dead-letter store down) so the
-//     other partitions keep flowing, and commits only offsets the workers
+//     other partitions keep flowing (franz-go drops what it fetched for a
+//     paused partition and fetches it again after the resume, so a
+//     partition's share of a fetch is a sixteenth of what its shard buffers:
+//     few fetches are dropped), and commits only offsets the workers
 //     checkpointed (franz-go marks). Commits are off the critical path with
 //     a bound: a lane marks a finished batch and goes on to its next while
 //     the commit is on the wire, and waits (holding no lock, so the other
@@ -22,9 +25,13 @@
 //     the shard held (its Buffer), plus the batches in flight. (A commit
 //     round that fails, typically during
 //     a rebalance, releases its waiters too; the marks stay and the next
-//     round, the auto-commit or the revoke commits them, so the bound can be
+//     round, the periodic one or the revoke commits them, so the bound can be
 //     exceeded by what is marked during the failure.) Marks move only forward, in offset order, and
-//     only past a finished prefix. Options.AsyncCommit leaves commits to the
+//     only past a finished prefix. Every commit of the client goes through
+//     the committer, which reads the marks and commits them under one lock
+//     (franz-go's own auto-commit is left idle): a commit never carries
+//     older marks than the one before it, so the committed offset never
+//     moves back, not even when a round races a revoke's commit. Options.AsyncCommit leaves commits to the
 //     next round (about a second); marks are also flushed at revoke and
 //     shutdown, never for lost partitions.
 //   - Async: an async-mode source (SPEC §2.2), see "Async sources" below.
@@ -62,7 +69,8 @@
 // hooks (mark, pause) against its revocation. Lock order: Source.mu, then a
 // Worker's lock (Push and Status), then part.mu (the Pause hook), then
 // franz-go's; committer.mu guards only its round counters and is taken
-// alone. No lock is held while waiting for a worker to stop or for a commit
+// alone; committer.commitMu serializes the commits (rounds, revoke, final)
+// and is taken with no other lock of this package held. No lock is held while waiting for a worker to stop or for a commit
 // round (the Commit hook returns the wait; the lane runs it lock-free). The
 // sequences that make a revoke, a loss and a re-assignment safe without
 // BlockRebalanceOnPoll are written out on member and Source.assigned.

@@ -58,7 +58,13 @@ func (e Encoder) Encode(recs []event.Record) ([]byte, error) {
 	return encodeEvent(e.BootstrapServers, recs)
 }
 
-var _ event.Encoder = Encoder{}
+// AppendEncode is AppendEvent: the stream deliverer encodes into a pooled
+// buffer with it.
+func (e Encoder) AppendEncode(dst []byte, recs []event.Record) ([]byte, error) {
+	return AppendEvent(dst, e.BootstrapServers, recs)
+}
+
+var _ event.AppendEncoder = Encoder{}
 
 func encodeEvent(bootstrapServers string, recs []event.Record) ([]byte, error) {
 	return AppendEvent(make([]byte, 0, eventSize(bootstrapServers, recs)), bootstrapServers, recs)

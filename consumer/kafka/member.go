@@ -21,8 +21,8 @@ import (
 //   - assigned: resume the partitions (pauses persist across rebalances in
 //     franz-go), fence the poll in progress, start the new partitions;
 //   - revoked: detach, stop (fence the marks after the wait, so a batch or
-//     event that finishes meanwhile is still marked), resume,
-//     CommitMarkedOffsets;
+//     event that finishes meanwhile is still marked), resume, commit the
+//     marks through the committer (after any round in progress);
 //   - lost: detach, stop with the marks fenced first (the partitions may be
 //     someone else's already), resume, commit nothing;
 //   - shutdown: stop polling, detach and stop everything, stop the commit
@@ -54,6 +54,9 @@ type member[P any] struct {
 	running    bool
 	closing    bool // Run is shutting down: assign nothing new
 	workCtx    context.Context
+	// commits is the committer runCommits runs: revoke and shutdown
+	// commit through it, after any round in progress.
+	commits *committer
 }
 
 func (m *member[P]) init() { m.cond = sync.NewCond(&m.mu) }
@@ -76,11 +79,14 @@ func (m *member[P]) begin(ctx context.Context) (stopWork context.CancelFunc, err
 // runCommits runs the commit loop of commits on cl until the returned stop
 // is called; stop waits for it.
 func (m *member[P]) runCommits(ctx context.Context, cl *kgo.Client, commits *committer) (stop func()) {
+	m.mu.Lock()
+	m.commits = commits
+	m.mu.Unlock()
 	commitCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		commits.run(commitCtx, cl, m.commitTimeout, m.log)
+		commits.run(commitCtx, cl, commitInterval, m.commitTimeout, m.log)
 	}()
 	return func() { cancel(); <-done }
 }
@@ -95,7 +101,10 @@ func (m *member[P]) shutdown(ctx context.Context, cl *kgo.Client, stopCommits fu
 	m.mu.Unlock()
 	m.stop(parts, false)
 	stopCommits()
-	commitAndLeave(ctx, cl, m.commitTimeout, m.log, "the "+m.what+" after the last commit will be delivered again")
+	m.mu.Lock()
+	commits := m.commits
+	m.mu.Unlock()
+	commitAndLeave(ctx, cl, commits, m.commitTimeout, m.log, "the "+m.what+" after the last commit will be delivered again")
 }
 
 // pollLoop is the poll loop of both sources. Each round: under m.mu, next
@@ -178,6 +187,7 @@ func (m *member[P]) assigned(cl *kgo.Client, tps map[string][]int32, logParts an
 func (m *member[P]) revoked(ctx context.Context, cl *kgo.Client, tps map[string][]int32, logParts any) {
 	m.mu.Lock()
 	parts := m.detachLocked(tps)
+	commits := m.commits
 	m.mu.Unlock()
 	if len(parts) == 0 {
 		return
@@ -186,7 +196,9 @@ func (m *member[P]) revoked(ctx context.Context, cl *kgo.Client, tps map[string]
 	cl.ResumeFetchPartitions(tps)
 	cctx, cancel := context.WithTimeout(ctx, m.commitTimeout)
 	defer cancel()
-	if err := cl.CommitMarkedOffsets(cctx); err != nil {
+	// After any commit round in progress: that round may have read the
+	// marks before the stopped workers' last ones, and must not land after.
+	if err := commits.commit(cctx, cl); err != nil {
 		m.log.Warn("commit at revoke failed; the next owner delivers again the "+m.what+" after the previous commit", "error", err)
 	}
 	m.log.Info("partitions revoked", "partitions", logParts)
@@ -211,10 +223,10 @@ func (m *member[P]) lost(cl *kgo.Client, tps map[string][]int32, logParts any) {
 // leaving the group (so its partitions move at once, not after the session
 // timeout) and closing the client, within timeout even when ctx is done.
 // lost says in the log what a failed final commit means.
-func commitAndLeave(ctx context.Context, cl *kgo.Client, timeout time.Duration, log *slog.Logger, lost string) {
+func commitAndLeave(ctx context.Context, cl *kgo.Client, commits *committer, timeout time.Duration, log *slog.Logger, lost string) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
-	if err := cl.CommitMarkedOffsets(cctx); err != nil {
+	if err := commits.commit(cctx, cl); err != nil {
 		log.Error("final commit failed; "+lost, "error", err)
 	}
 	if err := cl.LeaveGroupContext(cctx); err != nil {

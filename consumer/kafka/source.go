@@ -11,7 +11,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/event"
@@ -25,9 +27,12 @@ const (
 	// shard also holds up to its Buffer of records.
 	DefaultFetchMaxBytes = 16 << 20
 	// DefaultFetchMaxPartitionBytes bounds one partition's share of a fetch
-	// (Kafka's default, 1 MiB): a paused or slow shard never receives more
-	// than this per fetch on top of its buffer.
+	// (Kafka's default, 1 MiB) for the Async source; the stream Source
+	// sizes it to its shards' buffers (fetchPartitionBytes).
 	DefaultFetchMaxPartitionBytes = 1 << 20
+	// minFetchPartitionBytes is the least per-partition share the stream
+	// Source asks for (a broker still returns at least one whole batch).
+	minFetchPartitionBytes = 64 << 10
 	// DefaultFetchMaxWait is how long a broker may hold a fetch that finds
 	// no new data: a fifth of Kafka's Java default (fetch.max.wait.ms,
 	// 500 ms), not franz-go's 5s. A partition resumed after a pause (a
@@ -49,9 +54,17 @@ const (
 	// partitions are listed for the lag: a paused partition is not fetched,
 	// so its fetches stop telling.
 	DefaultLagRefresh = 5 * time.Second
-	// autoCommitInterval is how often franz-go commits the marked offsets;
-	// short, so a crash redelivers at most about a second of finished work.
-	autoCommitInterval = time.Second
+	// commitInterval is how often the committer commits the marked
+	// offsets when no lane asked for a round; short, so a crash redelivers
+	// at most about a second of finished work (AsyncCommit).
+	commitInterval = time.Second
+	// autoCommitInterval is franz-go's own auto-commit interval: in effect
+	// never. franz-go snapshots the marks before it takes its commit lock,
+	// so two commits of one client can land in the other order and move the
+	// committed offset back; every commit goes through the committer
+	// instead (committer.commit), which takes the snapshot and sends it
+	// under one lock.
+	autoCommitInterval = 365 * 24 * time.Hour
 	// maxPollRecords bounds one poll, so one round of pushes stays short.
 	maxPollRecords = 10000
 	// DefaultShardBufferBytes bounds what one shard holds (buffered and in
@@ -92,6 +105,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 
 	// Memory bounds and latency of the client: see the defaults.
+	// FetchMaxPartitionBytes defaults to a sixteenth of the shard's
+	// BufferBytes (fetchPartitionBytes).
 	FetchMaxBytes          int32
 	FetchMaxPartitionBytes int32
 	FetchMaxWait           time.Duration
@@ -215,7 +230,7 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		opts.FetchMaxBytes = DefaultFetchMaxBytes
 	}
 	if opts.FetchMaxPartitionBytes <= 0 {
-		opts.FetchMaxPartitionBytes = DefaultFetchMaxPartitionBytes
+		opts.FetchMaxPartitionBytes = fetchPartitionBytes(opts.Worker.BufferBytes)
 	}
 	if opts.FetchMaxWait <= 0 {
 		opts.FetchMaxWait = DefaultFetchMaxWait
@@ -255,8 +270,8 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		// reset), whatever starting_position says: nothing still kept is
 		// skipped.
 		kgo.ConsumeStartOffset(start),
-		// Commit only what the workers marked, about every second, and at
-		// revoke and shutdown. No BlockRebalanceOnPoll: a throttled batch
+		// Commit only what the workers marked, through the committer
+		// (when a lane asks, about every second, at revoke and shutdown). No BlockRebalanceOnPoll: a throttled batch
 		// may hold its shard for minutes, and rebalances must not wait for
 		// it; assigned() fences the poll loop instead.
 		kgo.AutoCommitMarks(),
@@ -278,6 +293,19 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		s.metrics = c
 	}
 	return s, nil
+}
+
+// fetchPartitionBytes is the stream Source's default per-partition share of
+// a fetch: a sixteenth of what a shard buffers, within 64 KiB..1 MiB (256
+// KiB for DefaultShardBufferBytes). A shard pauses its partition when its
+// buffer is full and resumes at half, and franz-go drops what it had
+// fetched for a partition when it is paused (it is fetched again after the
+// resume). With a share close to the half a shard drains between pause and
+// resume, about every other fetch was dropped: BenchmarkKafkaPipeline
+// decoded 1.75 records per record delivered at 1 MiB, 1.12 at 256 KiB, and
+// the sluice side's CPU per record fell by about a sixth (BENCHMARKS.md).
+func fetchPartitionBytes(bufferBytes int64) int32 {
+	return int32(min(max(bufferBytes/16, minFetchPartitionBytes), DefaultFetchMaxPartitionBytes))
 }
 
 func startOffset(src consumer.SourceConfig) (kgo.Offset, error) {
@@ -506,7 +534,7 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 //     uncommitted map after it dropped the partition and be committed over
 //     the next owner's offsets);
 //  4. resume the partitions (pauses persist across rebalances);
-//  5. CommitMarkedOffsets.
+//  5. commit what is marked (committer.commit, after any round in progress).
 //
 // franz-go calls it with an empty map at the end of every cooperative
 // session; then there is nothing to stop and nothing extra to commit.
@@ -686,11 +714,22 @@ func (l kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 
 // committer commits the marked offsets of every shard promptly after they
 // are marked, coalescing the shards that mark while a commit is on the wire
-// into the next one. franz-go's auto-commit (every second) and the commits
-// at revoke and shutdown remain; this one shortens the window a crash
-// reopens from a second to the batches in flight.
+// into the next one, and every commitInterval when nobody asked. It is the
+// only path by which a client commits: its rounds, the commit at revoke and
+// the final one all go through commit, which reads the marks and sends them
+// under one lock, so a commit never carries older marks than the one before
+// it and the committed offset never moves back. (franz-go's
+// CommitMarkedOffsets reads the marks before it takes its own commit lock:
+// a round that read them just before a revoke could otherwise commit its
+// older offsets after the revoke's, and the next owner would start there.)
 type committer struct {
 	kick chan struct{} // capacity 1: "a mark is waiting for a commit"; never blocks a shard
+
+	// commitMu serializes commit: the read of the marks and their commit.
+	commitMu sync.Mutex
+	// afterSnapshot, if set (tests), runs in commit between the read of the
+	// marks and their commit.
+	afterSnapshot func()
 
 	// mu guards the round counters and done.
 	mu       sync.Mutex
@@ -701,6 +740,40 @@ type committer struct {
 
 func newCommitter() *committer {
 	return &committer{kick: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// commit commits what is marked on cl now, after any commit of c in
+// progress, and returns the first error of the request or of a partition.
+// It is franz-go's CommitMarkedOffsets with the read of the marks inside
+// the lock.
+func (c *committer) commit(ctx context.Context, cl *kgo.Client) error {
+	if c == nil { // a revoke before Run started the committer: nothing to order with
+		return cl.CommitMarkedOffsets(ctx)
+	}
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	marked := cl.MarkedOffsets()
+	if len(marked) == 0 {
+		return nil
+	}
+	if c.afterSnapshot != nil {
+		c.afterSnapshot()
+	}
+	var rerr error
+	cl.CommitOffsetsSync(ctx, marked, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			rerr = err
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if err := kerr.ErrorForCode(p.ErrorCode); err != nil && rerr == nil {
+					rerr = err
+				}
+			}
+		}
+	})
+	return rerr
 }
 
 // request asks for a commit round that commits what the caller marked
@@ -722,8 +795,8 @@ func (c *committer) request() uint64 {
 func (c *committer) wait(ctx context.Context) { c.waitFor(ctx, c.request()) }
 
 // waitFor returns once round target has ended (at once for 0), or when ctx
-// ends. A failed round is not retried here: the mark stays, and the
-// auto-commit or the commit at revoke carries it.
+// ends. A failed round is not retried here: the mark stays, and the next
+// round (asked for or periodic) or the commit at revoke carries it.
 func (c *committer) waitFor(ctx context.Context, target uint64) {
 	for {
 		c.mu.Lock()
@@ -741,14 +814,18 @@ func (c *committer) waitFor(ctx context.Context, target uint64) {
 	}
 }
 
-// run commits the marked offsets each time a shard asks, until ctx ends; a
-// round that ctx interrupts still ends (and releases its waiters).
-func (c *committer) run(ctx context.Context, cl *kgo.Client, timeout time.Duration, log *slog.Logger) {
+// run commits the marked offsets each time a shard asks, and every
+// interval, until ctx ends; a round that ctx interrupts still ends (and
+// releases its waiters).
+func (c *committer) run(ctx context.Context, cl *kgo.Client, interval, timeout time.Duration, log *slog.Logger) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.kick:
+		case <-tick.C:
 		}
 		c.mu.Lock()
 		c.started++
@@ -756,11 +833,11 @@ func (c *committer) run(ctx context.Context, cl *kgo.Client, timeout time.Durati
 		c.mu.Unlock()
 
 		cctx, cancel := context.WithTimeout(ctx, timeout)
-		err := cl.CommitMarkedOffsets(cctx)
+		err := c.commit(cctx, cl)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			// Typically a rebalance in progress; the marks stay and the
-			// next round, the auto-commit or the revoke commits them.
+			// next round or the revoke commits them.
 			log.Debug("commit of marked offsets failed", "error", err)
 		}
 

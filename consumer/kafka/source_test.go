@@ -337,9 +337,9 @@ func TestSourceCommitsOnlyAfterSuccess(t *testing.T) {
 	runSource(t, s)
 
 	waitFor(t, 10*time.Second, "offset 50 committed", func() bool { return committed(t, seeds, "g", "orders")[0] == 50 })
-	// Several autocommit intervals pass while the second batch fails: the
+	// Several periodic commit rounds pass while the second batch fails: the
 	// commit stays before it.
-	time.Sleep(3 * autoCommitInterval)
+	time.Sleep(3 * commitInterval)
 	if c := committed(t, seeds, "g", "orders")[0]; c != 50 {
 		t.Fatalf("committed %d while records 50.. were failing, want 50", c)
 	}
@@ -787,5 +787,31 @@ func TestNewShardBufferDefaults(t *testing.T) {
 	}
 	if w := s.opts.Worker; w.Buffer != 100 || w.BufferBytes != 1<<10 {
 		t.Fatalf("explicit: Buffer %d, BufferBytes %d; want 100, 1024", w.Buffer, w.BufferBytes)
+	}
+}
+
+// A partition's share of a fetch is a sixteenth of what its shard buffers,
+// within 64 KiB..1 MiB, unless set.
+func TestNewFetchPartitionBytesFromShardBuffer(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		bufferBytes int64
+		set, want   int32
+	}{
+		{0, 0, 256 << 10}, // DefaultShardBufferBytes
+		{1 << 20, 0, 64 << 10},
+		{1 << 10, 0, 64 << 10},
+		{64 << 20, 0, 1 << 20},
+		{0, 512 << 10, 512 << 10},
+	} {
+		opts := Options{Deliverer: newFakeDeliverer(nil), Worker: testWorkerConfig(), FetchMaxPartitionBytes: c.set}
+		opts.Worker.BufferBytes = c.bufferBytes
+		s, err := New("orders", consumer.KafkaConfig{Seeds: []string{"127.0.0.1:1"}}, sourceConfig("orders"), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.opts.FetchMaxPartitionBytes; got != c.want {
+			t.Errorf("BufferBytes %d, FetchMaxPartitionBytes %d: got %d, want %d", c.bufferBytes, c.set, got, c.want)
+		}
 	}
 }

@@ -45,7 +45,13 @@ type Encoder struct {
 // Encode is EncodeEvent.
 func (e Encoder) Encode(recs []event.Record) ([]byte, error) { return encodeEvent(e.Stream, recs) }
 
-var _ event.Encoder = Encoder{}
+// AppendEncode is AppendEvent: the stream deliverer encodes into a pooled
+// buffer with it.
+func (e Encoder) AppendEncode(dst []byte, recs []event.Record) ([]byte, error) {
+	return AppendEvent(dst, e.Stream, recs)
+}
+
+var _ event.AppendEncoder = Encoder{}
 
 func encodeEvent(stream string, recs []event.Record) ([]byte, error) {
 	return AppendEvent(make([]byte, 0, eventSize(stream, recs)), stream, recs)

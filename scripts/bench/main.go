@@ -42,6 +42,7 @@ var steps = []step{
 	{"dispatcher", "./integration/", "^BenchmarkDispatcherVsSemaphore$", "200000x", ""},
 	{"engine", "./integration/", "^(BenchmarkThrottledResume)$", "1000x", ""},
 	{"fairness", "./integration/", "^BenchmarkScopeFairness$", "5x", ""},
+	{"lanes", "./shard/", "^BenchmarkLaneScaling$", "2x", ""},
 	{"memory", "./integration/", "^BenchmarkMemoryPer(Shard|Scope)$", "1x", ""},
 	{"jetstream", "./consumer/nats/", "^BenchmarkStreamVsBareFetch$", "3x", ""},
 	{"kafka", "./integration/", "^BenchmarkKafkaPipeline(AsyncCommit|Depth8)?$", "3x", "SLUICE_TEST_KAFKA"},
@@ -72,6 +73,7 @@ var rows = map[string][]unitRow{
 		{"bare-cpu-ns/rec", row{"  bare franz-go", "CPU ns/rec", ""}},
 		{"sluice-allocs/rec", row{"  sluice, heap allocations", "allocs/rec", "whole process"}},
 		{"bare-allocs/rec", row{"  bare franz-go, heap allocations", "allocs/rec", "whole process"}},
+		{"sluice-decoded/rec", row{"  sluice, records read from fetches", "per record", "above 1: fetched data dropped at a pause and fetched again"}},
 	},
 	"BenchmarkKafkaPipelineAsyncCommit": {
 		{"x-bare", row{"Kafka pipeline, AsyncCommit (commit ~1 s later)", "ratio", "÷ bare franz-go poll loop, rec/s"}},
@@ -133,6 +135,11 @@ var rows = map[string][]unitRow{
 		{"jain", row{"Fairness across 100 scopes of unequal demand (1–8 waiters each), 10 slots", "Jain index", "1 = even shares"}},
 		{"jain-semaphore", row{"  same load on one x/sync/semaphore", "Jain index", "FIFO over goroutines: demand decides"}},
 	},
+	"BenchmarkLaneScaling": {
+		{"x-pf1", row{"One shard, parallelization_factor 10, 5 ms function (shard engine only)", "ratio", "÷ parallelization_factor 1, interleaved (10 = perfect)"}},
+		{"pf1-rec/s", row{"  parallelization_factor 1", "rec/s", ""}},
+		{"pf10-rec/s", row{"  parallelization_factor 10", "rec/s", ""}},
+	},
 	"BenchmarkMemoryPerShard": {
 		{"B/shard", row{"Memory per idle shard (10,000 running shard workers)", "bytes", "heap + goroutine stack"}},
 	},
@@ -145,7 +152,7 @@ var rows = map[string][]unitRow{
 var order = []string{
 	"BenchmarkKafkaPipeline", "BenchmarkKafkaPipelineDepth8", "BenchmarkKafkaPipelineAsyncCommit", "BenchmarkStreamVsBareFetch", "BenchmarkKafkaPipelineHTTP",
 	"BenchmarkDispatcherVsSemaphore/uncontended", "BenchmarkDispatcherVsSemaphore/contended-8", "BenchmarkDispatcherVsSemaphore/1000-scopes-8",
-	"BenchmarkThrottledResume", "BenchmarkScopeFairness", "BenchmarkMemoryPerShard", "BenchmarkMemoryPerScope",
+	"BenchmarkThrottledResume", "BenchmarkScopeFairness", "BenchmarkLaneScaling", "BenchmarkMemoryPerShard", "BenchmarkMemoryPerScope",
 	"BenchmarkKafkaPartitions/p=1", "BenchmarkKafkaPartitions/p=4", "BenchmarkKafkaPartitions/p=16", "BenchmarkKafkaPartitions/p=64",
 }
 
