@@ -101,6 +101,9 @@ type Options struct {
 	Logger           *slog.Logger
 	// Now is the clock of the views (tests); default time.Now.
 	Now func() time.Time
+	// Cluster returns the cluster's members and shares for GET /v1/cluster
+	// (cluster mode); nil answers 404.
+	Cluster func() any
 }
 
 // maxBody bounds a request body: the API's bodies are a few fields.
@@ -190,6 +193,7 @@ func (s *Server) routes() []route {
 	return []route{
 		{"/v1/openapi.json", get(s.getOpenAPI)},
 		{"/v1/account", get(s.getAccount)},
+		{"/v1/cluster", get(s.getCluster)},
 		{"/v1/functions", get(s.listFunctions)},
 		{"/v1/functions/{fn}", get(s.getFunction)},
 		{"/v1/functions/{fn}/concurrency", map[string]endpoint{
