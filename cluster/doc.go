@@ -83,14 +83,28 @@
 // is back (nats.go reconnects by itself); no restart. A restarted process
 // is a new member (a new id): its old claims lapse after `lease`.
 //
+// Stopping. A stopping process closes its limits before its sources stop
+// (Close: nothing more is granted), because the sources abandon their
+// in-flight invocations: an abandoned invocation frees its slot at once,
+// while the function may still be running it (an HTTP server need not
+// notice that its client went away). The Engine therefore keeps claiming,
+// and renewing, what it held when it closed, and Stop writes those claims
+// once more (lowered to what was held, never raised, with a new seq) and
+// leaves them to lapse a lease later as the others count; only what it
+// held nothing on is given back at once. Without this, the others took the
+// capacity within a round of the stop while the function still ran the
+// abandoned invocations (TestClusterNATS's restart phase saw 7 running
+// under a limit of 6).
+//
 // What a lease does not cover: an invocation already running when its
 // process's lease ends (the process is cut off from the engine but not
 // from the function) keeps running; the others may then grant that
 // capacity anew, so for up to the function's duration the function may
 // see more than the limit. Keep `lease` above the usual invocation time,
 // or accept that window in a network partition between sluice and the
-// engine only (kill -9 and engine restarts do not open it: a killed
-// process's requests end with it).
+// engine. The same holds for an invocation abandoned at a stop or killed
+// with its process (kill -9) that the function keeps running longer than
+// a lease: the function decides when it stops.
 //
 // Changes of the limits. The rule book (reservations and rules changed
 // through the API, with version, lastModified and origin) is one key of a

@@ -56,6 +56,11 @@ type Engine struct {
 	tries    map[string]int         // refused TryAcquires per key since the last round: demand too
 	members  []Member               // the last read of the member records
 	seq      uint64
+	// kept is what this member held on each limit when it closed (began
+	// stopping): invocations its sources then abandon free their slots at
+	// once, but the function may still be running them, so the claim on
+	// them is kept (and renewed) until Stop and left to lapse after it.
+	kept map[string]int
 
 	kv     consumer.KV
 	cancel context.CancelFunc
@@ -186,9 +191,15 @@ func (e *Engine) Start(kv consumer.KV) {
 	go e.loop(ctx)
 }
 
-// Stop ends the loop and gives every share back (bounded by opTimeout), so
-// that the others need not wait for the lease. It is safe to call twice.
+// Stop ends the loop and gives back every share this member held nothing
+// on when it closed (bounded by opTimeout), so that the others need not
+// wait for the lease. A limit it held slots on when it closed is not given
+// back: its claim is written once more, lowered to those slots, and lapses
+// a lease later as the others count (the invocations the sources abandoned
+// when they stopped may still be running at the function). Stop closes
+// the Engine first if Close was not called. It is safe to call twice.
 func (e *Engine) Stop() {
+	e.Close()
 	e.mu.Lock()
 	cancel, done := e.cancel, e.done
 	e.cancel = nil
@@ -199,10 +210,6 @@ func (e *Engine) Stop() {
 	cancel()
 	<-done
 	e.mu.Lock()
-	for _, ls := range e.limits {
-		ls.applied = 0
-	}
-	e.applyLocked()
 	keys := slices.Sorted(maps.Keys(e.limits))
 	e.mu.Unlock()
 	ctx, stop := context.WithTimeout(context.Background(), opTimeout)
@@ -213,8 +220,10 @@ func (e *Engine) Stop() {
 	_ = e.deleteMember(ctx)
 }
 
-// leave removes this member's claim from key, if nothing is held on it any
-// more (Stop runs after the sources stopped).
+// leave removes this member's claim from key when it held nothing on it
+// since it closed; otherwise it lowers the claim to what it held (never
+// raising it) with a new seq, so that the others count a full lease from
+// now before they hand that capacity out.
 func (e *Engine) leave(ctx context.Context, key string) {
 	for range 3 {
 		val, rev, err := e.kv.Get(ctx, key)
@@ -222,13 +231,19 @@ func (e *Engine) leave(ctx context.Context, key string) {
 			return
 		}
 		ent := decodeEntry(val)
-		if _, ok := ent.Members[e.id]; !ok {
+		mine, ok := ent.Members[e.id]
+		if !ok {
 			return
 		}
-		if e.inUse(key) > 0 {
-			return // still held: the claim lapses with its lease
+		e.mu.Lock()
+		keep := min(mine.Share, max(e.kept[key], e.inUseLocked(key)))
+		if keep > 0 {
+			e.seq++
+			ent.Members[e.id] = &claim{Share: keep, Seq: e.seq}
+		} else {
+			delete(ent.Members, e.id)
 		}
-		delete(ent.Members, e.id)
+		e.mu.Unlock()
 		b, _ := json.Marshal(ent)
 		if _, err := e.kv.Update(ctx, key, b, rev); !errors.Is(err, consumer.ErrKVConflict) {
 			return
@@ -346,9 +361,12 @@ func (e *Engine) rebalance(ctx context.Context, key string, demand int) {
 
 	e.mu.Lock()
 	ls := e.limits[key]
-	if ls == nil || e.closed {
+	if ls == nil {
 		e.mu.Unlock()
 		return
+	}
+	if e.closed {
+		demand = 0 // it grants nothing any more: it only keeps its claim on what it held
 	}
 	now := e.now()
 	capacity := e.capacityLocked(key)
@@ -384,6 +402,11 @@ func (e *Engine) rebalance(ctx context.Context, key string, demand int) {
 	fairMe := fair(capacity, demands)[e.id]
 	target := min(fairMe, free)
 	inUse := e.inUseLocked(key)
+	if e.closed {
+		// Closed: nothing more is granted, and the claim still covers
+		// what was held at the close (see kept).
+		target, inUse = 0, max(inUse, e.kept[key])
+	}
 	// The claim covers what is granted and what is still held; the local
 	// share never exceeds the claim, and grows only once the claim is
 	// written.

@@ -329,3 +329,58 @@ func TestLoweredRuleHoldsAtOnce(t *testing.T) {
 		t.Fatal("nobody was granted scope t within three seconds")
 	}
 }
+
+// TestStoppingMemberKeepsClaimOnAbandoned: a member that stops while it
+// holds slots (its sources abandon their invocations, which frees the
+// slots at once while the function may still be running them) grants
+// nothing from its close on, and the others get that capacity only a full
+// lease after it stopped, not as soon as the slots were freed.
+func TestStoppingMemberKeepsClaimOnAbandoned(t *testing.T) {
+	kv := newMemKV()
+	es := startEngines(t, kv, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	a, b := es[0], es[1]
+	var held []dispatch.Lease
+	for i := range 6 {
+		l, err := a.Acquire(ctx, "fn", []string{fmt.Sprintf("s%d", i%3)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, l)
+	}
+	got := make(chan time.Time, 1)
+	go func() {
+		l, err := b.Acquire(ctx, "fn", []string{"z"}, nil)
+		if err == nil {
+			got <- time.Now()
+			l.Release()
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // b's demand is in the engine
+	// The stop as cmd/sluice runs it: close (no more grants), the sources
+	// abandon their invocations (slots freed), the engine stops.
+	a.Close()
+	for _, l := range held {
+		l.Release()
+	}
+	if l, err := a.TryAcquire("fn", []string{"s0"}); err == nil {
+		l.Release()
+		t.Fatal("a closed member granted a slot")
+	}
+	stopped := time.Now()
+	a.Stop()
+	select {
+	case at := <-got:
+		t.Logf("the stopped member's capacity granted elsewhere %s after it stopped (lease %s)",
+			at.Sub(stopped).Round(time.Millisecond), a.cfg.Lease)
+		if at.Sub(stopped) < a.cfg.Lease {
+			t.Fatalf("granted %s after the stop, before a lease (%s): the abandoned invocations may still run", at.Sub(stopped), a.cfg.Lease)
+		}
+		if d := at.Sub(stopped); d > a.cfg.Lease+2*time.Second {
+			t.Fatalf("granted %s after the stop, want within lease (%s) + a round or two (2s allowed)", d, a.cfg.Lease)
+		}
+	case <-ctx.Done():
+		t.Fatal("the stopped member's capacity never came back")
+	}
+}

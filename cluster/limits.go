@@ -223,11 +223,27 @@ func (e *Engine) Scopes() []dispatch.ScopeUsage {
 // Queues are this member's waiters (each member queues its own).
 func (e *Engine) Queues() []dispatch.QueueStatus { return e.inner.Queues() }
 
-// Close refuses new acquisitions and wakes the waiters (ErrClosed); Stop
-// gives the shares back.
+// Close refuses new acquisitions and wakes the waiters (ErrClosed): the
+// member begins stopping. What it holds on each limit now is kept claimed
+// (and renewed) until Stop, which leaves it to lapse a lease later: a
+// stopping process's sources abandon their invocations, which frees their
+// slots here while the function may still be running them. It is safe to
+// call twice.
 func (e *Engine) Close() {
 	e.mu.Lock()
-	e.closed = true
+	if !e.closed {
+		e.closed = true
+		e.kept = map[string]int{}
+		for key := range e.demandLocked() {
+			if n := e.inUseLocked(key); n > 0 {
+				e.kept[key] = n
+			}
+		}
+		for _, ls := range e.limits {
+			ls.applied = 0
+		}
+		e.applyLocked()
+	}
 	e.mu.Unlock()
 	e.inner.Close()
 }

@@ -53,10 +53,12 @@ type concFn struct {
 	lastAt    time.Time
 	reached6  time.Time // last time cur reached 6
 	lastStart time.Time
+	running   map[*http.Request]time.Time // the requests running now, by start
 }
 
 func newConcFn(t *testing.T, hold time.Duration) *concFn {
-	f := &concFn{hold: hold, scope: map[string]int{}, limit: map[string]int{}, maxScope: map[string]int{}}
+	f := &concFn{hold: hold, scope: map[string]int{}, limit: map[string]int{}, maxScope: map[string]int{},
+		running: map[*http.Request]time.Time{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(func() { f.srv.CloseClientConnections(); f.srv.Close() })
 	return f
@@ -80,15 +82,16 @@ func (f *concFn) serve(w http.ResponseWriter, r *http.Request) {
 	f.lastStart = now
 	f.maxAll = max(f.maxAll, f.cur)
 	f.maxScope[sc] = max(f.maxScope[sc], f.scope[sc])
+	f.running[r] = now
 	if f.cur > 6 {
-		f.over = append(f.over, fmt.Sprintf("%s: %d running (limit 6)", now.Format("15:04:05.000"), f.cur))
+		f.over = append(f.over, fmt.Sprintf("%s: %d running (limit 6; %s)", now.Format("15:04:05.000"), f.cur, f.runningLocked(now)))
 	}
 	lim := 2
 	if n, ok := f.limit[sc]; ok && !f.since.IsZero() && now.After(f.since) {
 		lim = n
 	}
 	if f.scope[sc] > lim {
-		f.over = append(f.over, fmt.Sprintf("%s: tenant %s has %d running (limit %d)", now.Format("15:04:05.000"), sc, f.scope[sc], lim))
+		f.over = append(f.over, fmt.Sprintf("%s: tenant %s has %d running (limit %d; %s)", now.Format("15:04:05.000"), sc, f.scope[sc], lim, f.runningLocked(now)))
 	}
 	if f.cur == 6 {
 		f.reached6 = now
@@ -105,8 +108,20 @@ func (f *concFn) serve(w http.ResponseWriter, r *http.Request) {
 	f.advanceLocked(time.Now())
 	f.cur--
 	f.scope[sc]--
+	delete(f.running, r)
 	f.mu.Unlock()
 	w.WriteHeader(http.StatusOK)
+}
+
+// runningLocked describes the requests running at now: for each, its
+// tenant, the client's address and how long it has been running.
+func (f *concFn) runningLocked(now time.Time) string {
+	var out []string
+	for r, at := range f.running {
+		out = append(out, fmt.Sprintf("%s from %s for %s", r.Header.Get("Sluice-Scope"), r.RemoteAddr, now.Sub(at).Round(time.Millisecond)))
+	}
+	slices.Sort(out)
+	return "running: " + strings.Join(out, ", ")
 }
 
 // window starts a time-weighted average of the concurrency.

@@ -305,6 +305,13 @@ func (a *app) run(ctx context.Context) error {
 	}
 	a.ready.Store(false)
 	a.log.Info("sluice stopping", "grace", shutdownGrace.String())
+	// No slot is granted from here on, before the sources abandon their
+	// in-flight invocations: an abandoned invocation frees its slot at once
+	// while the function may still be running it, and a shard not stopped
+	// yet would otherwise be granted that slot (more running than the
+	// limit). In cluster mode the limits also keep their claim on what was
+	// held now (cluster.Engine.Close).
+	a.disp.Limiter().Close()
 	stopSources()
 	running.Wait()
 	close(srcErrs)
