@@ -533,6 +533,8 @@ type QueueView struct {
 	Waiting    int      `json:"waiting"`
 	OldestWait float64  `json:"oldestWaitSeconds"`
 	Reason     string   `json:"reason"`
+	// Process is the cluster member whose waiters these are (cluster mode).
+	Process string `json:"process,omitempty"`
 }
 
 func (s *Server) getQueues(w http.ResponseWriter, _ *http.Request) {
@@ -544,7 +546,7 @@ func (s *Server) getQueues(w http.ResponseWriter, _ *http.Request) {
 			scopes = []string{}
 		}
 		out = append(out, QueueView{Function: q.Function, Scopes: scopes, Waiting: q.Waiting,
-			OldestWait: max(0, now.Sub(q.Oldest).Seconds()), Reason: string(q.Reason)})
+			OldestWait: max(0, now.Sub(q.Oldest).Seconds()), Reason: string(q.Reason), Process: q.Process})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"queues": out})
 }

@@ -115,12 +115,13 @@
 // share is never above the current capacity) and the claims follow at the
 // next round.
 //
-// Views. Every member renews a record "m.<id>" (its shares, demand and
-// slots held, every lease/3 and at most every second); the Engine's
-// Usage and Scopes add the others' records to its own counts, so `sluice
-// account` and `sluice limits` show cluster-wide usage, and Status is
-// GET /v1/cluster (members, shares, demand, lease age). Queues are each
-// process's own.
+// Views. Every member renews a record "m.<id>" (its shares, demand, slots
+// held and queues of waiters, every lease/3 and at most every second); the
+// Engine's Usage and Scopes add the others' records to its own counts, and
+// Queues lists the others' queues beside its own, each with its member
+// (QueueStatus.Process): `sluice account`, `sluice limits` and `sluice
+// queues` show the whole cluster on any process. Status is GET /v1/cluster
+// (members, shares, demand, lease age). Each member queues its own waiters.
 //
 // Limits of this design. A round visits its limits one after the other
 // (a read and at most one write each): with thousands of scopes active on

@@ -572,13 +572,7 @@ func (e *Engine) demandLocked() map[string]int {
 	return out
 }
 
-// inUse is what this member holds on key now.
-func (e *Engine) inUse(key string) int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.inUseLocked(key)
-}
-
+// inUseLocked is what this member holds on key now.
 func (e *Engine) inUseLocked(key string) int {
 	kind, name := parseKey(key)
 	switch kind {

@@ -384,3 +384,55 @@ func TestStoppingMemberKeepsClaimOnAbandoned(t *testing.T) {
 		t.Fatal("the stopped member's capacity never came back")
 	}
 }
+
+// TestQueuesAreClusterWide: the invocations waiting on one member are in
+// every member's Queues, with the member that queues them.
+func TestQueuesAreClusterWide(t *testing.T) {
+	kv := newMemKV()
+	es := startEngines(t, kv, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var held []dispatch.Lease
+	for range 2 {
+		l, err := es[0].Acquire(ctx, "fn", []string{"t"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, l)
+	}
+	defer func() {
+		for _, l := range held {
+			l.Release()
+		}
+	}()
+	// Scope t's rule is 2, both held by member 0: member 1's call waits.
+	wctx, stopWait := context.WithCancel(ctx)
+	defer stopWait()
+	go func() {
+		if l, err := es[1].Acquire(wctx, "fn", []string{"t"}, nil); err == nil {
+			l.Release()
+		}
+	}()
+	for {
+		qs := es[0].Queues()
+		if len(qs) == 1 {
+			q := qs[0]
+			if q.Process != es[1].ID() || q.Function != "fn" || q.Waiting != 1 || len(q.Scopes) != 1 || q.Scopes[0] != "t" {
+				t.Fatalf("member 0 lists %+v, want member 1's one waiter for fn, scope t", q)
+			}
+			own := es[1].Queues()
+			if len(own) != 1 || own[0].Process != es[1].ID() {
+				t.Fatalf("member 1 lists %+v, want its own waiter with its id", own)
+			}
+			return
+		}
+		if len(qs) > 1 {
+			t.Fatalf("member 0 lists %+v, want one queue", qs)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("member 0 never listed member 1's waiter")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -220,8 +220,36 @@ func (e *Engine) Scopes() []dispatch.ScopeUsage {
 	return out
 }
 
-// Queues are this member's waiters (each member queues its own).
-func (e *Engine) Queues() []dispatch.QueueStatus { return e.inner.Queues() }
+// Queues are cluster-wide: this member's waiters now and every other
+// member's as its last record says (renewed about every second), each
+// with the member's id in Process (each member queues its own).
+func (e *Engine) Queues() []dispatch.QueueStatus {
+	out := e.inner.Queues()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := range out {
+		out[i].Process = e.id
+	}
+	for _, m := range e.members {
+		if m.ID == e.id {
+			continue
+		}
+		for _, q := range m.Queues {
+			q.Process = m.ID
+			out = append(out, q)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b dispatch.QueueStatus) int {
+		if c := strings.Compare(a.Function, b.Function); c != 0 {
+			return c
+		}
+		if c := slices.Compare(a.Scopes, b.Scopes); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Process, b.Process)
+	})
+	return out
+}
 
 // Close refuses new acquisitions and wakes the waiters (ErrClosed): the
 // member begins stopping. What it holds on each limit now is kept claimed

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/shard"
 )
 
@@ -33,6 +34,9 @@ type Member struct {
 	InFlight      map[string]int `json:"inFlight"`
 	ScopeInFlight map[string]int `json:"scopeInFlight,omitempty"`
 	Self          bool           `json:"self,omitempty"`
+	// Queues are its waiters (in its record, for the others' Queues; not
+	// in the status).
+	Queues []dispatch.QueueStatus `json:"queues,omitempty"`
 }
 
 // Limit is one shared limit in the status: its capacity and who holds
@@ -80,6 +84,7 @@ func (e *Engine) selfLocked() Member {
 			m.ScopeInFlight[s.Scope] = s.InFlight
 		}
 	}
+	m.Queues = e.inner.Queues()
 	return m
 }
 
@@ -158,10 +163,12 @@ func (e *Engine) Status() Status {
 			m, found = self, true
 		}
 		m.LeaseAge = shard.FormatDuration(now.Sub(m.Renewed).Round(time.Millisecond))
+		m.Queues = nil // GET /v1/queues shows them
 		st.Members = append(st.Members, m)
 	}
 	if !found {
 		self.LeaseAge = "0s"
+		self.Queues = nil
 		st.Members = append(st.Members, self)
 	}
 	for _, key := range sortedKeys(e.limits) {

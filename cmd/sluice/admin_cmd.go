@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -432,9 +433,19 @@ func newQueuesCmd() *cobra.Command {
 			}
 			return render(cmd, v, func(out io.Writer) error {
 				w := table(out)
-				fmt.Fprintln(w, "FUNCTION\tSCOPES\tWAITING\tOLDEST WAIT\tREASON")
+				// In cluster mode every process's queues, each with its process.
+				cluster := slices.ContainsFunc(v.Queues, func(q admin.QueueView) bool { return q.Process != "" })
+				head := "FUNCTION\tSCOPES\tWAITING\tOLDEST WAIT\tREASON"
+				if cluster {
+					head += "\tPROCESS"
+				}
+				fmt.Fprintln(w, head)
 				for _, q := range v.Queues {
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", q.Function, orDash(strings.Join(q.Scopes, ",")), q.Waiting, seconds(q.OldestWait), q.Reason)
+					line := fmt.Sprintf("%s\t%s\t%d\t%s\t%s", q.Function, orDash(strings.Join(q.Scopes, ",")), q.Waiting, seconds(q.OldestWait), q.Reason)
+					if cluster {
+						line += "\t" + orDash(q.Process)
+					}
+					fmt.Fprintln(w, line)
 				}
 				return w.Flush()
 			})
