@@ -16,6 +16,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -34,7 +35,12 @@ import (
 )
 
 // concFn is the counting function: every request sleeps hold and counts,
-// for its duration, as one running invocation of its Sluice-Scope.
+// for its duration, as one running invocation of its Sluice-Scope. It runs
+// every request it received to the end, as a function behind a load
+// balancer does, even when sluice gave up on it (an invocation abandoned at
+// a stop, or its process killed): sluice must not grant that capacity
+// again while the function may still be running it. It notes the records
+// of every stream batch it ran to the end (nothing lost).
 type concFn struct {
 	hold time.Duration
 	srv  *httptest.Server
@@ -54,11 +60,12 @@ type concFn struct {
 	reached6  time.Time // last time cur reached 6
 	lastStart time.Time
 	running   map[*http.Request]time.Time // the requests running now, by start
+	delivered map[string]int              // record key (k<n>, its subject's last token) → batches that carried it, run to the end
 }
 
 func newConcFn(t *testing.T, hold time.Duration) *concFn {
 	f := &concFn{hold: hold, scope: map[string]int{}, limit: map[string]int{}, maxScope: map[string]int{},
-		running: map[*http.Request]time.Time{}}
+		running: map[*http.Request]time.Time{}, delivered: map[string]int{}}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(func() { f.srv.CloseClientConnections(); f.srv.Close() })
 	return f
@@ -71,8 +78,32 @@ func (f *concFn) advanceLocked(now time.Time) {
 	f.lastAt = now
 }
 
+// batchSubjects returns the subjects of the records of a JetStream batch
+// (nil for an ingress call).
+func batchSubjects(r *http.Request, body []byte) []string {
+	if r.Header.Get("Sluice-Source") == "" {
+		return nil
+	}
+	var ev struct {
+		Records map[string][]struct {
+			Subject string `json:"subject"`
+		} `json:"records"`
+	}
+	if json.Unmarshal(body, &ev) != nil {
+		return nil
+	}
+	var out []string
+	for _, recs := range ev.Records {
+		for _, rec := range recs {
+			out = append(out, rec.Subject)
+		}
+	}
+	return out
+}
+
 func (f *concFn) serve(w http.ResponseWriter, r *http.Request) {
 	sc := r.Header.Get("Sluice-Scope")
+	body, _ := io.ReadAll(r.Body)
 	now := time.Now()
 	f.mu.Lock()
 	f.advanceLocked(now)
@@ -97,18 +128,17 @@ func (f *concFn) serve(w http.ResponseWriter, r *http.Request) {
 		f.reached6 = now
 	}
 	f.mu.Unlock()
-	// The invocation runs for hold, or until sluice gives it up (it
-	// cancels an invocation whose caller went away or that it abandons at
-	// shutdown, and frees the slot: the request is not running any more).
-	select {
-	case <-time.After(f.hold):
-	case <-r.Context().Done():
-	}
+	// The invocation runs for hold, whether or not sluice is still waiting
+	// for its answer.
+	time.Sleep(f.hold)
 	f.mu.Lock()
 	f.advanceLocked(time.Now())
 	f.cur--
 	f.scope[sc]--
 	delete(f.running, r)
+	for _, s := range batchSubjects(r, body) {
+		f.delivered[s[lastDot(s)+1:]]++
+	}
 	f.mu.Unlock()
 	w.WriteHeader(http.StatusOK)
 }
@@ -155,6 +185,7 @@ type clusterEnv struct {
 	stream, prefix string
 	cfgs           []string // one configuration per process (own state_dir)
 	published      int      // guarded by the function's mu
+	acked          []string // the keys (k<n>) of the records the stream confirmed; guarded by the function's mu
 }
 
 // publish keeps about backlog records waiting: it publishes (at most 200
@@ -177,7 +208,8 @@ func (e *clusterEnv) publish(ctx context.Context, fn *concFn, backlog int) {
 			if waiting >= backlog {
 				break
 			}
-			m := nats.NewMsg(fmt.Sprintf("%s.k%d", e.prefix, seq))
+			key := fmt.Sprintf("k%d", seq)
+			m := nats.NewMsg(e.prefix + "." + key)
 			m.Header.Set("tenant", fmt.Sprintf("tenant-%d", seq%5))
 			m.Data = []byte("x")
 			seq++
@@ -185,6 +217,7 @@ func (e *clusterEnv) publish(ctx context.Context, fn *concFn, backlog int) {
 			if _, err := e.js.PublishMsg(pctx, m); err == nil { // the nats-server outage loses publishes: fine, nothing is checked on them
 				fn.mu.Lock()
 				e.published++
+				e.acked = append(e.acked, key)
 				fn.mu.Unlock()
 			}
 			cancel()
@@ -227,6 +260,61 @@ func ingressLoad(ctx context.Context, clients int, pick func(i int) *sluiceProc)
 		})
 	}
 	return &wg
+}
+
+// waitAllDelivered waits until the function ran every record of the stream
+// at least once (nothing lost), as the broker holds them (read back from
+// the stream), and every record whose publication the stream confirmed is
+// among them; then until the source's consumers are settled (nothing
+// pending, nothing waiting for an ack). It reports the records run more
+// than once.
+func (e *clusterEnv) waitAllDelivered(t *testing.T, fn *concFn, within time.Duration) {
+	t.Helper()
+	start := time.Now()
+	src := jsChaosSource{js: e.js, stream: e.stream, source: "orders", partitions: 12}
+	var held, dups int
+	eventually(t, within, "every record of the stream reaches the function", func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		recs, err := src.Records(ctx)
+		if err != nil {
+			return err
+		}
+		fn.mu.Lock()
+		defer fn.mu.Unlock()
+		inStream := make(map[string]bool, len(recs))
+		var missing []string
+		dups = 0
+		for _, r := range recs {
+			inStream[r.Key] = true
+			switch n := fn.delivered[r.Key]; {
+			case n == 0:
+				missing = append(missing, r.Key)
+			case n > 1:
+				dups++
+			}
+		}
+		held = len(recs)
+		for _, k := range e.acked {
+			if !inStream[k] {
+				return fmt.Errorf("record %s was confirmed by the stream but is not in it", k)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("%d of the %d records of the stream not delivered, first %v", len(missing), len(recs), missing[:min(5, len(missing))])
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "the source's consumers are settled", func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		return src.Settled(ctx)
+	})
+	fn.mu.Lock()
+	acked := len(e.acked)
+	fn.mu.Unlock()
+	t.Logf("nothing lost: all %d records of the stream (%d confirmed to the publisher) reached the function (%d more than once) and the consumers settled, %s after publishing stopped",
+		held, acked, dups, time.Since(start).Round(time.Millisecond))
 }
 
 func writeClusterConfig(t *testing.T, url, clusterName, stream, prefix, fnURL string) string {
@@ -326,17 +414,11 @@ func histogramQuantile(t *testing.T, procs []*sluiceProc, name string, q float64
 	return math.Inf(1), total
 }
 
-func TestClusterNATS(t *testing.T) {
-	url := natsURL(t) // skipNoBroker without a nats-server
-	brokersDir := os.Getenv("SLUICE_TEST_BROKERS_DIR")
-	if brokersDir == "" && os.Getenv(envRequire) == "1" {
-		// The outage phase stops and starts the run's own nats-server: a
-		// run that must meet every broker may not leave it out.
-		t.Fatalf("SLUICE_TEST_BROKERS_DIR is unset, so the nats-server outage phase cannot run "+
-			"(run under scripts/brokers/with-brokers.sh; %s=1: a missing broker is a failure)", envRequire)
-	}
-	nc, js := newJetStream(t)
-	_ = nc
+// startCluster creates the 12-partition stream, the counting function and
+// three `sluice run` processes of one cluster over them.
+func startCluster(t *testing.T, url string) (*clusterEnv, *concFn, []*sluiceProc) {
+	t.Helper()
+	_, js := newJetStream(t)
 	env := &clusterEnv{js: js}
 	env.stream = strings.ToUpper(unsafeName.ReplaceAllString(uniqueName(t, "CL"), "_"))
 	env.prefix = strings.ToLower(env.stream)
@@ -360,6 +442,26 @@ func TestClusterNATS(t *testing.T) {
 		env.cfgs = append(env.cfgs, writeClusterConfig(t, url, clusterName, env.stream, env.prefix, fn.srv.URL+"/invoke"))
 		procs[i] = startSluice(t, fmt.Sprintf("sluice %d", i+1), env.cfgs[i])
 	}
+	return env, fn, procs
+}
+
+// fnShare is process p's share of function fn (sluice_cluster_share); 0
+// when it does not answer.
+func fnShare(p *sluiceProc) float64 {
+	v, _ := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
+	return v
+}
+
+func TestClusterNATS(t *testing.T) {
+	url := natsURL(t) // skipNoBroker without a nats-server
+	brokersDir := os.Getenv("SLUICE_TEST_BROKERS_DIR")
+	if brokersDir == "" && os.Getenv(envRequire) == "1" {
+		// The outage phase stops and starts the run's own nats-server: a
+		// run that must meet every broker may not leave it out.
+		t.Fatalf("SLUICE_TEST_BROKERS_DIR is unset, so the nats-server outage phase cannot run "+
+			"(run under scripts/brokers/with-brokers.sh; %s=1: a missing broker is a failure)", envRequire)
+	}
+	env, fn, procs := startCluster(t, url)
 	pubCtx, stopPub := context.WithCancel(t.Context())
 	defer stopPub()
 	go env.publish(pubCtx, fn, 150)
@@ -602,6 +704,12 @@ func TestClusterNATS(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	stopPub()
 	check("restart")
+	// Nothing lost through the kill -9, the outage and the restarts: the
+	// stream's records reach the function once the new processes own the
+	// partitions (after the pin TTL, 2 × ack_wait, and ack_wait for the
+	// redelivery of what the stopped processes had in flight).
+	env.waitAllDelivered(t, fn, 90*time.Second)
+	check("drain")
 	fn.mu.Lock()
 	t.Logf("overall: %d requests, max running %d (limit 6), max per tenant %v", fn.requests, fn.maxAll, fn.maxScope)
 	fn.mu.Unlock()

@@ -1,0 +1,143 @@
+package integration
+
+// TestChaosCluster: three `sluice run` processes of one cluster (the setup
+// of TestClusterNATS: a reservation of 6, a "*" rule of 2 over 5 tenants, a
+// JetStream stream source of 12 partitions, and synchronous ingress load on
+// every process) while a process holding capacity, picked at random, is
+// killed with kill -9 and started again, over and over. Checked: never
+// more than 6 running at the function, nor 2 for one tenant; after each
+// kill the survivors hold the whole reservation again within lease +
+// rebalance (measured; fails beyond lease + 2 s); every record the stream
+// confirmed reaches the function (nothing lost). SLUICE_CHAOS=short (make
+// chaos-short, CI): 3 kills, about a minute and a half; long (make chaos):
+// 12 kills.
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestChaosCluster(t *testing.T) {
+	mode := os.Getenv(chaosEnv)
+	if mode == "" {
+		t.Skipf("%s is not set: the cluster chaos run kills processes over and over, run it with `make chaos-short` or `make chaos`", chaosEnv)
+	}
+	kills := map[string]int{"short": 3, "long": 12}[mode]
+	if kills == 0 {
+		t.Fatalf("%s=%q: want short or long", chaosEnv, mode)
+	}
+	const lease = 3 * time.Second // writeClusterConfig's
+	env, fn, procs := startCluster(t, natsURL(t))
+	pubCtx, stopPub := context.WithCancel(t.Context())
+	defer stopPub()
+	go env.publish(pubCtx, fn, 150)
+
+	var aliveMu sync.Mutex
+	alive := func(i int) *sluiceProc {
+		aliveMu.Lock()
+		defer aliveMu.Unlock()
+		return procs[i%3]
+	}
+	lctx, stopLoad := context.WithCancel(t.Context())
+	lwg := ingressLoad(lctx, 9, alive)
+	defer func() { stopLoad(); lwg.Wait() }()
+	check := func(phase string) {
+		if v := fn.violations(); len(v) > 0 {
+			t.Fatalf("%s: over-admitted %d times, first: %s", phase, len(v), strings.Join(v[:min(5, len(v))], "; "))
+		}
+	}
+	eventually(t, 60*time.Second, "the cluster calls the function", func() error {
+		fn.mu.Lock()
+		defer fn.mu.Unlock()
+		if fn.requests < 50 {
+			return fmt.Errorf("%d requests", fn.requests)
+		}
+		return nil
+	})
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	var shareBack, running6 []time.Duration
+	fn.window()
+	for k := range kills {
+		var holders []int
+		eventually(t, 20*time.Second, "a process holds a share of fn", func() error {
+			holders = holders[:0]
+			for i, p := range procs {
+				if fnShare(p) > 0 {
+					holders = append(holders, i)
+				}
+			}
+			if len(holders) == 0 {
+				return fmt.Errorf("none")
+			}
+			return nil
+		})
+		victim := holders[rng.IntN(len(holders))]
+		held := fnShare(procs[victim])
+		aliveMu.Lock()
+		dead := procs[victim]
+		procs[victim] = nil
+		aliveMu.Unlock()
+		dead.kill()
+		killed := time.Now()
+		fn.mu.Lock()
+		fn.reached6 = time.Time{}
+		fn.mu.Unlock()
+		eventually(t, 30*time.Second, "the survivors hold all 6 again", func() error {
+			sum := 0.0
+			for _, p := range procs {
+				if p != nil {
+					sum += fnShare(p)
+				}
+			}
+			if sum < 6 {
+				return fmt.Errorf("their shares sum to %v", sum)
+			}
+			return nil
+		})
+		back := time.Since(killed)
+		shareBack = append(shareBack, back)
+		var ran6 time.Duration
+		eventually(t, 30*time.Second, "the function sees 6 running again", func() error {
+			fn.mu.Lock()
+			defer fn.mu.Unlock()
+			if fn.reached6.After(killed) {
+				ran6 = fn.reached6.Sub(killed)
+				return nil
+			}
+			return fmt.Errorf("not yet")
+		})
+		running6 = append(running6, ran6)
+		t.Logf("kill %d: process %d held %v of 6; the survivors hold all 6 after %s, the function sees 6 running after %s",
+			k+1, victim+1, held, back.Round(time.Millisecond), ran6.Round(time.Millisecond))
+		if back > lease+2*time.Second {
+			t.Errorf("kill %d: the survivors took %s to hold the whole reservation again, want lease (%s) + about a second", k+1, back, lease)
+		}
+		check(fmt.Sprintf("kill %d", k+1))
+		restarted := startSluice(t, fmt.Sprintf("sluice %d (after kill %d)", victim+1, k+1), env.cfgs[victim])
+		aliveMu.Lock()
+		procs[victim] = restarted
+		aliveMu.Unlock()
+		time.Sleep(3 * time.Second) // the restarted process wins a share back
+	}
+	avg := fn.average()
+	stopLoad()
+	lwg.Wait()
+	stopPub()
+	env.waitAllDelivered(t, fn, 120*time.Second)
+	check("drain")
+	slices.Sort(shareBack)
+	slices.Sort(running6)
+	fn.mu.Lock()
+	t.Logf("%d kill -9 (lease %s): the survivors held all 6 again after %v (max %s); 6 running again after %v; "+
+		"time-weighted average concurrency %.2f of 6; over-admission 0 (max running %d, max per tenant %v) over %d requests",
+		kills, lease, shareBack, shareBack[len(shareBack)-1].Round(time.Millisecond), running6, avg, fn.maxAll, fn.maxScope, fn.requests)
+	fn.mu.Unlock()
+}
