@@ -226,6 +226,21 @@ func TestFair(t *testing.T) {
 	}
 }
 
+// holdReservation takes the whole reservation of fn (6) on e, two slots
+// in each of three scopes.
+func holdReservation(ctx context.Context, t *testing.T, e *Engine) []dispatch.Lease {
+	t.Helper()
+	var held []dispatch.Lease
+	for i := range 6 {
+		l, err := e.Acquire(ctx, "fn", []string{fmt.Sprintf("s%d", i%3)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, l)
+	}
+	return held
+}
+
 // TestKilledMemberCapacityComesBackAfterLease: a member that vanishes
 // without giving its shares back (kill -9) keeps them until its lease
 // ends, not longer and not shorter, as the others see it.
@@ -235,14 +250,7 @@ func TestKilledMemberCapacityComesBackAfterLease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	a, b := es[0], es[1]
-	var held []dispatch.Lease
-	for i := range 6 {
-		l, err := a.Acquire(ctx, "fn", []string{fmt.Sprintf("s%d", i%3)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, l)
-	}
+	held := holdReservation(ctx, t, a)
 	// "kill -9": the loop stops, nothing is given back.
 	a.mu.Lock()
 	stop, done := a.cancel, a.done
@@ -341,14 +349,7 @@ func TestStoppingMemberKeepsClaimOnAbandoned(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	a, b := es[0], es[1]
-	var held []dispatch.Lease
-	for i := range 6 {
-		l, err := a.Acquire(ctx, "fn", []string{fmt.Sprintf("s%d", i%3)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, l)
-	}
+	held := holdReservation(ctx, t, a)
 	got := make(chan time.Time, 1)
 	go func() {
 		l, err := b.Acquire(ctx, "fn", []string{"z"}, nil)

@@ -18,7 +18,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -48,19 +47,8 @@ func TestChaosCluster(t *testing.T) {
 	lctx, stopLoad := context.WithCancel(t.Context())
 	lwg := ingressLoad(lctx, 9, alive)
 	defer func() { stopLoad(); lwg.Wait() }()
-	check := func(phase string) {
-		if v := fn.violations(); len(v) > 0 {
-			t.Fatalf("%s: over-admitted %d times, first: %s", phase, len(v), strings.Join(v[:min(5, len(v))], "; "))
-		}
-	}
-	eventually(t, 60*time.Second, "the cluster calls the function", func() error {
-		fn.mu.Lock()
-		defer fn.mu.Unlock()
-		if fn.requests < 50 {
-			return fmt.Errorf("%d requests", fn.requests)
-		}
-		return nil
-	})
+	check := func(phase string) { fn.check(t, phase) }
+	fn.waitCalled(t)
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	var shareBack, running6 []time.Duration
@@ -81,39 +69,8 @@ func TestChaosCluster(t *testing.T) {
 		})
 		victim := holders[rng.IntN(len(holders))]
 		held := fnShare(procs[victim])
-		aliveMu.Lock()
-		dead := procs[victim]
-		procs[victim] = nil
-		aliveMu.Unlock()
-		dead.kill()
-		killed := time.Now()
-		fn.mu.Lock()
-		fn.reached6 = time.Time{}
-		fn.mu.Unlock()
-		eventually(t, 30*time.Second, "the survivors hold all 6 again", func() error {
-			sum := 0.0
-			for _, p := range procs {
-				if p != nil {
-					sum += fnShare(p)
-				}
-			}
-			if sum < 6 {
-				return fmt.Errorf("their shares sum to %v", sum)
-			}
-			return nil
-		})
-		back := time.Since(killed)
+		back, ran6 := killHolder(t, &aliveMu, procs, victim, fn)
 		shareBack = append(shareBack, back)
-		var ran6 time.Duration
-		eventually(t, 30*time.Second, "the function sees 6 running again", func() error {
-			fn.mu.Lock()
-			defer fn.mu.Unlock()
-			if fn.reached6.After(killed) {
-				ran6 = fn.reached6.Sub(killed)
-				return nil
-			}
-			return fmt.Errorf("not yet")
-		})
 		running6 = append(running6, ran6)
 		t.Logf("kill %d: process %d held %v of 6; the survivors hold all 6 after %s, the function sees 6 running after %s",
 			k+1, victim+1, held, back.Round(time.Millisecond), ran6.Round(time.Millisecond))

@@ -445,6 +445,71 @@ func startCluster(t *testing.T, url string) (*clusterEnv, *concFn, []*sluiceProc
 	return env, fn, procs
 }
 
+// check fails the test if the function ever saw more running than a limit.
+func (f *concFn) check(t *testing.T, phase string) {
+	t.Helper()
+	if v := f.violations(); len(v) > 0 {
+		t.Fatalf("%s: over-admitted %d times, first: %s", phase, len(v), strings.Join(v[:min(5, len(v))], "; "))
+	}
+}
+
+// waitCalled waits until the cluster called the function 50 times.
+func (f *concFn) waitCalled(t *testing.T) {
+	t.Helper()
+	eventually(t, 60*time.Second, "the function is called by the cluster", func() error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.requests < 50 {
+			return fmt.Errorf("%d requests", f.requests)
+		}
+		return nil
+	})
+}
+
+// killHolder kills process victim (kill -9; procs[victim] becomes nil under
+// mu) and measures how long until the survivors' shares of fn add up to
+// the whole reservation (6) again, and until the function sees 6 running.
+func killHolder(t *testing.T, mu *sync.Mutex, procs []*sluiceProc, victim int, fn *concFn) (shareBack, running6 time.Duration) {
+	t.Helper()
+	mu.Lock()
+	dead := procs[victim]
+	procs[victim] = nil
+	mu.Unlock()
+	dead.kill()
+	killed := time.Now()
+	fn.mu.Lock()
+	fn.reached6 = time.Time{}
+	fn.mu.Unlock()
+	eventually(t, 30*time.Second, "the others' shares of fn reach 6 again", func() error {
+		sum := 0.0
+		for _, p := range procs {
+			if p == nil {
+				continue
+			}
+			v, err := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
+			if err != nil {
+				return err
+			}
+			sum += v
+		}
+		if sum < 6 {
+			return fmt.Errorf("shares %v", sum)
+		}
+		shareBack = time.Since(killed)
+		return nil
+	})
+	eventually(t, 30*time.Second, "the others reach 6 running again", func() error {
+		fn.mu.Lock()
+		defer fn.mu.Unlock()
+		if fn.reached6.After(killed) {
+			running6 = fn.reached6.Sub(killed)
+			return nil
+		}
+		return fmt.Errorf("max so far %d", fn.maxAll)
+	})
+	return shareBack, running6
+}
+
 // fnShare is process p's share of function fn (sluice_cluster_share); 0
 // when it does not answer.
 func fnShare(p *sluiceProc) float64 {
@@ -466,21 +531,10 @@ func TestClusterNATS(t *testing.T) {
 	defer stopPub()
 	go env.publish(pubCtx, fn, 150)
 
-	check := func(phase string) {
-		if v := fn.violations(); len(v) > 0 {
-			t.Fatalf("%s: over-admitted %d times, first: %s", phase, len(v), strings.Join(v[:min(5, len(v))], "; "))
-		}
-	}
+	check := func(phase string) { fn.check(t, phase) }
 
 	// Phase 1: steady demand.
-	eventually(t, 60*time.Second, "the function is called by the cluster", func() error {
-		fn.mu.Lock()
-		defer fn.mu.Unlock()
-		if fn.requests < 50 {
-			return fmt.Errorf("%d requests", fn.requests)
-		}
-		return nil
-	})
+	fn.waitCalled(t)
 	fn.window()
 	time.Sleep(8 * time.Second)
 	avg := fn.average()
@@ -605,44 +659,7 @@ func TestClusterNATS(t *testing.T) {
 	if victim < 0 {
 		t.Fatal("no process holds a share of fn")
 	}
-	aliveMu.Lock()
-	dead := procs[victim]
-	procs[victim] = nil
-	aliveMu.Unlock()
-	dead.kill()
-	killed := time.Now()
-	fn.mu.Lock()
-	fn.reached6 = time.Time{}
-	fn.mu.Unlock()
-	var shareBack time.Duration
-	eventually(t, 30*time.Second, "the others' shares of fn reach 6 again", func() error {
-		sum := 0.0
-		for i, p := range procs {
-			if i == victim || p == nil {
-				continue
-			}
-			v, err := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
-			if err != nil {
-				return err
-			}
-			sum += v
-		}
-		if sum < 6 {
-			return fmt.Errorf("shares %v", sum)
-		}
-		shareBack = time.Since(killed)
-		return nil
-	})
-	var back time.Duration
-	eventually(t, 30*time.Second, "the others reach 6 running again", func() error {
-		fn.mu.Lock()
-		defer fn.mu.Unlock()
-		if fn.reached6.After(killed) {
-			back = fn.reached6.Sub(killed)
-			return nil
-		}
-		return fmt.Errorf("max so far %d", fn.maxAll)
-	})
+	shareBack, back := killHolder(t, &aliveMu, procs, victim, fn)
 	t.Logf("kill -9 of process %d holding capacity: the others hold all 6 after %s, the function sees 6 running again after %s (lease 3s; its partitions move after the pin TTL, 2 × ack_wait = 10s)",
 		victim+1, shareBack.Round(time.Millisecond), back.Round(time.Millisecond))
 	if shareBack > 3*time.Second+2*time.Second {
