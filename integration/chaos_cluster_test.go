@@ -4,7 +4,8 @@ package integration
 // of TestClusterNATS: a reservation of 6, a "*" rule of 2 over 5 tenants, a
 // JetStream stream source of 12 partitions, and synchronous ingress load on
 // every process) while a process holding capacity, picked at random, is
-// killed with kill -9 and started again, over and over. Checked: never
+// killed with kill -9 and started again, over and over (every second
+// round also a graceful stop and start of a holder). Checked: never
 // more than 6 running at the function, nor 2 for one tenant; after each
 // kill the survivors hold the whole reservation again within lease +
 // rebalance (measured; fails beyond lease + 2 s); every record the stream
@@ -19,6 +20,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -53,7 +55,8 @@ func TestChaosCluster(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	var shareBack, running6 []time.Duration
 	fn.window()
-	for k := range kills {
+	// holder picks a process holding a share of fn at random.
+	holder := func() int {
 		var holders []int
 		eventually(t, 20*time.Second, "a process holds a share of fn", func() error {
 			holders = holders[:0]
@@ -67,7 +70,18 @@ func TestChaosCluster(t *testing.T) {
 			}
 			return nil
 		})
-		victim := holders[rng.IntN(len(holders))]
+		return holders[rng.IntN(len(holders))]
+	}
+	restart := func(i int, name string) {
+		p := startSluice(t, name, env.cfgs[i])
+		aliveMu.Lock()
+		procs[i] = p
+		aliveMu.Unlock()
+		time.Sleep(3 * time.Second) // the restarted process wins a share back
+	}
+	stops := 0
+	for k := range kills {
+		victim := holder()
 		held := fnShare(procs[victim])
 		back, ran6 := killHolder(t, &aliveMu, procs, victim, fn)
 		shareBack = append(shareBack, back)
@@ -78,11 +92,24 @@ func TestChaosCluster(t *testing.T) {
 			t.Errorf("kill %d: the survivors took %s to hold the whole reservation again, want lease (%s) + about a second", k+1, back, lease)
 		}
 		check(fmt.Sprintf("kill %d", k+1))
-		restarted := startSluice(t, fmt.Sprintf("sluice %d (after kill %d)", victim+1, k+1), env.cfgs[victim])
-		aliveMu.Lock()
-		procs[victim] = restarted
-		aliveMu.Unlock()
-		time.Sleep(3 * time.Second) // the restarted process wins a share back
+		restart(victim, fmt.Sprintf("sluice %d (after kill %d)", victim+1, k+1))
+		if k%2 == 1 {
+			// Every second round, a graceful stop (SIGTERM) of a holder
+			// too: its sources abandon invocations the function still
+			// runs, and nobody may be granted that capacity meanwhile.
+			stops++
+			i := holder()
+			aliveMu.Lock()
+			p := procs[i]
+			procs[i] = nil
+			aliveMu.Unlock()
+			if code := p.stop(syscall.SIGTERM); code != 0 {
+				t.Fatalf("process %d exited %d after SIGTERM, want 0", i+1, code)
+			}
+			check(fmt.Sprintf("SIGTERM %d", stops))
+			restart(i, fmt.Sprintf("sluice %d (after SIGTERM %d)", i+1, stops))
+			check(fmt.Sprintf("restart after SIGTERM %d", stops))
+		}
 	}
 	avg := fn.average()
 	stopLoad()
@@ -93,8 +120,8 @@ func TestChaosCluster(t *testing.T) {
 	slices.Sort(shareBack)
 	slices.Sort(running6)
 	fn.mu.Lock()
-	t.Logf("%d kill -9 (lease %s): the survivors held all 6 again after %v (max %s); 6 running again after %v; "+
+	t.Logf("%d kill -9 and %d SIGTERM restarts (lease %s): the survivors held all 6 again after %v (max %s); 6 running again after %v; "+
 		"time-weighted average concurrency %.2f of 6; over-admission 0 (max running %d, max per tenant %v) over %d requests",
-		kills, lease, shareBack, shareBack[len(shareBack)-1].Round(time.Millisecond), running6, avg, fn.maxAll, fn.maxScope, fn.requests)
+		kills, stops, lease, shareBack, shareBack[len(shareBack)-1].Round(time.Millisecond), running6, avg, fn.maxAll, fn.maxScope, fn.requests)
 	fn.mu.Unlock()
 }
