@@ -326,6 +326,8 @@ type AccountView struct {
 		UnreservedConcurrentExecutions int `json:"unreservedConcurrentExecutions"`
 		FunctionCount                  int `json:"functionCount"`
 		Waiting                        int `json:"waitingFunctions"`
+		// ByProcess is, in cluster mode, the slots held by each process.
+		ByProcess map[string]int `json:"byProcess,omitempty"`
 	} `json:"accountUsage"`
 }
 
@@ -340,6 +342,7 @@ func (s *Server) getAccount(w http.ResponseWriter, _ *http.Request) {
 	v.AccountUsage.UnreservedConcurrentExecutions = u.UnreservedInUse
 	v.AccountUsage.FunctionCount = len(s.o.Book.Functions())
 	v.AccountUsage.Waiting = u.WaitingFunctions
+	v.AccountUsage.ByProcess = u.ByProcess
 	writeJSON(w, http.StatusOK, v)
 }
 

@@ -117,10 +117,11 @@
 //
 // Views. Every member renews a record "m.<id>" (its shares, demand, slots
 // held and queues of waiters, every lease/3 and at most every second); the
-// Engine's Usage and Scopes add the others' records to its own counts, and
-// Queues lists the others' queues beside its own, each with its member
-// (QueueStatus.Process): `sluice account`, `sluice limits` and `sluice
-// queues` show the whole cluster on any process. Status is GET /v1/cluster
+// Engine's Usage and Scopes add the others' records to its own counts (and
+// say what each member holds: ByProcess), and Queues lists the others'
+// queues beside its own, each with its member (QueueStatus.Process):
+// `sluice account`, `sluice limits` and `sluice queues` show the whole
+// cluster, and which process holds what, on any process. Status is GET /v1/cluster
 // (members, shares, demand, lease age). Each member queues its own waiters.
 //
 // Limits of this design. A round visits its limits one after the other

@@ -138,8 +138,8 @@ func (e *Engine) Rules() []dispatch.Rule {
 }
 
 // Usage is cluster-wide: the global limits, the slots held by this member
-// now and by the others as their last member records say, and this
-// member's waiters.
+// now and by the others as their last member records say (in all and by
+// member: ByProcess), and this member's waiters.
 func (e *Engine) Usage() dispatch.Usage {
 	local := e.inner.Usage()
 	e.mu.Lock()
@@ -161,15 +161,21 @@ func (e *Engine) Usage() dispatch.Usage {
 			u.UnreservedInUse += inFlight
 		}
 	}
+	u.ByProcess = map[string]int{e.id: 0}
 	for fn, fu := range local.Functions {
 		add(fn, fu.InFlight, fu.Waiting)
+		u.ByProcess[e.id] += fu.InFlight
 	}
 	for _, m := range e.members {
 		if m.ID == e.id {
 			continue
 		}
+		if _, ok := u.ByProcess[m.ID]; !ok {
+			u.ByProcess[m.ID] = 0 // a member holding nothing is listed too
+		}
 		for fn, n := range m.InFlight {
 			add(fn, n, 0)
+			u.ByProcess[m.ID] += n
 		}
 	}
 	for fn, n := range e.reserved {
@@ -183,21 +189,31 @@ func (e *Engine) Usage() dispatch.Usage {
 
 // Scopes are cluster-wide: every scope held here or by another member (as
 // its record says), and every scope of an exact rule, with the global
-// limits.
+// limits and the slots each member holds (ByProcess).
 func (e *Engine) Scopes() []dispatch.ScopeUsage {
 	local := e.inner.Scopes()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	use := map[string]int{}
+	by := map[string]map[string]int{} // scope → member → slots
+	hold := func(sc, id string, n int) {
+		use[sc] += n
+		if n > 0 {
+			if by[sc] == nil {
+				by[sc] = map[string]int{}
+			}
+			by[sc][id] += n
+		}
+	}
 	for _, s := range local {
-		use[s.Scope] += s.InFlight
+		hold(s.Scope, e.id, s.InFlight)
 	}
 	for _, m := range e.members {
 		if m.ID == e.id {
 			continue
 		}
 		for sc, n := range m.ScopeInFlight {
-			use[sc] += n
+			hold(sc, m.ID, n)
 		}
 	}
 	for p := range e.rules {
@@ -209,7 +225,7 @@ func (e *Engine) Scopes() []dispatch.ScopeUsage {
 	}
 	out := make([]dispatch.ScopeUsage, 0, len(use))
 	for name, n := range use {
-		su := dispatch.ScopeUsage{Scope: name, InFlight: n, Limit: -1, Available: -1}
+		su := dispatch.ScopeUsage{Scope: name, InFlight: n, Limit: -1, Available: -1, ByProcess: by[name]}
 		if r, ok := e.ruleForLocked(name); ok {
 			su.Limit, su.Rule = r.Concurrency, r.Pattern
 			su.Available = max(0, r.Concurrency-n)

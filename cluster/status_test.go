@@ -78,3 +78,62 @@ func TestStatusMatchesOpenAPI(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageByProcess: what each member holds is in every member's Usage
+// and Scopes (ByProcess), and the JSON of GET /v1/account and GET
+// /v1/limits that carries it is what admin/openapi.json describes.
+func TestUsageByProcess(t *testing.T) {
+	doc, err := openapi3.NewLoader().LoadFromData(admin.OpenAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid := func(schema string, x any) {
+		t.Helper()
+		b, err := json.Marshal(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v any
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Fatal(err)
+		}
+		if err := doc.Components.Schemas[schema].Value.VisitJSON(v); err != nil {
+			t.Errorf("%s is not what the document describes: %v\n%s", schema, err, b)
+		}
+	}
+	es := startEngines(t, newMemKV(), 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i, e := range es {
+		l, err := e.Acquire(ctx, "fn", []string{[]string{"a", "b"}[i]}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Release()
+	}
+	for {
+		u := es[0].Usage()
+		if u.ByProcess[es[1].ID()] == 1 {
+			if u.ByProcess[es[0].ID()] != 1 || len(u.ByProcess) != 2 || u.InFlight != 2 {
+				t.Fatalf("Usage: %d in flight, by process %v; want 1 on each of the two members", u.InFlight, u.ByProcess)
+			}
+			by := map[string]map[string]int{}
+			for _, s := range es[0].Scopes() {
+				by[s.Scope] = s.ByProcess
+				valid("ScopeUsage", s)
+			}
+			if by["a"][es[0].ID()] != 1 || len(by["a"]) != 1 || by["b"][es[1].ID()] != 1 || len(by["b"]) != 1 {
+				t.Fatalf("Scopes by process: %v; want a on member 0, b on member 1", by)
+			}
+			var av admin.AccountView
+			av.AccountUsage.ByProcess = u.ByProcess
+			valid("Account", av)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("member 0 never saw member 1's slot: %v", u.ByProcess)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
