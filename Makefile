@@ -29,11 +29,11 @@ test-all: ## everything, against real brokers it fetches and starts itself (Kafk
 
 # The chaos suite restarts brokers, so it always gets a set of its own (never
 # the one the integration tests share) and runs after them, not beside them.
-chaos: ## fault-injection suite, long: ≥ 20 kill -9, broker restarts, flaky function; Kafka and JetStream sources, stream and async modes (~25 min, own brokers)
+chaos: ## fault-injection suite, long: ≥ 20 kill -9, broker restarts, flaky function; Kafka and JetStream sources, stream and async modes; 12 kill -9 in a three-process cluster (~28 min, own brokers)
 	SLUICE_CHAOS=long scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 60m -v -run '^TestChaos' ./integration/
 
-chaos-short: ## fault-injection suite, short (CI): Kafka and JetStream sources, stream and async modes; kill -9, broker restarts, store outages (~8 min, own brokers)
-	SLUICE_CHAOS=short scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 30m -v -run '^TestChaos(JetStream|KafkaAsync|JetStreamAsync)?$$' ./integration/
+chaos-short: ## fault-injection suite, short (CI): Kafka and JetStream sources, stream and async modes; kill -9, broker restarts, store outages; 3 kill -9 in a three-process cluster (~9 min, own brokers)
+	SLUICE_CHAOS=short scripts/brokers/with-brokers.sh $(GO) test -race -count=1 -timeout 30m -v -run '^TestChaos(JetStream|KafkaAsync|JetStreamAsync|Cluster)?$$' ./integration/
 
 FUZZTIME ?= 30s
 FUZZ_TARGETS := admin:FuzzAdminRequest config:FuzzLoad dispatch:FuzzParseBatchItemFailures dispatch:FuzzHTTPResponse retention:FuzzDecodeEnvelope retention:FuzzEnvelopeRoundTrip

@@ -15,9 +15,11 @@
 // appended to state_dir/limits.journal; the file is rewritten when the
 // journal outgrows it: journal.go); a shared one (for limits shared by
 // several processes) is given with WithStore, next to a shared
-// dispatch.Limits engine, and the Book works the same over both. A reload of
-// the configuration (SIGHUP) replaces the configuration layer and keeps the
-// API layer on top.
+// dispatch.Limits engine, and the Book works the same over both;
+// Book.Refresh reads a shared Store again when another process changed it.
+// GET /v1/cluster shows what Options.Cluster returns (cluster mode). A
+// reload of the configuration (SIGHUP) replaces the configuration layer and
+// keeps the API layer on top.
 //
 // Harden (harden.go) wraps the API with its defences against web pages
 // that use a browser as a proxy: the Host, Origin and Content-Type rules of

@@ -101,6 +101,9 @@ type Options struct {
 	Logger           *slog.Logger
 	// Now is the clock of the views (tests); default time.Now.
 	Now func() time.Time
+	// Cluster returns the cluster's members and shares for GET /v1/cluster
+	// (cluster mode); nil answers 404.
+	Cluster func() any
 }
 
 // maxBody bounds a request body: the API's bodies are a few fields.
@@ -190,6 +193,7 @@ func (s *Server) routes() []route {
 	return []route{
 		{"/v1/openapi.json", get(s.getOpenAPI)},
 		{"/v1/account", get(s.getAccount)},
+		{"/v1/cluster", get(s.getCluster)},
 		{"/v1/functions", get(s.listFunctions)},
 		{"/v1/functions/{fn}", get(s.getFunction)},
 		{"/v1/functions/{fn}/concurrency", map[string]endpoint{
@@ -322,6 +326,8 @@ type AccountView struct {
 		UnreservedConcurrentExecutions int `json:"unreservedConcurrentExecutions"`
 		FunctionCount                  int `json:"functionCount"`
 		Waiting                        int `json:"waitingFunctions"`
+		// ByProcess is, in cluster mode, the slots held by each process.
+		ByProcess map[string]int `json:"byProcess,omitempty"`
 	} `json:"accountUsage"`
 }
 
@@ -336,6 +342,7 @@ func (s *Server) getAccount(w http.ResponseWriter, _ *http.Request) {
 	v.AccountUsage.UnreservedConcurrentExecutions = u.UnreservedInUse
 	v.AccountUsage.FunctionCount = len(s.o.Book.Functions())
 	v.AccountUsage.Waiting = u.WaitingFunctions
+	v.AccountUsage.ByProcess = u.ByProcess
 	writeJSON(w, http.StatusOK, v)
 }
 
@@ -529,6 +536,8 @@ type QueueView struct {
 	Waiting    int      `json:"waiting"`
 	OldestWait float64  `json:"oldestWaitSeconds"`
 	Reason     string   `json:"reason"`
+	// Process is the cluster member whose waiters these are (cluster mode).
+	Process string `json:"process,omitempty"`
 }
 
 func (s *Server) getQueues(w http.ResponseWriter, _ *http.Request) {
@@ -540,7 +549,7 @@ func (s *Server) getQueues(w http.ResponseWriter, _ *http.Request) {
 			scopes = []string{}
 		}
 		out = append(out, QueueView{Function: q.Function, Scopes: scopes, Waiting: q.Waiting,
-			OldestWait: max(0, now.Sub(q.Oldest).Seconds()), Reason: string(q.Reason)})
+			OldestWait: max(0, now.Sub(q.Oldest).Seconds()), Reason: string(q.Reason), Process: q.Process})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"queues": out})
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/cluster"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
@@ -37,6 +38,9 @@ type Config struct {
 	DeadLetters map[string]retention.Config        `koanf:"dead_letters"`
 	Metrics     MetricsConfig                      `koanf:"metrics"`
 	Tracing     telemetry.Config                   `koanf:"tracing"`
+	// Cluster, when set, shares every limit with the other processes of
+	// the same cluster name (package cluster); nil runs on its own.
+	Cluster *cluster.Config `koanf:"cluster"`
 }
 
 // MetricsConfig is the /metrics exposition.
@@ -171,6 +175,9 @@ func (c *Config) complete() {
 			c.DeadLetters[name] = dl
 		}
 	}
+	if c.Cluster != nil && c.Cluster.Broker == "" {
+		c.Cluster.Broker = only
+	}
 }
 
 // Validate checks every section and the references between them, and
@@ -188,6 +195,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateDeadLetters()...)
 	errs = append(errs, c.Tracing.Validate("tracing"))
+	errs = append(errs, c.validateCluster()...)
 	return newError(errs...)
 }
 

@@ -258,7 +258,7 @@ func TestLoadBadConfigurations(t *testing.T) {
 		{
 			name:    "unknown top-level key",
 			overlay: "sourcess: {}",
-			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, dead_letters, functions, metrics, rules, sources, state_dir, tracing)",
+			want:    "sourcess: unknown key; did you mean sources? (allowed: account, admin, brokers, cluster, dead_letters, functions, metrics, rules, sources, state_dir, tracing)",
 		},
 		{
 			name:    "tracing endpoint not a URL",

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicehq/sluice/cluster"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
@@ -52,6 +53,8 @@ func fresh(t reflect.Type, raw any) reflect.Value {
 		v.Set(reflect.ValueOf(consumer.DefaultKafkaConfig()))
 	case reflect.TypeFor[consumer.NATSConfig]():
 		v.Set(reflect.ValueOf(consumer.DefaultNATSConfig()))
+	case reflect.TypeFor[cluster.Config]():
+		v.Set(reflect.ValueOf(cluster.Config{}.WithDefaults()))
 	}
 	return v
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sluicehq/sluice/cluster"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
 	"github.com/sluicehq/sluice/retention"
@@ -25,8 +26,8 @@ var ErrInvalid = errors.New("invalid configuration")
 //
 // errors.Is(err, ErrInvalid) holds for an *Error, and each problem also
 // matches the sentinel of the package that found it (consumer.ErrInvalid,
-// dispatch.ErrInvalid, retention.ErrInvalid, telemetry.ErrInvalid or
-// ErrInvalid).
+// dispatch.ErrInvalid, retention.ErrInvalid, telemetry.ErrInvalid,
+// cluster.ErrInvalid or ErrInvalid).
 type Error struct {
 	Problems []error
 }
@@ -51,7 +52,7 @@ func (e *Error) Messages() []string {
 func (e *Error) Unwrap() []error { return append([]error{ErrInvalid}, e.Problems...) }
 
 // sentinels are the configuration sentinels whose text prefixes problems.
-var sentinels = []error{ErrInvalid, consumer.ErrInvalid, dispatch.ErrInvalid, retention.ErrInvalid, telemetry.ErrInvalid}
+var sentinels = []error{ErrInvalid, consumer.ErrInvalid, dispatch.ErrInvalid, retention.ErrInvalid, telemetry.ErrInvalid, cluster.ErrInvalid}
 
 func message(err error) string {
 	s := err.Error()

@@ -6,7 +6,7 @@ package config
 // whoever adds, renames or removes a key documents it here in the same
 // change, then runs `make docs`.
 var keyDocs = map[string]KeyDoc{
-	"account": {Doc: "Limits of the whole deployment (one sluice process until cluster-wide limits arrive)."},
+	"account": {Doc: "Limits of the whole deployment: of this process, or with a cluster section of all its members together."},
 	"account.concurrency": {Doc: "How many invocations may run at once in total, across every function.",
 		Range: "1 or more", Example: "1000"},
 	"account.min_unreserved": {Doc: "The part of account.concurrency that reservations may never take: functions without a reservation always share at least this much.",
@@ -187,6 +187,14 @@ var keyDocs = map[string]KeyDoc{
 		Range: "-1 or 1m or more", Example: "720h"},
 	"dead_letters.<name>.max_bytes": {Doc: "Size cap of the destination (the oldest letters go first); 0 means no cap.",
 		Range: "0 or a size", Example: "1GiB"},
+
+	"cluster": {Doc: "Share every limit (account, reservations, scope rules) with the other sluice processes of the same cluster name, through JetStream key-value buckets on a NATS broker: each process runs on a leased share of each limit, and the rule book changed through the API is the cluster's. Without it, every limit is this process's own. Give every member the same limits in its file; queues stay per process. `sluice cluster` and GET /v1/cluster show the members."},
+	"cluster.name": {Doc: "The cluster's name: processes with the same name share their limits. It names the buckets (sluice_cluster_<name> and sluice_cluster_<name>_book).",
+		Range: "1 to 64 letters, digits, '-' or '_'", Example: "prod"},
+	"cluster.broker": {Doc: "The NATS broker (a name under brokers) whose JetStream holds the shares and the rule book; Kafka is not supported. May be left out when exactly one broker is defined.",
+		Range: "a NATS broker defined under brokers", Example: "bus"},
+	"cluster.lease": {Doc: "How long a share stays with a process that stopped renewing it (crashed or cut off); after it, the capacity goes back to the other members. A process stops using its share before its lease lapses.",
+		Range: "2s..5m", Example: "10s"},
 
 	"metrics":               {Doc: "Optional metrics."},
 	"metrics.per_partition": {Doc: "Also export lag and iterator age per partition (label partition): one series per partition owned here, so off by default.", Range: "true, false", Example: "true"},

@@ -27,5 +27,6 @@
 // the admin API, the metrics and cmd only ever see Limits, so nothing else
 // changes. Such an engine keeps the contract written on Limits, in
 // particular all-or-nothing grants and waking waiters on release, live
-// change and expiry.
+// change and expiry. The cluster engine (package cluster) runs a local
+// Limiter on its process's shares and sets them with Limiter.Replace.
 package dispatch

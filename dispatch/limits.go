@@ -133,6 +133,9 @@ type Usage struct {
 	ExpiredLeases    int64
 	Functions        map[string]FunctionUsage // functions with a reservation, slots held or waiters
 	WaitingFunctions int                      // functions with at least one waiter
+	// ByProcess is, in cluster mode, the slots held by each member of the
+	// cluster; nil from a local Limiter.
+	ByProcess map[string]int
 }
 
 // FunctionUsage is one function's share of a Usage.
@@ -176,6 +179,9 @@ type ScopeUsage struct {
 	Limit     int    `json:"limit"` // -1: no rule limits this scope
 	Available int    `json:"available"`
 	Rule      string `json:"rule,omitempty"` // the pattern of the matching rule
+	// ByProcess is, in cluster mode, the slots of the scope held by each
+	// member of the cluster; nil from a local Limiter.
+	ByProcess map[string]int `json:"byProcess,omitempty"`
 }
 
 // Scopes returns the usage of every scope holding slots, and of every scope

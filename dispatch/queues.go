@@ -14,6 +14,9 @@ type QueueStatus struct {
 	Waiting  int       `json:"waiting"`
 	Oldest   time.Time `json:"oldestSince"` // when the oldest waiter began to wait
 	Reason   Reason    `json:"reason"`      // why the oldest waiter waits now
+	// Process is the cluster member whose waiters these are, in cluster
+	// mode (each process queues its own); "" from a local Limiter.
+	Process string `json:"process,omitempty"`
 }
 
 // Queues returns every non-empty queue of waiters, by function then scopes.

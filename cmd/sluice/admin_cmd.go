@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -193,6 +195,10 @@ func newAccountCmd() *cobra.Command {
 				fmt.Fprintf(w, "unreserved pool\t%d\t%d\n", v.AccountLimit.UnreservedConcurrentExecutions, v.AccountUsage.UnreservedConcurrentExecutions)
 				fmt.Fprintf(w, "min unreserved\t%d\t\n", v.AccountLimit.MinUnreserved)
 				fmt.Fprintf(w, "functions\t%d\t%d waiting\n", v.AccountUsage.FunctionCount, v.AccountUsage.Waiting)
+				// In cluster mode, what each process holds.
+				for _, id := range slices.Sorted(maps.Keys(v.AccountUsage.ByProcess)) {
+					fmt.Fprintf(w, "process %s\t\t%d\n", id, v.AccountUsage.ByProcess[id])
+				}
 				return w.Flush()
 			})
 		})
@@ -377,9 +383,23 @@ func newLimitsCmd() *cobra.Command {
 			}
 			return render(cmd, v, func(out io.Writer) error {
 				w := table(out)
-				fmt.Fprintln(w, "SCOPE\tUSAGE\tLIMIT\tAVAILABLE\tRULE")
+				// In cluster mode, which process holds what of each scope.
+				cluster := slices.ContainsFunc(v.Scopes, func(s dispatch.ScopeUsage) bool { return len(s.ByProcess) > 0 })
+				head := "SCOPE\tUSAGE\tLIMIT\tAVAILABLE\tRULE"
+				if cluster {
+					head += "\tBY PROCESS"
+				}
+				fmt.Fprintln(w, head)
 				for _, s := range v.Scopes {
-					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\n", s.Scope, s.InFlight, unlimited(s.Limit), unlimited(s.Available), orDash(s.Rule))
+					line := fmt.Sprintf("%s\t%d\t%s\t%s\t%s", s.Scope, s.InFlight, unlimited(s.Limit), unlimited(s.Available), orDash(s.Rule))
+					if cluster {
+						var by []string
+						for _, id := range slices.Sorted(maps.Keys(s.ByProcess)) {
+							by = append(by, fmt.Sprintf("%s=%d", id, s.ByProcess[id]))
+						}
+						line += "\t" + orDash(strings.Join(by, ","))
+					}
+					fmt.Fprintln(w, line)
 				}
 				if err := w.Flush(); err != nil {
 					return err
@@ -432,9 +452,19 @@ func newQueuesCmd() *cobra.Command {
 			}
 			return render(cmd, v, func(out io.Writer) error {
 				w := table(out)
-				fmt.Fprintln(w, "FUNCTION\tSCOPES\tWAITING\tOLDEST WAIT\tREASON")
+				// In cluster mode every process's queues, each with its process.
+				cluster := slices.ContainsFunc(v.Queues, func(q admin.QueueView) bool { return q.Process != "" })
+				head := "FUNCTION\tSCOPES\tWAITING\tOLDEST WAIT\tREASON"
+				if cluster {
+					head += "\tPROCESS"
+				}
+				fmt.Fprintln(w, head)
 				for _, q := range v.Queues {
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\n", q.Function, orDash(strings.Join(q.Scopes, ",")), q.Waiting, seconds(q.OldestWait), q.Reason)
+					line := fmt.Sprintf("%s\t%s\t%d\t%s\t%s", q.Function, orDash(strings.Join(q.Scopes, ",")), q.Waiting, seconds(q.OldestWait), q.Reason)
+					if cluster {
+						line += "\t" + orDash(q.Process)
+					}
+					fmt.Fprintln(w, line)
 				}
 				return w.Flush()
 			})

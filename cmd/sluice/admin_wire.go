@@ -28,7 +28,7 @@ const (
 // changes of state_dir on top) and the readiness checks of the brokers in
 // use. It runs after wireSources, which connected to the brokers.
 func (a *app) wireAdmin() error {
-	book, err := admin.NewBook(a.disp.Limiter(), a.cfg.Dispatch(), a.cfg.StateDir, admin.WithBookLogger(a.log))
+	book, err := a.newBook()
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
@@ -90,6 +90,7 @@ func (a *app) adminAPI() (http.Handler, error) {
 		Lags:             a.shardLags,
 		DeadLetterCounts: a.deadLetterCounts,
 		Logger:           a.log,
+		Cluster:          a.clusterStatus(),
 	})
 	if err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -106,8 +107,10 @@ type metricInfo struct {
 }
 
 // wiredMetrics wires a sluice with a stream source, an async source, a
-// dead-letter destination and an HTTP function, invokes the function once
-// through the ingress (so that the per-function series exist), and returns
+// dead-letter destination, an HTTP function with a reservation and a
+// cluster section (the cluster engine's metrics, its share per reserved
+// function), invokes the function once through the ingress (so that the
+// per-function series exist), and returns
 // every sluice_ metric its registry describes, with the type the registry
 // gathers (counters that have no series yet are recognised by _total).
 func wiredMetrics(t *testing.T) []metricInfo {
@@ -121,12 +124,13 @@ state_dir: %s
 brokers:
   local: {nats: {listen: "127.0.0.1:0"}}
 functions:
-  fn: {url: %q, async_queue: jobs}
+  fn: {url: %q, async_queue: jobs, reserved_concurrency: 5}
 sources:
   clicks: {stream: CLICKS, subject: "clicks.*", partitions: 1, function: fn, on_failure: dead}
   jobs: {stream: JOBS, subject: "jobs.>", mode: async, function: fn, on_failure: dead}
 dead_letters:
   dead: {stream: DEAD, subject: "sluice.dead.>"}
+cluster: {name: docs}
 `, filepath.Join(dir, "state"), fn.URL))
 	cfg, err := config.Load([]string{cfgPath}, nil)
 	if err != nil {
@@ -141,10 +145,19 @@ dead_letters:
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := httptest.NewRecorder()
-	api.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/functions/fn/invocations", strings.NewReader("{}")))
-	if rec.Code != http.StatusOK {
-		t.Fatalf("invoking fn: %d %s", rec.Code, rec.Body)
+	// In cluster mode a synchronous invocation is refused (429) until the
+	// engine's first round gave this process a share of the pool.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rec := httptest.NewRecorder()
+		api.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/functions/fn/invocations", strings.NewReader("{}")))
+		if rec.Code == http.StatusOK {
+			break
+		}
+		if rec.Code != http.StatusTooManyRequests || time.Now().After(deadline) {
+			t.Fatalf("invoking fn: %d %s", rec.Code, rec.Body)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 
 	types := map[string]string{}

@@ -66,6 +66,7 @@ func newRootCmd() *cobra.Command {
 		newLimitsCmd(),
 		newShardsCmd(),
 		newQueuesCmd(),
+		newClusterCmd(),
 		newDLQCmd(),
 		newVersionCmd(),
 		newHealthcheckCmd(),

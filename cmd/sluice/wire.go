@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sluicehq/sluice/admin"
+	"github.com/sluicehq/sluice/cluster"
 	"github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/dispatch"
@@ -58,6 +59,9 @@ type app struct {
 	adminTLS *config.ServerTLS            // admin.tls, loaded by wire, re-read on SIGHUP (admin_server.go)
 	lock     *stateLock                   // the lock on state_dir (statelock.go)
 	api      atomic.Pointer[admin.Server] // the admin API once run serves it, for SIGHUP's token reload
+
+	cluster   *cluster.Engine // the cluster-wide limits; nil without a cluster section (cluster_wire.go)
+	bookStore *cluster.Store  // the shared rule book; nil without a cluster section
 }
 
 // source is a running source as the app sees it.
@@ -86,6 +90,17 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 		return nil, err
 	}
 	opts := append([]dispatch.Option{dispatch.WithRegisterer(reg), dispatch.WithLogger(log)}, tracing...)
+	eng, err := newClusterEngine(cfg, reg, log) // nil without a cluster section
+	if err != nil {
+		for _, c := range closers {
+			c()
+		}
+		lock.release()
+		return nil, err
+	}
+	if eng != nil {
+		opts = append(opts, dispatch.WithLimits(eng))
+	}
 	d, err := dispatch.New(cfg.Dispatch(), append(opts, dopts...)...)
 	if err != nil {
 		for _, c := range closers {
@@ -94,7 +109,7 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 		lock.release()
 		return nil, err
 	}
-	a := &app{cfg: cfg, log: log, reg: reg, disp: d, closers: closers, lock: lock, secrets: sec}
+	a := &app{cfg: cfg, log: log, reg: reg, disp: d, closers: closers, lock: lock, secrets: sec, cluster: eng}
 	if err := setHeaders(d, cfg, cfg.Functions); err != nil {
 		a.close()
 		return nil, err
@@ -104,6 +119,10 @@ func wire(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, erro
 		return nil, err
 	}
 	if err := a.wireSources(ctx); err != nil {
+		a.close()
+		return nil, err
+	}
+	if err := a.wireCluster(ctx); err != nil {
 		a.close()
 		return nil, err
 	}
@@ -286,6 +305,13 @@ func (a *app) run(ctx context.Context) error {
 	}
 	a.ready.Store(false)
 	a.log.Info("sluice stopping", "grace", shutdownGrace.String())
+	// No slot is granted from here on, before the sources abandon their
+	// in-flight invocations: an abandoned invocation frees its slot at once
+	// while the function may still be running it, and a shard not stopped
+	// yet would otherwise be granted that slot (more running than the
+	// limit). In cluster mode the limits also keep their claim on what was
+	// held now (cluster.Engine.Close).
+	a.disp.Limiter().Close()
 	stopSources()
 	running.Wait()
 	close(srcErrs)

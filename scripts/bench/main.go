@@ -45,6 +45,8 @@ var steps = []step{
 	{"lanes", "./shard/", "^BenchmarkLaneScaling$", "2x", ""},
 	{"memory", "./integration/", "^BenchmarkMemoryPer(Shard|Scope)$", "1x", ""},
 	{"jetstream", "./consumer/nats/", "^BenchmarkStreamVsBareFetch$", "3x", ""},
+	{"cluster", "./cluster/", "^BenchmarkClusterAcquireVsLocal$", "200000x", ""},
+	{"cluster-handoff", "./cluster/", "^BenchmarkClusterHandOff$", "20x", ""},
 	{"kafka", "./integration/", "^BenchmarkKafkaPipeline(AsyncCommit|Depth8)?$", "3x", "SLUICE_TEST_KAFKA"},
 	{"kafka-http", "./integration/", "^BenchmarkKafkaPipelineHTTP$", "2x", "SLUICE_TEST_KAFKA"},
 	{"kafka-partitions", "./integration/", "^BenchmarkKafkaPartitions$", "1x", "SLUICE_TEST_KAFKA"},
@@ -126,6 +128,14 @@ var rows = map[string][]unitRow{
 	"BenchmarkDispatcherVsSemaphore/1000-scopes-8": {
 		{"x-semaphore", row{"Dispatcher acquire+release, 8 goroutines, 4 slots, 1,000 scopes (\"*\" rule)", "time ratio", "× one x/sync/semaphore (no scopes), interleaved"}},
 		{"limiter-ns/op", row{"  dispatcher", "ns/op", ""}},
+	},
+	"BenchmarkClusterAcquireVsLocal": {
+		{"x-local", row{"Cluster mode acquire+release (a held share, JetStream KV engine)", "time ratio", "× the local Limiter, same run (target ≤ 2)"}},
+		{"local-ns/op", row{"  local Limiter", "ns/op", ""}},
+	},
+	"BenchmarkClusterHandOff": {
+		{"p50-ms", row{"Cluster hand-off: idle capacity of one member to another's waiter, p50", "ms", "two members, embedded JetStream KV"}},
+		{"p99-ms", row{"Cluster hand-off, p99", "ms", ""}},
 	},
 	"BenchmarkThrottledResume": {
 		{"p50-µs", row{"Resume of a throttled shard after a slot frees, p50", "µs", "shard + dispatcher in process"}},
