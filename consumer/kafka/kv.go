@@ -534,6 +534,9 @@ func (k *KV) Keys(ctx context.Context, prefix string) ([]string, error) {
 	return out, nil
 }
 
+// Where names the bucket's state topic.
+func (k *KV) Where() string { return "kafka topic " + k.topics.state }
+
 // Leader returns the member id of the bucket's last elected leader, and
 // this member's id.
 func (k *KV) Leader() (leader, self string) {
