@@ -76,6 +76,8 @@ const (
 	kvTxnTimeout = 10 * time.Second
 	// kvDefaultDeadline bounds a request sent without a ctx deadline.
 	kvDefaultDeadline = 30 * time.Second
+	// kvOpenSync bounds OpenKV's wait for a leader.
+	kvOpenSync = time.Minute
 	// kvTopicRetention keeps requests and replies (their readers only look
 	// at the newest).
 	kvTopicRetention = time.Hour
@@ -101,6 +103,9 @@ const (
 	opCreate kvOp = "create"
 	opUpdate kvOp = "update"
 	opDelete kvOp = "delete"
+	// opSync writes nothing: its answer carries the last state offset the
+	// leader wrote or read, so that the caller can read up to it.
+	opSync kvOp = "sync"
 )
 
 // kvRequest is one record of the requests topic (key: the member id).
@@ -322,7 +327,23 @@ func (k *KV) open(ctx context.Context) error {
 			return fmt.Errorf("kafka: key-value bucket %s: read the state: %w", k.bucket, err)
 		}
 	}
+	// A leader answers before OpenKV returns (the first member of a new
+	// bucket waits for the group's first election), so the first writes
+	// of the caller do not race the election.
+	sctx, cancel := context.WithTimeout(ctx, kvOpenSync)
+	defer cancel()
+	if err := k.Sync(sctx); err != nil {
+		return fmt.Errorf("kafka: key-value bucket %s: no leader answered within %s: %w", k.bucket, kvOpenSync, err)
+	}
 	return nil
+}
+
+// Sync waits until this member's copy holds every write the leader made
+// before it answered: a read after Sync sees every write accepted before
+// Sync was called. It fails when no leader answers within ctx.
+func (k *KV) Sync(ctx context.Context) error {
+	_, err := k.call(ctx, opSync, "", nil, 0)
+	return err
 }
 
 // setAssigned records the group's (re)assignment of the requests

@@ -92,6 +92,7 @@ type kvLeader struct {
 	txn   *kgo.Client
 	reqs  *kgo.Client // the requests, from where the last leader stopped
 	table map[string]kvEntry
+	last  int64 // the last state offset this leader wrote or read
 }
 
 // lead fences the previous leader (the first transaction of the shared
@@ -118,6 +119,7 @@ func (k *KV) lead(ctx context.Context) (*kvLeader, error) {
 	}
 	k.mu.Lock()
 	l.table = maps.Clone(k.table)
+	l.last = max(k.applied, offs[0])
 	next := k.next
 	k.mu.Unlock()
 	if l.reqs, err = newClient(k.cfg, kgo.FetchMaxWait(kvSweep),
@@ -189,10 +191,12 @@ func (l *kvLeader) handle(ctx context.Context, reqs []kvRequest, next int64) err
 			ok = !exists
 		case opUpdate, opDelete:
 			ok = exists && !fresh && e.rev == req.Rev
+		case opSync:
+			ok = true
 		}
 		replies = append(replies, req)
 		accepted = append(accepted, ok)
-		if !ok {
+		if !ok || req.Op == opSync {
 			continue
 		}
 		var v []byte
@@ -236,7 +240,16 @@ func (l *kvLeader) handle(ctx context.Context, reqs []kvRequest, next int64) err
 		l.abort()
 		return err
 	}
+	last := l.last
+	for _, o := range offs {
+		last = max(last, o)
+	}
 	revs := make([]uint64, len(replies))
+	for i, req := range replies {
+		if req.Op == opSync {
+			revs[i] = uint64(last)
+		}
+	}
 	for i, w := range writes {
 		if w.reply >= 0 {
 			revs[w.reply] = uint64(offs[i])
@@ -256,6 +269,7 @@ func (l *kvLeader) handle(ctx context.Context, reqs []kvRequest, next int64) err
 	if err := l.txn.EndTransaction(cctx, kgo.TryCommit); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
+	l.last = last
 	for i, w := range writes {
 		if w.value == nil {
 			delete(l.table, w.key)
