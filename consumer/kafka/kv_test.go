@@ -415,3 +415,37 @@ func TestKafkaKVZombieLeader(t *testing.T) {
 		}
 	}
 }
+
+// TestKafkaKVLatency measures what the cluster engine does each round on
+// the bucket: a Get and an Update of one key; logs p50/p99 (on the real
+// broker: with-brokers.sh). The bound only catches a stuck engine.
+func TestKafkaKVLatency(t *testing.T) {
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{TTL: time.Minute})
+	openKV(t, cfg, bucket, consumer.KVOptions{TTL: time.Minute}) // a second member reading along
+	ctx := kvCtx(t)
+	rev, err := a.Create(ctx, "p", []byte("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	took := make([]time.Duration, 0, n)
+	for range n {
+		start := time.Now()
+		_, r, err := a.Get(ctx, "p")
+		if err != nil || r != rev {
+			t.Fatalf("Get: rev %d %v, want %d", r, err, rev)
+		}
+		if rev, err = a.Update(ctx, "p", []byte("{}"), r); err != nil {
+			t.Fatal(err)
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	p50, p99 := took[n/2], took[n*99/100]
+	t.Logf("Get+Update of one key, %d rounds: p50 %s, p99 %s, max %s", n, p50, p99, took[n-1])
+	if p99 > 2*time.Second {
+		t.Errorf("p99 %s: the engine's ops would not fit its rounds", p99)
+	}
+}
