@@ -155,7 +155,7 @@ var _ consumer.KVOpener = (*Broker)(nil)
 // topics when they are missing) and returns once this member's copy of
 // the state is current; Close of the Broker closes it.
 func (b *Broker) OpenKV(ctx context.Context, bucket string, opts consumer.KVOptions) (consumer.KV, error) {
-	kv, err := OpenKV(ctx, b.cfg, bucket, opts, nil)
+	kv, err := OpenKV(ctx, b.cfg, bucket, opts, b.log)
 	if err != nil {
 		return nil, err
 	}
