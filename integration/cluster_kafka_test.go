@@ -19,9 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -117,22 +115,15 @@ func TestClusterKafka(t *testing.T) {
 	pub := newKafkaClient(t, kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	fn := newConcFn(t, 100*time.Millisecond)
 	clusterName := unsafeName.ReplaceAllString(uniqueName(t, "c"), "_")
-	var cfgs []string
-	procs := make([]*sluiceProc, 3)
-	for i := range procs {
-		cfgs = append(cfgs, writeKafkaClusterConfig(t, clusterName, source, topic, fn.srv.URL+"/invoke"))
-		procs[i] = startSluice(t, fmt.Sprintf("sluice %d", i+1), cfgs[i])
+	c := &clusterRun{t: t, fn: fn, procs: make([]*sluiceProc, 3)}
+	for i := range c.procs {
+		c.cfgs = append(c.cfgs, writeKafkaClusterConfig(t, clusterName, source, topic, fn.srv.URL+"/invoke"))
+		c.procs[i] = startSluice(t, fmt.Sprintf("sluice %d", i+1), c.cfgs[i])
 	}
 	published := 0
 	pubCtx, stopPub := context.WithCancel(t.Context())
 	defer stopPub()
 	go publishKafka(pubCtx, pub, topic, fn, &published, 150)
-
-	check := func(phase string) {
-		if v := fn.violations(); len(v) > 0 {
-			t.Fatalf("%s: over-admitted %d times, first: %s", phase, len(v), strings.Join(v[:min(5, len(v))], "; "))
-		}
-	}
 
 	// Phase 1: steady demand.
 	eventually(t, 90*time.Second, "the function is called by the cluster", func() error {
@@ -150,9 +141,9 @@ func TestClusterKafka(t *testing.T) {
 	fn.window()
 	time.Sleep(8 * time.Second)
 	avg := fn.average()
-	check("steady")
+	c.check("steady")
 	var cv clusterView
-	if err := api(procs[0], http.MethodGet, "/v1/cluster", nil, &cv); err != nil {
+	if err := api(c.proc(0), http.MethodGet, "/v1/cluster", nil, &cv); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("steady: time-weighted average concurrency %.2f of 6 over 8s; %d members", avg, len(cv.Members))
@@ -171,21 +162,17 @@ func TestClusterKafka(t *testing.T) {
 		loadMu sync.Mutex
 		loaded *sluiceProc
 	)
-	share := func(p *sluiceProc) float64 {
-		v, _ := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
-		return v
-	}
 	uctx, stopUneven := context.WithCancel(t.Context())
 	uwg := ingressLoad(uctx, 6, func(int) *sluiceProc { loadMu.Lock(); defer loadMu.Unlock(); return loaded })
 	var handoffs []time.Duration
 	for round := range 4 {
-		next := procs[round%3]
+		next := c.proc(round)
 		loadMu.Lock()
 		loaded = next
 		loadMu.Unlock()
 		switched := time.Now()
 		eventually(t, 15*time.Second, "the loaded process holds its fair part", func() error {
-			if v := share(next); v < 2 {
+			if v, _ := next.metric("sluice_cluster_share", map[string]string{"function": "fn"}); v < 2 {
 				return fmt.Errorf("share %v", v)
 			}
 			return nil
@@ -201,142 +188,31 @@ func TestClusterKafka(t *testing.T) {
 	if handoffs[len(handoffs)-1] > 3*time.Second {
 		t.Errorf("a hand-off took %s, want about a second", handoffs[len(handoffs)-1])
 	}
-	check("uneven demand")
+	c.check("uneven demand")
 
 	// From here on every process has ingress demand too.
-	var aliveMu sync.Mutex
-	alive := func(i int) *sluiceProc {
-		aliveMu.Lock()
-		defer aliveMu.Unlock()
-		return procs[i%3]
-	}
 	lctx, stopLoad := context.WithCancel(t.Context())
-	lwg := ingressLoad(lctx, 6, alive)
+	lwg := ingressLoad(lctx, 6, c.proc)
 	defer func() { stopLoad(); lwg.Wait() }()
 
 	// Phase 2: a rule changed through process 1's API holds on 2 and 3.
-	changed := time.Now()
-	if err := api(procs[0], http.MethodPut, "/v1/rules/tenant-0", map[string]any{"concurrency": 1}, nil); err != nil {
-		t.Fatal(err)
-	}
-	var seenAt [3]time.Duration
-	eventually(t, 10*time.Second, "processes 2 and 3 see the new rule", func() error {
-		for i := 1; i < 3; i++ {
-			if seenAt[i] > 0 {
-				continue
-			}
-			var r struct {
-				Concurrency int `json:"concurrency"`
-			}
-			if err := api(procs[i], http.MethodGet, "/v1/rules/tenant-0", nil, &r); err == nil && r.Concurrency == 1 {
-				seenAt[i] = time.Since(changed)
-			}
-		}
-		if seenAt[1] == 0 || seenAt[2] == 0 {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
-	t.Logf("rule change through process 1: seen by process 2 after %s, process 3 after %s",
-		seenAt[1].Round(time.Millisecond), seenAt[2].Round(time.Millisecond))
-	if seenAt[1] > time.Second || seenAt[2] > time.Second {
-		t.Errorf("the rule change took more than 1s to apply on every process")
-	}
-	fn.mu.Lock()
-	fn.limit["tenant-0"] = 1
-	fn.since = changed.Add(max(seenAt[1], seenAt[2]) + fn.hold + 50*time.Millisecond)
-	fn.mu.Unlock()
-	time.Sleep(3 * time.Second)
-	check("rule change")
-
-	p50, n := histogramQuantile(t, procs, "sluice_cluster_rebalance_seconds", 0.5)
-	p99, _ := histogramQuantile(t, procs, "sluice_cluster_rebalance_seconds", 0.99)
-	t.Logf("hand-off (sluice_cluster_rebalance_seconds over the three processes, before the kill): %0.f hand-offs, p50 ≤ %.2fs, p99 ≤ %.2fs", n, p50, p99)
+	c.ruleChange()
+	c.logHandoffs("before the kill")
 
 	// Phase 3: kill -9 of a process holding capacity. When it leads the
 	// engine's buckets, no write lands until the group replaces it (its
 	// session, 6s): the others' leases end meanwhile and they grant
 	// nothing, then win the capacity back.
-	victim := -1
-	for i, p := range procs {
-		if v, err := p.metric("sluice_cluster_share", map[string]string{"function": "fn"}); err == nil && v > 0 {
-			victim = i
-			break
-		}
-	}
-	if victim < 0 {
-		t.Fatal("no process holds a share of fn")
-	}
-	aliveMu.Lock()
-	dead := procs[victim]
-	procs[victim] = nil
-	aliveMu.Unlock()
-	dead.kill()
-	killed := time.Now()
-	fn.mu.Lock()
-	fn.reached6 = time.Time{}
-	fn.mu.Unlock()
-	var shareBack time.Duration
-	eventually(t, 40*time.Second, "the others' shares of fn reach 6 again", func() error {
-		sum := 0.0
-		for i, p := range procs {
-			if i == victim || p == nil {
-				continue
-			}
-			v, err := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
-			if err != nil {
-				return err
-			}
-			sum += v
-		}
-		if sum < 6 {
-			return fmt.Errorf("shares %v", sum)
-		}
-		shareBack = time.Since(killed)
-		return nil
-	})
-	var back time.Duration
-	eventually(t, 40*time.Second, "the others reach 6 running again", func() error {
-		fn.mu.Lock()
-		defer fn.mu.Unlock()
-		if fn.reached6.After(killed) {
-			back = fn.reached6.Sub(killed)
-			return nil
-		}
-		return fmt.Errorf("max so far %d", fn.maxAll)
-	})
+	victim, shareBack, back := c.killHolder(40 * time.Second)
 	t.Logf("kill -9 of process %d holding capacity: the others hold all 6 after %s, the function sees 6 running again after %s (lease 3s; the engine's group session 6s if it led)",
 		victim+1, shareBack.Round(time.Millisecond), back.Round(time.Millisecond))
 	if limit := 3*time.Second + kafkaKVSession + 3*time.Second; shareBack > limit {
 		t.Errorf("the others took %s to hold the whole reservation again, want at most lease (3s) + the engine's session (6s) + a few rounds (%s)", shareBack, limit)
 	}
-	check("kill -9")
-	restarted := startSluice(t, fmt.Sprintf("sluice %d again", victim+1), cfgs[victim])
-	aliveMu.Lock()
-	procs[victim] = restarted
-	aliveMu.Unlock()
 
 	// Phase 4: the Kafka broker (source and engine) stops for 20 s.
 	if brokersDir != "" {
-		brokerCtl(t, "down.sh", "kafka")
-		stopped := time.Now()
-		time.Sleep(20 * time.Second)
-		brokerCtl(t, "up.sh", "kafka")
-		up := time.Now()
-		fn.mu.Lock()
-		before := fn.requests
-		fn.mu.Unlock()
-		eventually(t, 90*time.Second, "the cluster calls the function again after the outage", func() error {
-			fn.mu.Lock()
-			defer fn.mu.Unlock()
-			if fn.requests < before+50 {
-				return fmt.Errorf("%d requests since", fn.requests-before)
-			}
-			return nil
-		})
-		t.Logf("Kafka down %s: invocations flowing again %s after it was back, no restart", up.Sub(stopped).Round(time.Millisecond),
-			time.Since(up).Round(time.Millisecond))
-		check("kafka outage")
+		c.outage("kafka", 90*time.Second)
 	} else {
 		t.Log("SLUICE_TEST_BROKERS_DIR unset: the Kafka outage phase needs scripts/brokers/with-brokers.sh")
 	}
@@ -344,27 +220,10 @@ func TestClusterKafka(t *testing.T) {
 	// Phase 5: all three restart; the rule changed through the API is kept.
 	stopLoad()
 	lwg.Wait()
-	for _, p := range procs {
-		p.stop(syscall.SIGTERM)
-	}
-	for i := range procs {
-		procs[i] = startSluice(t, fmt.Sprintf("sluice %d restarted", i+1), cfgs[i])
-	}
-	for i, p := range procs {
-		var r struct {
-			Concurrency int    `json:"concurrency"`
-			Origin      string `json:"origin"`
-		}
-		if err := api(p, http.MethodGet, "/v1/rules/tenant-0", nil, &r); err != nil {
-			t.Fatalf("process %d after the restart: %v", i+1, err)
-		}
-		if r.Concurrency != 1 || r.Origin != "api" {
-			t.Errorf("process %d after the restart: rule tenant-0 = %+v, want concurrency 1 from the api", i+1, r)
-		}
-	}
+	c.restartAll()
 	time.Sleep(3 * time.Second)
 	stopPub()
-	check("restart")
+	c.check("restart")
 	fn.mu.Lock()
 	t.Logf("overall: %d requests, max running %d (limit 6), max per tenant %v", fn.requests, fn.maxAll, fn.maxScope)
 	fn.mu.Unlock()
