@@ -155,9 +155,9 @@ func (c *clusterRun) killHolder(wait time.Duration) (victim int, shareBack, back
 }
 
 // outage stops the run's broker component ("kafka", "nats") for 20 s and
-// waits until the cluster calls the function again (within recover), with
+// waits until the cluster calls the function again (within), with
 // no restart of sluice.
-func (c *clusterRun) outage(component string, recover time.Duration) {
+func (c *clusterRun) outage(component string, within time.Duration) {
 	t := c.t
 	t.Helper()
 	brokerCtl(t, "down.sh", component)
@@ -168,7 +168,7 @@ func (c *clusterRun) outage(component string, recover time.Duration) {
 	c.fn.mu.Lock()
 	before := c.fn.requests
 	c.fn.mu.Unlock()
-	eventually(t, recover, "the cluster calls the function again after the outage", func() error {
+	eventually(t, within, "the cluster calls the function again after the outage", func() error {
 		c.fn.mu.Lock()
 		defer c.fn.mu.Unlock()
 		if c.fn.requests < before+50 {
