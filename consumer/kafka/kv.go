@@ -55,8 +55,11 @@ import (
 // a stale read is refused. A member's own accepted write is in its copy
 // before Create/Update/Delete return (it waits for the record's offset).
 //
-// TTL: the leader tombstones keys whose last write (by its clock) is older
-// than the bucket's TTL, checking every second. History is not kept: a
+// TTL: the leader tombstones keys whose last write is older than the
+// bucket's TTL, checking every second, on its own (monotonic) clock: a new
+// leader counts every key's age from when it took the lead, so clocks of
+// different hosts never compare (a key may outlive the TTL by one TTL
+// after a leader change). History is not kept: a
 // compacted topic keeps a key's latest value only (the cluster engine reads
 // nothing else).
 

@@ -122,6 +122,15 @@ func (k *KV) lead(ctx context.Context) (*kvLeader, error) {
 	l.last = max(k.applied, offs[0])
 	next := k.next
 	k.mu.Unlock()
+	// The TTL counts on this leader's clock only: the write times its
+	// predecessors recorded (their clocks) restart from now, so a clock
+	// ahead of theirs cannot expire a key that is being renewed. A key
+	// nobody renews goes at most one TTL later than it would have.
+	now := time.Now()
+	for key, e := range l.table {
+		e.written = now
+		l.table[key] = e
+	}
 	if l.reqs, err = newClient(k.cfg, kgo.FetchMaxWait(kvSweep),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{k.topics.requests: {0: kgo.NewOffset().At(next)}})); err != nil {
 		txn.Close()
