@@ -130,11 +130,21 @@
 // configuration file's layer of the limits is each process's own: members
 // must run with the same limits in their files.
 //
-// Engines. The engine is reached through consumer.KVOpener, which the NATS
-// broker implements with JetStream KV (so the broker's connection settings
-// apply). A Kafka engine (compacted topics for the rule book and the
-// reports, a single-partition topic read by a consumer group as a leader
-// deciding shares) is not built: config refuses a Kafka cluster.broker.
+// Engines. The engine is reached through consumer.KVOpener (so the
+// broker's connection and security settings apply), which two brokers
+// implement. NATS: JetStream KV, the per-key CAS is the server's. Kafka
+// (consumer/kafka's KV): a bucket is a compacted single-partition state
+// topic (revision = record offset) with one writer, the member of a
+// consumer group that owns the partition of a requests topic; it decides
+// the CAS requests in that partition's order and writes the accepted
+// values and the answers in Kafka transactions, under a transactional id
+// every leader shares, so a new leader's first transaction fences a zombie
+// one. The engine's use is the same on both — Get, then one CAS per limit
+// per round — but on Kafka a Get reads the process's own copy (a CAS on a
+// stale read is refused and retried next round) and a leader killed
+// without leaving stops every write until the group's session (6 s)
+// replaces it: the members' leases may end meanwhile and they then grant
+// nothing until the new leader answers, as in an engine outage.
 //
 // It imports dispatch (the Limits it implements), admin (the Store it
 // implements) and consumer (the KV seam); nothing imports it but config

@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,15 +33,19 @@ cluster: {name: prod, broker: bus}
 	if c.Cluster.Broker == "" {
 		t.Error("cluster.broker should default to the one (embedded) broker")
 	}
+	// A Kafka broker holds the shared state in compacted topics.
+	c, err = config.Load([]string{write(t, dir, "kafka.yaml", strings.Replace(ok, "broker: bus}", "broker: main}", 1))}, nil)
+	if err != nil || c.Cluster == nil || c.Cluster.Broker != "main" {
+		t.Errorf("cluster on the Kafka broker main: cluster = %+v, err %v", c.Cluster, err)
+	}
 	c, err = config.Load([]string{write(t, dir, "none.yaml", ok[:len(ok)-len("cluster: {name: prod, broker: bus}\n")])}, nil)
 	if err != nil || c.Cluster != nil {
 		t.Errorf("no cluster section: cluster = %+v, err %v; want nil", c.Cluster, err)
 	}
 
 	for _, tc := range []struct{ overlay, want string }{
-		{"cluster: {name: prod, broker: main}", `cluster.broker: broker "main" is Kafka; the cluster engine runs on a NATS broker (JetStream KV) only, Kafka is not supported yet (nats brokers: bus)`},
-		{"cluster: {name: prod, broker: nope}", `cluster.broker: undefined broker "nope" (nats brokers: bus)`},
-		{"cluster: {name: prod}", `cluster.broker: required when several brokers are defined (nats brokers: bus)`},
+		{"cluster: {name: prod, broker: nope}", `cluster.broker: undefined broker "nope" (brokers: bus, main)`},
+		{"cluster: {name: prod}", `cluster.broker: required when several brokers are defined (brokers: bus, main)`},
 		{"cluster: {name: 'a b', broker: bus}", `cluster.name: "a b" must be 1 to 64 letters, digits, '-' or '_'`},
 		{"cluster: {name: prod, broker: bus, lease: 1s}", `cluster.lease: 1s is out of range (2s..5m)`},
 		{"cluster: {name: prod, broker: bus, leases: 1s}", `cluster.leases: unknown key; did you mean lease? (allowed: broker, lease, name)`},

@@ -188,11 +188,11 @@ var keyDocs = map[string]KeyDoc{
 	"dead_letters.<name>.max_bytes": {Doc: "Size cap of the destination (the oldest letters go first); 0 means no cap.",
 		Range: "0 or a size", Example: "1GiB"},
 
-	"cluster": {Doc: "Share every limit (account, reservations, scope rules) with the other sluice processes of the same cluster name, through JetStream key-value buckets on a NATS broker: each process runs on a leased share of each limit, and the rule book changed through the API is the cluster's. Without it, every limit is this process's own. Give every member the same limits in its file; queues stay per process. `sluice cluster` and GET /v1/cluster show the members."},
-	"cluster.name": {Doc: "The cluster's name: processes with the same name share their limits. It names the buckets (sluice_cluster_<name> and sluice_cluster_<name>_book).",
+	"cluster": {Doc: "Share every limit (account, reservations, scope rules) with the other sluice processes of the same cluster name, through the broker named by cluster.broker (JetStream key-value buckets on a NATS broker, compacted topics on a Kafka broker): each process runs on a leased share of each limit, and the rule book changed through the API is the cluster's. Without it, every limit is this process's own. Give every member the same limits in its file; `sluice queues`, `account` and `limits` on any member show the whole cluster, by process. `sluice cluster` and GET /v1/cluster show the members."},
+	"cluster.name": {Doc: "The cluster's name: processes with the same name share their limits. It names the buckets (sluice_cluster_<name> and sluice_cluster_<name>_book; on Kafka each bucket is the topics <bucket>-state, <bucket>-requests and <bucket>-replies and the consumer group <bucket>).",
 		Range: "1 to 64 letters, digits, '-' or '_'", Example: "prod"},
-	"cluster.broker": {Doc: "The NATS broker (a name under brokers) whose JetStream holds the shares and the rule book; Kafka is not supported. May be left out when exactly one broker is defined.",
-		Range: "a NATS broker defined under brokers", Example: "bus"},
+	"cluster.broker": {Doc: "The broker (a name under brokers) that holds the shares and the rule book: a NATS broker's JetStream key-value buckets, or a Kafka broker's compacted topics, written by one member elected through a consumer group (the broker's security settings apply; its ACLs must allow creating the topics, the group and transactions). May be left out when exactly one broker is defined.",
+		Range: "a broker defined under brokers", Example: "bus"},
 	"cluster.lease": {Doc: "How long a share stays with a process that stopped renewing it (crashed or cut off); after it, the capacity goes back to the other members. A process stops using its share before its lease lapses.",
 		Range: "2s..5m", Example: "10s"},
 

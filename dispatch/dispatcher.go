@@ -175,8 +175,25 @@ func (d *Dispatcher) Invoke(ctx context.Context, req *Request, onWait func(Reaso
 		}
 		return nil, err
 	}
-	defer lease.Release()
+	defer func() { releaseAfter(ctx, lease, req, err) }()
 	return d.run(ctx, f, req)
+}
+
+// releaseAfter releases lease, at once unless the caller gave up while the
+// invocation was in flight (a revoke or a shutdown cancelled ctx): the
+// function may still be running the request it was sent, so the slot stays
+// held until the invocation's deadline (its timeout from the start), the
+// latest it can still run. Otherwise a revoked partition's abandoned
+// invocations would free their slots at once and others be granted them
+// while the function still runs them: more running than the limit.
+func releaseAfter(ctx context.Context, lease Lease, req *Request, err error) {
+	if err != nil && errors.Is(err, context.Canceled) && ctx.Err() != nil && !req.Deadline.IsZero() {
+		if wait := time.Until(req.Deadline); wait > 0 {
+			time.AfterFunc(wait, lease.Release)
+			return
+		}
+	}
+	lease.Release()
 }
 
 // TryInvoke runs req.Function if its slots are free now, and otherwise
@@ -196,7 +213,7 @@ func (d *Dispatcher) TryInvoke(ctx context.Context, req *Request) (resp *Respons
 		}
 		return nil, err
 	}
-	defer lease.Release()
+	defer func() { releaseAfter(ctx, lease, req, err) }()
 	return d.run(ctx, f, req)
 }
 

@@ -248,3 +248,53 @@ func TestInvokeMaxWaitReturnsThrottle(t *testing.T) {
 		close(release)
 	})
 }
+
+// TestDispatcherAbandonedInvocationKeepsSlot: an invocation its caller gave
+// up on while in flight (a revoke, a shutdown) keeps its slot until its
+// deadline, since the function may still be running it; one that failed or
+// ended frees it at once.
+func TestDispatcherAbandonedInvocationKeepsSlot(t *testing.T) {
+	d, _ := newTestDispatcher(t, Config{
+		Account:   AccountConfig{Concurrency: 10, MinUnreserved: 1},
+		Functions: map[string]FunctionConfig{"fn": {ReservedConcurrency: ptr(1)}},
+	})
+	const timeout = 400 * time.Millisecond
+	running := make(chan struct{}, 1)
+	d.Register("fn", HandlerFunc(func(ctx context.Context, _ *Request) (*Response, error) {
+		running <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}), timeout)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := d.Invoke(ctx, &Request{Function: "fn"}, nil)
+		done <- err
+	}()
+	<-running
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned invocation: %v, want context.Canceled", err)
+	}
+	if _, err := d.TryInvoke(context.Background(), &Request{Function: "fn"}); err == nil {
+		t.Fatal("the abandoned invocation's slot was granted again before its deadline")
+	} else if _, ok := AsThrottled(err); !ok {
+		t.Fatalf("TryInvoke: %v, want a throttle", err)
+	}
+	waitFor(t, func() bool { return d.Limiter().Usage().InFlight == 0 })
+	if since := time.Since(start); since < timeout-50*time.Millisecond {
+		t.Fatalf("slot freed after %s, before the invocation's deadline (%s)", since, timeout)
+	}
+	// Past its deadline the slot is free again: the next call runs (and
+	// times out, which frees its slot at once).
+	if _, err := d.TryInvoke(context.Background(), &Request{Function: "fn"}); err == nil {
+		t.Fatal("want the function's timeout")
+	} else if _, ok := AsThrottled(err); ok {
+		t.Fatalf("still throttled after the deadline: %v", err)
+	}
+	<-running
+	if n := d.Limiter().Usage().InFlight; n != 0 {
+		t.Fatalf("a timed-out invocation still holds %d slots", n)
+	}
+}

@@ -29,4 +29,10 @@
 // particular all-or-nothing grants and waking waiters on release, live
 // change and expiry. The cluster engine (package cluster) runs a local
 // Limiter on its process's shares and sets them with Limiter.Replace.
+//
+// A slot is released when its invocation ends, except when the caller gave
+// up while it was in flight (a revoked partition, a shutdown: its ctx was
+// cancelled): the function may still be running the request, so the slot
+// stays held until the invocation's deadline (its start plus the
+// function's timeout).
 package dispatch

@@ -39,7 +39,7 @@ func (a *app) wireCluster(ctx context.Context) error {
 	}
 	opener, ok := b.(consumer.KVOpener)
 	if !ok {
-		return fmt.Errorf("%w: cluster.broker: broker %q has no key-value engine (use a NATS broker)", config.ErrInvalid, cc.Broker)
+		return fmt.Errorf("%w: cluster.broker: broker %q has no key-value engine (use a NATS or Kafka broker)", config.ErrInvalid, cc.Broker)
 	}
 	shares, err := opener.OpenKV(ctx, "sluice_cluster_"+cc.Name, consumer.KVOptions{
 		TTL: 2 * cc.Lease, Description: "sluice cluster " + cc.Name + ": capacity shares and member records"})
@@ -52,7 +52,11 @@ func (a *app) wireCluster(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("run: cluster: %w", err)
 	}
-	a.bookStore = cluster.NewStore(book, "nats kv "+bookBucket+" of broker "+cc.Broker)
+	where := "nats kv " + bookBucket
+	if w, ok := book.(interface{ Where() string }); ok {
+		where = w.Where() // a KV that names itself (Kafka: its state topic)
+	}
+	a.bookStore = cluster.NewStore(book, where+" of broker "+cc.Broker)
 	a.cluster.Start(shares)
 	a.closers = append(a.closers, a.cluster.Stop)
 	a.log.Info("cluster mode: limits shared with the other members", "cluster", cc.Name, "broker", cc.Broker,

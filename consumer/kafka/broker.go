@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -21,7 +22,7 @@ var _ consumer.Kind = Kind{}
 // names the cause instead of leaving the clients retrying forever. A broker
 // that is merely unreachable opens all the same: its clients keep trying,
 // as they always do.
-func (Kind) Open(ctx context.Context, name string, cfg consumer.BrokerConfig, _ consumer.Env) (consumer.Broker, error) {
+func (Kind) Open(ctx context.Context, name string, cfg consumer.BrokerConfig, env consumer.Env) (consumer.Broker, error) {
 	if cfg.Kafka == nil {
 		return nil, fmt.Errorf("kafka: broker %s has no kafka settings", name)
 	}
@@ -30,7 +31,7 @@ func (Kind) Open(ctx context.Context, name string, cfg consumer.BrokerConfig, _ 
 	if err := Check(cctx, *cfg.Kafka); err != nil {
 		return nil, err
 	}
-	return &Broker{cfg: *cfg.Kafka}, nil
+	return &Broker{cfg: *cfg.Kafka, log: env.Logger}, nil
 }
 
 // checkTimeout bounds Open's check of the security settings.
@@ -39,6 +40,7 @@ const checkTimeout = 15 * time.Second
 // Broker is one Kafka cluster as sluice uses it (consumer.Broker).
 type Broker struct {
 	cfg consumer.KafkaConfig
+	log *slog.Logger // may be nil
 
 	closers consumer.Closers
 	mu      sync.Mutex // guards pinger

@@ -42,6 +42,12 @@
 //   - Writer: a synchronous producer to one topic, what the dead-letter store
 //     writes Kafka destinations with.
 //   - EnsureTopic: creates a topic or reconciles its retention (SPEC §4).
+//   - KV (kv.go, kvleader.go): the cluster mode's key-value engine
+//     (consumer.KV, Broker.OpenKV) over three single-partition topics per
+//     bucket: a compacted state topic with a single transactional writer,
+//     the leader elected by a consumer group over the requests topic and
+//     fenced by a transactional id shared by every leader; revisions are
+//     state offsets. kv.go's top comment has the design.
 //   - ClientOpts: the options every client of a broker starts from (seeds,
 //     client id, TLS, SASL with franz-go's pkg/sasl: PLAIN, SCRAM,
 //     OAUTHBEARER with a fixed token or OAuth 2 client credentials,

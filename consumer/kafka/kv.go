@@ -1,0 +1,631 @@
+package kafka
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/sluicehq/sluice/consumer"
+)
+
+// The key-value engine over Kafka (consumer.KV), for the cluster mode.
+//
+// A bucket is three single-partition topics:
+//
+//   - <bucket>-state, compacted: the bucket itself. The record key is the
+//     KV key, the value {value, write time}, a tombstone a delete; a key's
+//     revision is the offset of its record. Offsets only grow, across
+//     leader changes and compaction, so a revision is never reused.
+//   - <bucket>-requests: every member's compare-and-swap requests.
+//   - <bucket>-replies: the leader's answers, keyed by member.
+//
+// The state topic has a single writer, the leader: the member of the
+// consumer group <bucket> (over the requests topic) that is assigned its
+// one partition — Kafka's group membership is the election, as in Kafka
+// Connect. The leader applies the requests in their order to its table,
+// writes the accepted values and every answer in one Kafka transaction, and
+// members read the state and the answers with read_committed.
+//
+// Fencing. Every leader uses the same transactional id (per bucket). A new
+// leader's first transaction makes the transaction coordinator bump the
+// producer epoch: the previous leader's open transaction is aborted and any
+// later write of it is refused (PRODUCER_FENCED), whether or not it knows
+// yet that it lost the partition. The new leader then reads the state topic
+// up to the marker it wrote in that first transaction, so its table holds
+// every committed write of its predecessors. No write of a zombie leader
+// can land, and no consensus of ours is involved: the group coordinator
+// elects, the transaction coordinator fences, the partition orders.
+//
+// Reads (Get, Keys, Watch) are served from each member's own copy of the
+// state topic, kept by a read_committed consumer: they never wait on the
+// leader and may lag the last writes by a fetch; a compare-and-swap made on
+// a stale read is refused. A member's own accepted write is in its copy
+// before Create/Update/Delete return (it waits for the record's offset).
+//
+// TTL: the leader tombstones keys whose last write is older than the
+// bucket's TTL, checking every second, on its own (monotonic) clock: a new
+// leader counts every key's age from when it took the lead, so clocks of
+// different hosts never compare (a key may outlive the TTL by one TTL
+// after a leader change). History is not kept: a
+// compacted topic keeps a key's latest value only (the cluster engine reads
+// nothing else).
+
+// Tuning of the Kafka KV engine.
+const (
+	// kvSessionTimeout is the group session of a member: a leader killed
+	// without leaving is replaced after it (6s is the broker's minimum by
+	// default, group.min.session.timeout.ms).
+	kvSessionTimeout = 6 * time.Second
+	// kvHeartbeat is how often members heartbeat; a rebalance reaches
+	// every member within it.
+	kvHeartbeat = 500 * time.Millisecond
+	// kvSweep is how often the leader looks for keys past the TTL (and the
+	// longest its request loop waits for records).
+	kvSweep = time.Second
+	// kvTxnTimeout bounds a leader's transaction at the coordinator.
+	kvTxnTimeout = 10 * time.Second
+	// kvDefaultDeadline bounds a request sent without a ctx deadline.
+	kvDefaultDeadline = 30 * time.Second
+	// kvOpenSync bounds OpenKV's wait for a leader.
+	kvOpenSync = time.Minute
+	// kvTopicRetention keeps requests and replies (their readers only look
+	// at the newest).
+	kvTopicRetention = time.Hour
+	// kvSegment rolls the topics' segments often enough for compaction
+	// and retention to reach them (the shares bucket is written every
+	// round).
+	kvSegment = 10 * time.Minute
+)
+
+// leaderKey is the reserved state key of the leaders' markers; reserved
+// keys start with NUL, which no KV key of the cluster engine does.
+const leaderKey = "\x00leader"
+
+// positionKey is the reserved state key of the requests offset the
+// leaders have handled up to: written in every leader transaction with its
+// writes and answers, so a new leader resumes exactly there.
+const positionKey = "\x00requests"
+
+// kvOp is a request's operation.
+type kvOp string
+
+const (
+	opCreate kvOp = "create"
+	opUpdate kvOp = "update"
+	opDelete kvOp = "delete"
+	// opSync writes nothing: its answer carries the last state offset the
+	// leader wrote or read, so that the caller can read up to it.
+	opSync kvOp = "sync"
+)
+
+// kvRequest is one record of the requests topic (key: the member id).
+type kvRequest struct {
+	Member   string `json:"member"`
+	N        uint64 `json:"n"`
+	Op       kvOp   `json:"op"`
+	Key      string `json:"key"`
+	Rev      uint64 `json:"rev,omitempty"`
+	Value    []byte `json:"value,omitempty"`
+	Deadline int64  `json:"deadline"` // unix ms; the leader skips a request past it
+}
+
+// kvReply is one record of the replies topic (key: the member id).
+type kvReply struct {
+	N  uint64 `json:"n"`
+	OK bool   `json:"ok"`
+	// Rev is the accepted write's offset in the state topic.
+	Rev uint64 `json:"rev,omitempty"`
+}
+
+// kvValue is the value of a state record.
+type kvValue struct {
+	Value   []byte `json:"value"`
+	Written int64  `json:"written"` // unix ms, the leader's clock
+	Leader  string `json:"leader,omitempty"`
+	// Next is the requests topic's next offset to handle (positionKey).
+	Next int64 `json:"next,omitempty"`
+}
+
+type kvEntry struct {
+	value   []byte
+	rev     uint64
+	written time.Time
+}
+
+// kvTopics names a bucket's topics.
+type kvTopics struct{ state, requests, replies string }
+
+func topicsOf(bucket string) kvTopics {
+	return kvTopics{state: bucket + "-state", requests: bucket + "-requests", replies: bucket + "-replies"}
+}
+
+var _ consumer.KVOpener = (*Broker)(nil)
+
+// OpenKV opens the bucket over this broker's Kafka cluster (creating its
+// topics when they are missing) and returns once this member's copy of
+// the state is current; Close of the Broker closes it.
+func (b *Broker) OpenKV(ctx context.Context, bucket string, opts consumer.KVOptions) (consumer.KV, error) {
+	kv, err := OpenKV(ctx, b.cfg, bucket, opts, b.log)
+	if err != nil {
+		return nil, err
+	}
+	b.closers.Add(kv.Close)
+	return kv, nil
+}
+
+// KV is a consumer.KV over Kafka topics (see OpenKV).
+type KV struct {
+	cfg    consumer.KafkaConfig
+	bucket string
+	topics kvTopics
+	opts   consumer.KVOptions
+	id     string
+	log    *slog.Logger
+
+	state, replies, producer, group *kgo.Client
+
+	mu       sync.Mutex
+	table    map[string]kvEntry
+	applied  int64         // the last offset of the state topic read (records and markers)
+	progress chan struct{} // closed and replaced when applied grows
+	pending  map[uint64]chan kvReply
+	n        uint64
+	watchers map[string][]*kvWatcher
+	leader   string // the member id of the last leader's marker
+	next     int64  // the requests offset the leaders handled up to (positionKey)
+
+	isLeader bool          // the group assigned this member the requests partition (guarded by mu)
+	assigned chan struct{} // signalled when isLeader changes
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+var _ consumer.KV = (*KV)(nil)
+
+// OpenKV opens bucket on the Kafka cluster of cfg (see the KV type's
+// comment at the top of this file); log may be nil.
+func OpenKV(ctx context.Context, cfg consumer.KafkaConfig, bucket string, opts consumer.KVOptions, log *slog.Logger) (*KV, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	k := &KV{cfg: cfg, bucket: bucket, topics: topicsOf(bucket), opts: opts, id: hex.EncodeToString(rnd[:]),
+		log: log.With("bucket", bucket), table: map[string]kvEntry{}, applied: -1, progress: make(chan struct{}),
+		pending: map[uint64]chan kvReply{}, watchers: map[string][]*kvWatcher{}, assigned: make(chan struct{}, 1)}
+	if err := k.ensureTopics(ctx); err != nil {
+		return nil, err
+	}
+	if err := k.open(ctx); err != nil {
+		k.Close()
+		return nil, err
+	}
+	return k, nil
+}
+
+// ensureTopics creates the bucket's three topics where missing.
+func (k *KV) ensureTopics(ctx context.Context) error {
+	cl, err := newClient(k.cfg)
+	if err != nil {
+		return fmt.Errorf("kafka: key-value bucket %s: %w", k.bucket, err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	segment := strconv.FormatInt(kvSegment.Milliseconds(), 10)
+	retention := strconv.FormatInt(kvTopicRetention.Milliseconds(), 10)
+	compact, del := "compact", "delete"
+	for topic, conf := range map[string]map[string]*string{
+		k.topics.state:    {"cleanup.policy": &compact, "segment.ms": &segment},
+		k.topics.requests: {"cleanup.policy": &del, "segment.ms": &segment, "retention.ms": &retention},
+		k.topics.replies:  {"cleanup.policy": &del, "segment.ms": &segment, "retention.ms": &retention},
+	} {
+		resp, err := adm.CreateTopic(ctx, 1, -1, conf, topic)
+		if err == nil {
+			err = resp.Err
+		}
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("kafka: key-value bucket %s: create topic %q: %w", k.bucket, topic, opaque(err))
+		}
+	}
+	// A new topic can be unknown to the broker that answers for a moment.
+	for {
+		ends, err := adm.ListEndOffsets(ctx, k.topics.state, k.topics.requests, k.topics.replies)
+		if err == nil {
+			err = ends.Error()
+		}
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kafka: key-value bucket %s: topics not visible: %w", k.bucket, opaque(err))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// open starts the clients and the loops and waits until the copy of the
+// state is current.
+func (k *KV) open(ctx context.Context) error {
+	adm, err := newClient(k.cfg)
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
+	ka := kadm.NewClient(adm)
+	stable, err := ka.ListCommittedOffsets(ctx, k.topics.state)
+	if err == nil {
+		err = stable.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("kafka: key-value bucket %s: %w", k.bucket, opaque(err))
+	}
+	ends, err := ka.ListEndOffsets(ctx, k.topics.replies)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("kafka: key-value bucket %s: %w", k.bucket, opaque(err))
+	}
+	repliesEnd, _ := ends.Lookup(k.topics.replies, 0)
+	stateEnd, _ := stable.Lookup(k.topics.state, 0)
+
+	if k.state, err = newClient(k.cfg, kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords(),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{k.topics.state: {0: kgo.NewOffset().AtStart()}})); err != nil {
+		return err
+	}
+	if k.replies, err = newClient(k.cfg, kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{k.topics.replies: {0: kgo.NewOffset().At(repliesEnd.Offset)}})); err != nil {
+		return err
+	}
+	if k.producer, err = newClient(k.cfg, kgo.ProducerLinger(0), kgo.DefaultProduceTopic(k.topics.requests)); err != nil {
+		return err
+	}
+	if k.group, err = newClient(k.cfg, kgo.ConsumerGroup(k.bucket), kgo.ConsumeTopics(k.topics.requests),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()), kgo.DisableAutoCommit(),
+		kgo.SessionTimeout(kvSessionTimeout), kgo.HeartbeatInterval(kvHeartbeat),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if len(m[k.topics.requests]) > 0 {
+				k.setAssigned(true)
+			}
+		}),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if len(m[k.topics.requests]) > 0 {
+				k.setAssigned(false)
+			}
+		}),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if len(m[k.topics.requests]) > 0 {
+				k.setAssigned(false)
+			}
+		}),
+	); err != nil {
+		return err
+	}
+	// The group only elects: the leader reads the requests with its own
+	// client, from the position kept in the state.
+	k.group.PauseFetchTopics(k.topics.requests)
+	lctx, cancel := context.WithCancel(context.Background())
+	k.cancel = cancel
+	k.wg.Add(3)
+	go k.readState(lctx)
+	go k.readReplies(lctx)
+	go k.serve(lctx)
+	if stateEnd.Offset > 0 {
+		if err := k.waitApplied(ctx, stateEnd.Offset-1); err != nil {
+			return fmt.Errorf("kafka: key-value bucket %s: read the state: %w", k.bucket, err)
+		}
+	}
+	// A leader answers before OpenKV returns (the first member of a new
+	// bucket waits for the group's first election), so the first writes
+	// of the caller do not race the election.
+	sctx, cancel := context.WithTimeout(ctx, kvOpenSync)
+	defer cancel()
+	if err := k.Sync(sctx); err != nil {
+		return fmt.Errorf("kafka: key-value bucket %s: no leader answered within %s: %w", k.bucket, kvOpenSync, err)
+	}
+	return nil
+}
+
+// Sync waits until this member's copy holds every write the leader made
+// before it answered: a read after Sync sees every write accepted before
+// Sync was called. It fails when no leader answers within ctx.
+func (k *KV) Sync(ctx context.Context) error {
+	_, err := k.call(ctx, opSync, "", nil, 0)
+	return err
+}
+
+// setAssigned records the group's (re)assignment of the requests
+// partition for serve.
+func (k *KV) setAssigned(a bool) {
+	k.mu.Lock()
+	k.isLeader = a
+	k.mu.Unlock()
+	select {
+	case k.assigned <- struct{}{}:
+	default:
+	}
+}
+
+// Close leaves the group (another member leads at once) and closes the
+// clients.
+func (k *KV) Close() {
+	if k.cancel != nil {
+		k.cancel()
+	}
+	k.wg.Wait()
+	for _, cl := range []*kgo.Client{k.group, k.producer, k.replies, k.state} {
+		if cl != nil {
+			cl.Close()
+		}
+	}
+}
+
+// readState keeps the copy of the state topic.
+func (k *KV) readState(ctx context.Context) {
+	defer k.wg.Done()
+	for {
+		fs := k.state.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		fs.EachError(func(t string, p int32, err error) {
+			k.log.Debug("kafka kv: reading the state", "topic", t, "error", err)
+		})
+		fs.EachRecord(k.apply)
+	}
+}
+
+// apply applies one record of the state topic.
+func (k *KV) apply(r *kgo.Record) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if r.Offset > k.applied {
+		k.applied = r.Offset
+		close(k.progress)
+		k.progress = make(chan struct{})
+	}
+	if r.Attrs.IsControl() {
+		return
+	}
+	key := string(r.Key)
+	rev := uint64(r.Offset)
+	if r.Value == nil {
+		delete(k.table, key)
+		k.notify(key, nil, rev)
+		return
+	}
+	var v kvValue
+	if err := json.Unmarshal(r.Value, &v); err != nil {
+		k.log.Warn("kafka kv: a state record is not valid, skipped", "offset", r.Offset, "error", err)
+		return
+	}
+	switch key {
+	case leaderKey:
+		k.leader = v.Leader
+		return
+	case positionKey:
+		k.next = v.Next
+		return
+	}
+	k.table[key] = kvEntry{value: v.Value, rev: rev, written: time.UnixMilli(v.Written)}
+	k.notify(key, v.Value, rev)
+}
+
+// waitApplied waits until the copy holds offset off of the state topic.
+func (k *KV) waitApplied(ctx context.Context, off int64) error {
+	for {
+		k.mu.Lock()
+		done, ch := k.applied >= off, k.progress
+		k.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// readReplies hands the leader's answers to this member's waiting calls.
+func (k *KV) readReplies(ctx context.Context) {
+	defer k.wg.Done()
+	for {
+		fs := k.replies.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if string(r.Key) != k.id {
+				return
+			}
+			var rep kvReply
+			if json.Unmarshal(r.Value, &rep) != nil {
+				return
+			}
+			k.mu.Lock()
+			ch := k.pending[rep.N]
+			delete(k.pending, rep.N)
+			k.mu.Unlock()
+			if ch != nil {
+				ch <- rep
+			}
+		})
+	}
+}
+
+// call sends a request to the leader and waits for its answer (and, for
+// an accepted write, for the write to be in this member's copy).
+func (k *KV) call(ctx context.Context, op kvOp, key string, value []byte, rev uint64) (uint64, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(kvDefaultDeadline)
+	}
+	ch := make(chan kvReply, 1)
+	k.mu.Lock()
+	k.n++
+	n := k.n
+	k.pending[n] = ch
+	k.mu.Unlock()
+	defer func() {
+		k.mu.Lock()
+		delete(k.pending, n)
+		k.mu.Unlock()
+	}()
+	b, err := json.Marshal(kvRequest{Member: k.id, N: n, Op: op, Key: key, Rev: rev, Value: value, Deadline: deadline.UnixMilli()})
+	if err != nil {
+		return 0, err
+	}
+	if err := k.producer.ProduceSync(ctx, &kgo.Record{Key: []byte(k.id), Value: b}).FirstErr(); err != nil {
+		return 0, fmt.Errorf("kafka: key-value bucket %s: send the request: %w", k.bucket, opaque(err))
+	}
+	var rep kvReply
+	select {
+	case rep = <-ch:
+	case <-ctx.Done():
+		return 0, fmt.Errorf("kafka: key-value bucket %s: no answer from a leader: %w", k.bucket, ctx.Err())
+	}
+	if !rep.OK {
+		return 0, consumer.ErrKVConflict
+	}
+	if err := k.waitApplied(ctx, int64(rep.Rev)); err != nil {
+		return 0, fmt.Errorf("kafka: key-value bucket %s: read the accepted write back: %w", k.bucket, err)
+	}
+	return rep.Rev, nil
+}
+
+// Get returns key's value in this member's copy.
+func (k *KV) Get(ctx context.Context, key string) ([]byte, uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	k.mu.Lock()
+	e, ok := k.table[key]
+	k.mu.Unlock()
+	if !ok {
+		return nil, 0, consumer.ErrKVNotFound
+	}
+	return e.value, e.rev, nil
+}
+
+// Create writes key when it has no value.
+func (k *KV) Create(ctx context.Context, key string, value []byte) (uint64, error) {
+	return k.call(ctx, opCreate, key, value, 0)
+}
+
+// Update writes key when its revision is still rev.
+func (k *KV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	return k.call(ctx, opUpdate, key, value, rev)
+}
+
+// Delete removes key when its revision is still rev.
+func (k *KV) Delete(ctx context.Context, key string, rev uint64) error {
+	_, err := k.call(ctx, opDelete, key, nil, rev)
+	return err
+}
+
+// Keys lists the keys under the dotted prefix in this member's copy.
+func (k *KV) Keys(ctx context.Context, prefix string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p := strings.TrimSuffix(prefix, ".") + "."
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []string
+	for key := range k.table {
+		if strings.HasPrefix(key, p) && len(key) > len(p) {
+			out = append(out, key)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Where names the bucket's state topic.
+func (k *KV) Where() string { return "kafka topic " + k.topics.state }
+
+// Leader returns the member id of the bucket's last elected leader, and
+// this member's id.
+func (k *KV) Leader() (leader, self string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.leader, k.id
+}
+
+// kvWatcher queues a Watch's values for its goroutine.
+type kvWatcher struct {
+	mu     sync.Mutex
+	queue  []kvEntry
+	signal chan struct{}
+}
+
+func (w *kvWatcher) push(e kvEntry) {
+	w.mu.Lock()
+	w.queue = append(w.queue, e)
+	w.mu.Unlock()
+	select {
+	case w.signal <- struct{}{}:
+	default:
+	}
+}
+
+// notify queues a new value of key for its watchers; k.mu is held.
+func (k *KV) notify(key string, value []byte, rev uint64) {
+	for _, w := range k.watchers[key] {
+		w.push(kvEntry{value: value, rev: rev})
+	}
+}
+
+// Watch calls fn with key's current value (when it has one) and then with
+// every new one this member reads, until ctx ends.
+func (k *KV) Watch(ctx context.Context, key string, fn func([]byte, uint64)) error {
+	w := &kvWatcher{signal: make(chan struct{}, 1)}
+	k.mu.Lock()
+	if e, ok := k.table[key]; ok {
+		w.push(e)
+	}
+	k.watchers[key] = append(k.watchers[key], w)
+	k.mu.Unlock()
+	go func() {
+		defer func() {
+			k.mu.Lock()
+			k.watchers[key] = slices.DeleteFunc(k.watchers[key], func(x *kvWatcher) bool { return x == w })
+			k.mu.Unlock()
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.signal:
+			}
+			w.mu.Lock()
+			q := w.queue
+			w.queue = nil
+			w.mu.Unlock()
+			for _, e := range q {
+				if ctx.Err() != nil {
+					return
+				}
+				fn(e.value, e.rev)
+			}
+		}
+	}()
+	return nil
+}

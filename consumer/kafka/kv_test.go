@@ -1,0 +1,451 @@
+package kafka
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/sluicehq/sluice/consumer"
+)
+
+// kvCluster returns the Kafka cluster the KV tests run on: the real broker
+// of SLUICE_TEST_KAFKA (scripts/brokers/with-brokers.sh) when it is set,
+// else a kfake cluster.
+func kvCluster(t *testing.T) consumer.KafkaConfig {
+	t.Helper()
+	if addr := os.Getenv("SLUICE_TEST_KAFKA"); addr != "" {
+		return consumer.KafkaConfig{Seeds: []string{addr}}
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return consumer.KafkaConfig{Seeds: c.ListenAddrs()}
+}
+
+func kvBucket(t *testing.T) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "kvtest_" + hex.EncodeToString(b[:])
+}
+
+func openKV(t *testing.T, cfg consumer.KafkaConfig, bucket string, opts consumer.KVOptions) *KV {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	k, err := OpenKV(ctx, cfg, bucket, opts, quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	return k
+}
+
+// kvCtx bounds one operation; the first ones wait for the group's first
+// leader.
+func kvCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// eventually polls cond for up to d.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatalf("after %s: %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestKafkaKVSemantics(t *testing.T) {
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{})
+	ctx := kvCtx(t)
+
+	rev1, err := a.Create(ctx, "f.fn", []byte("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, r, err := a.Get(ctx, "f.fn"); err != nil || string(v) != "one" || r != rev1 {
+		t.Fatalf("Get after Create on the same member: %q %d %v, want one %d", v, r, err, rev1)
+	}
+	if _, err := b.Create(ctx, "f.fn", []byte("two")); !errors.Is(err, consumer.ErrKVConflict) {
+		t.Fatalf("second Create: %v, want a conflict", err)
+	}
+	eventually(t, 10*time.Second, "b sees a's write", func() bool {
+		v, r, err := b.Get(ctx, "f.fn")
+		return err == nil && string(v) == "one" && r == rev1
+	})
+	if _, err := b.Update(ctx, "f.fn", []byte("x"), rev1+1); !errors.Is(err, consumer.ErrKVConflict) {
+		t.Fatalf("Update on a wrong revision: %v, want a conflict", err)
+	}
+	if _, err := b.Update(ctx, "nokey", []byte("x"), rev1); !errors.Is(err, consumer.ErrKVConflict) {
+		t.Fatalf("Update of a missing key: %v, want a conflict", err)
+	}
+	rev2, err := b.Update(ctx, "f.fn", []byte("two"), rev1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev2 <= rev1 {
+		t.Fatalf("revision went from %d to %d", rev1, rev2)
+	}
+	if _, err := a.Update(ctx, "f.fn", []byte("stale"), rev1); !errors.Is(err, consumer.ErrKVConflict) {
+		t.Fatalf("Update on the replaced revision: %v, want a conflict", err)
+	}
+	if err := a.Delete(ctx, "f.fn", rev1); !errors.Is(err, consumer.ErrKVConflict) {
+		t.Fatalf("Delete on a stale revision: %v, want a conflict", err)
+	}
+	if err := a.Delete(ctx, "f.fn", rev2); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Get(ctx, "f.fn"); !errors.Is(err, consumer.ErrKVNotFound) {
+		t.Fatalf("Get after Delete: %v, want not found", err)
+	}
+	rev3, err := b.Create(ctx, "f.fn", []byte("again"))
+	if err != nil {
+		t.Fatalf("Create after Delete: %v", err)
+	}
+	if rev3 <= rev2 {
+		t.Fatalf("revision after re-create %d, not above %d", rev3, rev2)
+	}
+
+	for _, k := range []string{"m.a", "m.b", "mx", "s.m"} {
+		if _, err := a.Create(ctx, k, []byte(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "b lists m.a and m.b under m", func() bool {
+		keys, err := b.Keys(ctx, "m")
+		return err == nil && slices.Equal(keys, []string{"m.a", "m.b"})
+	})
+
+	// A reopened member reads the state before OpenKV returns.
+	c := openKV(t, cfg, bucket, consumer.KVOptions{})
+	if v, r, err := c.Get(ctx, "f.fn"); err != nil || string(v) != "again" || r != rev3 {
+		t.Fatalf("Get on a new member: %q %d %v, want again %d", v, r, err, rev3)
+	}
+}
+
+func TestKafkaKVWatch(t *testing.T) {
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{})
+	ctx := kvCtx(t)
+	rev, err := a.Create(ctx, "book", []byte("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "b has the first value", func() bool { _, r, _ := b.Get(ctx, "book"); return r == rev })
+
+	var mu sync.Mutex
+	var seen []string
+	if err := b.Watch(ctx, "book", func(v []byte, r uint64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if v == nil {
+			seen = append(seen, "deleted")
+			return
+		}
+		seen = append(seen, string(v))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Create(ctx, "other", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if rev, err = a.Update(ctx, "book", []byte("v2"), rev); err != nil {
+		t.Fatal(err)
+	}
+	if rev, err = a.Update(ctx, "book", []byte("v3"), rev); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, "book", rev); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"v1", "v2", "v3", "deleted"}
+	eventually(t, 10*time.Second, fmt.Sprintf("the watcher sees %v", want), func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Equal(seen, want)
+	})
+}
+
+func TestKafkaKVTTL(t *testing.T) {
+	cfg := kvCluster(t)
+	a := openKV(t, cfg, kvBucket(t), consumer.KVOptions{TTL: 2 * time.Second})
+	ctx := kvCtx(t)
+	rev, err := a.Create(ctx, "m.gone", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Create(ctx, "m.kept", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// m.kept is renewed, m.gone is not.
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			_, r, err := a.Get(ctx, "m.kept")
+			if err == nil {
+				_, err = a.Update(ctx, "m.kept", []byte("x"), r)
+			}
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	eventually(t, 15*time.Second, "m.gone removed after the TTL", func() bool {
+		_, _, err := a.Get(ctx, "m.gone")
+		return errors.Is(err, consumer.ErrKVNotFound)
+	})
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("m.gone removed after %s, before the TTL (2s)", took)
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Get(ctx, "m.kept"); err != nil {
+		t.Errorf("m.kept (renewed): %v", err)
+	}
+	if _, err := a.Update(ctx, "m.gone", []byte("x"), rev); !errors.Is(err, consumer.ErrKVConflict) {
+		t.Errorf("Update of an expired key: %v, want a conflict", err)
+	}
+}
+
+// leaderOf returns the member of ks that leads, once they agree on one.
+func leaderOf(t *testing.T, ks ...*KV) *KV {
+	t.Helper()
+	var l *KV
+	eventually(t, 30*time.Second, "a leader", func() bool {
+		for _, k := range ks {
+			leader, _ := k.Leader()
+			for _, m := range ks {
+				if _, id := m.Leader(); id == leader {
+					l = m
+				}
+			}
+		}
+		return l != nil
+	})
+	return l
+}
+
+// TestKafkaKVLeaderChange: three members increment one counter by
+// compare-and-swap while the leader leaves; every accepted increment is
+// in the final value, revisions keep growing.
+func TestKafkaKVLeaderChange(t *testing.T) {
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	members := []*KV{
+		openKV(t, cfg, bucket, consumer.KVOptions{}),
+		openKV(t, cfg, bucket, consumer.KVOptions{}),
+		openKV(t, cfg, bucket, consumer.KVOptions{}),
+	}
+	ctx := kvCtx(t)
+	if _, err := members[0].Create(ctx, "counter", []byte("0")); err != nil {
+		t.Fatal(err)
+	}
+	leader := leaderOf(t, members...)
+
+	var mu sync.Mutex
+	accepted, unknown, lastRev := 0, 0, uint64(0)
+	revs := map[uint64]bool{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, m := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				octx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				v, r, err := m.Get(octx, "counter")
+				if err == nil {
+					n, _ := strconv.Atoi(string(v))
+					var nr uint64
+					nr, err = m.Update(octx, "counter", []byte(strconv.Itoa(n+1)), r)
+					if err == nil {
+						mu.Lock()
+						accepted++
+						if revs[nr] {
+							t.Errorf("revision %d given twice", nr)
+						}
+						revs[nr] = true
+						lastRev = max(lastRev, nr)
+						mu.Unlock()
+					} else if !errors.Is(err, consumer.ErrKVConflict) {
+						mu.Lock()
+						unknown++ // sent, but its outcome is unknown
+						mu.Unlock()
+					}
+				}
+				cancel()
+				if errors.Is(err, context.DeadlineExceeded) || (err != nil && !errors.Is(err, consumer.ErrKVConflict)) {
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	wait := func(n int) {
+		eventually(t, 60*time.Second, fmt.Sprintf("%d increments accepted", n), func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return accepted >= n
+		})
+	}
+	wait(20)
+	mu.Lock()
+	before := accepted
+	mu.Unlock()
+	leader.Close() // leaves the group: another member leads
+	var rest []*KV
+	for _, m := range members {
+		if m != leader {
+			rest = append(rest, m)
+		}
+	}
+	wait(before + 20)
+	close(stop)
+	wg.Wait()
+
+	if next := leaderOf(t, rest...); next == leader {
+		t.Fatal("the closed member still leads")
+	}
+	// Every accepted increment is in the value (each was a CAS on the one
+	// before it); the calls that failed otherwise (a timeout, the closed
+	// member) may or may not have landed. Both remaining members read it.
+	final, _, err := rest[0].Get(ctx, "counter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(string(final))
+	if n < accepted || n > accepted+unknown {
+		t.Errorf("counter %d after %d accepted increments and %d of unknown outcome", n, accepted, unknown)
+	}
+	_, frev, _ := rest[0].Get(ctx, "counter")
+	if frev < lastRev {
+		t.Errorf("the counter's revision %d is below the last accepted one %d", frev, lastRev)
+	}
+	eventually(t, 10*time.Second, "both remaining members agree", func() bool {
+		v, r, err := rest[1].Get(ctx, "counter")
+		return err == nil && string(v) == string(final) && r == frev
+	})
+	t.Logf("%d increments accepted (%d before the leader left), %d of unknown outcome, counter %d", accepted, before, unknown, n)
+}
+
+// TestKafkaKVZombieLeader: a member that believes it leads after another
+// took the lead cannot write: the new leader's first transaction fenced
+// it.
+func TestKafkaKVZombieLeader(t *testing.T) {
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{})
+	ctx := kvCtx(t)
+	if _, err := a.Create(ctx, "before", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	leader := leaderOf(t, a, b)
+	other := a
+	if leader == a {
+		other = b
+	}
+	// The zombie: other's state as a leader, taken while leader still
+	// leads (as if the group had moved the partition and back).
+	zombie, err := other.lead(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zombie.close()
+	// The real leader's next transaction is fenced; it takes the lead
+	// again (it is still assigned), fencing the zombie in turn.
+	eventually(t, 30*time.Second, "the leader writes again", func() bool {
+		octx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := leader.Create(octx, "after", []byte("x"))
+		return err == nil
+	})
+	err = zombie.handle(ctx, []kvRequest{{Member: "zombie", N: 1, Op: opCreate, Key: "zombie", Value: []byte("z"),
+		Deadline: time.Now().Add(time.Minute).UnixMilli()}}, -1)
+	if err == nil {
+		t.Fatal("the fenced zombie leader's write was accepted")
+	}
+	t.Logf("zombie refused: %v", err)
+	// A later write is read back on both members; the zombie's is nowhere.
+	rev, err := other.Create(ctx, "last", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "leader reads the last write", func() bool { _, r, _ := leader.Get(ctx, "last"); return r == rev })
+	for _, m := range []*KV{a, b} {
+		if _, _, err := m.Get(ctx, "zombie"); !errors.Is(err, consumer.ErrKVNotFound) {
+			t.Errorf("the zombie's write is visible: %v", err)
+		}
+	}
+}
+
+// TestKafkaKVLatency measures what the cluster engine does each round on
+// the bucket: a Get and an Update of one key; logs p50/p99 (on the real
+// broker: with-brokers.sh). The bound only catches a stuck engine.
+func TestKafkaKVLatency(t *testing.T) {
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{TTL: time.Minute})
+	openKV(t, cfg, bucket, consumer.KVOptions{TTL: time.Minute}) // a second member reading along
+	ctx := kvCtx(t)
+	rev, err := a.Create(ctx, "p", []byte("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	took := make([]time.Duration, 0, n)
+	for range n {
+		start := time.Now()
+		_, r, err := a.Get(ctx, "p")
+		if err != nil || r != rev {
+			t.Fatalf("Get: rev %d %v, want %d", r, err, rev)
+		}
+		if rev, err = a.Update(ctx, "p", []byte("{}"), r); err != nil {
+			t.Fatal(err)
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	p50, p99 := took[n/2], took[n*99/100]
+	t.Logf("Get+Update of one key, %d rounds: p50 %s, p99 %s, max %s", n, p50, p99, took[n-1])
+	if p99 > 2*time.Second {
+		t.Errorf("p99 %s: the engine's ops would not fit its rounds", p99)
+	}
+}

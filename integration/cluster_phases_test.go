@@ -1,0 +1,210 @@
+package integration
+
+// The phases of the cluster acceptance tests that do not depend on the
+// engine's broker: a rule change through process 1's API, kill -9 of a
+// process holding capacity, a stop of a broker, a restart of all three.
+// TestClusterKafka runs them; TestClusterNATS (cluster_nats_test.go) has
+// the same phases written inline and can call these instead.
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// clusterRun is three `sluice run` processes of one cluster and the
+// counting function they call.
+type clusterRun struct {
+	t    *testing.T
+	fn   *concFn
+	cfgs []string // one configuration per process
+
+	mu    sync.Mutex // guards procs
+	procs []*sluiceProc
+}
+
+// proc returns process i%3, nil while it is dead (for ingressLoad).
+func (c *clusterRun) proc(i int) *sluiceProc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.procs[i%len(c.procs)]
+}
+
+// check fails the test on any over-admission the function saw so far.
+func (c *clusterRun) check(phase string) {
+	c.t.Helper()
+	if v := c.fn.violations(); len(v) > 0 {
+		c.t.Fatalf("%s: over-admitted %d times, first: %s", phase, len(v), strings.Join(v[:min(5, len(v))], "; "))
+	}
+}
+
+// ruleChange lowers tenant-0's rule to 1 through process 1's API and
+// measures when processes 2 and 3 apply it (want ≤ 1s); from then on (plus
+// one invocation) the function checks tenant-0 against 1.
+func (c *clusterRun) ruleChange() {
+	t := c.t
+	t.Helper()
+	changed := time.Now()
+	if err := api(c.proc(0), http.MethodPut, "/v1/rules/tenant-0", map[string]any{"concurrency": 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var seenAt [3]time.Duration
+	eventually(t, 10*time.Second, "processes 2 and 3 see the new rule", func() error {
+		for i := 1; i < 3; i++ {
+			if seenAt[i] > 0 {
+				continue
+			}
+			var r struct {
+				Concurrency int `json:"concurrency"`
+			}
+			if err := api(c.proc(i), http.MethodGet, "/v1/rules/tenant-0", nil, &r); err == nil && r.Concurrency == 1 {
+				seenAt[i] = time.Since(changed)
+			}
+		}
+		if seenAt[1] == 0 || seenAt[2] == 0 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	t.Logf("rule change through process 1: seen by process 2 after %s, process 3 after %s",
+		seenAt[1].Round(time.Millisecond), seenAt[2].Round(time.Millisecond))
+	if seenAt[1] > time.Second || seenAt[2] > time.Second {
+		t.Errorf("the rule change took more than 1s to apply on every process")
+	}
+	c.fn.mu.Lock()
+	c.fn.limit["tenant-0"] = 1
+	c.fn.since = changed.Add(max(seenAt[1], seenAt[2]) + c.fn.hold + 50*time.Millisecond)
+	c.fn.mu.Unlock()
+	time.Sleep(3 * time.Second)
+	c.check("rule change")
+}
+
+// logHandoffs logs the hand-off latency the members measured.
+func (c *clusterRun) logHandoffs(when string) {
+	c.mu.Lock()
+	procs := c.procs
+	c.mu.Unlock()
+	p50, n := histogramQuantile(c.t, procs, "sluice_cluster_rebalance_seconds", 0.5)
+	p99, _ := histogramQuantile(c.t, procs, "sluice_cluster_rebalance_seconds", 0.99)
+	c.t.Logf("hand-off (sluice_cluster_rebalance_seconds over the three processes, %s): %0.f hand-offs, p50 ≤ %.2fs, p99 ≤ %.2fs", when, n, p50, p99)
+}
+
+// killHolder kills -9 a process holding a share of fn and measures how
+// long the others take to hold all 6 (shareBack) and until the function
+// sees 6 running again (back); the dead process is started again after.
+func (c *clusterRun) killHolder(wait time.Duration) (victim int, shareBack, back time.Duration) {
+	t := c.t
+	t.Helper()
+	victim = -1
+	for i := range 3 {
+		if v, err := c.proc(i).metric("sluice_cluster_share", map[string]string{"function": "fn"}); err == nil && v > 0 {
+			victim = i
+			break
+		}
+	}
+	if victim < 0 {
+		t.Fatal("no process holds a share of fn")
+	}
+	c.mu.Lock()
+	dead := c.procs[victim]
+	c.procs[victim] = nil
+	c.mu.Unlock()
+	dead.kill()
+	killed := time.Now()
+	c.fn.mu.Lock()
+	c.fn.reached6 = time.Time{}
+	c.fn.mu.Unlock()
+	eventually(t, wait, "the others' shares of fn reach 6 again", func() error {
+		sum := 0.0
+		for i := range 3 {
+			p := c.proc(i)
+			if p == nil {
+				continue
+			}
+			v, err := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
+			if err != nil {
+				return err
+			}
+			sum += v
+		}
+		if sum < 6 {
+			return fmt.Errorf("shares %v", sum)
+		}
+		shareBack = time.Since(killed)
+		return nil
+	})
+	eventually(t, wait, "the others reach 6 running again", func() error {
+		c.fn.mu.Lock()
+		defer c.fn.mu.Unlock()
+		if c.fn.reached6.After(killed) {
+			back = c.fn.reached6.Sub(killed)
+			return nil
+		}
+		return fmt.Errorf("max so far %d", c.fn.maxAll)
+	})
+	c.check("kill -9")
+	restarted := startSluice(t, fmt.Sprintf("sluice %d again", victim+1), c.cfgs[victim])
+	c.mu.Lock()
+	c.procs[victim] = restarted
+	c.mu.Unlock()
+	return victim, shareBack, back
+}
+
+// outage stops the run's broker component ("kafka", "nats") for 20 s and
+// waits until the cluster calls the function again (within), with
+// no restart of sluice.
+func (c *clusterRun) outage(component string, within time.Duration) {
+	t := c.t
+	t.Helper()
+	brokerCtl(t, "down.sh", component)
+	stopped := time.Now()
+	time.Sleep(20 * time.Second)
+	brokerCtl(t, "up.sh", component)
+	up := time.Now()
+	c.fn.mu.Lock()
+	before := c.fn.requests
+	c.fn.mu.Unlock()
+	eventually(t, within, "the cluster calls the function again after the outage", func() error {
+		c.fn.mu.Lock()
+		defer c.fn.mu.Unlock()
+		if c.fn.requests < before+50 {
+			return fmt.Errorf("%d requests since", c.fn.requests-before)
+		}
+		return nil
+	})
+	t.Logf("%s down %s: invocations flowing again %s after it was back, no restart", component, up.Sub(stopped).Round(time.Millisecond),
+		time.Since(up).Round(time.Millisecond))
+	c.check(component + " outage")
+}
+
+// restartAll stops the three processes (SIGTERM) and starts them again;
+// the rule changed through the API (ruleChange) is still in force on each.
+func (c *clusterRun) restartAll() {
+	t := c.t
+	t.Helper()
+	for i := range 3 {
+		c.proc(i).stop(syscall.SIGTERM)
+	}
+	for i := range 3 {
+		p := startSluice(t, fmt.Sprintf("sluice %d restarted", i+1), c.cfgs[i])
+		c.mu.Lock()
+		c.procs[i] = p
+		c.mu.Unlock()
+	}
+	for i := range 3 {
+		var r struct {
+			Concurrency int    `json:"concurrency"`
+			Origin      string `json:"origin"`
+		}
+		if err := api(c.proc(i), http.MethodGet, "/v1/rules/tenant-0", nil, &r); err != nil {
+			t.Fatalf("process %d after the restart: %v", i+1, err)
+		}
+		if r.Concurrency != 1 || r.Origin != "api" {
+			t.Errorf("process %d after the restart: rule tenant-0 = %+v, want concurrency 1 from the api", i+1, r)
+		}
+	}
+}
