@@ -15,6 +15,13 @@ const (
 	EventAgeExceeded       Condition = "EventAgeExceeded"
 	PermanentError         Condition = "PermanentError"
 	RecordTooLarge         Condition = "RecordTooLarge"
+	// InvalidRecord: no invocation can be built from the record (see
+	// Invalid); retrying cannot change it.
+	InvalidRecord Condition = "InvalidRecord"
+	// RetryTooLarge: an async event could not be kept for its next attempt
+	// (a Kafka retry topic, a JetStream redelivery) because the event is
+	// larger than that place accepts.
+	RetryTooLarge Condition = "RetryTooLarge"
 )
 
 // DeadLetter is one record that could not be delivered, with why.

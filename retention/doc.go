@@ -33,6 +33,14 @@
 // dispatcher's deliverers, the brokers' writers), so this package does not
 // depend on dispatch or a broker.
 //
+// A letter always fits its destination: when the Appender says how large a
+// record its destination takes (Limited), Store writes an envelope that
+// would be larger without the record's key, value and headers
+// (payloadOmitted, originalSize, the coordinates kept), and Targets has
+// such a record fetched from its source for a replay (Targets.Fetch), or
+// fails the letter with the reason. Store logs each letter at Warn,
+// rate-limited per shard.
+//
 // Gauges measures each destination (Measurer) for
 // sluice_dead_letter_stored_bytes and sluice_dead_letter_oldest_age_seconds,
 // at most once per DefaultGaugeTTL.

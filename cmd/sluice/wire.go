@@ -146,7 +146,7 @@ func (a *app) wireSources(ctx context.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		s := retention.NewStore(name, app, storeMetrics)
+		s := retention.NewStore(name, app, storeMetrics, retention.WithLogger(a.log))
 		stores[name] = s
 		if err := a.measureDeadLetters(ctx, name, gauges); err != nil {
 			return nil, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -30,11 +31,43 @@ const DefaultWriteTimeout = 10 * time.Second
 // made a valid subject token (dots, wildcards and white space become "_"; no
 // key is "_"), so a stream over "<prefix>.>" holds them all and a dead
 // letter is found by its id. Its headers become NATS headers.
+//
+// MaxRecordBytes is the largest record the stream takes: its max_msg_size
+// and the server's max_payload, whichever is lower.
 type Writer struct {
 	js      jetstream.JetStream
 	stream  string
 	prefix  string
 	timeout time.Duration
+
+	mu    sync.Mutex
+	limit int // learned by MaxRecordBytes; 0 until then
+}
+
+// MaxRecordBytes returns the largest message (data and headers) the
+// stream accepts: its max_msg_size (when set) and the server's max_payload,
+// the lower of the two. It asks the server once.
+func (w *Writer) MaxRecordBytes(ctx context.Context) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.limit > 0 {
+		return w.limit, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.timeout)
+	defer cancel()
+	st, err := w.js.Stream(ctx, w.stream)
+	if err != nil {
+		return 0, fmt.Errorf("nats: stream %s: %w", w.stream, err)
+	}
+	limit := int(w.js.Conn().MaxPayload())
+	if m := int(st.CachedInfo().Config.MaxMsgSize); m > 0 && (limit <= 0 || m < limit) {
+		limit = m
+	}
+	if limit <= 0 {
+		return 0, fmt.Errorf("nats: stream %s: the server reports no max_payload", w.stream)
+	}
+	w.limit = limit
+	return limit, nil
 }
 
 // WriterOption configures a Writer.

@@ -1,0 +1,48 @@
+package nats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/event"
+)
+
+// FetchRecord reads the message of stream at sequence seq. An error wraps
+// consumer.ErrRecordGone when the stream no longer holds it (limits,
+// an acknowledged work-queue message, a deletion). The record's Partition
+// is the caller's (a stream source's partition is not in the message).
+func FetchRecord(ctx context.Context, nc *natsgo.Conn, stream string, seq uint64) (event.Record, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", stream, seq, err)
+	}
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", stream, seq, err)
+	}
+	m, err := st.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", stream, seq, consumer.ErrRecordGone)
+	}
+	if err != nil {
+		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", stream, seq, err)
+	}
+	return event.Record{Topic: stream, Subject: m.Subject, Offset: int64(m.Sequence), Timestamp: m.Time,
+		Value: m.Data, Headers: recordHeaders(m.Header)}, nil
+}
+
+// FetchRecord reads the message at at's stream (Topic) and sequence
+// (Offset); the partition is at's.
+func (b *Broker) FetchRecord(ctx context.Context, at event.Record) (event.Record, error) {
+	if at.Offset <= 0 {
+		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", at.Topic, at.Offset, consumer.ErrRecordGone)
+	}
+	rec, err := FetchRecord(ctx, b.nc, at.Topic, uint64(at.Offset))
+	rec.Partition, rec.Key = at.Partition, at.Key
+	return rec, err
+}
