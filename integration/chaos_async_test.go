@@ -12,7 +12,8 @@ package integration
 //     needs the store and must be held;
 //   - the retry store refusing writes for a while, while the function
 //     answers 500 to everything, so that every event needs it: Kafka's retry
-//     topics accept no record (their max.message.bytes set to 1), JetStream's
+//     topics refuse every write (an ACL denies Write on them; the broker of
+//     the tests enforces ACLs and allows what none names), JetStream's
 //     retry-state bucket accepts no value (its stream's max_msg_size set to
 //     1); sluice's retry loops (Kafka) and its fallback (JetStream: the lost
 //     record makes a throttle count as an attempt) are exercised, and the
@@ -158,31 +159,50 @@ func TestChaosKafkaAsync(t *testing.T) {
 	c.background(func(ctx context.Context) { pr.run(ctx, t, prodCl, partitions, plan.Rate) })
 
 	adm := kadm.NewClient(newKafkaClient(t))
-	setRetryLimit := func(limit *string) {
-		cfg := kadm.AlterConfig{Op: kadm.DeleteConfig, Name: "max.message.bytes"}
-		if limit != nil {
-			cfg = kadm.AlterConfig{Op: kadm.SetConfig, Name: "max.message.bytes", Value: limit}
-		}
-		resps, err := adm.AlterTopicConfigs(t.Context(), []kadm.AlterConfig{cfg}, retry...)
-		for _, r := range resps {
-			if err == nil && r.Err != nil {
-				err = fmt.Errorf("%s: %w (%s)", r.Name, r.Err, r.ErrMessage)
+	// The retry-store fault: a DENY WRITE ACL on the retry topics for every
+	// principal (the test's broker enforces ACLs and allows everything no ACL
+	// names). Every retry write fails with TOPIC_AUTHORIZATION_FAILED, which
+	// sluice must retry while holding the event; the records already in the
+	// topics stay and are read (Read is not denied). A max.message.bytes too
+	// small would make each event RetryTooLarge (dead-lettered) instead, and
+	// min.insync.replicas=2 has no effect on a one-replica topic (Kafka caps
+	// it at the replication factor).
+	denyWrites := func() *kadm.ACLBuilder {
+		return kadm.NewACLs().Topics(retry...).ResourcePatternType(kadm.ACLPatternLiteral).
+			Deny("User:*").DenyHosts("*").Operations(kadm.OpWrite)
+	}
+	setRetryDenied := func(deny bool) {
+		var err error
+		if deny {
+			var rs kadm.CreateACLsResults
+			rs, err = adm.CreateACLs(t.Context(), denyWrites())
+			for _, r := range rs {
+				if err == nil && r.Err != nil {
+					err = fmt.Errorf("%s: %w (%s)", r.Name, r.Err, r.ErrMessage)
+				}
+			}
+		} else {
+			var rs kadm.DeleteACLsResults
+			rs, err = adm.DeleteACLs(t.Context(), denyWrites())
+			for _, r := range rs {
+				if err == nil && r.Err != nil {
+					err = fmt.Errorf("%w (%s)", r.Err, r.ErrMessage)
+				}
 			}
 		}
 		if err != nil {
-			t.Fatalf("max.message.bytes of the retry topics: %v", err)
+			t.Fatalf("ACL denying writes to the retry topics (deny=%v): %v", deny, err)
 		}
 	}
 	storeFailure := func() {
-		one := "1"
 		from := time.Now()
 		c.forceAnswer(http.StatusInternalServerError, func() {
-			setRetryLimit(&one)
+			setRetryDenied(true)
 			time.Sleep(plan.Outage) // the fault lasts this long
-			setRetryLimit(nil)
+			setRetryDenied(false)
 		})
 		c.faultWindow(from)
-		c.note("retry-store", "every retry topic refused records (max.message.bytes=1) for %s while the function answered 500", plan.Outage)
+		c.note("retry-store", "every retry topic refused writes (a DENY WRITE ACL) for %s while the function answered 500", plan.Outage)
 	}
 	brokerRestart := func() {
 		pr.paused.Store(true)
