@@ -441,6 +441,36 @@ func (c *chaosScaffold) explained(from, to time.Time) bool {
 	return false
 }
 
+// chaosCall is one invocation of an async chaos event.
+type chaosCall struct {
+	at      time.Time
+	attempt int
+	status  int
+}
+
+// chainMayStart says whether a second retry chain of an event may start at
+// attempt: at 1 (its source record read again), or at k > 1 only when one of
+// the event's earlier invocations (prior) wrote a retry record carrying
+// k-1 attempts: attempt k-1 answered with a failure (neither 2xx, nor a
+// permanent 4xx, nor a throttle), or attempt k answered with a throttle. A
+// retry record is re-read, never invented: a chain that starts anywhere else
+// is not a re-read.
+func chainMayStart(prior []chaosCall, attempt int, throttle func(int) bool) bool {
+	if attempt == 1 {
+		return true
+	}
+	for _, p := range prior {
+		a, st := p.attempt, p.status
+		switch {
+		case a == attempt && throttle(st):
+			return true
+		case a == attempt-1 && !throttle(st) && (st < 200 || st > 299) && (st < 400 || st > 499):
+			return true
+		}
+	}
+	return false
+}
+
 // asyncScript runs the faults: kills spread between the other steps.
 func (c *chaosScaffold) asyncScript(plan asyncChaosPlan, steps []func(), nSteps int) {
 	t := c.t
@@ -525,11 +555,7 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 	t.Helper()
 	batches := c.fn.snapshot()
 	maxAttempt := chaosMaxRetries + 1
-	type call struct {
-		at      time.Time
-		attempt int
-		status  int
-	}
+	type call = chaosCall
 	calls := map[int64][]call{}
 	for _, b := range batches {
 		if b.Source != source {
@@ -560,8 +586,10 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 	// attempt whose outcome died with its process, or skip one whose
 	// throttle was not recorded (JetStream: the retry-state bucket); each
 	// only when a fault falls between the event's first invocation and
-	// this one. Attempts forgotten across a restart would show as a new
-	// chain with no fault to explain it.
+	// this one, and a chain at k > 1 only when the event had the
+	// invocation that wrote that retry record (chainMayStart). Attempts
+	// forgotten across a restart would show as a new chain with no fault to
+	// explain it.
 	explainedRepeats, extraChains, accepted, duplicates := 0, 0, 0, 0
 	type chain struct {
 		attempt int
@@ -570,7 +598,7 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 	for k, cs := range calls {
 		ok := 0
 		var chains []*chain
-		for _, cl := range cs {
+		for i, cl := range cs {
 			if cl.status >= 200 && cl.status <= 299 {
 				ok++
 			}
@@ -614,7 +642,7 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 				}
 				chains = append(chains, &chain{cl.attempt, cl})
 			default:
-				if !c.explained(cs[0].at, cl.at) {
+				if !c.explained(cs[0].at, cl.at) || !chainMayStart(cs[:i], cl.attempt, throttle) {
 					fail("event %d: attempt %d at %s after attempts up to %d: the attempts went back with no fault to explain it (forgotten across a restart?)",
 						k, cl.attempt, cl.at.Sub(c.start).Round(time.Millisecond), chains[len(chains)-1].attempt)
 				}
