@@ -97,8 +97,12 @@ type SourceDeps struct {
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
 	DeadLetterer event.DeadLetterer
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// KeepFor is how long a source that deletes settled records keeps a
+	// copy of one whose dead letter omits its payload (the destination's
+	// retention; ≤ 0: forever).
+	KeepFor    time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Source is a built source: Run consumes until ctx ends; Statuses are its

@@ -35,6 +35,12 @@ type DeadLetter struct {
 	LastAttemptAt  time.Time
 	LastError      ErrorInfo
 	Record         Record
+	// Keep, when not nil, makes Record retrievable by its coordinates
+	// after the source settles it, for a source that would otherwise delete
+	// it (a JetStream work queue). A store calls it, and fails the write if
+	// it fails, before it writes a letter without the record's payload, so
+	// that the payload is never lost.
+	Keep func(ctx context.Context) error
 }
 
 // DeadLetterer durably stores dead letters. DeadLetter returns nil only when

@@ -250,6 +250,14 @@ func (s *Store) DeadLetter(ctx context.Context, letters []event.DeadLetter) erro
 			return fmt.Errorf("retention: dead-letter destination %s: %w", s.name, err)
 		}
 		recs[i], omitted[i] = rec, om
+		if om && dl.Keep != nil {
+			// The source would delete the record once settled: it keeps
+			// a copy first, so that the letter can still be replayed.
+			if err := dl.Keep(ctx); err != nil {
+				s.errs.Inc()
+				return fmt.Errorf("retention: dead-letter destination %s: keep the record whose payload the letter omits: %w", s.name, err)
+			}
+		}
 	}
 	if err := s.app.Append(ctx, recs); err != nil {
 		s.errs.Inc()

@@ -132,7 +132,7 @@ func (b *Broker) NewSource(name string, sc consumer.SourceConfig, deps consumer.
 			AckWait:      b.cfg.AckWait, // and the pin TTL, 2 × AckWait
 			DeadLetterer: deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})
 	}
-	return NewAsync(name, b.nc, sc, AsyncOptions{Deliverer: deps.Async, AckWait: b.cfg.AckWait,
+	return NewAsync(name, b.nc, sc, AsyncOptions{Deliverer: deps.Async, AckWait: b.cfg.AckWait, KeepFor: deps.KeepFor,
 		DeadLetterer: deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})
 }
 

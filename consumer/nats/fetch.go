@@ -12,9 +12,10 @@ import (
 	"github.com/sluicehq/sluice/event"
 )
 
-// FetchRecord reads the message of stream at sequence seq. An error wraps
-// consumer.ErrRecordGone when the stream no longer holds it (limits,
-// an acknowledged work-queue message, a deletion). The record's Partition
+// FetchRecord reads the message of stream at sequence seq, or its kept copy
+// (keep.go) once the stream deleted it. An error wraps
+// consumer.ErrRecordGone when neither holds it (limits, an acknowledged
+// work-queue message, a deletion). The record's Partition
 // is the caller's (a stream source's partition is not in the message).
 func FetchRecord(ctx context.Context, nc *natsgo.Conn, stream string, seq uint64) (event.Record, error) {
 	js, err := jetstream.New(nc)
@@ -22,12 +23,17 @@ func FetchRecord(ctx context.Context, nc *natsgo.Conn, stream string, seq uint64
 		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", stream, seq, err)
 	}
 	st, err := js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fetchKept(ctx, js, stream, seq)
+	}
 	if err != nil {
 		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", stream, seq, err)
 	}
 	m, err := st.GetMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", stream, seq, consumer.ErrRecordGone)
+		// Deleted (a terminated work-queue event): kept if its letter
+		// omitted it (keep.go).
+		return fetchKept(ctx, js, stream, seq)
 	}
 	if err != nil {
 		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", stream, seq, err)
