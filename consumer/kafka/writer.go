@@ -49,6 +49,11 @@ type Writer struct {
 	learned bool      // limit came from the cluster, not the fallback
 	tried   time.Time // when learning last failed
 	closed  bool
+	// ceiling (> 0) caps the limit after the topic refused records as too
+	// large that were within it (consumer.LowerLimit); it is dropped when
+	// the cluster reports a limit other than the one it capped.
+	ceiling int
+	asked   int // the limit the cluster (or the fallback) last gave
 }
 
 // fallbackLimit is the record size limit a Writer assumes when the cluster
@@ -141,6 +146,13 @@ func (w *Writer) producer(ctx context.Context) (*kgo.Client, int, error) {
 		w.tried = time.Now()
 		limit = fallbackLimit
 	}
+	if w.asked != 0 && limit != w.asked {
+		w.ceiling = 0 // the topic's limit changed: what was refused says nothing of it
+	}
+	w.asked = limit
+	if w.ceiling > 0 {
+		limit = min(limit, w.ceiling)
+	}
 	if w.cl != nil && limit == w.limit {
 		w.learned = learned
 		return w.cl, w.limit, nil
@@ -156,12 +168,19 @@ func (w *Writer) producer(ctx context.Context) (*kgo.Client, int, error) {
 	return cl, limit, nil
 }
 
-// forget makes the next producer call ask the cluster for the limit again
-// (a record was refused as too large: the topic's limit went down).
-func (w *Writer) forget() {
+// refused lowers the limit after the topic refused records as too large,
+// n of them, the biggest of largest bytes (key, value and headers), and makes the next
+// producer call ask the cluster again: without DescribeConfigs permission
+// the fallback limit may be above the topic's, and a topic's limit may go
+// down. Below the lowered limit the store leaves the payload out, so a
+// refused letter is not refused again.
+func (w *Writer) refused(largest, n int) {
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.limit > 0 {
+		w.ceiling = consumer.LowerLimit(w.limit, largest, n)
+	}
 	w.learned, w.tried = false, time.Time{}
-	w.mu.Unlock()
 }
 
 // TopicMaxMessageBytes returns the largest record batch topic accepts: its
@@ -235,7 +254,7 @@ func (w *Writer) Append(ctx context.Context, recs []event.Record) error {
 		krs[i] = kr
 	}
 	results := cl.ProduceSync(ctx, krs...)
-	var failed int
+	var failed, tooLarge, nTooLarge int
 	var first error
 	for _, r := range results {
 		if r.Err != nil {
@@ -244,14 +263,27 @@ func (w *Writer) Append(ctx context.Context, recs []event.Record) error {
 			}
 			failed++
 			if errors.Is(r.Err, kerr.MessageTooLarge) {
-				w.forget()
+				tooLarge = max(tooLarge, kafkaRecordBytes(r.Record))
+				nTooLarge++
 			}
 		}
 	}
 	if first == nil {
 		return nil
 	}
+	if tooLarge > 0 {
+		w.refused(tooLarge, nTooLarge)
+	}
 	return fmt.Errorf("kafka: write to %q: %d of %d records not acknowledged: %w", w.topic, failed, len(recs), opaque(first))
+}
+
+// kafkaRecordBytes is the bytes of r's key, value and headers.
+func kafkaRecordBytes(r *kgo.Record) int {
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
 }
 
 // Close waits for nothing: records of an Append still running are failed.
