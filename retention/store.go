@@ -56,10 +56,11 @@ type EnvelopeRecord struct {
 	Key       []byte           `json:"key,omitempty"`
 	Value     []byte           `json:"value"`
 	Headers   []EnvelopeHeader `json:"headers,omitempty"`
-	// PayloadOmitted: the envelope with the record's key, value and
-	// headers would not fit its destination, so they were left out; the
-	// coordinates above name the original, which `dlq replay` fetches
-	// from the source while the source still retains it.
+	// PayloadOmitted: the envelope with the record's value and headers
+	// would not fit its destination, so they were left out (and the key
+	// too, if it alone was too large); the coordinates above name the
+	// original, which `dlq replay` fetches from the source while the source
+	// still retains it, and checks against OriginalSize and Timestamp.
 	PayloadOmitted bool `json:"payloadOmitted,omitempty"`
 	// OriginalSize is the bytes of the record's key, value and headers
 	// (set with PayloadOmitted).
@@ -290,10 +291,19 @@ func letterOf(dl event.DeadLetter, limit int) (rec event.Record, omitted bool, e
 	if limit > 0 && frame+len(body) > limit {
 		omitted = true
 		e.Record.OriginalSize = recordBytes(&dl.Record)
-		e.Record.Key, e.Record.Value, e.Record.Headers = nil, nil, nil
+		e.Record.Value, e.Record.Headers = nil, nil
 		e.Record.PayloadOmitted = true
+		// The key stays (a replay from a JetStream stream source takes it
+		// from the letter: it is the subject's key token), unless it is
+		// what does not fit.
 		if body, err = json.Marshal(e); err != nil {
 			return rec, false, fmt.Errorf("encode dead letter: %w", err)
+		}
+		if frame+len(body) > limit && e.Record.Key != nil {
+			e.Record.Key = nil
+			if body, err = json.Marshal(e); err != nil {
+				return rec, false, fmt.Errorf("encode dead letter: %w", err)
+			}
 		}
 		if frame+len(body) > limit {
 			return rec, false, fmt.Errorf("a dead letter of %d bytes without its payload is over the destination's limit of %d bytes", frame+len(body), limit)

@@ -50,7 +50,7 @@ func TestStoreOmitsPayloadThatDoesNotFit(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := e1.Record
-	if !r.PayloadOmitted || r.Value != nil || r.Key != nil || r.OriginalSize != 900_000+1+6+4 ||
+	if !r.PayloadOmitted || r.Value != nil || !bytes.Equal(r.Key, big.Record.Key) || r.OriginalSize != 900_000+1+6+4 ||
 		r.Topic != "orders" || r.Partition != 2 || r.Offset != 2 {
 		t.Errorf("omitted letter: %+v", r)
 	}
@@ -81,5 +81,40 @@ func TestStoreLogIsRateLimited(t *testing.T) {
 	}
 	if got := strings.Count(logs.String(), "record dead-lettered"); got != 10 {
 		t.Fatalf("%d lines for 100 letters of one shard, want the first 10", got)
+	}
+}
+
+// An omitted letter keeps the record's key unless the key is what does not
+// fit; a Keep hook runs before a letter without its payload is written, and
+// its failure fails the write.
+func TestStoreOmittedKeyAndKeep(t *testing.T) {
+	m, err := NewStoreMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &limitedAppender{limit: 100_000}
+	s := NewStore("dead", app, m)
+	huge := letter(3, event.PermanentError)
+	huge.Record.Key = make([]byte, 200_000)
+	kept := 0
+	huge.Keep = func(context.Context) error { kept++; return nil }
+	if err := s.DeadLetter(t.Context(), []event.DeadLetter{huge}); err != nil {
+		t.Fatal(err)
+	}
+	e, err := DecodeEnvelope(app.recs[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.Record.PayloadOmitted || e.Record.Key != nil || e.Record.OriginalSize != 200_000+3+6+4 || kept != 1 {
+		t.Fatalf("letter of a huge key: %+v, kept %d times", e.Record, kept)
+	}
+	small := letter(4, event.PermanentError)
+	small.Keep = func(context.Context) error { kept++; return nil }
+	if err := s.DeadLetter(t.Context(), []event.DeadLetter{small}); err != nil || kept != 1 {
+		t.Fatalf("a letter that fits: %v, kept %d times (want no keep)", err, kept)
+	}
+	huge.Keep = func(context.Context) error { return context.DeadlineExceeded }
+	if err := s.DeadLetter(t.Context(), []event.DeadLetter{huge}); err == nil || len(app.recs) != 2 {
+		t.Fatalf("a failed keep: %v, %d letters written (want an error, none more)", err, len(app.recs))
 	}
 }

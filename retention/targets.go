@@ -110,6 +110,12 @@ func (t *Targets) original(ctx context.Context, e *Envelope) (rec event.Record, 
 		return rec, notReplayable("the letter was stored without its payload (%d bytes), and fetching the original at %s from source %s failed: %v",
 			e.Record.OriginalSize, where, e.Source, err), false
 	}
+	// The coordinates name another record once the topic or stream was
+	// deleted and made again: the size and time must be the letter's.
+	if n := recordBytes(&got); n != e.Record.OriginalSize || !sameTime(got.Timestamp, e.Record.Timestamp) {
+		return rec, notReplayable("the letter was stored without its payload (%d bytes of %s), but the record now at %s is another (%d bytes of %s): was the topic or stream made again?",
+			e.Record.OriginalSize, e.Record.Timestamp.UTC().Format(time.RFC3339Nano), where, n, got.Timestamp.UTC().Format(time.RFC3339Nano)), false
+	}
 	return got, res, true
 }
 
@@ -150,4 +156,11 @@ func (t *Targets) markBroken(src string, err error) {
 
 func notReplayable(format string, args ...any) event.Result {
 	return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "replay", Message: fmt.Sprintf(format, args...)}}
+}
+
+// sameTime reports whether a and b are the same record time: within a
+// millisecond (Kafka keeps milliseconds; JSON and brokers may differ below).
+func sameTime(a, b time.Time) bool {
+	d := a.Sub(b)
+	return d > -time.Millisecond && d < time.Millisecond
 }

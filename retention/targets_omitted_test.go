@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
@@ -26,6 +27,7 @@ func TestReplayFetchesOmittedPayload(t *testing.T) {
 	e.Record.PayloadOmitted, e.Record.OriginalSize = true, 900_000
 	d := &recordingDeliverer{}
 	gone := false
+	fetchedAt, fetchedSize := e.Record.Timestamp, 900_000
 	tg := &Targets{
 		HasSource:   func(string) bool { return true },
 		HasFunction: func(string) bool { return true },
@@ -37,11 +39,23 @@ func TestReplayFetchesOmittedPayload(t *testing.T) {
 			if src != "orders" || at.Topic != "orders" || at.Partition != 2 || at.Offset != 7 {
 				t.Errorf("fetched %s %s/%d@%d", src, at.Topic, at.Partition, at.Offset)
 			}
-			return event.Record{Topic: "orders", Partition: 2, Offset: 7, Value: make([]byte, 900_000)}, nil
+			return event.Record{Topic: "orders", Partition: 2, Offset: 7, Timestamp: fetchedAt, Value: make([]byte, fetchedSize)}, nil
 		},
 	}
 	if res := tg.ToFunction(t.Context(), &e); res.Outcome != event.Delivered || len(d.got) != 1 || len(d.got[0].Value) != 900_000 {
 		t.Fatalf("replay: %+v, delivered %d records", res, len(d.got))
+	}
+	// The topic was made again: another record at the same coordinates
+	// (another time, or another size) is not replayed.
+	for _, c := range []struct {
+		at   time.Time
+		size int
+	}{{e.Record.Timestamp.Add(time.Hour), 900_000}, {e.Record.Timestamp, 899_999}} {
+		fetchedAt, fetchedSize = c.at, c.size
+		res := tg.ToFunction(t.Context(), &e)
+		if res.Outcome == event.Delivered || !strings.Contains(res.Error.Message, "is another") || len(d.got) != 1 {
+			t.Fatalf("replay of another record at the coordinates (%v, %d bytes): %+v, delivered %d records", c.at, c.size, res, len(d.got))
+		}
 	}
 	gone = true
 	res := tg.ToFunction(t.Context(), &e)

@@ -43,12 +43,20 @@ func FetchRecord(ctx context.Context, nc *natsgo.Conn, stream string, seq uint64
 }
 
 // FetchRecord reads the message at at's stream (Topic) and sequence
-// (Offset); the partition is at's.
+// (Offset); the partition, key and subject are at's.
 func (b *Broker) FetchRecord(ctx context.Context, at event.Record) (event.Record, error) {
 	if at.Offset <= 0 {
 		return event.Record{}, fmt.Errorf("nats: fetch %s#%d: %w", at.Topic, at.Offset, consumer.ErrRecordGone)
 	}
 	rec, err := FetchRecord(ctx, b.nc, at.Topic, uint64(at.Offset))
+	if err != nil {
+		return rec, err
+	}
+	// A stream source's record has the key and the subject as published
+	// (the stored subject has the partition in it): the letter's.
 	rec.Partition, rec.Key = at.Partition, at.Key
-	return rec, err
+	if at.Subject != "" {
+		rec.Subject = at.Subject
+	}
+	return rec, nil
 }
