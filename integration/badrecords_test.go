@@ -45,7 +45,8 @@ type hostileCall struct {
 }
 
 // hostileFn records every invocation and answers 400 to those holding a
-// record whose value is reject bytes long (while rejecting).
+// record (or an async event) whose value is reject bytes long (while
+// rejecting).
 type hostileFn struct {
 	t   *testing.T
 	srv *httptest.Server
@@ -114,7 +115,7 @@ func (f *hostileFn) serve(w http.ResponseWriter, r *http.Request) {
 	case async && f.failAsync > 0:
 		f.failAsync--
 		w.WriteHeader(http.StatusInternalServerError)
-	case !async && f.reject > 0 && slices.Contains(c.Sizes, f.reject):
+	case f.reject > 0 && slices.Contains(c.Sizes, f.reject):
 		w.WriteHeader(http.StatusBadRequest)
 		_, _ = io.WriteString(w, "too big for me")
 	}
@@ -180,7 +181,7 @@ const (
 // rejects with 400 and a 7 MB record. Both sources deliver every other
 // record in order within seconds; the two others are dead-lettered (payload
 // omitted: the envelopes do not fit the dead-letter topic), logged, shown by
-// `dlq show`, and the 900 KB one is replayed from the source.
+// `dlq show`, and the 900 KB and 7 MB ones are replayed from the source.
 func TestBadRecordsKafkaStream(t *testing.T) {
 	t.Parallel()
 	topic := createTopicWith(t, map[string]string{"max.message.bytes": "10485760"})
@@ -337,6 +338,25 @@ func TestBadRecordsKafkaStream(t *testing.T) {
 	if !found {
 		t.Errorf("the replay did not deliver the original 900 KB record (offset %d)", big)
 	}
+	// The 7 MB letter (RecordTooLarge) is replayed from the source too: one
+	// invocation of the function with the whole record.
+	hugeCalls := func() int {
+		n := 0
+		for _, c := range fn.snapshot() {
+			if c.Source == keys && slices.Equal(c.Offsets, []int64{huge}) && slices.Equal(c.Sizes, []int{hugeRecord}) {
+				n++
+			}
+		}
+		return n
+	}
+	before := hugeCalls()
+	code, out, errs = dlqRun(t, "dlq", "replay", "-c", cfg, "--source", keys, "--condition", "RecordTooLarge")
+	if code != 0 {
+		t.Fatalf("dlq replay of the 7 MB letter: exit %d\n%s\n%s", code, out, errs)
+	}
+	if got := hugeCalls(); got != before+1 {
+		t.Errorf("the replay delivered the original 7 MB record (offset %d) %d times, want once:\n%s", huge, got-before, out)
+	}
 }
 
 // TestBadRecordsKafkaAsync: a 1.1 MB async event on a topic that allows
@@ -491,5 +511,92 @@ func TestBadRecordsNATSStream(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("the replay did not deliver the original 900 KB message (sequence %d)", seqs[big])
+	}
+}
+
+// TestBadRecordsNATSAsync: a 900 KB event on a JetStream async source whose
+// stream sluice creates (a work queue: a terminated event is deleted),
+// which the function rejects with 400. Its dead letter (1.2 MB of base64)
+// is over the server's max_payload, so it is stored without its payload,
+// and the event is kept in the sluice-kept-<stream> bucket before it is
+// terminated: `dlq replay` delivers the original 900 KB although the
+// stream no longer holds it. The other events are delivered.
+func TestBadRecordsNATSAsync(t *testing.T) {
+	t.Parallel()
+	_, js := newJetStream(t)
+	stream := strings.ToUpper(unsafeName.ReplaceAllString(uniqueName(t, "BA"), "_"))
+	prefix := strings.ToLower(stream)
+	dlStream, dlPrefix := stream+"-DLQ", prefix+"-dlq"
+	t.Cleanup(func() {
+		ctx, cancel := cleanupCtx()
+		defer cancel()
+		for _, s := range []string{stream, dlStream, "OBJ_sluice-kept-" + stream} {
+			_ = js.DeleteStream(ctx, s)
+		}
+	})
+	fn := newHostileFn(t, bigRecord)
+	source := uniqueName(t, "nasync")
+	cfg := writeNATSConfig(t, fn.srv.URL+"/invoke", nil, map[string]any{source: map[string]any{
+		"stream": stream, "subject": prefix + ".>", "mode": "async", "function": "fn", "on_failure": "dead",
+		"max_retry_attempts": 2, "retry_backoff": map[string]any{"initial": "100ms", "max": "1s"},
+	}}, map[string]any{"dead": map[string]any{"stream": dlStream, "subject": dlPrefix + ".>", "retention": "1h"}})
+	p := startSluice(t, "sluice", cfg)
+	var bigSeq uint64
+	for i, size := range []int{10, bigRecord, 20} {
+		ack, err := js.Publish(t.Context(), fmt.Sprintf("%s.e%d", prefix, i), make([]byte, size))
+		if err != nil {
+			t.Fatalf("publish event %d: %v", i, err)
+		}
+		if size == bigRecord {
+			bigSeq = ack.Sequence
+		}
+	}
+	var letters []deadLetter
+	eventually(t, 60*time.Second, "the small events are delivered and the 900 KB one dead-lettered", func() error {
+		delivered := 0
+		for _, c := range fn.snapshot() {
+			if slices.Equal(c.Sizes, []int{10}) || slices.Equal(c.Sizes, []int{20}) {
+				delivered++
+			}
+		}
+		if letters = readNATSDeadLetters(t, js, dlStream); delivered != 2 || len(letters) != 1 {
+			return fmt.Errorf("%d small events delivered, %d dead letters", delivered, len(letters))
+		}
+		return nil
+	})
+	e := letters[0].Env
+	if r := e.Record; !r.PayloadOmitted || r.Value != nil || r.Topic != stream || r.Offset != int64(bigSeq) ||
+		r.OriginalSize != bigRecord || e.Condition != event.PermanentError {
+		t.Errorf("dead letter %s: %+v", e.Condition, r)
+	}
+	eventually(t, 30*time.Second, "the work queue is empty (the event was terminated)", func() error {
+		st, err := js.Stream(t.Context(), stream)
+		if err != nil {
+			return err
+		}
+		if info, err := st.Info(t.Context()); err != nil || info.State.Msgs != 0 || info.Config.Retention != jetstream.WorkQueuePolicy {
+			return fmt.Errorf("stream %s: %v, %v", stream, info, err)
+		}
+		return nil
+	})
+	p.stop(syscall.SIGTERM)
+
+	code, out, errs := dlqRun(t, "dlq", "show", "-c", cfg, "-o", "table", e.ID)
+	if code != 0 || !strings.Contains(out, "omitted (") {
+		t.Fatalf("dlq show -o table: exit %d\n%s\n%s", code, out, errs)
+	}
+	fn.setReject(0)
+	code, out, errs = dlqRun(t, "dlq", "replay", "-c", cfg, "--source", source)
+	if code != 0 {
+		t.Fatalf("dlq replay: exit %d\n%s\n%s", code, out, errs)
+	}
+	found := false
+	for _, c := range fn.snapshot() {
+		if slices.Equal(c.Sizes, []int{bigRecord}) && c.Attempt == 2 {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("the replay did not deliver the original 900 KB event (sequence %d) from the kept bucket:\n%s", bigSeq, out)
 	}
 }
