@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -15,9 +16,9 @@ import (
 	"github.com/sluicehq/sluice/event"
 )
 
-// Kept records. An async source's stream that deletes what sluice settles
-// (a work queue, as sluice creates it, or interest retention) would lose an
-// event whose dead letter had to leave its payload out (the envelope did not
+// Kept records. A source's stream that deletes what sluice settles (a work
+// queue, as sluice creates it for an async source, or interest retention)
+// would lose an event whose dead letter had to leave its payload out (the envelope did not
 // fit the destination): terminating it deletes the only copy. Before such a
 // letter is written, the event is copied into the object store bucket
 // keptBucket(stream), named by its stream sequence; an object is chunked,
@@ -84,6 +85,22 @@ func (k *keeper) store(ctx context.Context) (jetstream.ObjectStore, error) {
 	}
 	k.obs = obs
 	return obs, nil
+}
+
+// keepingLetterer gives every letter a Keep of its record (a stream
+// source over a stream that deletes what is acknowledged).
+type keepingLetterer struct {
+	next event.DeadLetterer
+	k    *keeper
+}
+
+func (d keepingLetterer) DeadLetter(ctx context.Context, letters []event.DeadLetter) error {
+	out := slices.Clone(letters)
+	for i := range out {
+		rec := out[i].Record
+		out[i].Keep = func(ctx context.Context) error { return d.k.keep(ctx, rec) }
+	}
+	return d.next.DeadLetter(ctx, out)
 }
 
 // fetchKept reads the kept record of stream at seq; an error wraps
