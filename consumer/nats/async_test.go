@@ -15,7 +15,6 @@ import (
 
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/event"
-	"github.com/sluicehq/sluice/retention"
 )
 
 // asyncCall is one invocation an asyncRecorder saw.
@@ -382,24 +381,7 @@ func TestAsyncKeepsEventWhoseLetterOmitsPayload(t *testing.T) {
 	e := startServer(t)
 	nc, js := connect(t, e.ClientURL())
 	ctx := t.Context()
-	if _, _, err := EnsureStream(ctx, js, "DEAD", []string{"sluice.dead.>"}, time.Hour, 0); err != nil {
-		t.Fatal(err)
-	}
-	st, _ := js.Stream(ctx, "DEAD")
-	cfg := st.CachedInfo().Config
-	cfg.MaxMsgSize = 6000
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	w, err := NewWriter(nc, "DEAD", "sluice.dead")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := retention.NewStoreMetrics(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := retention.NewStore("dead", w, m, retention.WithLogger(testLogger()))
+	st, store := smallDeadLetters(t, nc, js, 6000)
 	r := &asyncRecorder{answer: func(string, int) event.Result {
 		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: 400}}
 	}}

@@ -15,6 +15,34 @@ import (
 	"github.com/sluicehq/sluice/shard"
 )
 
+// smallDeadLetters makes the dead-letter stream DEAD with max_msg_size
+// maxMsgSize and returns it with a store writing to it.
+func smallDeadLetters(t *testing.T, nc *natsgo.Conn, js jetstream.JetStream, maxMsgSize int32) (jetstream.Stream, *retention.Store) {
+	t.Helper()
+	ctx := t.Context()
+	if _, _, err := EnsureStream(ctx, js, "DEAD", []string{"sluice.dead.>"}, time.Hour, 0); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "DEAD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.MaxMsgSize = maxMsgSize
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWriter(nc, "DEAD", "sluice.dead")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := retention.NewStoreMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, retention.NewStore("dead", w, m, retention.WithLogger(testLogger()))
+}
+
 // TestStreamKeepsRecordOnWorkQueue: a stream source over a work queue (an
 // acknowledged message is deleted) keeps a record whose letter omits its
 // payload, and Broker.FetchRecord gives it back with the letter's key and
@@ -29,23 +57,7 @@ func TestStreamKeepsRecordOnWorkQueue(t *testing.T) {
 		Retention:        jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := EnsureStream(ctx, js, "DEAD", []string{"sluice.dead.>"}, time.Hour, 0); err != nil {
-		t.Fatal(err)
-	}
-	dst, _ := js.Stream(ctx, "DEAD")
-	cfg := dst.CachedInfo().Config
-	cfg.MaxMsgSize = 6000
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	w, err := NewWriter(nc, "DEAD", "sluice.dead")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := retention.NewStoreMetrics(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dst, store := smallDeadLetters(t, nc, js, 6000)
 	big := strings.Repeat("y", 5000)
 	d := &fakeDeliverer{answer: func(dl shard.Delivery) event.Result {
 		for _, r := range dl.Records {
@@ -55,7 +67,7 @@ func TestStreamKeepsRecordOnWorkQueue(t *testing.T) {
 		}
 		return event.Result{Outcome: event.Delivered}
 	}}
-	opts := fastStream(d, retention.NewStore("dead", w, m, retention.WithLogger(testLogger())), src)
+	opts := fastStream(d, store, src)
 	opts.Worker.BatchSize = 1
 	opts.KeepFor = time.Hour
 	s, err := NewStream("clicks", nc, src, opts)
