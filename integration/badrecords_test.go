@@ -574,8 +574,12 @@ func TestBadRecordsNATSAsync(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if info, err := st.Info(t.Context()); err != nil || info.State.Msgs != 0 || info.Config.Retention != jetstream.WorkQueuePolicy {
-			return fmt.Errorf("stream %s: %v, %v", stream, info, err)
+		info, err := st.Info(t.Context())
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs != 0 || info.Config.Retention != jetstream.WorkQueuePolicy {
+			return fmt.Errorf("stream %s: %d messages, retention %v; want an empty work queue", stream, info.State.Msgs, info.Config.Retention)
 		}
 		return nil
 	})
