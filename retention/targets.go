@@ -37,7 +37,8 @@ type Targets struct {
 	// offset; stream, sequence) from source src's broker, for a letter
 	// stored without its payload (Envelope.Record.PayloadOmitted); nil
 	// when there is no way to. An error says why (e.g. the source no longer
-	// retains it).
+	// retains it). A JetStream record has the subject it was published to
+	// (at's).
 	Fetch func(ctx context.Context, src string, at event.Record) (event.Record, error)
 
 	mu      sync.Mutex          // guards writers and broken; serializes Writer calls
@@ -82,7 +83,9 @@ func (t *Targets) ToSource(ctx context.Context, e *Envelope) event.Result {
 	if !ok {
 		return bad
 	}
-	rec.Topic, rec.Subject, rec.Partition, rec.Offset = "", "", 0, 0
+	// The subject stays: a JetStream record goes back to the subject it was
+	// published to (a fetched one has the letter's, see Fetch).
+	rec.Topic, rec.Partition, rec.Offset = "", 0, 0
 	if err := w.Append(ctx, []event.Record{rec}); err != nil {
 		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "connection", Message: err.Error()}}
 	}
