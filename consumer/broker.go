@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -71,6 +72,11 @@ type Broker interface {
 	// that sc reads and the broker stores once (a JetStream subject and
 	// message id); a no-op where the topic is the address.
 	AddressEvent(sc SourceConfig, rec *event.Record, id string)
+	// FetchRecord reads the record at at's coordinates (Kafka: topic,
+	// partition and offset; JetStream: stream and sequence) from the
+	// broker, for the replay of a dead letter stored without its payload.
+	// An error wraps ErrRecordGone when the broker no longer retains it.
+	FetchRecord(ctx context.Context, at event.Record) (event.Record, error)
 	// EventsHaveKeys reports whether the broker's async events carry a
 	// record key (Kafka does; JetStream messages have none).
 	EventsHaveKeys() bool
@@ -91,8 +97,12 @@ type SourceDeps struct {
 	// DeadLetterer stores what cannot be delivered; nil drops it (counted
 	// and logged), as a source without on_failure.
 	DeadLetterer event.DeadLetterer
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	// KeepFor is how long a source that deletes settled records keeps a
+	// copy of one whose dead letter omits its payload (the destination's
+	// retention; ≤ 0: forever).
+	KeepFor    time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Source is a built source: Run consumes until ctx ends; Statuses are its
@@ -108,6 +118,11 @@ type Source interface {
 type Ensurer interface {
 	Ensure(ctx context.Context) error
 }
+
+// ErrRecordGone is returned when the record asked for is no longer
+// retained by its topic or stream (retention, compaction, an acknowledged
+// work-queue message).
+var ErrRecordGone = errors.New("the source no longer retains the record")
 
 // Destination is a dead-letter destination as a broker sees it.
 type Destination struct {

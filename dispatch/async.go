@@ -30,13 +30,14 @@ type AsyncDeliverer struct {
 // for a slot at most MaxSlotWait and until waitUntil (if not zero; the
 // event's expiry). Neither bounds the invocation once it started.
 func (a *AsyncDeliverer) Deliver(ctx context.Context, rec event.Record, attempt int, waitUntil time.Time) event.Result {
+	traceParent, traceState := traceHeaders(&rec)
 	req := &Request{
 		Function:       a.Function,
 		InvocationID:   newID(),
 		Attempt:        attempt,
 		IdempotencyKey: asyncIdempotencyKey(a.Source, &rec),
-		TraceParent:    header(&rec, "traceparent"),
-		TraceState:     header(&rec, "tracestate"),
+		TraceParent:    traceParent,
+		TraceState:     traceState,
 		Header: http.Header{
 			"Sluice-Source":     {a.Source},
 			"Sluice-Event-Time": {rec.Timestamp.UTC().Format(time.RFC3339Nano)},
@@ -46,7 +47,9 @@ func (a *AsyncDeliverer) Deliver(ctx context.Context, rec event.Record, attempt 
 		MaxWait:     a.MaxSlotWait,
 		WaitUntil:   waitUntil,
 	}
-	if ct := header(&rec, "Content-Type"); ct != "" {
+	// A Content-Type HTTP cannot carry is not the event's fault: the body
+	// goes as octets.
+	if ct := header(&rec, "Content-Type"); ct != "" && plainHeaderValue(ct) {
 		req.ContentType = ct
 	}
 	if a.Scope != nil {

@@ -100,6 +100,8 @@ func (r Rule) Validate(key string) error {
 	var errs []error
 	if r.Pattern == "" {
 		errs = append(errs, fmt.Errorf("%w: %s.pattern: must be \"*\" or an exact scope, got an empty string", ErrInvalid, key))
+	} else if err := CheckScope(r.Pattern); r.Pattern != "*" && err != nil {
+		errs = append(errs, fmt.Errorf("%w: %s.pattern: must be \"*\" or an exact scope (1 to %d bytes of UTF-8 without control characters): %w", ErrInvalid, key, MaxScopeBytes, err))
 	}
 	if r.Concurrency < 0 {
 		errs = append(errs, fmt.Errorf("%w: %s.concurrency: %d is out of range (0 or more)", ErrInvalid, key, r.Concurrency))

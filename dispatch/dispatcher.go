@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluicehq/sluice/internal/lograte"
 )
 
 // ErrUnknownFunction is returned for an invocation of a function that is not
@@ -24,6 +26,7 @@ var ErrUnknownFunction = errors.New("dispatch: unknown function")
 type Dispatcher struct {
 	lim     Limits
 	log     *slog.Logger
+	fails   *lograte.Logger // one Warn line per failed invocation, rate-limited per shard
 	metrics *metrics
 	tracer  trace.Tracer // nil: no spans (WithTracer)
 
@@ -88,7 +91,7 @@ func New(cfg Config, opts ...Option) (*Dispatcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{lim: lim, log: o.log, tracer: o.tracer, fns: make(map[string]*function, len(cfg.Functions))}
+	d := &Dispatcher{lim: lim, log: o.log, fails: lograte.New(o.log, "failed invocations", 0, 0), tracer: o.tracer, fns: make(map[string]*function, len(cfg.Functions))}
 	// The metrics come first: each HTTP function reports its connection
 	// waits to them.
 	d.metrics, err = newMetrics(o.reg, lim)
@@ -250,7 +253,34 @@ func (d *Dispatcher) run(ctx context.Context, f *function, req *Request) (*Respo
 	resp, err := f.h.Invoke(ctx, req)
 	err = classify(ctx, req, err)
 	d.metrics.invoked(req.Function, err, time.Since(start))
+	d.logFailure(ctx, req, err, time.Since(start))
 	return resp, err
+}
+
+// logFailure writes one Warn line for an invocation that failed (an error,
+// a timeout, a permanent error, a partial batch, the function's own
+// throttle), at most lograte.DefaultBurst per shard per minute. An
+// invocation its caller abandoned is not a failure.
+func (d *Dispatcher) logFailure(ctx context.Context, req *Request, err error, took time.Duration) {
+	if err == nil || ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return
+	}
+	key := req.Shard
+	if key == "" {
+		key = req.Header.Get("Sluice-Source")
+	}
+	if key == "" {
+		key = "function " + req.Function
+	}
+	args := []any{"function", req.Function, "shard", key, "attempt", req.Attempt, "outcome", string(OutcomeOf(err)),
+		"error", err.Error(), "took", took.Round(time.Millisecond)}
+	if src := req.Header.Get("Sluice-Source"); src != "" {
+		args = append(args, "source", src)
+	}
+	if len(req.Items) > 0 {
+		args = append(args, "first", req.Items[0], "last", req.Items[len(req.Items)-1])
+	}
+	d.fails.Log(slog.LevelWarn, key, "invocation failed", args...)
 }
 
 // classify maps a handler's error to the outcome errors: in-process handlers
@@ -264,6 +294,7 @@ func classify(ctx context.Context, req *Request, err error) error {
 		fe *FunctionError
 		pe *PermanentError
 		pb *PartialBatchError
+		iv *InvalidRequestError
 	)
 	switch {
 	case errors.As(err, &pb):
@@ -272,7 +303,7 @@ func classify(ctx context.Context, req *Request, err error) error {
 			return &FunctionError{Kind: KindResponse, Message: "partial batch failure without report_batch_item_failures: whole batch failed (" + err.Error() + ")"}
 		}
 		return checkPartial(pb.Failed, req.Items)
-	case errors.As(err, &t), errors.As(err, &fe), errors.As(err, &pe):
+	case errors.As(err, &t), errors.As(err, &fe), errors.As(err, &pe), errors.As(err, &iv):
 		return err
 	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
 		// The caller gave up (shutdown, revoke): not the function's failure,

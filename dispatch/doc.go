@@ -21,6 +21,14 @@
 // every request body reading it (each holds a reference). An in-process
 // Handler that keeps Request.Body past its Invoke must copy it.
 //
+// It builds every request from records (headers.go): a scope HTTP cannot
+// carry unchanged goes percent-encoded with Sluice-Scope-Encoding, a
+// malformed traceparent is dropped, and what net/http would still refuse is
+// an InvalidRequestError (the record's outcome Invalid, dead-lettered as
+// InvalidRecord), never a connection error. CheckScope is the one validity
+// rule of rule patterns and ingress scopes. Every failed invocation is
+// logged at Warn, rate-limited per shard (internal/lograte).
+//
 // Limits is the seam for limits shared by several sluice processes: a
 // cluster-wide engine implements Limits (its Leases are grants of a remote
 // book, with the engine's own expiry) and is given to New with WithLimits;

@@ -91,6 +91,18 @@ func (e *PermanentError) Error() string {
 	return fmt.Sprintf("dispatch: permanent error (status %d): %s", e.Status, e.Message)
 }
 
+// InvalidRequestError says no invocation could be built from the request's
+// records: a header value HTTP cannot carry even after sluice's encodings
+// (see headers.go), a body that could not be encoded. Retrying cannot help,
+// and nothing was sent: the records are dead-lettered with InvalidRecord.
+type InvalidRequestError struct {
+	Message string
+}
+
+func (e *InvalidRequestError) Error() string {
+	return "dispatch: invalid request: " + e.Message
+}
+
 // PartialBatchError reports that some items of a batch failed
 // (report_batch_item_failures). Failed holds the failed item identifiers in
 // batch order, so Failed[0] is the lowest: the checkpoint moves to just before
@@ -119,10 +131,14 @@ func IsThrottled(err error) bool {
 	return ok
 }
 
-// IsPermanent reports whether err is a failure that must not be retried.
+// IsPermanent reports whether err is a failure that must not be retried:
+// a *PermanentError or an *InvalidRequestError.
 func IsPermanent(err error) bool {
-	var p *PermanentError
-	return errors.As(err, &p)
+	var (
+		p  *PermanentError
+		iv *InvalidRequestError
+	)
+	return errors.As(err, &p) || errors.As(err, &iv)
 }
 
 // Outcome is the label value of sluice_invocations_total{outcome}.

@@ -237,6 +237,9 @@ func (f *HTTPFunction) Close() error {
 //     above 599: *PermanentError. The function answered outside the contract;
 //     retrying the same request cannot change that.
 //   - no answer before the deadline: *FunctionError{Kind: KindTimeout}.
+//   - a header value net/http refuses to send: *InvalidRequestError (the
+//     scope is percent-encoded and a malformed traceparent dropped before,
+//     so only a value from req.Header can be refused).
 //   - the request could not be sent or the answer read (refused, reset,
 //     closed early, malformed): *FunctionError{Kind: KindConnection}.
 //
@@ -273,6 +276,12 @@ func (f *HTTPFunction) Invoke(ctx context.Context, req *Request) (*Response, err
 		return nil, fmt.Errorf("dispatch: function %q: %w", f.name, err)
 	}
 	f.setHeaders(hreq.Header, req, deadline)
+	// net/http would refuse the request with an error indistinguishable
+	// from a lost connection; a value it cannot carry is the record's
+	// fault, and retrying cannot change it.
+	if err := checkHeaders(hreq.Header); err != nil {
+		return nil, err
+	}
 
 	resp, err := f.client.Do(hreq)
 	if err != nil {
@@ -348,7 +357,13 @@ func (f *HTTPFunction) setHeaders(h http.Header, req *Request, deadline time.Tim
 		deadline = req.Deadline
 	}
 	h.Set("Sluice-Deadline", formatDeadline(deadline))
-	setIf(h, "Sluice-Scope", req.Scope)
+	sc, encoded := headerScope(req.Scope)
+	setIf(h, "Sluice-Scope", sc)
+	if encoded {
+		h.Set(HeaderScopeEncoding, ScopeEncodingPercent)
+	} else {
+		h.Del(HeaderScopeEncoding)
+	}
 	// With an Idempotency-Key, net/http may also replay the POST on a fresh
 	// connection when a pooled one turns out to be closed by the server.
 	setIf(h, "Idempotency-Key", req.IdempotencyKey)

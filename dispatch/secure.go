@@ -146,6 +146,13 @@ func (f *HTTPFunction) SetHeaders(h http.Header) error {
 		if IsReservedHeader(k) {
 			return fmt.Errorf("%w: functions.%s.headers.%s: sluice sets this header itself", ErrInvalid, f.name, k)
 		}
+		// Refused here, not per invocation: a value net/http cannot send
+		// would otherwise make every record an InvalidRecord dead letter.
+		for _, v := range vs {
+			if !validFieldValue(v) {
+				return fmt.Errorf("%w: functions.%s.headers.%s: the value has a control character (a line break from its file?)", ErrInvalid, f.name, k)
+			}
+		}
 		c[http.CanonicalHeaderKey(k)] = slices.Clone(vs)
 	}
 	f.headers.Store(&c)

@@ -50,9 +50,10 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.R
 		body, err = s.Encode.Encode(d.Records)
 	}
 	if err != nil {
-		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindEncode, Message: err.Error()}}
+		return event.Result{Outcome: event.Invalid, Error: event.ErrorInfo{Kind: event.KindEncode, Message: err.Error()}}
 	}
 	first, last := d.Records[0], d.Records[len(d.Records)-1]
+	traceParent, traceState := traceHeaders(&first)
 	// Item ids are read only from a partial answer, which needs
 	// report_batch_item_failures: formatted only then (one string per
 	// record was most of the hot path's allocations).
@@ -70,8 +71,8 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.R
 		// The same batch keeps its key across retries and redeliveries, so
 		// a function can drop a batch it already handled.
 		IdempotencyKey:     fmt.Sprintf("%s-%d-%d-%d", s.Source, first.Partition, first.Offset, last.Offset),
-		TraceParent:        header(&first, "traceparent"),
-		TraceState:         header(&first, "tracestate"),
+		TraceParent:        traceParent,
+		TraceState:         traceState,
 		Shard:              s.Source + "/" + strconv.FormatInt(int64(first.Partition), 10),
 		Header:             http.Header{"Sluice-Source": {s.Source}},
 		Body:               body,
@@ -101,6 +102,7 @@ func resultOf(err error, items []string) event.Result {
 		pb *PartialBatchError
 		fe *FunctionError
 		pe *PermanentError
+		iv *InvalidRequestError
 	)
 	if err == nil {
 		return event.Result{Outcome: event.Delivered}
@@ -113,6 +115,8 @@ func resultOf(err error, items []string) event.Result {
 	case errors.As(err, &pb):
 		return event.Result{Outcome: event.Partial, FailedFrom: slices.Index(items, pb.Failed[0]),
 			Error: event.ErrorInfo{Kind: event.KindPartial, Message: pb.Error()}}
+	case errors.As(err, &iv):
+		return event.Result{Outcome: event.Invalid, Error: event.ErrorInfo{Kind: event.KindInvalid, Message: iv.Message}}
 	case errors.As(err, &pe):
 		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: event.KindStatus, Status: pe.Status, Message: pe.Message}}
 	case errors.As(err, &fe):

@@ -16,7 +16,7 @@ func streamRecords(n int) []event.Record {
 	out := make([]event.Record, n)
 	for i := range out {
 		out[i] = event.Record{Topic: "orders", Partition: 1, Offset: int64(100 + i),
-			Key: []byte{'a' + byte(i%3)}, Headers: []event.Header{{Key: "traceparent", Value: []byte("00-abc-def-01")}}}
+			Key: []byte{'a' + byte(i%3)}, Headers: []event.Header{{Key: "traceparent", Value: []byte("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")}}}
 	}
 	return out
 }
@@ -68,7 +68,7 @@ func TestStreamDelivererOverHTTP(t *testing.T) {
 	}
 	h := last.Header
 	if h.Get("Sluice-Attempt") != "2" || h.Get("Sluice-Source") != "orders" || h.Get("Idempotency-Key") != "orders-1-100-104" ||
-		h.Get("Traceparent") != "00-abc-def-01" || h.Get("Sluice-Invocation-Id") == "" {
+		h.Get("Traceparent") != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" || h.Get("Sluice-Invocation-Id") == "" {
 		t.Fatalf("request headers %v", h)
 	}
 }

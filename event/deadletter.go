@@ -15,6 +15,13 @@ const (
 	EventAgeExceeded       Condition = "EventAgeExceeded"
 	PermanentError         Condition = "PermanentError"
 	RecordTooLarge         Condition = "RecordTooLarge"
+	// InvalidRecord: no invocation can be built from the record (see
+	// Invalid); retrying cannot change it.
+	InvalidRecord Condition = "InvalidRecord"
+	// RetryTooLarge: an async event could not be kept for its next attempt
+	// (a Kafka retry topic, a JetStream redelivery) because the event is
+	// larger than that place accepts.
+	RetryTooLarge Condition = "RetryTooLarge"
 )
 
 // DeadLetter is one record that could not be delivered, with why.
@@ -28,6 +35,12 @@ type DeadLetter struct {
 	LastAttemptAt  time.Time
 	LastError      ErrorInfo
 	Record         Record
+	// Keep, when not nil, makes Record retrievable by its coordinates
+	// after the source settles it, for a source that would otherwise delete
+	// it (a JetStream work queue). A store calls it, and fails the write if
+	// it fails, before it writes a letter without the record's payload, so
+	// that the payload is never lost.
+	Keep func(ctx context.Context) error
 }
 
 // DeadLetterer durably stores dead letters. DeadLetter returns nil only when

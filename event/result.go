@@ -13,6 +13,11 @@ const (
 	Failed                   // function error: consumes an attempt; retry, bisect, or dead-letter when exhausted
 	Permanent                // retrying cannot help: dead-letter with PermanentError
 	Partial                  // records before FailedFrom were handled; the rest failed (consumes an attempt)
+	// Invalid: no invocation can be built from the records (a header
+	// value HTTP cannot carry even encoded, a body that cannot be
+	// encoded): dead-letter with InvalidRecord; a batch is bisected first
+	// so that only the unusable record goes.
+	Invalid
 )
 
 // ErrorKind classifies a failure, as a dead letter's lastError.kind names
@@ -29,6 +34,7 @@ const (
 	KindThrottled  ErrorKind = "throttled"  // not run: no slot, or the function answered 429/503
 	KindPartial    ErrorKind = "partial"    // some items of the batch failed
 	KindEncode     ErrorKind = "encode"     // the request body could not be built
+	KindInvalid    ErrorKind = "invalid"    // the request could not be built from the record (headers, URL)
 	// KindCancelled: the delivery was cut short by its caller (shutdown,
 	// revoke) or the dispatcher closing; nothing ran, so it consumes no
 	// attempt, and it never hides an earlier real error.

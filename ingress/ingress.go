@@ -185,17 +185,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // MaxScopeBytes bounds a scope in the path: a scope is a name (a tenant, a
 // dependency), and it travels as the Sluice-Scope header.
-const MaxScopeBytes = 256
+const MaxScopeBytes = dispatch.MaxScopeBytes
 
-// checkScope refuses a scope that cannot be a header value or is too long.
+// checkScope refuses a scope no rule could name (dispatch.CheckScope, the
+// rule patterns' own rule): too long, invalid UTF-8, control characters.
 func checkScope(scope string) error {
-	if len(scope) > MaxScopeBytes {
-		return fmt.Errorf("ingress: scope must be at most %d bytes, got %d", MaxScopeBytes, len(scope))
-	}
-	for _, c := range []byte(scope) {
-		if c < 0x20 || c == 0x7f {
-			return fmt.Errorf("ingress: scope %q has a control character", scope)
-		}
+	if err := dispatch.CheckScope(scope); err != nil {
+		return fmt.Errorf("ingress: scope %w", err)
 	}
 	return nil
 }
@@ -271,6 +267,7 @@ func (h *Handler) invokeError(w http.ResponseWriter, r *http.Request, fn string,
 	var (
 		fe *dispatch.FunctionError
 		pe *dispatch.PermanentError
+		iv *dispatch.InvalidRequestError
 	)
 	if t, ok := dispatch.AsThrottled(err); ok {
 		after := t.RetryAfter
@@ -288,6 +285,9 @@ func (h *Handler) invokeError(w http.ResponseWriter, r *http.Request, fn string,
 	case errors.Is(err, dispatch.ErrClosed):
 		w.Header().Set("Retry-After", "1")
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{Message: "sluice is shutting down", ErrorType: "ServiceUnavailable"})
+	case errors.As(err, &iv):
+		// Nothing was sent: the caller's request cannot become one.
+		writeJSON(w, http.StatusBadRequest, errorBody{Message: iv.Message, ErrorType: "InvalidRequestContentException"})
 	case errors.As(err, &pe):
 		// The function refused the request for good (a 4xx): the caller's
 		// request is what is wrong, so the caller gets that status.

@@ -310,6 +310,8 @@ func TestSyncErrors(t *testing.T) {
 			map[string]any{"errorType": "InvalidParameterValueException"}, nil},
 		{"scope with a control character", "/v1/scope/a%0Ab/functions/small/invocations", nil, nil, 400,
 			map[string]any{"errorType": "InvalidParameterValueException"}, nil},
+		{"scope of invalid UTF-8", "/v1/scope/tenant%FF/functions/small/invocations", nil, nil, 400,
+			map[string]any{"errorType": "InvalidParameterValueException"}, nil},
 		{"bad invocation type", "/v1/functions/small/invocations", nil, map[string]string{ingress.HeaderInvocationType: "DryRun"}, 400,
 			map[string]any{"errorType": "InvalidParameterValueException"}, nil},
 		{"async not enabled", "/v1/functions/small/invocations", nil, map[string]string{ingress.HeaderInvocationType: "Event"}, 501,

@@ -12,7 +12,8 @@ package integration
 //     needs the store and must be held;
 //   - the retry store refusing writes for a while, while the function
 //     answers 500 to everything, so that every event needs it: Kafka's retry
-//     topics accept no record (their max.message.bytes set to 1), JetStream's
+//     topics refuse every write (an ACL denies Write on them; the broker of
+//     the tests enforces ACLs and allows what none names), JetStream's
 //     retry-state bucket accepts no value (its stream's max_msg_size set to
 //     1); sluice's retry loops (Kafka) and its fallback (JetStream: the lost
 //     record makes a throttle count as an attempt) are exercised, and the
@@ -158,31 +159,50 @@ func TestChaosKafkaAsync(t *testing.T) {
 	c.background(func(ctx context.Context) { pr.run(ctx, t, prodCl, partitions, plan.Rate) })
 
 	adm := kadm.NewClient(newKafkaClient(t))
-	setRetryLimit := func(limit *string) {
-		cfg := kadm.AlterConfig{Op: kadm.DeleteConfig, Name: "max.message.bytes"}
-		if limit != nil {
-			cfg = kadm.AlterConfig{Op: kadm.SetConfig, Name: "max.message.bytes", Value: limit}
-		}
-		resps, err := adm.AlterTopicConfigs(t.Context(), []kadm.AlterConfig{cfg}, retry...)
-		for _, r := range resps {
-			if err == nil && r.Err != nil {
-				err = fmt.Errorf("%s: %w (%s)", r.Name, r.Err, r.ErrMessage)
+	// The retry-store fault: a DENY WRITE ACL on the retry topics for every
+	// principal (the test's broker enforces ACLs and allows everything no ACL
+	// names). Every retry write fails with TOPIC_AUTHORIZATION_FAILED, which
+	// sluice must retry while holding the event; the records already in the
+	// topics stay and are read (Read is not denied). A max.message.bytes too
+	// small would make each event RetryTooLarge (dead-lettered) instead, and
+	// min.insync.replicas=2 has no effect on a one-replica topic (Kafka caps
+	// it at the replication factor).
+	denyWrites := func() *kadm.ACLBuilder {
+		return kadm.NewACLs().Topics(retry...).ResourcePatternType(kadm.ACLPatternLiteral).
+			Deny("User:*").DenyHosts("*").Operations(kadm.OpWrite)
+	}
+	setRetryDenied := func(deny bool) {
+		var err error
+		if deny {
+			var rs kadm.CreateACLsResults
+			rs, err = adm.CreateACLs(t.Context(), denyWrites())
+			for _, r := range rs {
+				if err == nil && r.Err != nil {
+					err = fmt.Errorf("%s: %w (%s)", r.Name, r.Err, r.ErrMessage)
+				}
+			}
+		} else {
+			var rs kadm.DeleteACLsResults
+			rs, err = adm.DeleteACLs(t.Context(), denyWrites())
+			for _, r := range rs {
+				if err == nil && r.Err != nil {
+					err = fmt.Errorf("%w (%s)", r.Err, r.ErrMessage)
+				}
 			}
 		}
 		if err != nil {
-			t.Fatalf("max.message.bytes of the retry topics: %v", err)
+			t.Fatalf("ACL denying writes to the retry topics (deny=%v): %v", deny, err)
 		}
 	}
 	storeFailure := func() {
-		one := "1"
 		from := time.Now()
 		c.forceAnswer(http.StatusInternalServerError, func() {
-			setRetryLimit(&one)
+			setRetryDenied(true)
 			time.Sleep(plan.Outage) // the fault lasts this long
-			setRetryLimit(nil)
+			setRetryDenied(false)
 		})
 		c.faultWindow(from)
-		c.note("retry-store", "every retry topic refused records (max.message.bytes=1) for %s while the function answered 500", plan.Outage)
+		c.note("retry-store", "every retry topic refused writes (a DENY WRITE ACL) for %s while the function answered 500", plan.Outage)
 	}
 	brokerRestart := func() {
 		pr.paused.Store(true)
@@ -421,6 +441,36 @@ func (c *chaosScaffold) explained(from, to time.Time) bool {
 	return false
 }
 
+// chaosCall is one invocation of an async chaos event.
+type chaosCall struct {
+	at      time.Time
+	attempt int
+	status  int
+}
+
+// chainMayStart says whether a second retry chain of an event may start at
+// attempt: at 1 (its source record read again), or at k > 1 only when one of
+// the event's earlier invocations (prior) wrote a retry record carrying
+// k-1 attempts: attempt k-1 answered with a failure (neither 2xx, nor a
+// permanent 4xx, nor a throttle), or attempt k answered with a throttle. A
+// retry record is re-read, never invented: a chain that starts anywhere else
+// is not a re-read.
+func chainMayStart(prior []chaosCall, attempt int, throttle func(int) bool) bool {
+	if attempt == 1 {
+		return true
+	}
+	for _, p := range prior {
+		a, st := p.attempt, p.status
+		switch {
+		case a == attempt && throttle(st):
+			return true
+		case a == attempt-1 && !throttle(st) && (st < 200 || st > 299) && (st < 400 || st > 499):
+			return true
+		}
+	}
+	return false
+}
+
 // asyncScript runs the faults: kills spread between the other steps.
 func (c *chaosScaffold) asyncScript(plan asyncChaosPlan, steps []func(), nSteps int) {
 	t := c.t
@@ -505,11 +555,7 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 	t.Helper()
 	batches := c.fn.snapshot()
 	maxAttempt := chaosMaxRetries + 1
-	type call struct {
-		at      time.Time
-		attempt int
-		status  int
-	}
+	type call = chaosCall
 	calls := map[int64][]call{}
 	for _, b := range batches {
 		if b.Source != source {
@@ -540,8 +586,10 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 	// attempt whose outcome died with its process, or skip one whose
 	// throttle was not recorded (JetStream: the retry-state bucket); each
 	// only when a fault falls between the event's first invocation and
-	// this one. Attempts forgotten across a restart would show as a new
-	// chain with no fault to explain it.
+	// this one, and a chain at k > 1 only when the event had the
+	// invocation that wrote that retry record (chainMayStart). Attempts
+	// forgotten across a restart would show as a new chain with no fault to
+	// explain it.
 	explainedRepeats, extraChains, accepted, duplicates := 0, 0, 0, 0
 	type chain struct {
 		attempt int
@@ -550,7 +598,7 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 	for k, cs := range calls {
 		ok := 0
 		var chains []*chain
-		for _, cl := range cs {
+		for i, cl := range cs {
 			if cl.status >= 200 && cl.status <= 299 {
 				ok++
 			}
@@ -594,7 +642,7 @@ func (c *chaosScaffold) checkAsync(want []chaosRecord, letters []chaosLetter, so
 				}
 				chains = append(chains, &chain{cl.attempt, cl})
 			default:
-				if !c.explained(cs[0].at, cl.at) {
+				if !c.explained(cs[0].at, cl.at) || !chainMayStart(cs[:i], cl.attempt, throttle) {
 					fail("event %d: attempt %d at %s after attempts up to %d: the attempts went back with no fault to explain it (forgotten across a restart?)",
 						k, cl.attempt, cl.at.Sub(c.start).Round(time.Millisecond), chains[len(chains)-1].attempt)
 				}

@@ -126,8 +126,10 @@ func (p *Policy) Before(st *State, stamp, now time.Time) (event.Condition, bool)
 //     MaxRetryAfter) — or, once the oldest record is past MaxAge,
 //     DeadLetter with AgeCondition. A wait cut short (KindCancelled) does
 //     not hide the last real error.
-//   - Failed, Permanent: Split when bisecting a batch of more than one.
+//   - Failed, Permanent, Invalid: Split when bisecting a batch of more than one.
 //   - Permanent: one attempt consumed; DeadLetter with PermanentError.
+//   - Invalid: one attempt consumed; DeadLetter with InvalidRecord (the
+//     invocation could not even be built: not a connection error).
 //   - Failed, Partial (the n records from the first failed one): one
 //     attempt consumed; DeadLetter with RetryAttemptsExhausted past
 //     MaxAttempts, else with AgeCondition once the oldest record is past
@@ -155,7 +157,7 @@ func (p *Policy) After(st *State, res event.Result, n int, oldest, now time.Time
 		d := max(p.delay(st.Throttles), min(res.RetryAfter, MaxRetryAfter))
 		return Decision{Action: Retry, Delay: p.cut(d, oldest, now), Throttled: true}
 
-	case event.Failed, event.Permanent, event.Partial:
+	case event.Failed, event.Permanent, event.Partial, event.Invalid:
 		st.LastError = res.Error
 		if res.Outcome != event.Partial && p.Bisect && n > 1 {
 			return Decision{Action: Split}
@@ -164,6 +166,8 @@ func (p *Policy) After(st *State, res event.Result, n int, oldest, now time.Time
 		switch {
 		case res.Outcome == event.Permanent:
 			return Decision{Action: DeadLetter, Condition: event.PermanentError}
+		case res.Outcome == event.Invalid:
+			return Decision{Action: DeadLetter, Condition: event.InvalidRecord}
 		case p.exhausted(st):
 			return Decision{Action: DeadLetter, Condition: event.RetryAttemptsExhausted}
 		case p.Expired(oldest, now):
@@ -232,9 +236,15 @@ func (p *Policy) Store(ctx context.Context, dl event.DeadLetterer, letters []eve
 	}, onFail)
 }
 
+// Permanent wraps err so that Persist stops at it: a write no try can make
+// succeed (a record over its destination's size limit). Persist returns
+// err itself.
+func Permanent(err error) error { return backoff.Permanent(err) }
+
 // Persist runs write until it succeeds or ctx ends, as Store does for dead
 // letters: each try on a context detached from ctx, bounded by timeout (no
-// bound when timeout <= 0), tries spaced by the policy's backoff.
+// bound when timeout <= 0), tries spaced by the policy's backoff. An error
+// of write wrapped by Permanent ends it at once, with that error.
 func (p *Policy) Persist(ctx context.Context, timeout time.Duration, write func(context.Context) error, onFail func(try int, err error)) error {
 	try := 0
 	return backoff.RetryNotify(func() error {

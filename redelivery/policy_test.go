@@ -241,3 +241,35 @@ func TestStoreBoundsEachWriteAndStopsWithCtx(t *testing.T) {
 		}
 	})
 }
+
+// An invocation that cannot be built is dead-lettered with InvalidRecord,
+// after bisecting a batch down to the record.
+func TestInvalidIsInvalidRecord(t *testing.T) {
+	p := &Policy{MaxAttempts: -1, Bisect: true}
+	now := time.Now()
+	res := event.Result{Outcome: event.Invalid, Error: event.ErrorInfo{Kind: event.KindInvalid, Message: "header"}}
+	if d := p.After(&State{}, res, 4, now, now, false); d.Action != Split {
+		t.Fatalf("batch of 4: %+v, want Split", d)
+	}
+	var st State
+	if d := p.After(&st, res, 1, now, now, false); d.Action != DeadLetter || d.Condition != event.InvalidRecord {
+		t.Fatalf("one record: %+v, want DeadLetter InvalidRecord", d)
+	}
+	if st.Attempts != 1 || st.LastError.Kind != event.KindInvalid {
+		t.Fatalf("state %+v", st)
+	}
+}
+
+// Persist stops at an error wrapped by Permanent and returns it.
+func TestPersistStopsAtPermanent(t *testing.T) {
+	p := &Policy{Backoff: event.Backoff{Initial: time.Millisecond, Max: time.Millisecond, Multiplier: 1}}
+	tooLarge := errors.New("too large")
+	tries := 0
+	err := p.Persist(context.Background(), 0, func(context.Context) error {
+		tries++
+		return Permanent(tooLarge)
+	}, nil)
+	if !errors.Is(err, tooLarge) || tries != 1 {
+		t.Fatalf("Persist = %v after %d tries, want the error after 1", err, tries)
+	}
+}

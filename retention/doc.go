@@ -33,6 +33,18 @@
 // dispatcher's deliverers, the brokers' writers), so this package does not
 // depend on dispatch or a broker.
 //
+// A letter always fits its destination: when the Appender says how large a
+// record its destination takes (Limited), Store writes an envelope that
+// would be larger without the record's value and headers (and key, when
+// the key alone does not fit; payloadOmitted, originalSize, the
+// coordinates kept), calling the letter's Keep first when the source would
+// delete the record (a JetStream work queue), and Targets has such a
+// record fetched from its source for a replay (Targets.Fetch), checked
+// against the letter's originalSize and timestamp, or fails the letter
+// with the reason. A writer lowers its limit after a too-large refusal, so
+// the retried write leaves the payload out. Store logs each letter at Warn,
+// rate-limited per shard.
+//
 // Gauges measures each destination (Measurer) for
 // sluice_dead_letter_stored_bytes and sluice_dead_letter_oldest_age_seconds,
 // at most once per DefaultGaugeTTL.

@@ -172,7 +172,7 @@ func (idx *Index) Select(f Filter) (pending, resolved []*Letter) {
 // Conditions are the dead-letter conditions, for flag checks and help.
 var Conditions = []event.Condition{
 	event.RetryAttemptsExhausted, event.RecordAgeExceeded, event.EventAgeExceeded,
-	event.PermanentError, event.RecordTooLarge,
+	event.PermanentError, event.RecordTooLarge, event.InvalidRecord, event.RetryTooLarge,
 }
 
 // IsCondition reports whether c is one of Conditions.

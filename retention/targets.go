@@ -33,6 +33,13 @@ type Targets struct {
 	// Writer opens a writer to source src's topic or stream; it fails when
 	// the topic or stream does not exist.
 	Writer func(ctx context.Context, src string) (Appender, error)
+	// Fetch reads the record at the coordinates of at (topic, partition,
+	// offset; stream, sequence) from source src's broker, for a letter
+	// stored without its payload (Envelope.Record.PayloadOmitted); nil
+	// when there is no way to. An error says why (e.g. the source no longer
+	// retains it). A JetStream record has the subject it was published to
+	// (at's).
+	Fetch func(ctx context.Context, src string, at event.Record) (event.Record, error)
 
 	mu      sync.Mutex          // guards writers and broken; serializes Writer calls
 	writers map[string]Appender // source → its writer (ToSource)
@@ -49,7 +56,10 @@ func (t *Targets) ToFunction(ctx context.Context, e *Envelope) event.Result {
 	if !t.HasFunction(e.Function) {
 		return notReplayable("function %q is not in the configuration", e.Function)
 	}
-	rec := e.Original()
+	rec, bad, ok := t.original(ctx, e)
+	if !ok {
+		return bad
+	}
 	attempt := e.Attempts + 1
 	if e.Mode == "async" {
 		return t.Async(e.Source, e.Function).Deliver(ctx, rec, attempt, time.Time{}) // replay: no age bound on the wait
@@ -69,12 +79,47 @@ func (t *Targets) ToSource(ctx context.Context, e *Envelope) event.Result {
 	if err != nil {
 		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "connection", Message: err.Error()}}
 	}
-	rec := e.Original()
+	rec, bad, ok := t.original(ctx, e)
+	if !ok {
+		return bad
+	}
+	// The subject stays: a JetStream record goes back to the subject it was
+	// published to (a fetched one has the letter's, see Fetch).
 	rec.Topic, rec.Partition, rec.Offset = "", 0, 0
 	if err := w.Append(ctx, []event.Record{rec}); err != nil {
 		return event.Result{Outcome: event.Failed, Error: event.ErrorInfo{Kind: "connection", Message: err.Error()}}
 	}
 	return event.Result{Outcome: event.Delivered}
+}
+
+// original is e's record: the one it carries or, when it was stored without
+// its payload, the one its source still retains at its coordinates. When
+// neither can be had, ok is false and res is the letter's failure, with the
+// reason.
+func (t *Targets) original(ctx context.Context, e *Envelope) (rec event.Record, res event.Result, ok bool) {
+	if !e.Record.PayloadOmitted {
+		return e.Original(), res, true
+	}
+	where := fmt.Sprintf("%s partition %d offset %d", e.Record.Topic, e.Record.Partition, e.Record.Offset)
+	if e.Record.Subject != "" {
+		where = fmt.Sprintf("stream %s sequence %d", e.Record.Topic, e.Record.Offset)
+	}
+	if t.Fetch == nil {
+		return rec, notReplayable("the letter was stored without its payload (%d bytes) and the record at %s cannot be fetched", e.Record.OriginalSize, where), false
+	}
+	at := e.Original()
+	got, err := t.Fetch(ctx, e.Source, at)
+	if err != nil {
+		return rec, notReplayable("the letter was stored without its payload (%d bytes), and fetching the original at %s from source %s failed: %v",
+			e.Record.OriginalSize, where, e.Source, err), false
+	}
+	// The coordinates name another record once the topic or stream was
+	// deleted and made again: the size and time must be the letter's.
+	if n := recordBytes(&got); n != e.Record.OriginalSize || !sameTime(got.Timestamp, e.Record.Timestamp) {
+		return rec, notReplayable("the letter was stored without its payload (%d bytes of %s), but the record now at %s is another (%d bytes of %s): was the topic or stream made again?",
+			e.Record.OriginalSize, e.Record.Timestamp.UTC().Format(time.RFC3339Nano), where, n, got.Timestamp.UTC().Format(time.RFC3339Nano)), false
+	}
+	return got, res, true
 }
 
 // sourceWriter returns (once per source) a writer to src's topic or
@@ -114,4 +159,11 @@ func (t *Targets) markBroken(src string, err error) {
 
 func notReplayable(format string, args ...any) event.Result {
 	return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "replay", Message: fmt.Sprintf(format, args...)}}
+}
+
+// sameTime reports whether a and b are the same record time: within a
+// millisecond (Kafka keeps milliseconds; JSON and brokers may differ below).
+func sameTime(a, b time.Time) bool {
+	d := a.Sub(b)
+	return d > -time.Millisecond && d < time.Millisecond
 }

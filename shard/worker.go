@@ -103,6 +103,9 @@ type Worker struct {
 
 	// mu guards everything below.
 	mu sync.Mutex
+	// heldWarned is when the shard last said it was held (or its state
+	// last changed): setState warns again HeldWarnAfter later.
+	heldWarned time.Time
 	// buf holds the pushed records not yet taken by a lane: the slices Push
 	// was given, in order, without copying them (a source pushes thousands
 	// of records per poll; take hands out sub-slices of them). bufLen and
@@ -254,11 +257,26 @@ func (w *Worker) updatePause() {
 	}
 }
 
+// HeldWarnAfter is how long a shard may stay throttled, retrying or
+// blocked before it says so in the log (Warn, then again each
+// HeldWarnAfter while it lasts).
+const HeldWarnAfter = time.Minute
+
 func (w *Worker) setState(s State, reason string) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	now := w.now()
 	if w.status.State != s || w.status.Reason != reason {
-		w.status.State, w.status.Reason, w.status.Since = s, reason, w.now()
+		w.status.State, w.status.Reason, w.status.Since = s, reason, now
+		w.heldWarned = now
+	}
+	held := now.Sub(w.status.Since)
+	warn := s != StateRunning && s != StateIdle && now.Sub(w.heldWarned) >= HeldWarnAfter
+	if warn {
+		w.heldWarned = now
+	}
+	w.mu.Unlock()
+	if warn {
+		w.log.Warn("shard held", "state", string(s), "reason", reason, "for", held.Round(time.Second))
 	}
 }
 

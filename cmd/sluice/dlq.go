@@ -522,6 +522,8 @@ func printEnvelope(w io.Writer, l *retention.Letter) error {
 		{"source", e.Source}, {"function", e.Function}, {"mode", string(e.Mode)}, {"condition", string(e.Condition)},
 		{"attempts", fmt.Sprint(e.Attempts)}, {"replays", fmt.Sprint(e.Replays)}, {"status", status},
 		{"last error", lastError(e.LastError)},
+		{"record", recordWhere(&e.Record)},
+		{"payload", payloadNote(&e.Record)},
 	} {
 		_, _ = fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
 	}
@@ -551,6 +553,22 @@ func printLetters(w io.Writer, ls []*retention.Letter, asJSON bool) error {
 			l.Destination, e.Source, e.Function, e.Condition, e.Attempts, e.Replays, status, lastError(e.LastError))
 	}
 	return tw.Flush()
+}
+
+// recordWhere names a letter's original record by its coordinates.
+func recordWhere(r *retention.EnvelopeRecord) string {
+	if r.Subject != "" {
+		return fmt.Sprintf("stream %s sequence %d (subject %s)", r.Topic, r.Offset, r.Subject)
+	}
+	return fmt.Sprintf("topic %s partition %d offset %d", r.Topic, r.Partition, r.Offset)
+}
+
+// payloadNote says whether a letter carries its record.
+func payloadNote(r *retention.EnvelopeRecord) string {
+	if r.PayloadOmitted {
+		return fmt.Sprintf("omitted (%d bytes, too large for the destination); `dlq replay` fetches it from the source while the source retains it", r.OriginalSize)
+	}
+	return fmt.Sprintf("%d bytes", len(r.Key)+len(r.Value))
 }
 
 func lastError(e event.ErrorInfo) string {

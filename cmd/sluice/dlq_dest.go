@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/sluicehq/sluice/dispatch"
+	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/retention"
 	"github.com/sluicehq/sluice/shard"
 )
@@ -101,6 +103,18 @@ func (a *app) replayTargets() *retention.Targets {
 		// configured: a letter's record may come from elsewhere (an async
 		// source's retry topic); it must exist (a Writer to a missing one
 		// would wait out its timeout for every letter).
+		// A letter stored without its payload: the original from the
+		// source's broker, while it retains it.
+		Fetch: func(ctx context.Context, src string, at event.Record) (event.Record, error) {
+			sc := a.cfg.Sources[src]
+			br, err := a.broker(ctx, "dlq", sc.Broker)
+			if err != nil {
+				return event.Record{}, err
+			}
+			fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			return br.FetchRecord(fctx, at)
+		},
 		Writer: func(ctx context.Context, src string) (retention.Appender, error) {
 			sc := a.cfg.Sources[src]
 			br, err := a.broker(ctx, "dlq", sc.Broker)

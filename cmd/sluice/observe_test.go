@@ -157,8 +157,8 @@ dead_letters:
 	}
 	var counts admin.DeadLetterCountsView
 	p.must(http.MethodGet, "/v1/dead-letter-counts", "", "", http.StatusOK, &counts)
-	if len(counts.DeadLetters) != 7 { // clicks: 4 conditions, jobs: 3
-		t.Errorf("GET /v1/dead-letter-counts: %+v, want 7 zero counts", counts.DeadLetters)
+	if len(counts.DeadLetters) != 10 { // clicks: 5 conditions, jobs: 5
+		t.Errorf("GET /v1/dead-letter-counts: %+v, want 10 zero counts", counts.DeadLetters)
 	}
 
 	// A record with a traceparent.

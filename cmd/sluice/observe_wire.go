@@ -107,9 +107,9 @@ func (a *app) shardLags() map[shard.ID]int64 {
 // with, the sluice_dead_letters_total series created at zero for it.
 func deadLetterConditions(mode consumer.Mode) []event.Condition {
 	if mode == consumer.ModeAsync {
-		return []event.Condition{event.RetryAttemptsExhausted, event.EventAgeExceeded, event.PermanentError}
+		return []event.Condition{event.RetryAttemptsExhausted, event.EventAgeExceeded, event.PermanentError, event.InvalidRecord, event.RetryTooLarge}
 	}
-	return []event.Condition{event.RetryAttemptsExhausted, event.RecordAgeExceeded, event.PermanentError, event.RecordTooLarge}
+	return []event.Condition{event.RetryAttemptsExhausted, event.RecordAgeExceeded, event.PermanentError, event.RecordTooLarge, event.InvalidRecord}
 }
 
 // deadLetterCounts reads sluice_dead_letters_total from the registry, for

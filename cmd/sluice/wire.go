@@ -165,7 +165,7 @@ func (a *app) wireSources(ctx context.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		s := retention.NewStore(name, app, storeMetrics)
+		s := retention.NewStore(name, app, storeMetrics, retention.WithLogger(a.log))
 		stores[name] = s
 		if err := a.measureDeadLetters(ctx, name, gauges); err != nil {
 			return nil, err
@@ -193,6 +193,9 @@ func (a *app) wireSources(ctx context.Context) error {
 			return err
 		}
 		deps := consumer.SourceDeps{DeadLetterer: dlq, Logger: a.log, Registerer: a.reg}
+		if sc.OnFailure != "" {
+			deps.KeepFor = time.Duration(a.cfg.DeadLetters[sc.OnFailure].Retention) // -1: forever
+		}
 		if sc.Mode == consumer.ModeStream {
 			d := &dispatch.StreamDeliverer{D: a.disp, Source: name, Function: sc.Function, Encode: br.Encoder(sc),
 				Scope: scope, ReportItemFailures: sc.ReportBatchItemFailures}

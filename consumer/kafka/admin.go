@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -34,6 +36,14 @@ const (
 func EnsureTopic(ctx context.Context, broker consumer.KafkaConfig, topic string, partitions int32,
 	retention time.Duration, maxBytes int64, opts ...kgo.Opt,
 ) (created bool, changed []string, err error) {
+	return ensureTopic(ctx, broker, topic, partitions, retention, maxBytes, nil, opts...)
+}
+
+// ensureTopic is EnsureTopic that also sets (at creation) and reconciles
+// the topic configs of extra (a retry topic's max.message.bytes).
+func ensureTopic(ctx context.Context, broker consumer.KafkaConfig, topic string, partitions int32,
+	retention time.Duration, maxBytes int64, extra map[string]string, opts ...kgo.Opt,
+) (created bool, changed []string, err error) {
 	if topic == "" {
 		return false, nil, errors.New("kafka: ensure topic: empty topic name")
 	}
@@ -46,6 +56,11 @@ func EnsureTopic(ctx context.Context, broker consumer.KafkaConfig, topic string,
 	}
 	if maxBytes > 0 {
 		want[configRetentionBytes] = strconv.FormatInt(maxBytes, 10)
+	}
+	keys := []string{configRetentionMs, configRetentionBytes} // stable order for the log
+	for _, k := range slices.Sorted(maps.Keys(extra)) {
+		want[k] = extra[k]
+		keys = append(keys, k)
 	}
 
 	cl, err := newClient(broker, opts...)
@@ -84,7 +99,7 @@ func EnsureTopic(ctx context.Context, broker consumer.KafkaConfig, topic string,
 		}
 	}
 	var alter []kadm.AlterConfig
-	for _, k := range []string{configRetentionMs, configRetentionBytes} { // stable order for the log
+	for _, k := range keys {
 		if have[k] == want[k] {
 			continue
 		}

@@ -367,7 +367,14 @@ func (a *Async) Run(ctx context.Context) error {
 	if err := a.Ensure(ctx); err != nil {
 		return err
 	}
-	prod, err := newRetryProducer(a.broker, a.opts.ClientOpts)
+	// Batches sized to what the retry topics take (Ensure sized them to the
+	// source topic's limit); franz-go's default when they do not say.
+	limit, err := TopicMaxMessageBytes(ctx, a.broker, a.tiers[0].topic)
+	if err != nil {
+		a.log.Warn("the retry topics' size limit is unknown; assuming franz-go's default", "error", err)
+		limit = 0
+	}
+	prod, err := newRetryProducer(a.broker, limit, a.opts.ClientOpts)
 	if err != nil {
 		return fmt.Errorf("kafka: source %q: %w", a.name, err)
 	}
@@ -547,11 +554,24 @@ func (a *Async) retry(pt *apart, e *entry, ev *retryEvent, delay time.Duration) 
 	// exists (a second retry chain). The write is bounded by its own
 	// timeout (produceRetry), and stop waits for it.
 	err := a.policy.Persist(pt.ctx, 0, func(wctx context.Context) error {
-		return produceRetry(wctx, a.prod, kr)
+		err := produceRetry(wctx, a.prod, kr)
+		if errors.Is(err, errRetryTooLarge) {
+			return redelivery.Permanent(err) // no write of it can succeed
+		}
+		return err
 	}, func(try int, err error) {
 		a.log.Error("writing an event to its retry topic failed; retrying (the event is held meanwhile)",
 			"retry_topic", tier.topic, "try", try, "error", err)
 	})
+	if errors.Is(err, errRetryTooLarge) {
+		// Retrying it forever would hold the partition: dead-letter it now,
+		// with the condition that says why (the store leaves its payload out
+		// if the destination cannot take it either).
+		a.log.Warn("an event is too large for its retry topic; dead-lettering it",
+			"retry_topic", tier.topic, "origin_partition", ev.rec.Partition, "origin_offset", ev.rec.Offset, "error", err)
+		a.giveUp(pt, e, ev, event.RetryTooLarge)
+		return
+	}
 	if err != nil {
 		return // the partition stopped
 	}

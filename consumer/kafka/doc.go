@@ -89,8 +89,13 @@
 //
 //   - Topics. Per source, one retry topic per tier of DefaultRetryTiers
 //     (1s, 5s, 30s, 2m, 10m): "<topic>.sluice-retry.<source>.<tier>",
-//     created at start-up (Ensure) with the source topic's partition count
-//     and DefaultRetryRetention (7 days, reconciled at each start). The
+//     created at start-up (Ensure) with the source topic's partition count,
+//     DefaultRetryRetention (7 days, reconciled at each start) and the
+//     source topic's max.message.bytes plus room for the retry headers
+//     (retryHeadroom), so that whatever the source took a retry topic
+//     takes; the retry producer's batches are sized to it. An event a
+//     retry topic still refuses as too large (MESSAGE_TOO_LARGE) is not
+//     retried forever: it is dead-lettered with RetryTooLarge. The
 //     source topic and its retry topics are read by one consumer group,
 //     "sluice-<source>", so processes share all of them.
 //   - Waiting. What follows each delivery is the redelivery policy's

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
@@ -228,11 +230,22 @@ func retryRecord(ev *retryEvent, source, topic string) *kgo.Record {
 	return kr
 }
 
+// retryHeadroom is what a retry record may add to its event (the retry
+// headers), on top of the source topic's max.message.bytes.
+const retryHeadroom = 16 << 10
+
+// errRetryTooLarge: a retry topic (or the producer sized to it) refused a
+// retry record as too large; retrying the write cannot help.
+var errRetryTooLarge = errors.New("kafka: the event is too large for its retry topic")
+
 // newRetryProducer returns the client that writes retry records: every
 // record acknowledged by all in-sync replicas before it counts (the offset
 // of the record it replaces is committed only then), and a write that cannot
 // complete fails after retryProduceTimout instead of hanging (as Writer).
-func newRetryProducer(broker consumer.KafkaConfig, extra []kgo.Opt) (*kgo.Client, error) {
+//
+// maxBytes (≤ 0: franz-go's default) sizes its batches to the retry topics'
+// max.message.bytes.
+func newRetryProducer(broker consumer.KafkaConfig, maxBytes int, extra []kgo.Opt) (*kgo.Client, error) {
 	opts := []kgo.Opt{
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
@@ -240,6 +253,9 @@ func newRetryProducer(broker consumer.KafkaConfig, extra []kgo.Opt) (*kgo.Client
 		kgo.ProducerLinger(0),
 		kgo.RecordDeliveryTimeout(retryProduceTimout),
 		kgo.ProduceRequestTimeout(retryProduceTimout),
+	}
+	if maxBytes > 0 {
+		opts = append(opts, kgo.ProducerBatchMaxBytes(int32(min(maxBytes, math.MaxInt32))))
 	}
 	return newClient(broker, append(opts, extra...)...)
 }
@@ -249,6 +265,9 @@ func produceRetry(ctx context.Context, cl *kgo.Client, kr *kgo.Record) error {
 	ctx, cancel := context.WithTimeout(ctx, retryProduceTimout)
 	defer cancel()
 	if err := cl.ProduceSync(ctx, kr).FirstErr(); err != nil {
+		if errors.Is(err, kerr.MessageTooLarge) {
+			return fmt.Errorf("%w %q (%d bytes): %w", errRetryTooLarge, kr.Topic, len(kr.Key)+len(kr.Value), opaque(err))
+		}
 		return fmt.Errorf("kafka: write retry record to %q: %w", kr.Topic, opaque(err))
 	}
 	return nil
@@ -274,8 +293,14 @@ func ensureRetryTopics(ctx context.Context, broker consumer.KafkaConfig, topic s
 	if td, ok := tds[topic]; ok && td.Err == nil && len(td.Partitions) > 0 {
 		partitions = int32(len(td.Partitions))
 	}
+	// A retry record is its event with a few headers more: its topic takes
+	// whatever the source topic takes, with room for them.
+	var extra map[string]string
+	if n, err := TopicMaxMessageBytes(ctx, broker, topic); err == nil && n > 0 {
+		extra = map[string]string{"max.message.bytes": strconv.Itoa(n + retryHeadroom)}
+	}
 	for _, t := range tiers {
-		c, ch, err := EnsureTopic(ctx, broker, t.topic, partitions, retention, 0, opts...)
+		c, ch, err := ensureTopic(ctx, broker, t.topic, partitions, retention, 0, extra, opts...)
 		if err != nil {
 			return created, changed, err
 		}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -163,4 +164,54 @@ func consumeAll(t testing.TB, seeds []string, topic string, n int) []*kgo.Record
 		out = append(out, fs.Records()...)
 	}
 	return out
+}
+
+// A Writer learns its topic's max.message.bytes before it produces, and
+// its producer refuses what the topic would refuse.
+func TestWriterLearnsTopicLimit(t *testing.T) {
+	seeds := newCluster(t, 1)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	limit := "60000"
+	if _, err := kadm.NewClient(cl).CreateTopic(t.Context(), 1, 1, map[string]*string{"max.message.bytes": &limit}, "dead"); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWriter(consumer.KafkaConfig{Seeds: seeds}, "dead")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	n, err := w.MaxRecordBytes(t.Context())
+	if err != nil || n != 60000 {
+		t.Fatalf("MaxRecordBytes = %d, %v; want 60000", n, err)
+	}
+	if err := w.Append(t.Context(), []event.Record{{Value: make([]byte, 50000)}}); err != nil {
+		t.Fatalf("a record under the limit: %v", err)
+	}
+	if err := w.Append(t.Context(), []event.Record{{Value: make([]byte, 70000)}}); err == nil {
+		t.Fatal("a record over the topic's limit was accepted")
+	}
+}
+
+// A retry record its producer or topic refuses as too large is
+// errRetryTooLarge, which the async source dead-letters (RetryTooLarge)
+// instead of retrying the write forever.
+func TestProduceRetryTooLarge(t *testing.T) {
+	seeds := newCluster(t, 1, "orders.sluice-retry.src.1s")
+	cl, err := newRetryProducer(consumer.KafkaConfig{Seeds: seeds}, 10_000, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	kr := &kgo.Record{Topic: "orders.sluice-retry.src.1s", Value: make([]byte, 50_000)}
+	if err := produceRetry(t.Context(), cl, kr); !errors.Is(err, errRetryTooLarge) {
+		t.Fatalf("produceRetry of a record over the limit: %v, want errRetryTooLarge", err)
+	}
+	kr = &kgo.Record{Topic: "orders.sluice-retry.src.1s", Value: make([]byte, 5_000)}
+	if err := produceRetry(t.Context(), cl, kr); err != nil {
+		t.Fatalf("produceRetry under the limit: %v", err)
+	}
 }

@@ -70,6 +70,10 @@ type AsyncOptions struct {
 	// StateBucket is the KV bucket holding the retry state of events that
 	// failed or were throttled; default "sluice-async-<source>".
 	StateBucket string
+	// KeepFor is how long an event whose dead letter omits its payload is
+	// kept (keep.go) when the stream deletes terminated events: the
+	// dead-letter destination's retention; ≤ 0 keeps it forever.
+	KeepFor time.Duration
 }
 
 // Async is one async-mode JetStream source (SPEC §2.2): every process
@@ -97,6 +101,7 @@ type Async struct {
 	ensureMu sync.Mutex
 	cons     jetstream.Consumer
 	kv       jetstream.KeyValue
+	keeper   *keeper // the stream deletes terminated events: they are kept when their letters omit them; else nil
 
 	// mu guards running and inflight.
 	mu       sync.Mutex
@@ -232,6 +237,9 @@ func (a *Async) Ensure(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("nats: source %q: retry-state bucket %s: %w", a.name, a.opts.StateBucket, err)
+	}
+	if st.CachedInfo().Config.Retention != jetstream.LimitsPolicy {
+		a.keeper = &keeper{js: a.js, stream: a.src.Stream, ttl: a.opts.KeepFor}
 	}
 	a.cons, a.kv = cons, kv
 	return nil
@@ -495,6 +503,11 @@ func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec event.Record, k
 			"condition", cond, "sequence", rec.Offset, "attempts", rs.Attempts, "error", rs.LastError.Message)
 	} else {
 		letters := redelivery.Letters(a.name, a.src.Function, string(consumer.ModeAsync), cond, &rs, time.Now(), []event.Record{rec})
+		if k := a.keeper; k != nil {
+			// Term deletes the event: one whose letter cannot carry it
+			// is kept first (keep.go), so that it can still be replayed.
+			letters[0].Keep = func(ctx context.Context) error { return k.keep(ctx, rec) }
+		}
 		err := a.policy.Store(ctx, a.opts.DeadLetterer, letters, func(try int, err error) {
 			a.log.Error("dead-letter write failed; retrying (the event is held meanwhile)",
 				"condition", cond, "sequence", rec.Offset, "try", try, "error", err)

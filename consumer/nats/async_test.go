@@ -2,12 +2,15 @@ package nats
 
 import (
 	"context"
+	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/consumer"
@@ -367,5 +370,58 @@ func TestAsyncDeadLetterStoreDown(t *testing.T) {
 	settled(t, js)
 	if n := len(r.callsOf("e1")); n != 1 {
 		t.Fatalf("invoked %d times, want 1", n)
+	}
+}
+
+// TestAsyncKeepsEventWhoseLetterOmitsPayload: on a work queue (Term
+// deletes the event), an event whose dead letter cannot carry it is kept
+// in the kept-records bucket before the letter is written, and FetchRecord
+// reads it from there; an event whose letter carries it is not kept.
+func TestAsyncKeepsEventWhoseLetterOmitsPayload(t *testing.T) {
+	e := startServer(t)
+	nc, js := connect(t, e.ClientURL())
+	ctx := t.Context()
+	st, store := smallDeadLetters(t, nc, js, 6000)
+	r := &asyncRecorder{answer: func(string, int) event.Result {
+		return event.Result{Outcome: event.Permanent, Error: event.ErrorInfo{Kind: "status", Status: 400}}
+	}}
+	opts := fastAsync(r, store)
+	opts.KeepFor = time.Hour
+	a := newAsync(t, e.ClientURL(), asyncSource(2, time.Minute), opts)
+	big := "big-" + strings.Repeat("x", 5000) // 6.7 KB of base64 in the envelope: over 6000
+	publish(t, js, "signups.u1", "small")
+	if _, err := js.PublishMsg(ctx, &natsgo.Msg{Subject: "signups.u2", Data: []byte(big), Header: natsgo.Header{"Tenant": []string{"t1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	runSource(t, a.Run)
+	settled(t, js)
+	src, _ := js.Stream(ctx, "SIGNUPS")
+	waitFor(t, 5*time.Second, "an empty work queue", func() bool {
+		info, err := src.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
+	info, err := st.Info(ctx)
+	if err != nil || info.State.Msgs != 2 {
+		t.Fatalf("dead-letter stream: %+v, %v; want 2 letters", info, err)
+	}
+	// The small event's letter carries it: it is not kept (the stream no
+	// longer has it either).
+	if _, err := FetchRecord(ctx, nc, "SIGNUPS", 1); !errors.Is(err, consumer.ErrRecordGone) {
+		t.Fatalf("FetchRecord(1) = %v; want ErrRecordGone", err)
+	}
+	rec, err := FetchRecord(ctx, nc, "SIGNUPS", 2)
+	if err != nil {
+		t.Fatalf("FetchRecord(2): %v", err)
+	}
+	if string(rec.Value) != big || rec.Subject != "signups.u2" || rec.Offset != 2 || rec.Timestamp.IsZero() ||
+		len(rec.Headers) != 1 || rec.Headers[0].Key != "Tenant" || string(rec.Headers[0].Value) != "t1" {
+		t.Fatalf("kept record: subject %q offset %d time %v headers %v value %d bytes", rec.Subject, rec.Offset, rec.Timestamp, rec.Headers, len(rec.Value))
+	}
+	obs, err := js.ObjectStore(ctx, keptBucket("SIGNUPS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if oc, err := obs.Status(ctx); err != nil || oc.TTL() != time.Hour {
+		t.Fatalf("kept bucket TTL: %v, %v; want 1h (KeepFor)", oc, err)
 	}
 }

@@ -130,9 +130,9 @@ func (b *Broker) NewSource(name string, sc consumer.SourceConfig, deps consumer.
 	if sc.Mode == consumer.ModeStream {
 		return NewStream(name, b.nc, sc, StreamOptions{Worker: sc.WorkerConfig(name), Deliverer: deps.Stream,
 			AckWait:      b.cfg.AckWait, // and the pin TTL, 2 × AckWait
-			DeadLetterer: deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})
+			DeadLetterer: deps.DeadLetterer, KeepFor: deps.KeepFor, Logger: deps.Logger, Registerer: deps.Registerer})
 	}
-	return NewAsync(name, b.nc, sc, AsyncOptions{Deliverer: deps.Async, AckWait: b.cfg.AckWait,
+	return NewAsync(name, b.nc, sc, AsyncOptions{Deliverer: deps.Async, AckWait: b.cfg.AckWait, KeepFor: deps.KeepFor,
 		DeadLetterer: deps.DeadLetterer, Logger: deps.Logger, Registerer: deps.Registerer})
 }
 

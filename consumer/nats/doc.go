@@ -153,7 +153,14 @@
 // max_event_age, throttles and errors alike) or permanently failed events are
 // dead-lettered first (retried until stored, the event held meanwhile; each
 // write bounded by 10 s and not cut short by a shutdown), then terminated
-// with TermWithReason. Async has no per-partition order.
+// with TermWithReason. Async has no per-partition order. On a stream that
+// deletes terminated events (a work queue, as sluice creates it, or interest
+// retention), an event whose dead letter must omit its payload (too large
+// for the destination) is first copied to the object store bucket
+// "sluice-kept-<stream>" (keep.go; the destination's retention as its TTL),
+// where FetchRecord finds it for `dlq replay`: nothing is lost. A stream
+// source over such a stream (a user's work queue) does the same for its
+// letters.
 // MaxAckPending (MaxWaiting, default 10000) bounds events delivered and not
 // acknowledged, which includes every event waiting out a NAK delay on the
 // server; sluice itself holds at most Concurrency events.

@@ -70,6 +70,9 @@ type StreamOptions struct {
 	Logger *slog.Logger
 	// Registerer, if set, gets the source's metrics (metrics.go).
 	Registerer prometheus.Registerer
+	// KeepFor: as AsyncOptions.KeepFor, for a stream whose acknowledged
+	// messages are deleted (work queue or interest retention).
+	KeepFor time.Duration
 
 	// AckWait of the partition consumers (default DefaultAckWait).
 	AckWait time.Duration
@@ -241,6 +244,12 @@ func (s *Stream) Ensure(ctx context.Context) error {
 		consumers[p] = c
 	}
 	s.warnLeftovers(ctx, st)
+	if st.CachedInfo().Config.Retention != jetstream.LimitsPolicy && s.opts.DeadLetterer != nil {
+		// Acknowledging deletes a record (a work queue): one whose letter
+		// omits it is kept first (keep.go). Workers start after Ensure.
+		s.opts.DeadLetterer = keepingLetterer{next: s.opts.DeadLetterer,
+			k: &keeper{js: s.js, stream: s.src.Stream, ttl: s.opts.KeepFor}}
+	}
 	s.stream, s.consumers = st, consumers
 	return nil
 }

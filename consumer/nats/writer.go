@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
 )
@@ -30,11 +32,78 @@ const DefaultWriteTimeout = 10 * time.Second
 // made a valid subject token (dots, wildcards and white space become "_"; no
 // key is "_"), so a stream over "<prefix>.>" holds them all and a dead
 // letter is found by its id. Its headers become NATS headers.
+//
+// MaxRecordBytes is the largest record the stream takes: its max_msg_size
+// and the server's max_payload, whichever is lower.
 type Writer struct {
 	js      jetstream.JetStream
 	stream  string
 	prefix  string
 	timeout time.Duration
+
+	mu    sync.Mutex
+	limit int // learned by MaxRecordBytes; 0 until then, and after a refusal
+	// ceiling (> 0) caps the limit after the stream refused records as too
+	// large that were within it (consumer.LowerLimit); dropped when the
+	// server reports a limit other than the one it capped (asked).
+	ceiling int
+	asked   int
+}
+
+// MaxRecordBytes returns the largest message (data and headers) the
+// stream accepts: its max_msg_size (when set) and the server's max_payload,
+// the lower of the two. It asks the server once, and again after the stream
+// refused a record as too large (its max_msg_size went down).
+func (w *Writer) MaxRecordBytes(ctx context.Context) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.limit > 0 {
+		return w.limit, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.timeout)
+	defer cancel()
+	st, err := w.js.Stream(ctx, w.stream)
+	if err != nil {
+		return 0, fmt.Errorf("nats: stream %s: %w", w.stream, err)
+	}
+	limit := int(w.js.Conn().MaxPayload())
+	if m := int(st.CachedInfo().Config.MaxMsgSize); m > 0 && (limit <= 0 || m < limit) {
+		limit = m
+	}
+	if limit <= 0 {
+		return 0, fmt.Errorf("nats: stream %s: the server reports no max_payload", w.stream)
+	}
+	if w.asked != 0 && limit != w.asked {
+		w.ceiling = 0 // the limit changed: what was refused says nothing of it
+	}
+	w.asked = limit
+	if w.ceiling > 0 {
+		limit = min(limit, w.ceiling)
+	}
+	w.limit = limit
+	return limit, nil
+}
+
+// refused makes MaxRecordBytes ask the server again after n records, the
+// biggest of largest bytes, were refused as too large, and caps what it
+// learns below them (consumer.LowerLimit) in case the server still reports
+// a limit they were within.
+func (w *Writer) refused(largest, n int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.limit > 0 {
+		w.ceiling = consumer.LowerLimit(w.limit, largest, n)
+	}
+	w.limit = 0
+}
+
+// tooLarge reports whether err is a refusal of a message as too large: by
+// the stream (max_msg_size) or by the connection (the server's
+// max_payload).
+func tooLarge(err error) bool {
+	var ae *jetstream.APIError
+	return errors.Is(err, natsgo.ErrMaxPayload) ||
+		(errors.As(err, &ae) && ae.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum)
 }
 
 // WriterOption configures a Writer.
@@ -80,20 +149,34 @@ func (w *Writer) Append(ctx context.Context, recs []event.Record) error {
 	defer cancel()
 	futs := make([]jetstream.PubAckFuture, 0, len(recs))
 	var errs []error
+	largest, nLarge := 0, 0
+	refusedAs := func(err error, r *event.Record) {
+		if tooLarge(err) {
+			largest = max(largest, recordBytes(r))
+			nLarge++
+		}
+	}
+	defer func() {
+		if nLarge > 0 {
+			w.refused(largest, nLarge)
+		}
+	}()
 	for i := range recs {
 		r := &recs[i]
 		msg := &natsgo.Msg{Subject: w.subject(r), Data: r.Value, Header: natsHeaders(r.Headers)}
 		f, err := w.js.PublishMsgAsync(msg, jetstream.WithExpectStream(w.stream))
 		if err != nil {
+			refusedAs(err, r)
 			errs = append(errs, fmt.Errorf("publish to %s: %w", msg.Subject, err))
 			break
 		}
 		futs = append(futs, f)
 	}
-	for _, f := range futs {
+	for i, f := range futs {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
+			refusedAs(err, &recs[i])
 			errs = append(errs, fmt.Errorf("publish to %s: %w", f.Msg().Subject, err))
 		case <-ctx.Done():
 			return fmt.Errorf("nats: write to stream %s: %d of %d records not acknowledged: %w", w.stream, len(recs)-len(futs)+countPending(futs), len(recs), ctx.Err())
@@ -103,6 +186,15 @@ func (w *Writer) Append(ctx context.Context, recs []event.Record) error {
 		return fmt.Errorf("nats: write to stream %s: %w", w.stream, errors.Join(errs...))
 	}
 	return nil
+}
+
+// recordBytes is the bytes of r's key, value and headers.
+func recordBytes(r *event.Record) int {
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
 }
 
 func countPending(futs []jetstream.PubAckFuture) int {

@@ -194,3 +194,31 @@ func TestEmbeddedPortInUse(t *testing.T) {
 		t.Fatalf("err %v, want one naming the port and what to do", err)
 	}
 }
+
+// A Writer's limit is the stream's max_msg_size, or the server's
+// max_payload when that is lower or the stream sets none.
+func TestWriterMaxRecordBytes(t *testing.T) {
+	e := startServer(t)
+	nc, js := connect(t, e.ClientURL())
+	ctx := t.Context()
+	if _, _, err := EnsureStream(ctx, js, "DEAD", []string{"sluice.dead.>"}, time.Hour, 0); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWriter(nc, "DEAD", "sluice.dead")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := w.MaxRecordBytes(ctx); err != nil || n != int(nc.MaxPayload()) {
+		t.Fatalf("MaxRecordBytes = %d, %v; want the server's max_payload %d", n, err, nc.MaxPayload())
+	}
+	st, _ := js.Stream(ctx, "DEAD")
+	cfg := st.CachedInfo().Config
+	cfg.MaxMsgSize = 5000
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	w2, _ := NewWriter(nc, "DEAD", "sluice.dead")
+	if n, err := w2.MaxRecordBytes(ctx); err != nil || n != 5000 {
+		t.Fatalf("MaxRecordBytes = %d, %v; want the stream's max_msg_size 5000", n, err)
+	}
+}
