@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/consumer"
+	"github.com/sluicehq/sluice/internal/lograte"
 )
 
 // The key-value engine over Kafka (consumer.KV), for the cluster mode.
@@ -88,6 +89,17 @@ const (
 	// and retention to reach them (the shares bucket is written every
 	// round).
 	kvSegment = 10 * time.Minute
+	// kvStaleRequest is how far past its sender's deadline a request is
+	// still decided: the deadline is the sender's wall clock, so a margin
+	// far above any sane clock skew keeps a member whose clock is behind
+	// the leader's able to write (a request decided after its sender gave
+	// up is harmless: its answer finds nobody waiting, and the engine
+	// tolerates a write it was told failed).
+	kvStaleRequest = time.Minute
+	// kvReplicas is the replication factor of new bucket topics (fewer
+	// when the cluster has fewer brokers); with it, min.insync.replicas is
+	// 2, so an accepted write survives the loss of a broker.
+	kvReplicas = 3
 )
 
 // leaderKey is the reserved state key of the leaders' markers; reserved
@@ -174,6 +186,8 @@ type KV struct {
 	opts   consumer.KVOptions
 	id     string
 	log    *slog.Logger
+	failed *lograte.Logger // reading the state or the replies failed (a persistent error stalls every call)
+	skew   time.Duration   // tests: how far this member's wall clock is behind the leader's
 
 	state, replies, producer, group *kgo.Client
 
@@ -205,7 +219,7 @@ func OpenKV(ctx context.Context, cfg consumer.KafkaConfig, bucket string, opts c
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
 	k := &KV{cfg: cfg, bucket: bucket, topics: topicsOf(bucket), opts: opts, id: hex.EncodeToString(rnd[:]),
-		log: log.With("bucket", bucket), table: map[string]kvEntry{}, applied: -1, progress: make(chan struct{}),
+		log: log.With("bucket", bucket), failed: lograte.New(log, "kafka kv read failures", 3, time.Minute), table: map[string]kvEntry{}, applied: -1, progress: make(chan struct{}),
 		pending: map[uint64]chan kvReply{}, watchers: map[string][]*kvWatcher{}, assigned: make(chan struct{}, 1)}
 	if err := k.ensureTopics(ctx); err != nil {
 		return nil, err
@@ -228,12 +242,19 @@ func (k *KV) ensureTopics(ctx context.Context) error {
 	segment := strconv.FormatInt(kvSegment.Milliseconds(), 10)
 	retention := strconv.FormatInt(kvTopicRetention.Milliseconds(), 10)
 	compact, del := "compact", "delete"
+	// An accepted write must outlive a broker: a state topic losing its
+	// tail would hand its offsets (revisions) out again.
+	replicas := int16(kvReplicas)
+	if brokers, err := adm.ListBrokers(ctx); err == nil && len(brokers) > 0 && len(brokers) < kvReplicas {
+		replicas = int16(len(brokers))
+	}
+	isr := strconv.Itoa(min(2, int(replicas)))
 	for topic, conf := range map[string]map[string]*string{
-		k.topics.state:    {"cleanup.policy": &compact, "segment.ms": &segment},
+		k.topics.state:    {"cleanup.policy": &compact, "segment.ms": &segment, "min.insync.replicas": &isr},
 		k.topics.requests: {"cleanup.policy": &del, "segment.ms": &segment, "retention.ms": &retention},
 		k.topics.replies:  {"cleanup.policy": &del, "segment.ms": &segment, "retention.ms": &retention},
 	} {
-		resp, err := adm.CreateTopic(ctx, 1, -1, conf, topic)
+		resp, err := adm.CreateTopic(ctx, 1, replicas, conf, topic)
 		if err == nil {
 			err = resp.Err
 		}
@@ -384,7 +405,7 @@ func (k *KV) readState(ctx context.Context) {
 			return
 		}
 		fs.EachError(func(t string, p int32, err error) {
-			k.log.Debug("kafka kv: reading the state", "topic", t, "error", err)
+			k.failed.Log(slog.LevelWarn, "state", "kafka kv: reading the state failed; reads and writes wait", "bucket", k.bucket, "topic", t, "error", err)
 		})
 		fs.EachRecord(k.apply)
 	}
@@ -451,6 +472,9 @@ func (k *KV) readReplies(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		fs.EachError(func(t string, _ int32, err error) {
+			k.failed.Log(slog.LevelWarn, "replies", "kafka kv: reading the leader's answers failed; writes wait", "bucket", k.bucket, "topic", t, "error", err)
+		})
 		fs.EachRecord(func(r *kgo.Record) {
 			if string(r.Key) != k.id {
 				return
@@ -488,7 +512,7 @@ func (k *KV) call(ctx context.Context, op kvOp, key string, value []byte, rev ui
 		delete(k.pending, n)
 		k.mu.Unlock()
 	}()
-	b, err := json.Marshal(kvRequest{Member: k.id, N: n, Op: op, Key: key, Rev: rev, Value: value, Deadline: deadline.UnixMilli()})
+	b, err := json.Marshal(kvRequest{Member: k.id, N: n, Op: op, Key: key, Rev: rev, Value: value, Deadline: deadline.Add(-k.skew).UnixMilli()})
 	if err != nil {
 		return 0, err
 	}

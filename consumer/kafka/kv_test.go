@@ -143,6 +143,38 @@ func TestKafkaKVSemantics(t *testing.T) {
 	}
 }
 
+// A member whose wall clock is behind the leader's by more than its calls'
+// timeouts still writes (the deadline it sends is its own clock's), and no
+// member can write the leaders' reserved keys.
+func TestKafkaKVClockSkewAndReservedKeys(t *testing.T) {
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{})
+	ctx := kvCtx(t)
+	if _, err := a.Create(ctx, "warm", []byte("x")); err != nil { // a leader answers
+		t.Fatal(err)
+	}
+	b := openKV(t, cfg, bucket, consumer.KVOptions{})
+	b.skew = 10 * time.Second
+	var err error
+	for range 5 { // a call may meet a rebalance; never a clock refusal
+		short, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err = b.Create(short, "behind", []byte("y"))
+		cancel()
+		if err == nil || errors.Is(err, consumer.ErrKVConflict) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("a member 10s behind the leader could not write: %v", err)
+	}
+	for _, key := range []string{positionKey, leaderKey} {
+		if _, err := a.Create(ctx, key, []byte("evil")); !errors.Is(err, consumer.ErrKVConflict) {
+			t.Errorf("Create of the reserved key %q: %v, want a conflict", key, err)
+		}
+	}
+}
+
 func TestKafkaKVWatch(t *testing.T) {
 	cfg := kvCluster(t)
 	bucket := kvBucket(t)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -186,8 +187,8 @@ func (l *kvLeader) handle(ctx context.Context, reqs []kvRequest, next int64) err
 	touched := map[string]bool{}
 	accepted := make([]bool, 0, len(reqs))
 	for _, req := range reqs {
-		if req.Deadline < now.UnixMilli() {
-			continue // its sender gave up
+		if req.Deadline < now.Add(-kvStaleRequest).UnixMilli() {
+			continue // its sender gave up long ago
 		}
 		e, exists := l.table[req.Key]
 		if w, ok := touched[req.Key]; ok {
@@ -195,12 +196,14 @@ func (l *kvLeader) handle(ctx context.Context, reqs []kvRequest, next int64) err
 		}
 		_, fresh := touched[req.Key]
 		ok := false
-		switch req.Op {
-		case opCreate:
+		switch {
+		case strings.HasPrefix(req.Key, "\x00"):
+			ok = false // a reserved key (the leaders' own)
+		case req.Op == opCreate:
 			ok = !exists
-		case opUpdate, opDelete:
+		case req.Op == opUpdate, req.Op == opDelete:
 			ok = exists && !fresh && e.rev == req.Rev
-		case opSync:
+		case req.Op == opSync:
 			ok = true
 		}
 		replies = append(replies, req)
