@@ -429,7 +429,10 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 	st := asyncState{Stamp: rec.Timestamp.UnixNano()}
 	hasState := false
 	if md.NumDelivered > 1 {
-		st, hasState = a.loadState(key, rec)
+		var ok bool
+		if st, hasState, ok = a.loadState(ctx, key, rec); !ok {
+			return // stopping: the event is redelivered and read again
+		}
 	}
 	// Every earlier delivery that is not a recorded throttle counts as an
 	// attempt: the recorded failures, and deliveries whose outcome was
@@ -527,23 +530,34 @@ func (a *Async) finish(ctx context.Context, m jetstream.Msg, rec event.Record, k
 	}
 }
 
-func (a *Async) loadState(key string, rec event.Record) (asyncState, bool) {
+// loadState reads the event's retry state. A read that fails is tried
+// again, the event kept in progress meanwhile, until it succeeds or ctx
+// ends (ok false): going on without the state would take the event's
+// recorded throttles for attempts and could dead-letter it as exhausted
+// although the function never failed it (an outage of JetStream is not an
+// attempt).
+func (a *Async) loadState(ctx context.Context, key string, rec event.Record) (st asyncState, found, ok bool) {
 	fresh := asyncState{Stamp: rec.Timestamp.UnixNano()}
-	ctx, cancel := context.WithTimeout(context.Background(), bookTimeout)
-	defer cancel()
-	e, err := a.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fresh, false
+	for failures := 1; ; failures++ {
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
+		e, err := a.kv.Get(gctx, key)
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			return fresh, false, true
+		case err == nil:
+			if json.Unmarshal(e.Value(), &st) != nil || st.Stamp != fresh.Stamp {
+				return fresh, true, true // not this event's; overwritten or dropped later
+			}
+			return st, true, true
+		}
+		if failures == 1 || failures%20 == 0 {
+			a.log.Warn("reading an event's retry state failed; the event waits and it is read again", "key", key, "failures", failures, "error", err)
+		}
+		if !sleep(ctx, retryDelay(failures)) {
+			return fresh, false, false
+		}
 	}
-	if err != nil {
-		a.log.Warn("reading an event's retry state failed; its throttled deliveries count as attempts", "key", key, "error", err)
-		return fresh, false
-	}
-	var st asyncState
-	if err := json.Unmarshal(e.Value(), &st); err != nil || st.Stamp != fresh.Stamp {
-		return fresh, true // not this event's; overwritten or dropped later
-	}
-	return st, true
 }
 
 func (a *Async) saveState(ctx context.Context, key string, st asyncState) {

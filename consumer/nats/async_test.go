@@ -425,3 +425,52 @@ func TestAsyncKeepsEventWhoseLetterOmitsPayload(t *testing.T) {
 		t.Fatalf("kept bucket TTL: %v, %v; want 1h (KeepFor)", oc, err)
 	}
 }
+
+// flakyKV fails the next fails reads of the retry state, as a JetStream
+// restart does ("no responders").
+type flakyKV struct {
+	jetstream.KeyValue
+	fails atomic.Int32
+}
+
+func (k *flakyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	if k.fails.Add(-1) >= 0 {
+		return nil, natsgo.ErrNoResponders
+	}
+	return k.KeyValue.Get(ctx, key)
+}
+
+// TestAsyncStateReadFailureIsNotAnAttempt: an event throttled four times
+// whose retry state cannot be read for a while is held and read again, not
+// taken to have failed four times (with max_retry_attempts 2 that guess
+// dead-lettered it as exhausted although the function never failed it).
+func TestAsyncStateReadFailureIsNotAnAttempt(t *testing.T) {
+	e := startServer(t)
+	_, js := connect(t, e.ClientURL())
+	var kv *flakyKV
+	r := &asyncRecorder{answer: func(_ string, n int) event.Result {
+		if n <= 4 {
+			if n == 4 {
+				kv.fails.Store(3) // the next delivery's reads fail three times
+			}
+			return event.Result{Outcome: event.Throttled, Reason: "FunctionThrottled", RetryAfter: 50 * time.Millisecond,
+				Error: event.ErrorInfo{Kind: "throttled", Status: 429}}
+		}
+		return event.Result{Outcome: event.Delivered}
+	}}
+	dlq := &fakeDLQ{}
+	src := asyncSource(2, time.Minute)
+	src.RetryBackoff.Max = 200 * time.Millisecond
+	a := newAsync(t, e.ClientURL(), src, fastAsync(r, dlq))
+	kv = &flakyKV{KeyValue: a.kv}
+	a.kv = kv
+	publish(t, js, "signups.u1", "e1")
+	runSource(t, a.Run)
+	settled(t, js)
+	if got := len(r.callsOf("e1")); got != 5 || kv.fails.Load() > 0 {
+		t.Fatalf("%d calls, %d reads still to fail; want 5 calls (4 throttles, then delivered) after the failed reads", got, kv.fails.Load())
+	}
+	if dls := dlq.get(); len(dls) != 0 {
+		t.Fatalf("dead-lettered %+v; the function never failed the event", dls[0])
+	}
+}

@@ -146,8 +146,11 @@
 // so a delivery whose outcome was never recorded (a crash or lost connection
 // mid-invocation: the function may have run) counts as an attempt, and a
 // recorded throttle never does. A restart keeps both counts and the dead
-// letter keeps the first attempt time and the last error. Limits: a throttle
-// whose state write failed (KV unavailable) counts as an attempt once; a
+// letter keeps the first attempt time and the last error. A state that
+// cannot be read (KV unavailable) is read again, the event held in progress
+// meanwhile, never guessed (a guess would take its recorded throttles for
+// attempts). Limits: a throttle whose state write failed counts as an
+// attempt once; a
 // first delivery costs nothing extra, each retry one KV write and one delete.
 // Exhausted (attempts > max_retry_attempts), expired (older than
 // max_event_age, throttles and errors alike) or permanently failed events are
