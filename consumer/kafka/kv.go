@@ -179,6 +179,14 @@ func (b *Broker) OpenKV(ctx context.Context, bucket string, opts consumer.KVOpti
 }
 
 // KV is a consumer.KV over Kafka topics (see OpenKV).
+//
+// A write that fails otherwise than by ErrKVConflict — its ctx ended before
+// the leader answered, the KV closed meanwhile — may still have landed:
+// the request stays in the requests topic and a leader decides it up to
+// kvStaleRequest past the ctx's deadline. Its caller must treat the
+// outcome as unknown (re-read the key) rather than as not written. A write
+// the leader accepted returns its revision even when ctx ends before this
+// member's copy holds it (a Get may then lag it for a moment).
 type KV struct {
 	cfg    consumer.KafkaConfig
 	bucket string
@@ -204,8 +212,11 @@ type KV struct {
 	isLeader bool          // the group assigned this member the requests partition (guarded by mu)
 	assigned chan struct{} // signalled when isLeader changes
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // the loops
+	watches sync.WaitGroup // the Watch goroutines
+	done    chan struct{}  // closed by Close
+	closing sync.Once
 }
 
 var _ consumer.KV = (*KV)(nil)
@@ -220,7 +231,7 @@ func OpenKV(ctx context.Context, cfg consumer.KafkaConfig, bucket string, opts c
 	_, _ = rand.Read(rnd[:])
 	k := &KV{cfg: cfg, bucket: bucket, topics: topicsOf(bucket), opts: opts, id: hex.EncodeToString(rnd[:]),
 		log: log.With("bucket", bucket), failed: lograte.New(log, "kafka kv read failures", 3, time.Minute), table: map[string]kvEntry{}, applied: -1, progress: make(chan struct{}),
-		pending: map[uint64]chan kvReply{}, watchers: map[string][]*kvWatcher{}, assigned: make(chan struct{}, 1)}
+		pending: map[uint64]chan kvReply{}, watchers: map[string][]*kvWatcher{}, assigned: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := k.ensureTopics(ctx); err != nil {
 		return nil, err
 	}
@@ -382,13 +393,23 @@ func (k *KV) setAssigned(a bool) {
 	}
 }
 
-// Close leaves the group (another member leads at once) and closes the
-// clients.
+// errKVClosed is returned by the calls of a closed KV.
+var errKVClosed = errors.New("closed")
+
+// Close leaves the group (another member leads at once), ends the Watch
+// goroutines (waiting for a running fn to return) and the loops, and
+// closes the clients. Calls made meanwhile or later fail.
 func (k *KV) Close() {
+	k.closing.Do(func() {
+		k.mu.Lock()
+		close(k.done)
+		k.mu.Unlock()
+	})
 	if k.cancel != nil {
 		k.cancel()
 	}
 	k.wg.Wait()
+	k.watches.Wait()
 	for _, cl := range []*kgo.Client{k.group, k.producer, k.replies, k.state} {
 		if cl != nil {
 			cl.Close()
@@ -459,6 +480,8 @@ func (k *KV) waitApplied(ctx context.Context, off int64) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-k.done:
+			return errKVClosed
 		case <-ch:
 		}
 	}
@@ -501,6 +524,11 @@ func (k *KV) call(ctx context.Context, op kvOp, key string, value []byte, rev ui
 	if !ok {
 		deadline = time.Now().Add(kvDefaultDeadline)
 	}
+	select {
+	case <-k.done:
+		return 0, fmt.Errorf("kafka: key-value bucket %s: %w", k.bucket, errKVClosed)
+	default:
+	}
 	ch := make(chan kvReply, 1)
 	k.mu.Lock()
 	k.n++
@@ -523,14 +551,18 @@ func (k *KV) call(ctx context.Context, op kvOp, key string, value []byte, rev ui
 	select {
 	case rep = <-ch:
 	case <-ctx.Done():
-		return 0, fmt.Errorf("kafka: key-value bucket %s: no answer from a leader: %w", k.bucket, ctx.Err())
+		return 0, fmt.Errorf("kafka: key-value bucket %s: no answer from a leader (the request may still be decided): %w", k.bucket, ctx.Err())
+	case <-k.done:
+		return 0, fmt.Errorf("kafka: key-value bucket %s: no answer from a leader (the request may still be decided): %w", k.bucket, errKVClosed)
 	}
 	if !rep.OK {
 		return 0, consumer.ErrKVConflict
 	}
-	if err := k.waitApplied(ctx, int64(rep.Rev)); err != nil {
+	if err := k.waitApplied(ctx, int64(rep.Rev)); err != nil && (op == opSync || (ctx.Err() == nil && !k.closed())) {
 		return 0, fmt.Errorf("kafka: key-value bucket %s: read the accepted write back: %w", k.bucket, err)
 	}
+	// The leader accepted the write: it landed, whether or not this
+	// member's copy caught up with it within ctx.
 	return rep.Rev, nil
 }
 
@@ -617,17 +649,33 @@ func (k *KV) notify(key string, value []byte, rev uint64) {
 	}
 }
 
+// closed reports whether Close was called.
+func (k *KV) closed() bool {
+	select {
+	case <-k.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Watch calls fn with key's current value (when it has one) and then with
-// every new one this member reads, until ctx ends.
+// every new one this member reads, until ctx ends or the KV closes.
 func (k *KV) Watch(ctx context.Context, key string, fn func([]byte, uint64)) error {
 	w := &kvWatcher{signal: make(chan struct{}, 1)}
 	k.mu.Lock()
+	if k.closed() { // under mu: Close waits for every Watch counted before it
+		k.mu.Unlock()
+		return fmt.Errorf("kafka: key-value bucket %s: %w", k.bucket, errKVClosed)
+	}
+	k.watches.Add(1)
 	if e, ok := k.table[key]; ok {
 		w.push(e)
 	}
 	k.watchers[key] = append(k.watchers[key], w)
 	k.mu.Unlock()
 	go func() {
+		defer k.watches.Done()
 		defer func() {
 			k.mu.Lock()
 			k.watchers[key] = slices.DeleteFunc(k.watchers[key], func(x *kvWatcher) bool { return x == w })
@@ -637,6 +685,8 @@ func (k *KV) Watch(ctx context.Context, key string, fn func([]byte, uint64)) err
 			select {
 			case <-ctx.Done():
 				return
+			case <-k.done:
+				return
 			case <-w.signal:
 			}
 			w.mu.Lock()
@@ -644,7 +694,7 @@ func (k *KV) Watch(ctx context.Context, key string, fn func([]byte, uint64)) err
 			w.queue = nil
 			w.mu.Unlock()
 			for _, e := range q {
-				if ctx.Err() != nil {
+				if ctx.Err() != nil || k.closed() {
 					return
 				}
 				fn(e.value, e.rev)

@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/sluicehq/sluice/consumer"
 )
@@ -479,5 +482,91 @@ func TestKafkaKVLatency(t *testing.T) {
 	t.Logf("Get+Update of one key, %d rounds: p50 %s, p99 %s, max %s", n, p50, p99, took[n-1])
 	if p99 > 2*time.Second {
 		t.Errorf("p99 %s: the engine's ops would not fit its rounds", p99)
+	}
+}
+
+// kvFake returns a kfake cluster for the tests that inject faults (they do
+// not run on the real broker).
+func kvFake(t *testing.T) (*kfake.Cluster, consumer.KafkaConfig) {
+	t.Helper()
+	if os.Getenv("SLUICE_TEST_KAFKA") != "" {
+		t.Skip("injects faults: kfake only")
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, consumer.KafkaConfig{Seeds: c.ListenAddrs()}
+}
+
+// topicID returns the ID of topic.
+func topicID(t *testing.T, cfg consumer.KafkaConfig, topic string) [16]byte {
+	t.Helper()
+	cl, err := newClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	td, err := kadm.NewClient(cl).ListTopics(kvCtx(t), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok := td[topic]
+	if !ok || d.Err != nil {
+		t.Fatalf("topic %s: %v", topic, d.Err)
+	}
+	return d.ID
+}
+
+// A write the leader accepted returns its revision even when the caller's
+// copy of the state cannot catch up within its ctx: it did land.
+func TestKafkaKVAcceptedWriteSlowReadBack(t *testing.T) {
+	c, cfg := kvFake(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{})
+	ctx := kvCtx(t)
+	if _, err := a.Create(ctx, "warm", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	member := a
+	if leaderOf(t, a, b) == a {
+		member = b
+	}
+	// Nobody reads the state topic: the leader still decides and writes.
+	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, TopicID: topicID(t, cfg, topicsOf(bucket).state), Err: kerr.UnknownServerError, Count: -1})
+	short, cancel := context.WithTimeout(ctx, 3*time.Second)
+	rev, err := member.Create(short, "landed", []byte("y"))
+	cancel()
+	h.Remove()
+	if err != nil {
+		t.Fatalf("Create accepted by the leader but not read back in time: %v, want its revision", err)
+	}
+	eventually(t, 20*time.Second, "the member reads its write back", func() bool {
+		v, r, err := member.Get(ctx, "landed")
+		return err == nil && string(v) == "y" && r == rev
+	})
+}
+
+// Close ends the Watch goroutines, whatever their ctx.
+func TestKafkaKVWatchEndsOnClose(t *testing.T) {
+	cfg := kvCluster(t)
+	a := openKV(t, cfg, kvBucket(t), consumer.KVOptions{})
+	if err := a.Watch(context.Background(), "book", func([]byte, uint64) {}); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a.mu.Lock()
+	left := len(a.watchers["book"])
+	a.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d watches still run after Close", left)
+	}
+	if err := a.Watch(context.Background(), "book", func([]byte, uint64) {}); err == nil {
+		t.Error("Watch after Close: no error")
+	}
+	if _, err := a.Create(kvCtx(t), "x", nil); err == nil {
+		t.Error("Create after Close: no error")
 	}
 }
