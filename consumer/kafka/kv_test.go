@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/sluicehq/sluice/consumer"
@@ -568,5 +569,96 @@ func TestKafkaKVWatchEndsOnClose(t *testing.T) {
 	}
 	if _, err := a.Create(kvCtx(t), "x", nil); err == nil {
 		t.Error("Create after Close: no error")
+	}
+}
+
+// TestKafkaKVTopicRecreated: the bucket's state topic is deleted and
+// recreated under running members (its offsets, the revisions, start
+// again). They
+// must stop serving — every call fails naming the cause — rather than
+// decide a compare-and-swap on the old topic's history; a process opened
+// afterwards (a restart) serves the new topic.
+func TestKafkaKVTopicRecreated(t *testing.T) {
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{})
+	ctx := kvCtx(t)
+	var rev uint64
+	for i := range 5 {
+		var err error
+		if rev, err = a.Create(ctx, fmt.Sprintf("m.k%d", i), []byte("old")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "b reads a's writes", func() bool { _, r, _ := b.Get(ctx, "m.k4"); return r == rev })
+
+	cl, err := newClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	state := topicsOf(bucket).state
+	if _, err := adm.DeleteTopic(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	compact := "compact"
+	eventually(t, 30*time.Second, "the state topic recreated", func() bool {
+		resp, err := adm.CreateTopic(ctx, 1, 1, map[string]*string{"cleanup.policy": &compact}, state)
+		if err == nil {
+			err = resp.Err
+		}
+		return err == nil
+	})
+
+	for _, m := range []*KV{a, b} {
+		eventually(t, 60*time.Second, "every call fails naming the recreated topic", func() bool {
+			_, _, gerr := m.Get(ctx, "m.k4")
+			_, kerr := m.Keys(ctx, "m")
+			octx, cancel := context.WithTimeout(ctx, time.Second)
+			_, cerr := m.Create(octx, "m.new", []byte("x"))
+			cancel()
+			werr := m.Watch(ctx, "m.k4", func([]byte, uint64) {})
+			for _, err := range []error{gerr, kerr, cerr, werr} {
+				if !errors.Is(err, errKVRecreated) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	_, _, err = a.Get(ctx, "m.k4")
+	t.Logf("after the recreation: %v", err)
+
+	// A restarted process leads (the broken ones left the group) and
+	// serves the new topic from its start: the requests the broken members
+	// made (still in the requests topic) are not decided again on it.
+	c := openKV(t, cfg, bucket, consumer.KVOptions{})
+	if _, _, err := c.Get(ctx, "m.k4"); !errors.Is(err, consumer.ErrKVNotFound) {
+		t.Errorf("a new process reads the deleted topic's key: %v", err)
+	}
+	if _, err := c.Create(ctx, "m.k4", []byte("new")); err != nil {
+		t.Fatalf("a new process cannot write the recreated bucket: %v", err)
+	}
+}
+
+// A state record at or below an offset already read (a topic that lost its
+// tail, an unclean leader election) breaks the KV as a recreation does:
+// the revisions it hands out again must not be trusted.
+func TestKafkaKVOffsetRegression(t *testing.T) {
+	cfg := kvCluster(t)
+	a := openKV(t, cfg, kvBucket(t), consumer.KVOptions{})
+	ctx := kvCtx(t)
+	rev, err := a.Create(ctx, "k", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.apply(&kgo.Record{Key: []byte("k"), Value: []byte(`{"value":"eA=="}`), Offset: int64(rev)})
+	if _, _, err := a.Get(ctx, "k"); !errors.Is(err, errKVRecreated) {
+		t.Fatalf("Get after the offsets went back: %v, want the recreation error", err)
+	}
+	if _, err := a.Create(ctx, "other", nil); !errors.Is(err, errKVRecreated) {
+		t.Fatalf("Create after the offsets went back: %v, want the recreation error", err)
 	}
 }
