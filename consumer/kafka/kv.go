@@ -218,6 +218,7 @@ type KV struct {
 	next     int64  // the requests offset the leaders handled up to (positionKey)
 
 	isLeader bool          // the group assigned this member the requests partition (guarded by mu)
+	leads    int           // how often this member took the lead (guarded by mu; tests)
 	assigned chan struct{} // signalled when isLeader changes
 
 	broken   error         // set once (guarded by mu): the topics are not those opened (see fail)

@@ -61,6 +61,9 @@ func (k *KV) serve(ctx context.Context) {
 				continue
 			}
 			k.log.Info("kafka kv: leading the bucket", "member", k.id)
+			k.mu.Lock()
+			k.leads++
+			k.mu.Unlock()
 		}
 		if l == nil {
 			// Not assigned: nothing is fetched; wait for an assignment.
