@@ -754,3 +754,73 @@ func TestKafkaKVOffsetRegression(t *testing.T) {
 		t.Fatalf("Create after the offsets went back: %v, want the recreation error", err)
 	}
 }
+
+// TestKafkaKVTTLAcrossLeaderChange: a new leader counts every key's age
+// from its takeover (its own clock, never its predecessors'): a key nobody
+// renews goes one TTL after the takeover at the earliest and still goes; a
+// key renewed across the change stays.
+func TestKafkaKVTTLAcrossLeaderChange(t *testing.T) {
+	const ttl = 3 * time.Second
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{TTL: ttl})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{TTL: ttl})
+	ctx := kvCtx(t)
+	if _, err := a.Create(ctx, "m.gone", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Create(ctx, "m.kept", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	leader := leaderOf(t, a, b)
+	member := a
+	if leader == a {
+		member = b
+	}
+	eventually(t, 10*time.Second, "the member reads both keys", func() bool {
+		keys, _ := member.Keys(ctx, "m")
+		return len(keys) == 2
+	})
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { // the member renews m.kept
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			octx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			_, r, err := member.Get(octx, "m.kept")
+			if err == nil {
+				_, err = member.Update(octx, "m.kept", []byte("x"), r)
+			}
+			cancel()
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, consumer.ErrKVConflict) {
+				done <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(ttl / 2) // m.gone is half a TTL old when the leader leaves
+	handover := time.Now()
+	leader.Close()
+	eventually(t, 30*time.Second, "m.gone removed after the new leader's TTL", func() bool {
+		_, _, err := member.Get(ctx, "m.gone")
+		return errors.Is(err, consumer.ErrKVNotFound)
+	})
+	if took := time.Since(handover); took < ttl {
+		t.Errorf("m.gone removed %s after the leader changed, before a TTL (%s) of the new leader", took, ttl)
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := member.Get(ctx, "m.kept"); err != nil {
+		t.Errorf("m.kept (renewed across the change): %v", err)
+	}
+	if l, self := member.Leader(); l != self {
+		t.Errorf("the remaining member does not lead: %s, self %s", l, self)
+	}
+}
