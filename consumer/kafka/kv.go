@@ -60,7 +60,20 @@ import (
 // bucket's TTL, checking every second, on its own (monotonic) clock: a new
 // leader counts every key's age from when it took the lead, so clocks of
 // different hosts never compare (a key may outlive the TTL by one TTL
-// after a leader change). History is not kept: a
+// after a leader change).
+//
+// Recreated topics. A revision is an offset of the state topic, valid
+// only in that topic's history. A member records the topics' IDs when it
+// opens, compares them every kvTopicCheck and whenever it takes the lead,
+// and checks that the state offsets it reads (and, as leader, writes) only
+// grow; a request carries the ID of the state topic its sender read, and a
+// leader skips one made on another. A mismatch (the topics deleted and
+// recreated, records lost by an unclean election) breaks the KV for good:
+// every call fails with an error saying so, the member stops leading and
+// leaves the group. The operator restarts the processes (a new process
+// reads the new topics from their start).
+//
+// History is not kept: a
 // compacted topic keeps a key's latest value only (the cluster engine reads
 // nothing else).
 
