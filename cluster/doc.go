@@ -144,7 +144,15 @@
 // stale read is refused and retried next round) and a leader killed
 // without leaving stops every write until the group's session (6 s)
 // replaces it: the members' leases may end meanwhile and they then grant
-// nothing until the new leader answers, as in an engine outage.
+// nothing until the new leader answers, as in an engine outage. A Kafka
+// member that finds a bucket topic deleted and recreated, or the state's
+// offsets going back, fails every call from then on (an engine outage
+// until the processes restart: revisions of another topic's history could
+// let a CAS succeed against the wrong value). On either engine a write
+// whose answer timed out may have landed: the engine gives capacity back
+// before it writes and takes more only after a write it saw succeed, so
+// such a write holds capacity unused at worst until the next round reads
+// the key again; Store.Save reads the book back before it answers.
 //
 // It imports dispatch (the Limits it implements), admin (the Store it
 // implements) and consumer (the KV seam); nothing imports it but config

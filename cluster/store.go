@@ -96,10 +96,49 @@ func (s *Store) Save(st admin.State) error {
 		return fmt.Errorf("cluster: %s: %w", s.where, ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("cluster: save the rule book to %s: %w", s.where, err)
+		// A write that timed out may have landed (a KV does not know):
+		// read the book back before answering.
+		landed, lrev, known := s.readBack(b)
+		if landed {
+			s.rev, s.last = lrev, b
+			return nil
+		}
+		if known {
+			return fmt.Errorf("cluster: save the rule book to %s (not saved): %w", s.where, err)
+		}
+		return fmt.Errorf("cluster: save the rule book to %s (it may still be saved, and then applied by every process: read the limits back before trying again): %w", s.where, err)
 	}
 	s.rev, s.last = rev, b
 	return nil
+}
+
+// syncer is a KV whose reads are served from a copy that Sync brings up
+// to every write decided before it (consumer/kafka's KV): after Sync, a
+// write that timed out has either landed or never will.
+type syncer interface {
+	Sync(ctx context.Context) error
+}
+
+// readBack tells whether the book is b after a failed write of b: landed
+// (at rev), or known not to have landed (the book is still at the
+// revision the write was to replace, after a Sync of the KV).
+func (s *Store) readBack(b []byte) (landed bool, rev uint64, known bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	synced := false
+	if sy, ok := s.kv.(syncer); ok {
+		synced = sy.Sync(ctx) == nil
+	}
+	v, rev, err := s.kv.Get(ctx, bookKey)
+	switch {
+	case err == nil && bytes.Equal(v, b):
+		return true, rev, true
+	case errors.Is(err, consumer.ErrKVNotFound):
+		return false, 0, synced && s.rev == 0
+	case err == nil:
+		return false, 0, synced && rev == s.rev
+	}
+	return false, 0, false
 }
 
 // Watch calls changed (on one goroutine) whenever the kept State is at a

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,5 +57,58 @@ func TestStoreCompareAndSwapAndWatch(t *testing.T) {
 	}
 	if !again.Rules["*"].Deleted || again.Reservations["fn"].Reserved == nil {
 		t.Errorf("s1 reads %+v after s2's change", again)
+	}
+}
+
+// lateKV is a memKV whose next write lands but reports a timeout, or
+// (lost) fails without landing.
+type lateKV struct {
+	*memKV
+	late, lost bool
+}
+
+func (k *lateKV) Update(ctx context.Context, key string, v []byte, rev uint64) (uint64, error) {
+	if k.lost {
+		k.lost = false
+		return 0, context.DeadlineExceeded
+	}
+	r, err := k.memKV.Update(ctx, key, v, rev)
+	if err == nil && k.late {
+		k.late = false
+		return 0, context.DeadlineExceeded
+	}
+	return r, err
+}
+
+// A Save whose write landed although the KV reported a timeout succeeds
+// (the admin API must not refuse a change that is in force), and one whose
+// outcome is unknown says so.
+func TestStoreSaveThatTimedOutAfterLanding(t *testing.T) {
+	kv := &lateKV{memKV: newMemKV()}
+	s := NewStore(kv, "mem")
+	st, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(st); err != nil {
+		t.Fatal(err)
+	}
+	n := 3
+	st.Reservations["fn"] = admin.ReservationChange{Reserved: &n}
+	kv.late = true
+	if err := s.Save(st); err != nil {
+		t.Fatalf("a save that landed: %v", err)
+	}
+	m := 4
+	st.Reservations["fn"] = admin.ReservationChange{Reserved: &m}
+	if err := s.Save(st); err != nil { // on the landed revision: no conflict
+		t.Fatalf("the next save: %v", err)
+	}
+	k := 5
+	st.Reservations["fn"] = admin.ReservationChange{Reserved: &k}
+	kv.lost = true
+	err = s.Save(st)
+	if err == nil || !strings.Contains(err.Error(), "may still be saved") {
+		t.Fatalf("a save of unknown outcome: %v, want an error saying it may still be saved", err)
 	}
 }

@@ -60,7 +60,20 @@ import (
 // bucket's TTL, checking every second, on its own (monotonic) clock: a new
 // leader counts every key's age from when it took the lead, so clocks of
 // different hosts never compare (a key may outlive the TTL by one TTL
-// after a leader change). History is not kept: a
+// after a leader change).
+//
+// Recreated topics. A revision is an offset of the state topic, valid
+// only in that topic's history. A member records the topics' IDs when it
+// opens, compares them every kvTopicCheck and whenever it takes the lead,
+// and checks that the state offsets it reads (and, as leader, writes) only
+// grow; a request carries the ID of the state topic its sender read, and a
+// leader skips one made on another. A mismatch (the topics deleted and
+// recreated, records lost by an unclean election) breaks the KV for good:
+// every call fails with an error saying so, the member stops leading and
+// leaves the group. The operator restarts the processes (a new process
+// reads the new topics from their start).
+//
+// History is not kept: a
 // compacted topic keeps a key's latest value only (the cluster engine reads
 // nothing else).
 
@@ -96,6 +109,9 @@ const (
 	// up is harmless: its answer finds nobody waiting, and the engine
 	// tolerates a write it was told failed).
 	kvStaleRequest = time.Minute
+	// kvTopicCheck is how often a member compares the bucket's topic IDs
+	// with those it opened.
+	kvTopicCheck = 5 * time.Second
 	// kvReplicas is the replication factor of new bucket topics (fewer
 	// when the cluster has fewer brokers); with it, min.insync.replicas is
 	// 2, so an accepted write survives the loss of a broker.
@@ -132,6 +148,10 @@ type kvRequest struct {
 	Rev      uint64 `json:"rev,omitempty"`
 	Value    []byte `json:"value,omitempty"`
 	Deadline int64  `json:"deadline"` // unix ms; the leader skips a request past it
+	// State is the ID of the state topic the member read (empty when the
+	// broker has no topic IDs): a leader skips a request made on another
+	// topic's history (the topic was recreated meanwhile).
+	State string `json:"state,omitempty"`
 }
 
 // kvReply is one record of the replies topic (key: the member id).
@@ -179,6 +199,14 @@ func (b *Broker) OpenKV(ctx context.Context, bucket string, opts consumer.KVOpti
 }
 
 // KV is a consumer.KV over Kafka topics (see OpenKV).
+//
+// A write that fails otherwise than by ErrKVConflict — its ctx ended before
+// the leader answered, the KV closed meanwhile — may still have landed:
+// the request stays in the requests topic and a leader decides it up to
+// kvStaleRequest past the ctx's deadline. Its caller must treat the
+// outcome as unknown (re-read the key) rather than as not written. A write
+// the leader accepted returns its revision even when ctx ends before this
+// member's copy holds it (a Get may then lag it for a moment).
 type KV struct {
 	cfg    consumer.KafkaConfig
 	bucket string
@@ -189,7 +217,8 @@ type KV struct {
 	failed *lograte.Logger // reading the state or the replies failed (a persistent error stalls every call)
 	skew   time.Duration   // tests: how far this member's wall clock is behind the leader's
 
-	state, replies, producer, group *kgo.Client
+	state, replies, producer, group, meta *kgo.Client
+	ids                                   map[string]kadm.TopicID // the topics' IDs at open
 
 	mu       sync.Mutex
 	table    map[string]kvEntry
@@ -202,10 +231,17 @@ type KV struct {
 	next     int64  // the requests offset the leaders handled up to (positionKey)
 
 	isLeader bool          // the group assigned this member the requests partition (guarded by mu)
+	leads    int           // how often this member took the lead (guarded by mu; tests)
 	assigned chan struct{} // signalled when isLeader changes
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	broken   error         // set once (guarded by mu): the topics are not those opened (see fail)
+	brokenCh chan struct{} // closed when broken is set
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // the loops
+	watches sync.WaitGroup // the Watch goroutines
+	done    chan struct{}  // closed by Close
+	closing sync.Once
 }
 
 var _ consumer.KV = (*KV)(nil)
@@ -220,7 +256,7 @@ func OpenKV(ctx context.Context, cfg consumer.KafkaConfig, bucket string, opts c
 	_, _ = rand.Read(rnd[:])
 	k := &KV{cfg: cfg, bucket: bucket, topics: topicsOf(bucket), opts: opts, id: hex.EncodeToString(rnd[:]),
 		log: log.With("bucket", bucket), failed: lograte.New(log, "kafka kv read failures", 3, time.Minute), table: map[string]kvEntry{}, applied: -1, progress: make(chan struct{}),
-		pending: map[uint64]chan kvReply{}, watchers: map[string][]*kvWatcher{}, assigned: make(chan struct{}, 1)}
+		pending: map[uint64]chan kvReply{}, watchers: map[string][]*kvWatcher{}, assigned: make(chan struct{}, 1), done: make(chan struct{}), brokenCh: make(chan struct{})}
 	if err := k.ensureTopics(ctx); err != nil {
 		return nil, err
 	}
@@ -281,13 +317,14 @@ func (k *KV) ensureTopics(ctx context.Context) error {
 
 // open starts the clients and the loops and waits until the copy of the
 // state is current.
-func (k *KV) open(ctx context.Context) error {
-	adm, err := newClient(k.cfg)
-	if err != nil {
+func (k *KV) open(ctx context.Context) (err error) {
+	if k.meta, err = newClient(k.cfg); err != nil {
 		return err
 	}
-	defer adm.Close()
-	ka := kadm.NewClient(adm)
+	ka := kadm.NewClient(k.meta)
+	if k.ids, err = k.topicIDs(ctx); err != nil {
+		return fmt.Errorf("kafka: key-value bucket %s: %w", k.bucket, opaque(err))
+	}
 	stable, err := ka.ListCommittedOffsets(ctx, k.topics.state)
 	if err == nil {
 		err = stable.Error()
@@ -342,10 +379,11 @@ func (k *KV) open(ctx context.Context) error {
 	k.group.PauseFetchTopics(k.topics.requests)
 	lctx, cancel := context.WithCancel(context.Background())
 	k.cancel = cancel
-	k.wg.Add(3)
+	k.wg.Add(4)
 	go k.readState(lctx)
 	go k.readReplies(lctx)
 	go k.serve(lctx)
+	go k.checkTopics(lctx)
 	if stateEnd.Offset > 0 {
 		if err := k.waitApplied(ctx, stateEnd.Offset-1); err != nil {
 			return fmt.Errorf("kafka: key-value bucket %s: read the state: %w", k.bucket, err)
@@ -382,14 +420,24 @@ func (k *KV) setAssigned(a bool) {
 	}
 }
 
-// Close leaves the group (another member leads at once) and closes the
-// clients.
+// errKVClosed is returned by the calls of a closed KV.
+var errKVClosed = errors.New("closed")
+
+// Close leaves the group (another member leads at once), ends the Watch
+// goroutines (waiting for a running fn to return) and the loops, and
+// closes the clients. Calls made meanwhile or later fail.
 func (k *KV) Close() {
+	k.closing.Do(func() {
+		k.mu.Lock()
+		close(k.done)
+		k.mu.Unlock()
+	})
 	if k.cancel != nil {
 		k.cancel()
 	}
 	k.wg.Wait()
-	for _, cl := range []*kgo.Client{k.group, k.producer, k.replies, k.state} {
+	k.watches.Wait()
+	for _, cl := range []*kgo.Client{k.group, k.producer, k.replies, k.state, k.meta} {
 		if cl != nil {
 			cl.Close()
 		}
@@ -415,11 +463,18 @@ func (k *KV) readState(ctx context.Context) {
 func (k *KV) apply(r *kgo.Record) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if r.Offset > k.applied {
-		k.applied = r.Offset
-		close(k.progress)
-		k.progress = make(chan struct{})
+	if k.broken != nil {
+		return
 	}
+	if r.Offset <= k.applied {
+		// Offsets only grow: the topic was recreated or lost its tail
+		// (revisions this member holds would be handed out again).
+		k.failLocked(fmt.Errorf("the offsets of topic %s went back from %d to %d", k.topics.state, k.applied, r.Offset))
+		return
+	}
+	k.applied = r.Offset
+	close(k.progress)
+	k.progress = make(chan struct{})
 	if r.Attrs.IsControl() {
 		return
 	}
@@ -451,14 +506,19 @@ func (k *KV) apply(r *kgo.Record) {
 func (k *KV) waitApplied(ctx context.Context, off int64) error {
 	for {
 		k.mu.Lock()
-		done, ch := k.applied >= off, k.progress
+		done, ch, broken := k.applied >= off, k.progress, k.broken
 		k.mu.Unlock()
+		if broken != nil {
+			return broken
+		}
 		if done {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-k.done:
+			return errKVClosed
 		case <-ch:
 		}
 	}
@@ -501,6 +561,14 @@ func (k *KV) call(ctx context.Context, op kvOp, key string, value []byte, rev ui
 	if !ok {
 		deadline = time.Now().Add(kvDefaultDeadline)
 	}
+	select {
+	case <-k.done:
+		return 0, fmt.Errorf("kafka: key-value bucket %s: %w", k.bucket, errKVClosed)
+	default:
+	}
+	if err := k.err(); err != nil {
+		return 0, err
+	}
 	ch := make(chan kvReply, 1)
 	k.mu.Lock()
 	k.n++
@@ -512,7 +580,7 @@ func (k *KV) call(ctx context.Context, op kvOp, key string, value []byte, rev ui
 		delete(k.pending, n)
 		k.mu.Unlock()
 	}()
-	b, err := json.Marshal(kvRequest{Member: k.id, N: n, Op: op, Key: key, Rev: rev, Value: value, Deadline: deadline.Add(-k.skew).UnixMilli()})
+	b, err := json.Marshal(kvRequest{Member: k.id, N: n, Op: op, Key: key, Rev: rev, Value: value, Deadline: deadline.Add(-k.skew).UnixMilli(), State: k.stateID()})
 	if err != nil {
 		return 0, err
 	}
@@ -523,14 +591,20 @@ func (k *KV) call(ctx context.Context, op kvOp, key string, value []byte, rev ui
 	select {
 	case rep = <-ch:
 	case <-ctx.Done():
-		return 0, fmt.Errorf("kafka: key-value bucket %s: no answer from a leader: %w", k.bucket, ctx.Err())
+		return 0, fmt.Errorf("kafka: key-value bucket %s: no answer from a leader (the request may still be decided): %w", k.bucket, ctx.Err())
+	case <-k.done:
+		return 0, fmt.Errorf("kafka: key-value bucket %s: no answer from a leader (the request may still be decided): %w", k.bucket, errKVClosed)
+	case <-k.brokenCh:
+		return 0, k.err()
 	}
 	if !rep.OK {
 		return 0, consumer.ErrKVConflict
 	}
-	if err := k.waitApplied(ctx, int64(rep.Rev)); err != nil {
+	if err := k.waitApplied(ctx, int64(rep.Rev)); err != nil && (op == opSync || k.err() != nil || (ctx.Err() == nil && !k.closed())) {
 		return 0, fmt.Errorf("kafka: key-value bucket %s: read the accepted write back: %w", k.bucket, err)
 	}
+	// The leader accepted the write: it landed, whether or not this
+	// member's copy caught up with it within ctx.
 	return rep.Rev, nil
 }
 
@@ -541,7 +615,11 @@ func (k *KV) Get(ctx context.Context, key string) ([]byte, uint64, error) {
 	}
 	k.mu.Lock()
 	e, ok := k.table[key]
+	broken := k.broken
 	k.mu.Unlock()
+	if broken != nil {
+		return nil, 0, broken
+	}
 	if !ok {
 		return nil, 0, consumer.ErrKVNotFound
 	}
@@ -572,6 +650,9 @@ func (k *KV) Keys(ctx context.Context, prefix string) ([]string, error) {
 	p := strings.TrimSuffix(prefix, ".") + "."
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.broken != nil {
+		return nil, k.broken
+	}
 	var out []string
 	for key := range k.table {
 		if strings.HasPrefix(key, p) && len(key) > len(p) {
@@ -617,17 +698,37 @@ func (k *KV) notify(key string, value []byte, rev uint64) {
 	}
 }
 
+// closed reports whether Close was called.
+func (k *KV) closed() bool {
+	select {
+	case <-k.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Watch calls fn with key's current value (when it has one) and then with
-// every new one this member reads, until ctx ends.
+// every new one this member reads, until ctx ends or the KV closes.
 func (k *KV) Watch(ctx context.Context, key string, fn func([]byte, uint64)) error {
 	w := &kvWatcher{signal: make(chan struct{}, 1)}
 	k.mu.Lock()
+	if k.closed() { // under mu: Close waits for every Watch counted before it
+		k.mu.Unlock()
+		return fmt.Errorf("kafka: key-value bucket %s: %w", k.bucket, errKVClosed)
+	}
+	if k.broken != nil {
+		k.mu.Unlock()
+		return k.broken
+	}
+	k.watches.Add(1)
 	if e, ok := k.table[key]; ok {
 		w.push(e)
 	}
 	k.watchers[key] = append(k.watchers[key], w)
 	k.mu.Unlock()
 	go func() {
+		defer k.watches.Done()
 		defer func() {
 			k.mu.Lock()
 			k.watchers[key] = slices.DeleteFunc(k.watchers[key], func(x *kvWatcher) bool { return x == w })
@@ -637,6 +738,10 @@ func (k *KV) Watch(ctx context.Context, key string, fn func([]byte, uint64)) err
 			select {
 			case <-ctx.Done():
 				return
+			case <-k.done:
+				return
+			case <-k.brokenCh:
+				return
 			case <-w.signal:
 			}
 			w.mu.Lock()
@@ -644,7 +749,7 @@ func (k *KV) Watch(ctx context.Context, key string, fn func([]byte, uint64)) err
 			w.queue = nil
 			w.mu.Unlock()
 			for _, e := range q {
-				if ctx.Err() != nil {
+				if ctx.Err() != nil || k.closed() || k.err() != nil {
 					return
 				}
 				fn(e.value, e.rev)
@@ -652,4 +757,103 @@ func (k *KV) Watch(ctx context.Context, key string, fn func([]byte, uint64)) err
 		}
 	}()
 	return nil
+}
+
+// errKVRecreated is wrapped by every error of a KV whose topics are no
+// longer those it opened.
+var errKVRecreated = errors.New("a topic of the bucket was deleted and recreated, or lost records, while this process ran; " +
+	"its revisions cannot be trusted: restart every sluice process that uses the bucket")
+
+// err returns the error every call of a broken KV returns, or nil.
+func (k *KV) err() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.broken
+}
+
+// fail breaks the KV for good: every call returns an error naming cause,
+// the leader steps down and the member leaves the group. A compare-and-swap
+// decided on a copy of another topic's history could succeed against the
+// wrong value, so nothing is served any more.
+func (k *KV) fail(cause error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.failLocked(cause)
+}
+
+// failLocked is fail with k.mu held.
+func (k *KV) failLocked(cause error) {
+	if k.broken != nil {
+		return
+	}
+	k.broken = fmt.Errorf("kafka: key-value bucket %s: %w (%w)", k.bucket, errKVRecreated, cause)
+	k.log.Error("kafka kv: the bucket's topics are not those this process opened; every call fails until the process restarts", "cause", cause)
+	close(k.brokenCh)
+	close(k.progress)
+	k.progress = make(chan struct{})
+	select {
+	case k.assigned <- struct{}{}:
+	default:
+	}
+}
+
+// topicIDs returns the IDs of the bucket's topics.
+func (k *KV) topicIDs(ctx context.Context) (map[string]kadm.TopicID, error) {
+	td, err := kadm.NewClient(k.meta).ListTopics(ctx, k.topics.state, k.topics.requests, k.topics.replies)
+	if err != nil {
+		return nil, err
+	}
+	ids := map[string]kadm.TopicID{}
+	for _, d := range td {
+		if d.Err != nil {
+			return nil, fmt.Errorf("topic %s: %w", d.Topic, d.Err)
+		}
+		ids[d.Topic] = d.ID
+	}
+	return ids, nil
+}
+
+// sameTopics breaks the KV when a topic of the bucket has another ID than
+// at open (it was deleted and recreated); a topic missing or a metadata
+// failure is only logged.
+func (k *KV) sameTopics(ctx context.Context) error {
+	ids, err := k.topicIDs(ctx)
+	if err != nil {
+		k.failed.Log(slog.LevelWarn, "metadata", "kafka kv: reading the bucket's topics failed", "bucket", k.bucket, "error", err)
+		return nil
+	}
+	for topic, id := range ids {
+		if was := k.ids[topic]; was != (kadm.TopicID{}) && id != (kadm.TopicID{}) && id != was {
+			k.fail(fmt.Errorf("topic %s has the ID %s, not %s as when this process opened it", topic, id, was))
+		}
+	}
+	return k.err()
+}
+
+// checkTopics runs sameTopics every kvTopicCheck.
+func (k *KV) checkTopics(ctx context.Context) {
+	defer k.wg.Done()
+	t := time.NewTicker(kvTopicCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-k.brokenCh:
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, kvTopicCheck)
+		_ = k.sameTopics(cctx)
+		cancel()
+	}
+}
+
+// stateID is the ID of the state topic this member opened, "" when the
+// broker has no topic IDs.
+func (k *KV) stateID() string {
+	if id := k.ids[k.topics.state]; id != (kadm.TopicID{}) {
+		return id.String()
+	}
+	return ""
 }

@@ -13,7 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/sluicehq/sluice/consumer"
 )
@@ -290,6 +294,114 @@ func leaderOf(t *testing.T, ks ...*KV) *KV {
 	return l
 }
 
+// increments runs compare-and-swap increments of one counter on members
+// (one goroutine each) and counts their outcomes.
+type increments struct {
+	t    *testing.T
+	key  string
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu                sync.Mutex
+	accepted, unknown int
+	lastRev           uint64
+	revs              map[uint64]bool
+}
+
+// startIncrements creates key at 0 and starts incrementing it on members.
+func startIncrements(t *testing.T, key string, members ...*KV) *increments {
+	t.Helper()
+	if _, err := members[0].Create(kvCtx(t), key, []byte("0")); err != nil {
+		t.Fatal(err)
+	}
+	in := &increments{t: t, key: key, stop: make(chan struct{}), revs: map[uint64]bool{}}
+	for _, m := range members {
+		in.wg.Add(1)
+		go in.run(m)
+	}
+	return in
+}
+
+func (in *increments) run(m *KV) {
+	defer in.wg.Done()
+	for {
+		select {
+		case <-in.stop:
+			return
+		default:
+		}
+		octx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		v, r, err := m.Get(octx, in.key)
+		if err == nil {
+			n, _ := strconv.Atoi(string(v))
+			var nr uint64
+			nr, err = m.Update(octx, in.key, []byte(strconv.Itoa(n+1)), r)
+			if err == nil {
+				in.mu.Lock()
+				in.accepted++
+				if in.revs[nr] {
+					in.t.Errorf("revision %d given twice", nr)
+				}
+				in.revs[nr] = true
+				in.lastRev = max(in.lastRev, nr)
+				in.mu.Unlock()
+			} else if !errors.Is(err, consumer.ErrKVConflict) {
+				in.mu.Lock()
+				in.unknown++ // sent, but its outcome is unknown
+				in.mu.Unlock()
+			}
+		}
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) || (err != nil && !errors.Is(err, consumer.ErrKVConflict)) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// count returns the increments accepted so far.
+func (in *increments) count() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.accepted
+}
+
+// wait waits until n increments were accepted.
+func (in *increments) wait(n int) {
+	in.t.Helper()
+	eventually(in.t, 60*time.Second, fmt.Sprintf("%d increments accepted", n), func() bool { return in.count() >= n })
+}
+
+// check stops the increments and checks the counter on the members that
+// remain: every accepted increment is in the value (each was a CAS on the
+// one before it); the calls that failed otherwise (a timeout, a closed
+// member) may or may not have landed; the revision is not below the last
+// accepted one and the members agree. It returns the counter.
+func (in *increments) check(rest ...*KV) int {
+	t := in.t
+	t.Helper()
+	close(in.stop)
+	in.wg.Wait()
+	ctx := kvCtx(t)
+	final, frev, err := rest[0].Get(ctx, in.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(string(final))
+	if n < in.accepted || n > in.accepted+in.unknown {
+		t.Errorf("counter %d after %d accepted increments and %d of unknown outcome", n, in.accepted, in.unknown)
+	}
+	if frev < in.lastRev {
+		t.Errorf("the counter's revision %d is below the last accepted one %d", frev, in.lastRev)
+	}
+	for _, m := range rest[1:] {
+		eventually(t, 10*time.Second, "the remaining members agree", func() bool {
+			v, r, err := m.Get(ctx, in.key)
+			return err == nil && string(v) == string(final) && r == frev
+		})
+	}
+	return n
+}
+
 // TestKafkaKVLeaderChange: three members increment one counter by
 // compare-and-swap while the leader leaves; every accepted increment is
 // in the final value, revisions keep growing.
@@ -301,66 +413,10 @@ func TestKafkaKVLeaderChange(t *testing.T) {
 		openKV(t, cfg, bucket, consumer.KVOptions{}),
 		openKV(t, cfg, bucket, consumer.KVOptions{}),
 	}
-	ctx := kvCtx(t)
-	if _, err := members[0].Create(ctx, "counter", []byte("0")); err != nil {
-		t.Fatal(err)
-	}
+	in := startIncrements(t, "counter", members...)
 	leader := leaderOf(t, members...)
-
-	var mu sync.Mutex
-	accepted, unknown, lastRev := 0, 0, uint64(0)
-	revs := map[uint64]bool{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, m := range members {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				octx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-				v, r, err := m.Get(octx, "counter")
-				if err == nil {
-					n, _ := strconv.Atoi(string(v))
-					var nr uint64
-					nr, err = m.Update(octx, "counter", []byte(strconv.Itoa(n+1)), r)
-					if err == nil {
-						mu.Lock()
-						accepted++
-						if revs[nr] {
-							t.Errorf("revision %d given twice", nr)
-						}
-						revs[nr] = true
-						lastRev = max(lastRev, nr)
-						mu.Unlock()
-					} else if !errors.Is(err, consumer.ErrKVConflict) {
-						mu.Lock()
-						unknown++ // sent, but its outcome is unknown
-						mu.Unlock()
-					}
-				}
-				cancel()
-				if errors.Is(err, context.DeadlineExceeded) || (err != nil && !errors.Is(err, consumer.ErrKVConflict)) {
-					time.Sleep(50 * time.Millisecond)
-				}
-			}
-		}()
-	}
-	wait := func(n int) {
-		eventually(t, 60*time.Second, fmt.Sprintf("%d increments accepted", n), func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			return accepted >= n
-		})
-	}
-	wait(20)
-	mu.Lock()
-	before := accepted
-	mu.Unlock()
+	in.wait(20)
+	before := in.count()
 	leader.Close() // leaves the group: another member leads
 	var rest []*KV
 	for _, m := range members {
@@ -368,33 +424,66 @@ func TestKafkaKVLeaderChange(t *testing.T) {
 			rest = append(rest, m)
 		}
 	}
-	wait(before + 20)
-	close(stop)
-	wg.Wait()
-
+	in.wait(before + 20)
+	n := in.check(rest...)
 	if next := leaderOf(t, rest...); next == leader {
 		t.Fatal("the closed member still leads")
 	}
-	// Every accepted increment is in the value (each was a CAS on the one
-	// before it); the calls that failed otherwise (a timeout, the closed
-	// member) may or may not have landed. Both remaining members read it.
-	final, _, err := rest[0].Get(ctx, "counter")
-	if err != nil {
-		t.Fatal(err)
+	t.Logf("%d increments accepted (%d before the leader left), %d of unknown outcome, counter %d", in.accepted, before, in.unknown, n)
+}
+
+// TestKafkaKVLeaderTransactionFails: the leader's transaction fails
+// mid-way — a write to the state refused (aborted), a commit refused
+// before the coordinator applied it, a commit applied but answered with a
+// timeout — while two members increment a counter. Leading continues (the
+// leader reads the state again), no accepted increment is lost and no
+// revision is handed out twice.
+func TestKafkaKVLeaderTransactionFails(t *testing.T) {
+	c, cfg := kvFake(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{})
+	in := startIncrements(t, "counter", a, b)
+	in.wait(10)
+	state, stateID := topicsOf(bucket).state, topicID(t, cfg, topicsOf(bucket).state)
+	toState := func(r kmsg.Request) bool {
+		for _, tp := range r.(*kmsg.ProduceRequest).Topics {
+			if tp.Topic == state || tp.TopicID == stateID {
+				return true
+			}
+		}
+		return false
 	}
-	n, _ := strconv.Atoi(string(final))
-	if n < accepted || n > accepted+unknown {
-		t.Errorf("counter %d after %d accepted increments and %d of unknown outcome", n, accepted, unknown)
+	txnID := "sluice-kv-" + bucket
+	for _, f := range []struct {
+		what  string
+		fault kfake.Fault
+	}{
+		{"a write to the state refused", kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, When: toState, Err: kerr.InvalidRecord}},
+		{"a commit refused", kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, TxnID: txnID, TopLevel: true, Err: kerr.InvalidTxnState}},
+		{"a commit applied, answered with a timeout", kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, TxnID: txnID, TopLevel: true, Err: kerr.RequestTimedOut}},
+	} {
+		h := c.Fault(f.fault)
+		wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := h.Wait(wctx, 1)
+		cancel()
+		h.Remove()
+		if err != nil {
+			t.Fatalf("%s: the fault was never hit: %v", f.what, err)
+		}
+		in.wait(in.count() + 10)
 	}
-	_, frev, _ := rest[0].Get(ctx, "counter")
-	if frev < lastRev {
-		t.Errorf("the counter's revision %d is below the last accepted one %d", frev, lastRev)
+	n := in.check(a, b)
+	leads := 0
+	for _, m := range []*KV{a, b} {
+		m.mu.Lock()
+		leads += m.leads
+		m.mu.Unlock()
 	}
-	eventually(t, 10*time.Second, "both remaining members agree", func() bool {
-		v, r, err := rest[1].Get(ctx, "counter")
-		return err == nil && string(v) == string(final) && r == frev
-	})
-	t.Logf("%d increments accepted (%d before the leader left), %d of unknown outcome, counter %d", accepted, before, unknown, n)
+	if leads < 4 { // the first lead and one after each failed transaction
+		t.Errorf("the lead was taken %d times, want at least 4: a failed transaction did not make the leader read the state again", leads)
+	}
+	t.Logf("%d increments accepted, %d of unknown outcome, counter %d, %d leads", in.accepted, in.unknown, n, leads)
 }
 
 // TestKafkaKVZombieLeader: a member that believes it leads after another
@@ -422,17 +511,24 @@ func TestKafkaKVZombieLeader(t *testing.T) {
 	}
 	defer zombie.close()
 	// The real leader's next transaction is fenced; it takes the lead
-	// again (it is still assigned), fencing the zombie in turn.
+	// again (it is still assigned), fencing the zombie in turn. A new key
+	// per attempt: an attempt that timed out may land later, and would
+	// make a retry on its key conflict.
+	attempt := 0
 	eventually(t, 30*time.Second, "the leader writes again", func() bool {
+		attempt++
 		octx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		_, err := leader.Create(octx, "after", []byte("x"))
+		_, err := leader.Create(octx, fmt.Sprintf("after.%d", attempt), []byte("x"))
 		return err == nil
 	})
 	err = zombie.handle(ctx, []kvRequest{{Member: "zombie", N: 1, Op: opCreate, Key: "zombie", Value: []byte("z"),
 		Deadline: time.Now().Add(time.Minute).UnixMilli()}}, -1)
 	if err == nil {
 		t.Fatal("the fenced zombie leader's write was accepted")
+	}
+	if !errors.Is(err, kerr.ProducerFenced) && !errors.Is(err, kerr.InvalidProducerEpoch) {
+		t.Fatalf("the zombie's write failed with %v, want it fenced (PRODUCER_FENCED or INVALID_PRODUCER_EPOCH)", err)
 	}
 	t.Logf("zombie refused: %v", err)
 	// A later write is read back on both members; the zombie's is nowhere.
@@ -479,5 +575,252 @@ func TestKafkaKVLatency(t *testing.T) {
 	t.Logf("Get+Update of one key, %d rounds: p50 %s, p99 %s, max %s", n, p50, p99, took[n-1])
 	if p99 > 2*time.Second {
 		t.Errorf("p99 %s: the engine's ops would not fit its rounds", p99)
+	}
+}
+
+// kvFake returns a kfake cluster for the tests that inject faults (they do
+// not run on the real broker).
+func kvFake(t *testing.T) (*kfake.Cluster, consumer.KafkaConfig) {
+	t.Helper()
+	if os.Getenv("SLUICE_TEST_KAFKA") != "" {
+		t.Skip("injects faults: kfake only")
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c, consumer.KafkaConfig{Seeds: c.ListenAddrs()}
+}
+
+// topicID returns the ID of topic.
+func topicID(t *testing.T, cfg consumer.KafkaConfig, topic string) [16]byte {
+	t.Helper()
+	cl, err := newClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	td, err := kadm.NewClient(cl).ListTopics(kvCtx(t), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok := td[topic]
+	if !ok || d.Err != nil {
+		t.Fatalf("topic %s: %v", topic, d.Err)
+	}
+	return d.ID
+}
+
+// A write the leader accepted returns its revision even when the caller's
+// copy of the state cannot catch up within its ctx: it did land.
+func TestKafkaKVAcceptedWriteSlowReadBack(t *testing.T) {
+	c, cfg := kvFake(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{})
+	ctx := kvCtx(t)
+	if _, err := a.Create(ctx, "warm", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	member := a
+	if leaderOf(t, a, b) == a {
+		member = b
+	}
+	// Nobody reads the state topic: the leader still decides and writes.
+	h := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Fetch}, TopicID: topicID(t, cfg, topicsOf(bucket).state), Err: kerr.UnknownServerError, Count: -1})
+	short, cancel := context.WithTimeout(ctx, 3*time.Second)
+	rev, err := member.Create(short, "landed", []byte("y"))
+	cancel()
+	h.Remove()
+	if err != nil {
+		t.Fatalf("Create accepted by the leader but not read back in time: %v, want its revision", err)
+	}
+	eventually(t, 20*time.Second, "the member reads its write back", func() bool {
+		v, r, err := member.Get(ctx, "landed")
+		return err == nil && string(v) == "y" && r == rev
+	})
+}
+
+// Close ends the Watch goroutines, whatever their ctx.
+func TestKafkaKVWatchEndsOnClose(t *testing.T) {
+	cfg := kvCluster(t)
+	a := openKV(t, cfg, kvBucket(t), consumer.KVOptions{})
+	if err := a.Watch(context.Background(), "book", func([]byte, uint64) {}); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a.mu.Lock()
+	left := len(a.watchers["book"])
+	a.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d watches still run after Close", left)
+	}
+	if err := a.Watch(context.Background(), "book", func([]byte, uint64) {}); err == nil {
+		t.Error("Watch after Close: no error")
+	}
+	if _, err := a.Create(kvCtx(t), "x", nil); err == nil {
+		t.Error("Create after Close: no error")
+	}
+}
+
+// TestKafkaKVTopicRecreated: the bucket's state topic is deleted and
+// recreated under running members (its offsets, the revisions, start
+// again). They
+// must stop serving — every call fails naming the cause — rather than
+// decide a compare-and-swap on the old topic's history; a process opened
+// afterwards (a restart) serves the new topic.
+func TestKafkaKVTopicRecreated(t *testing.T) {
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{})
+	ctx := kvCtx(t)
+	var rev uint64
+	for i := range 5 {
+		var err error
+		if rev, err = a.Create(ctx, fmt.Sprintf("m.k%d", i), []byte("old")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "b reads a's writes", func() bool { _, r, _ := b.Get(ctx, "m.k4"); return r == rev })
+
+	cl, err := newClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	state := topicsOf(bucket).state
+	if _, err := adm.DeleteTopic(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	compact := "compact"
+	eventually(t, 30*time.Second, "the state topic recreated", func() bool {
+		resp, err := adm.CreateTopic(ctx, 1, 1, map[string]*string{"cleanup.policy": &compact}, state)
+		if err == nil {
+			err = resp.Err
+		}
+		return err == nil
+	})
+
+	for _, m := range []*KV{a, b} {
+		eventually(t, 60*time.Second, "every call fails naming the recreated topic", func() bool {
+			_, _, gerr := m.Get(ctx, "m.k4")
+			_, kerr := m.Keys(ctx, "m")
+			octx, cancel := context.WithTimeout(ctx, time.Second)
+			_, cerr := m.Create(octx, "m.new", []byte("x"))
+			cancel()
+			werr := m.Watch(ctx, "m.k4", func([]byte, uint64) {})
+			for _, err := range []error{gerr, kerr, cerr, werr} {
+				if !errors.Is(err, errKVRecreated) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	_, _, err = a.Get(ctx, "m.k4")
+	t.Logf("after the recreation: %v", err)
+
+	// A restarted process leads (the broken ones left the group) and
+	// serves the new topic from its start: the requests the broken members
+	// made (still in the requests topic) are not decided again on it.
+	c := openKV(t, cfg, bucket, consumer.KVOptions{})
+	if _, _, err := c.Get(ctx, "m.k4"); !errors.Is(err, consumer.ErrKVNotFound) {
+		t.Errorf("a new process reads the deleted topic's key: %v", err)
+	}
+	if _, err := c.Create(ctx, "m.k4", []byte("new")); err != nil {
+		t.Fatalf("a new process cannot write the recreated bucket: %v", err)
+	}
+}
+
+// A state record at or below an offset already read (a topic that lost its
+// tail, an unclean leader election) breaks the KV as a recreation does:
+// the revisions it hands out again must not be trusted.
+func TestKafkaKVOffsetRegression(t *testing.T) {
+	cfg := kvCluster(t)
+	a := openKV(t, cfg, kvBucket(t), consumer.KVOptions{})
+	ctx := kvCtx(t)
+	rev, err := a.Create(ctx, "k", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.apply(&kgo.Record{Key: []byte("k"), Value: []byte(`{"value":"eA=="}`), Offset: int64(rev)})
+	if _, _, err := a.Get(ctx, "k"); !errors.Is(err, errKVRecreated) {
+		t.Fatalf("Get after the offsets went back: %v, want the recreation error", err)
+	}
+	if _, err := a.Create(ctx, "other", nil); !errors.Is(err, errKVRecreated) {
+		t.Fatalf("Create after the offsets went back: %v, want the recreation error", err)
+	}
+}
+
+// TestKafkaKVTTLAcrossLeaderChange: a new leader counts every key's age
+// from its takeover (its own clock, never its predecessors'): a key nobody
+// renews goes one TTL after the takeover at the earliest and still goes; a
+// key renewed across the change stays.
+func TestKafkaKVTTLAcrossLeaderChange(t *testing.T) {
+	const ttl = 3 * time.Second
+	cfg := kvCluster(t)
+	bucket := kvBucket(t)
+	a := openKV(t, cfg, bucket, consumer.KVOptions{TTL: ttl})
+	b := openKV(t, cfg, bucket, consumer.KVOptions{TTL: ttl})
+	ctx := kvCtx(t)
+	if _, err := a.Create(ctx, "m.gone", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Create(ctx, "m.kept", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	leader := leaderOf(t, a, b)
+	member := a
+	if leader == a {
+		member = b
+	}
+	eventually(t, 10*time.Second, "the member reads both keys", func() bool {
+		keys, _ := member.Keys(ctx, "m")
+		return len(keys) == 2
+	})
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { // the member renews m.kept
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			octx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			_, r, err := member.Get(octx, "m.kept")
+			if err == nil {
+				_, err = member.Update(octx, "m.kept", []byte("x"), r)
+			}
+			cancel()
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, consumer.ErrKVConflict) {
+				done <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(ttl / 2) // m.gone is half a TTL old when the leader leaves
+	handover := time.Now()
+	leader.Close()
+	eventually(t, 30*time.Second, "m.gone removed after the new leader's TTL", func() bool {
+		_, _, err := member.Get(ctx, "m.gone")
+		return errors.Is(err, consumer.ErrKVNotFound)
+	})
+	if took := time.Since(handover); took < ttl {
+		t.Errorf("m.gone removed %s after the leader changed, before a TTL (%s) of the new leader", took, ttl)
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := member.Get(ctx, "m.kept"); err != nil {
+		t.Errorf("m.kept (renewed across the change): %v", err)
+	}
+	if l, self := member.Leader(); l != self {
+		t.Errorf("the remaining member does not lead: %s, self %s", l, self)
 	}
 }

@@ -27,8 +27,19 @@ func (k *KV) serve(ctx context.Context) {
 	}()
 	for {
 		k.mu.Lock()
-		assigned := k.isLeader
+		assigned, broken := k.isLeader, k.broken
 		k.mu.Unlock()
+		if broken != nil {
+			// Nothing is served any more: step down and leave the group,
+			// so that a restarted process can lead the recreated topics.
+			if l != nil {
+				l.close()
+				l = nil
+			}
+			k.group.LeaveGroup()
+			<-ctx.Done()
+			return
+		}
 		if !assigned && l != nil {
 			k.log.Info("kafka kv: no longer the leader")
 			l.close()
@@ -50,6 +61,9 @@ func (k *KV) serve(ctx context.Context) {
 				continue
 			}
 			k.log.Info("kafka kv: leading the bucket", "member", k.id)
+			k.mu.Lock()
+			k.leads++
+			k.mu.Unlock()
 		}
 		if l == nil {
 			// Not assigned: nothing is fetched; wait for an assignment.
@@ -100,17 +114,30 @@ type kvLeader struct {
 // transactional id), writes the leader's marker and reads the state up to
 // it.
 func (k *KV) lead(ctx context.Context) (*kvLeader, error) {
+	// A new client learns the topics' current IDs: they must be those
+	// this member's copy was read from.
+	if err := k.sameTopics(ctx); err != nil {
+		return nil, err
+	}
 	txn, err := newClient(k.cfg, kgo.TransactionalID("sluice-kv-"+k.bucket), kgo.TransactionTimeout(kvTxnTimeout),
 		kgo.ProducerLinger(0), kgo.DefaultProduceTopic(k.topics.state))
 	if err != nil {
 		return nil, err
 	}
 	l := &kvLeader{k: k, txn: txn}
+	k.mu.Lock()
+	read := k.applied
+	k.mu.Unlock()
 	b, _ := json.Marshal(kvValue{Written: time.Now().UnixMilli(), Leader: k.id})
 	offs, err := l.transact(ctx, []*kgo.Record{{Key: []byte(leaderKey), Value: b}})
 	if err != nil {
 		txn.Close()
 		return nil, fmt.Errorf("first transaction: %w", err)
+	}
+	if offs[0] <= read { // the marker went below what this member had read
+		k.fail(fmt.Errorf("the new leader's marker in topic %s is at offset %d, at or below the %d already read", k.topics.state, offs[0], read))
+		txn.Close()
+		return nil, k.err()
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -190,6 +217,9 @@ func (l *kvLeader) handle(ctx context.Context, reqs []kvRequest, next int64) err
 		if req.Deadline < now.Add(-kvStaleRequest).UnixMilli() {
 			continue // its sender gave up long ago
 		}
+		if state := k.stateID(); req.State != "" && state != "" && req.State != state {
+			continue // made on a deleted state topic's history: its sender is broken
+		}
 		e, exists := l.table[req.Key]
 		if w, ok := touched[req.Key]; ok {
 			exists = w
@@ -254,6 +284,11 @@ func (l *kvLeader) handle(ctx context.Context, reqs []kvRequest, next int64) err
 	}
 	last := l.last
 	for _, o := range offs {
+		if o <= l.last { // a revision would be handed out again
+			k.fail(fmt.Errorf("the leader's write in topic %s went to offset %d, at or below its last one %d", k.topics.state, o, l.last))
+			l.abort()
+			return k.err()
+		}
 		last = max(last, o)
 	}
 	revs := make([]uint64, len(replies))
