@@ -5,10 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
@@ -70,7 +70,7 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.R
 		Attempt:      d.Attempt,
 		// The same batch keeps its key across retries and redeliveries, so
 		// a function can drop a batch it already handled.
-		IdempotencyKey:     fmt.Sprintf("%s-%d-%d-%d", s.Source, first.Partition, first.Offset, last.Offset),
+		IdempotencyKey:     idempotencyKey(s.Source, first.Partition, first.Offset, last.Offset),
 		TraceParent:        traceParent,
 		TraceState:         traceState,
 		Shard:              s.Source + "/" + strconv.FormatInt(int64(first.Partition), 10),
@@ -96,17 +96,35 @@ func (s *StreamDeliverer) Deliver(ctx context.Context, d shard.Delivery) event.R
 	return resultOf(err, items)
 }
 
+// idempotencyKey is "<source>-<partition>-<first offset>-<last offset>",
+// built with one allocation (fmt.Sprintf took five per batch).
+func idempotencyKey(source string, partition int32, first, last int64) string {
+	var num [20]byte
+	var b strings.Builder
+	b.Grow(len(source) + 3*21)
+	b.WriteString(source)
+	b.WriteByte('-')
+	b.Write(strconv.AppendInt(num[:0], int64(partition), 10))
+	b.WriteByte('-')
+	b.Write(strconv.AppendInt(num[:0], first, 10))
+	b.WriteByte('-')
+	b.Write(strconv.AppendInt(num[:0], last, 10))
+	return b.String()
+}
+
 // resultOf maps an invocation's error to the shard engine's Result.
 func resultOf(err error, items []string) event.Result {
+	if err == nil {
+		return event.Result{Outcome: event.Delivered}
+	}
+	// Declared past the common case: errors.As takes their addresses, so
+	// they live on the heap (four allocations per delivered batch before).
 	var (
 		pb *PartialBatchError
 		fe *FunctionError
 		pe *PermanentError
 		iv *InvalidRequestError
 	)
-	if err == nil {
-		return event.Result{Outcome: event.Delivered}
-	}
 	if t, ok := AsThrottled(err); ok {
 		return event.Result{Outcome: event.Throttled, Reason: string(t.Reason), RetryAfter: t.RetryAfter,
 			Error: event.ErrorInfo{Kind: event.KindThrottled, Status: t.Status, Message: t.Error()}}

@@ -105,3 +105,20 @@ func TestStreamDelivererScopesAllOrNone(t *testing.T) {
 		t.Fatalf("invocation ids %q, %q: want 32 distinct hex characters", a, b)
 	}
 }
+
+func TestStreamIdempotencyKey(t *testing.T) {
+	for _, c := range []struct {
+		source      string
+		partition   int32
+		first, last int64
+		want        string
+	}{
+		{"orders", 3, 100, 599, "orders-3-100-599"},
+		{"o", 0, 0, 0, "o-0-0-0"},
+		{"clicks", 2147483647, 9223372036854775806, 9223372036854775807, "clicks-2147483647-9223372036854775806-9223372036854775807"},
+	} {
+		if got := idempotencyKey(c.source, c.partition, c.first, c.last); got != c.want {
+			t.Errorf("idempotencyKey(%q, %d, %d, %d) = %q, want %q", c.source, c.partition, c.first, c.last, got, c.want)
+		}
+	}
+}

@@ -2,9 +2,11 @@ package nats
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,14 +24,30 @@ import (
 // bare jetstream loops (the same partition consumers, one goroutine each,
 // Fetch + Ack of every message) reading the same pre-published stream in the
 // same run, on the embedded server (STYLE 21: a ratio, not absolute times). Reported: sluice-msg/s,
-// bare-msg/s and x-bare = sluice ÷ bare.
+// bare-msg/s and x-bare = sluice ÷ bare, with acknowledgements confirmed per
+// batch (StreamOptions.AckPipelineDepth 0); piped-msg/s and x-bare-piped with
+// AckPipelineDepth consumer.DefaultCommitPipelineDepth (what `sluice run`
+// uses). Each iteration runs the three once, in an order that rotates, and
+// the ratios are also reported as the median of the iterations' own ratios
+// (med-x-bare, med-x-bare-piped): a read of 50,000 messages takes a few
+// hundred milliseconds, and on a shared machine one slow moment moves a sum.
+// Also reported: the process's CPU time per message during each side
+// (sluice-, piped- and bare-cpu-ns/msg; the embedded server's work is in
+// all three).
 //
 //	go test -run '^$' -bench StreamVsBareFetch -benchtime 3x ./consumer/nats/
-func BenchmarkStreamVsBareFetch(b *testing.B) {
+func BenchmarkStreamVsBareFetch(b *testing.B) { benchStreamVsBare(b, 4) }
+
+// BenchmarkStreamVsBareFetch1P is BenchmarkStreamVsBareFetch on one
+// partition: one lane and one bare loop, so the time a lane waits for the
+// confirmation of its acknowledgements is not covered by other partitions'
+// work (with four partitions on a 2-core machine the CPU is the limit).
+func BenchmarkStreamVsBareFetch1P(b *testing.B) { benchStreamVsBare(b, 1) }
+
+func benchStreamVsBare(b *testing.B, partitions int) {
 	const (
-		partitions = 4
-		messages   = 50000
-		batchSize  = 500
+		messages  = 50000
+		batchSize = 500
 	)
 	e := startServer(b)
 	nc, js := connect(b, e.ClientURL())
@@ -57,18 +75,73 @@ func BenchmarkStreamVsBareFetch(b *testing.B) {
 	}
 	<-js.PublishAsyncComplete()
 
-	var sluiceDur, bareDur time.Duration
+	// Each side's wall time and the process's CPU time during it (the
+	// embedded server's work is in both).
+	type side struct{ dur, cpu time.Duration }
+	timed := func(f func() time.Duration) side {
+		c := cpuTime()
+		d := f()
+		return side{d, cpuTime() - c}
+	}
+	var sluice, piped, bare side
+	var ratios, pipedRatios []float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		bareDur += benchBareFetch(b, js, s0.pt, messages, batchSize, i)
-		sluiceDur += benchStream(b, nc, src, messages, i)
+		var s, p, br side
+		runs := []func(){
+			func() {
+				br = timed(func() time.Duration { return benchBareFetch(b, js, s0.pt, messages, batchSize, i) })
+			},
+			func() { s = timed(func() time.Duration { return benchStream(b, nc, src, messages, 2*i, 0) }) },
+			func() {
+				p = timed(func() time.Duration {
+					return benchStream(b, nc, src, messages, 2*i+1, consumer.DefaultCommitPipelineDepth)
+				})
+			},
+		}
+		for k := range runs {
+			runs[(i+k)%len(runs)]()
+		}
+		b.Logf("round %d: bare %s, sluice %s (x %.3f), piped %s (x %.3f); CPU bare %s, sluice %s, piped %s",
+			i, br.dur, s.dur, br.dur.Seconds()/s.dur.Seconds(), p.dur, br.dur.Seconds()/p.dur.Seconds(), br.cpu, s.cpu, p.cpu)
+		sluice = side{sluice.dur + s.dur, sluice.cpu + s.cpu}
+		piped = side{piped.dur + p.dur, piped.cpu + p.cpu}
+		bare = side{bare.dur + br.dur, bare.cpu + br.cpu}
+		ratios = append(ratios, br.dur.Seconds()/s.dur.Seconds())
+		pipedRatios = append(pipedRatios, br.dur.Seconds()/p.dur.Seconds())
 	}
 	b.StopTimer()
 	total := float64(messages) * float64(b.N)
-	sr, br := total/sluiceDur.Seconds(), total/bareDur.Seconds()
+	sr, pr, br := total/sluice.dur.Seconds(), total/piped.dur.Seconds(), total/bare.dur.Seconds()
 	b.ReportMetric(sr, "sluice-msg/s")
+	b.ReportMetric(pr, "piped-msg/s")
 	b.ReportMetric(br, "bare-msg/s")
 	b.ReportMetric(sr/br, "x-bare")
+	b.ReportMetric(pr/br, "x-bare-piped")
+	b.ReportMetric(median(ratios), "med-x-bare")
+	b.ReportMetric(median(pipedRatios), "med-x-bare-piped")
+	b.ReportMetric(float64(sluice.cpu.Nanoseconds())/total, "sluice-cpu-ns/msg")
+	b.ReportMetric(float64(piped.cpu.Nanoseconds())/total, "piped-cpu-ns/msg")
+	b.ReportMetric(float64(bare.cpu.Nanoseconds())/total, "bare-cpu-ns/msg")
+}
+
+// cpuTime is the process's CPU time (user + system).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func median(xs []float64) float64 {
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
+	n := len(xs)
+	if n%2 == 1 {
+		return xs[n/2]
+	}
+	return (xs[n/2-1] + xs[n/2]) / 2
 }
 
 // noopDeliverer encodes each batch (as the dispatcher would) and counts it
@@ -124,11 +197,13 @@ func benchBareFetch(b *testing.B, js jetstream.JetStream, pt partitioning, n, ba
 	return time.Since(start)
 }
 
-func benchStream(b *testing.B, nc *natsgo.Conn, src consumer.SourceConfig, n, round int) time.Duration {
+func benchStream(b *testing.B, nc *natsgo.Conn, src consumer.SourceConfig, n, round, depth int) time.Duration {
 	b.Helper()
 	d := &noopDeliverer{want: int64(n), done: make(chan struct{})}
 	name := "bench" + strconv.Itoa(round)
-	s, err := NewStream(name, nc, src, StreamOptions{Worker: src.WorkerConfig(name), Deliverer: d, Logger: testLogger()})
+	// FetchWait 1 s: a stop waits for the pulls in progress (untimed).
+	s, err := NewStream(name, nc, src, StreamOptions{Worker: src.WorkerConfig(name), Deliverer: d, Logger: testLogger(),
+		AckPipelineDepth: depth, FetchWait: time.Second})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -91,6 +91,19 @@ type StreamOptions struct {
 	// ConsumerPrefix names the partition consumers "<prefix>-<partition>";
 	// default "sluice-<source>".
 	ConsumerPrefix string
+	// AckPipelineDepth is how many checkpoints a shard's lane may leave
+	// unconfirmed by the server (commit_pipeline_depth, as on Kafka; a
+	// shard of N lanes leaves N × AckPipelineDepth). 0: every batch waits
+	// for the server's confirmation of its acknowledgements before the lane
+	// takes its next. With depth d, a partition's acknowledgements are sent
+	// in order by one goroutine, coalescing what is queued, and a lane waits
+	// only for the confirmation of the checkpoint d back: a kill -9
+	// redelivers at most (d + 1) × batch_size messages per partition with
+	// parallelization_factor 1. The configuration does not set it (sources'
+	// commit_pipeline_depth is Kafka's): measured in BenchmarkStreamVsBareFetch
+	// it did not raise throughput (BENCHMARKS.md), so `sluice run` keeps the
+	// tighter bound of the batch in flight.
+	AckPipelineDepth int
 }
 
 // Stream is one stream-mode JetStream source. Publishers publish to the
@@ -114,6 +127,7 @@ type Stream struct {
 	log           *slog.Logger
 	fetchBatch    int // messages asked for by one pull
 	maxAckPending int // the server's bound on unacknowledged messages per partition
+	ackDepth      int // checkpoints a shard leaves unconfirmed: AckPipelineDepth × lanes
 	metrics       prometheus.Collector
 
 	// ensureMu serializes Ensure and guards what it sets up.
@@ -194,8 +208,10 @@ func NewStream(name string, nc *natsgo.Conn, src consumer.SourceConfig, opts Str
 		fetchBatch: min(w.BatchSize*par, w.Buffer),
 	}
 	// A partition holds at most Buffer records before its worker pauses it,
-	// plus what the pull in progress still brings.
-	s.maxAckPending = w.Buffer + s.fetchBatch
+	// plus what the pull in progress still brings, plus the checkpoints
+	// whose acknowledgements are not confirmed yet.
+	s.ackDepth = max(opts.AckPipelineDepth, 0) * par
+	s.maxAckPending = w.Buffer + s.fetchBatch + s.ackDepth*w.BatchSize
 	if opts.Registerer != nil {
 		c := consumer.NewShardCollector(name, func() []consumer.ShardLoad {
 			return shardLoads(s.Shards())
@@ -475,6 +491,7 @@ func (s *Stream) Run(ctx context.Context) error {
 			s: s, p: int32(p), name: s.ConsumerName(p), cons: s.consumers[p],
 			resume: make(chan struct{}, 1),
 		}
+		parts[p].startAcks()
 		parts[p].startWorker(workCtx)
 	}
 	s.mu.Lock()
@@ -502,6 +519,9 @@ func (s *Stream) Run(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.StopTimeout)
 	defer cancel()
+	for _, pt := range parts {
+		pt.stopAcks(rctx)
+	}
 	for _, pt := range parts {
 		pt.release(rctx)
 	}
@@ -682,6 +702,22 @@ type partition struct {
 	// From the consumer info: the pinned client ("" none), the lag.
 	pinnedTo string
 	lag      int64
+
+	// With AckPipelineDepth: the queue of the partition's ack goroutine
+	// (ackLoop), closed (acksClosed) once the workers stopped. ackMu guards
+	// sending to it and closing it; it is never taken with mu held.
+	ackMu      sync.Mutex
+	acks       chan ackJob
+	acksClosed bool
+	acksDone   chan struct{}
+}
+
+// ackJob is one checkpoint's acknowledgements for ackLoop.
+type ackJob struct {
+	ctx     context.Context // the generation's: retries end with it
+	msgs    []heldMsg
+	through int64
+	done    chan struct{} // closed once confirmed or given up
 }
 
 type heldMsg struct {
@@ -697,12 +733,16 @@ func (pt *partition) startWorker(workCtx context.Context) {
 	defer pt.mu.Unlock()
 	pt.epoch++
 	epoch := pt.epoch
+	var unconfirmed []chan struct{}
 	pt.w = shard.NewWorker(shard.ID{Source: s.name, Partition: pt.p}, s.opts.Worker, shard.Hooks{
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
 		Logger:       s.opts.Logger,
-		Commit:       func(last event.Record) func() { pt.commit(epoch, last); return nil }, // acks in order, under the worker's commit lock
-		Pause:        func(paused bool) { pt.pause(epoch, paused) },
+		// Acks in order, under the worker's commit lock (which also
+		// guards unconfirmed: the generation's checkpoints whose
+		// acknowledgements are not confirmed yet, oldest first).
+		Commit: func(last event.Record) func() { return pt.commit(epoch, last, &unconfirmed) },
+		Pause:  func(paused bool) { pt.pause(epoch, paused) },
 	})
 	ctx, cancel := context.WithCancel(workCtx)
 	pt.workCtx, pt.cancel, pt.done = ctx, cancel, make(chan struct{})
@@ -743,11 +783,16 @@ func (pt *partition) waitWorker(deadline <-chan time.Time) {
 // consumer processes acks in order), so an acknowledgement is never lost
 // silently. It retries until confirmed or the generation ends (then the
 // messages are redelivered after AckWait, and recovery orders them).
-func (pt *partition) commit(epoch uint64, last event.Record) {
+//
+// Without an ack pipeline (ackDepth 0) commit does this itself and returns
+// nil. With one it queues the acknowledgements for ackLoop and returns a wait
+// for the confirmation of the checkpoint ackDepth back (nil while fewer are
+// unconfirmed).
+func (pt *partition) commit(epoch uint64, last event.Record, unconfirmed *[]chan struct{}) func() {
 	pt.mu.Lock()
 	if pt.epoch != epoch {
 		pt.mu.Unlock()
-		return
+		return nil
 	}
 	n := sort.Search(len(pt.held), func(i int) bool { return pt.held[i].seq > uint64(last.Offset) })
 	done := pt.held[:n:n]
@@ -757,21 +802,123 @@ func (pt *partition) commit(epoch uint64, last event.Record) {
 	}
 	ctx := pt.workCtx
 	pt.mu.Unlock()
+	if pt.queueAcks(ackJob{ctx: ctx, msgs: done, through: last.Offset, done: make(chan struct{})}, unconfirmed) {
+		if len(*unconfirmed) <= pt.s.ackDepth {
+			return nil
+		}
+		target := (*unconfirmed)[0]
+		*unconfirmed = slices.Delete(*unconfirmed, 0, 1)
+		return func() {
+			select {
+			case <-target:
+			case <-ctx.Done():
+			}
+		}
+	}
+	pt.settle(ctx, done, last.Offset)
+	return nil
+}
+
+// queueAcks hands job to ackLoop and appends it to unconfirmed; false when
+// there is no ack pipeline (or no longer: the workers stopped).
+func (pt *partition) queueAcks(job ackJob, unconfirmed *[]chan struct{}) bool {
+	if pt.s.ackDepth <= 0 {
+		return false
+	}
+	pt.ackMu.Lock()
+	defer pt.ackMu.Unlock()
+	if pt.acks == nil || pt.acksClosed {
+		return false
+	}
+	// The queue has room for every lane's unconfirmed checkpoints: this
+	// waits only while ackLoop retries, which ends with the generation.
+	pt.acks <- job
+	*unconfirmed = append(*unconfirmed, job.done)
+	return true
+}
+
+// settle acknowledges msgs (through is the checkpoint, for the logs): the
+// first try also when the generation is stopping (a batch that finished as
+// the stop came is still acknowledged), then retries until confirmed or ctx
+// ends.
+func (pt *partition) settle(ctx context.Context, msgs []heldMsg, through int64) {
 	for try := 1; ; try++ {
-		// The first try also when the generation is stopping: a batch that
-		// finished as the stop came is still acknowledged.
-		err := settleInOrder(context.WithoutCancel(ctx), pt.s.nc, done, ackBody)
+		err := settleInOrder(context.WithoutCancel(ctx), pt.s.nc, msgs, ackBody)
 		if err == nil {
 			return
 		}
 		if ctx.Err() != nil {
-			pt.s.log.Warn("acknowledging delivered messages failed at shutdown; they will be delivered again", "partition", pt.p, "through", last.Offset, "error", err)
+			pt.s.log.Warn("acknowledging delivered messages failed at shutdown; they will be delivered again", "partition", pt.p, "through", through, "error", err)
 			return
 		}
-		pt.s.log.Warn("acknowledging delivered messages failed; retrying", "partition", pt.p, "through", last.Offset, "try", try, "error", err)
+		pt.s.log.Warn("acknowledging delivered messages failed; retrying", "partition", pt.p, "through", through, "try", try, "error", err)
 		if !sleep(ctx, retryDelay(try)) {
 			return
 		}
+	}
+}
+
+// ackLoop sends the partition's queued acknowledgements in order until the
+// queue is closed: each round takes every job queued, acknowledges their
+// messages with one confirmation request at the end (the server processes a
+// consumer's acknowledgements in order), and marks them all confirmed.
+func (pt *partition) ackLoop() {
+	defer close(pt.acksDone)
+	for job := range pt.acks {
+		jobs := []ackJob{job}
+	more:
+		for {
+			select {
+			case j, ok := <-pt.acks:
+				if !ok {
+					break more
+				}
+				jobs = append(jobs, j)
+			default:
+				break more
+			}
+		}
+		last := jobs[len(jobs)-1]
+		msgs := last.msgs
+		if len(jobs) > 1 {
+			msgs = nil
+			for _, j := range jobs {
+				msgs = append(msgs, j.msgs...)
+			}
+		}
+		pt.settle(last.ctx, msgs, last.through)
+		for _, j := range jobs {
+			close(j.done)
+		}
+	}
+}
+
+// startAcks starts the partition's ackLoop (with an ack pipeline).
+func (pt *partition) startAcks() {
+	if pt.s.ackDepth <= 0 {
+		return
+	}
+	pt.acks = make(chan ackJob, pt.s.ackDepth+pt.s.opts.Worker.ParallelizationFactor+1)
+	pt.acksDone = make(chan struct{})
+	go pt.ackLoop()
+}
+
+// stopAcks closes the ack queue once the workers stopped and waits, until
+// ctx ends, for ackLoop to send what is queued: the acknowledgements reach
+// the server before the NAKs of release and the unpin.
+func (pt *partition) stopAcks(ctx context.Context) {
+	pt.ackMu.Lock()
+	if pt.acks == nil || pt.acksClosed {
+		pt.ackMu.Unlock()
+		return
+	}
+	pt.acksClosed = true
+	close(pt.acks)
+	pt.ackMu.Unlock()
+	select {
+	case <-pt.acksDone:
+	case <-ctx.Done():
+		pt.s.log.Warn("the final acknowledgements were not confirmed in time; those messages are redelivered after AckWait", "partition", pt.p)
 	}
 }
 

@@ -526,3 +526,36 @@ func TestStreamFailoverAfterCrash(t *testing.T) {
 		t.Fatalf("b started with %s, want v0", got.Value)
 	}
 }
+
+// TestStreamAckPipelineAcksAllByStop: with AckPipelineDepth, lanes go on
+// while the acknowledgements of earlier batches are on the wire, and the ack
+// goroutine coalesces what is queued into one round; every delivered message
+// is still acknowledged exactly once (none left pending, none redelivered)
+// by the time Run returned.
+func TestStreamAckPipelineAcksAllByStop(t *testing.T) {
+	e := startServer(t)
+	nc, js := connect(t, e.ClientURL())
+	src := streamSource("CLICKS", "clicks", 2)
+	d := &fakeDeliverer{}
+	opts := fastStream(d, nil, src)
+	opts.AckPipelineDepth = 2
+	s, err := NewStream("clicks", nc, src, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ensure(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	publishKeys(t, js, "clicks", 0, 300, 7)
+	stop := runSource(t, s.Run)
+	waitFor(t, 20*time.Second, "300 records delivered", func() bool { return d.count() == 300 })
+	checkOrder(t, d.delivered())
+	stop()
+	for p := range 2 {
+		info := consumerInfo(t, js, "CLICKS", s.ConsumerName(p))
+		if info.NumAckPending != 0 || info.NumPending != 0 || info.NumRedelivered != 0 {
+			t.Errorf("partition %d after the stop: %d pending acknowledgement, %d pending, %d redelivered; want all acknowledged once",
+				p, info.NumAckPending, info.NumPending, info.NumRedelivered)
+		}
+	}
+}

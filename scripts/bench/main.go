@@ -44,7 +44,7 @@ var steps = []step{
 	{"fairness", "./integration/", "^BenchmarkScopeFairness$", "5x", ""},
 	{"lanes", "./shard/", "^BenchmarkLaneScaling$", "2x", ""},
 	{"memory", "./integration/", "^BenchmarkMemoryPer(Shard|Scope)$", "1x", ""},
-	{"jetstream", "./consumer/nats/", "^BenchmarkStreamVsBareFetch$", "3x", ""},
+	{"jetstream", "./consumer/nats/", "^BenchmarkStreamVsBareFetch(1P)?$", "5x", ""},
 	{"cluster", "./cluster/", "^BenchmarkClusterAcquireVsLocal$", "200000x", ""},
 	{"cluster-handoff", "./cluster/", "^BenchmarkClusterHandOff$", "20x", ""},
 	{"kafka", "./integration/", "^BenchmarkKafkaPipeline(AsyncCommit|Depth8)?$", "3x", "SLUICE_TEST_KAFKA"},
@@ -87,9 +87,21 @@ var rows = map[string][]unitRow{
 		{"x-bare-cpu", row{"Kafka pipeline, CommitPipelineDepth 8: CPU cost", "ratio", "bare CPU time ÷ sluice CPU time"}},
 	},
 	"BenchmarkStreamVsBareFetch": {
-		{"x-bare", row{"JetStream pipeline, in-process no-op function (4 partitions, 50k msgs)", "ratio", "÷ bare jetstream Fetch+Ack loops, msg/s"}},
-		{"sluice-msg/s", row{"  sluice", "msg/s", ""}},
+		{"med-x-bare-piped", row{"JetStream pipeline, in-process no-op function (4 partitions, 50k msgs), acks pipelined (commit_pipeline_depth 2, as `sluice run`)", "ratio", "÷ bare jetstream Fetch+Ack loops, msg/s, median of the rounds"}},
+		{"med-x-bare", row{"  acks confirmed per batch (commit_pipeline_depth 0)", "ratio", "÷ bare, median of the rounds"}},
+		{"piped-msg/s", row{"  sluice, acks pipelined", "msg/s", ""}},
+		{"sluice-msg/s", row{"  sluice, acks confirmed per batch", "msg/s", ""}},
 		{"bare-msg/s", row{"  bare jetstream", "msg/s", ""}},
+		{"piped-cpu-ns/msg", row{"  CPU, acks pipelined", "ns/msg", "the process (embedded server included)"}},
+		{"sluice-cpu-ns/msg", row{"  CPU, acks confirmed per batch", "ns/msg", ""}},
+		{"bare-cpu-ns/msg", row{"  CPU, bare", "ns/msg", ""}},
+	},
+	"BenchmarkStreamVsBareFetch1P": {
+		{"med-x-bare-piped", row{"JetStream pipeline, 1 partition, acks pipelined", "ratio", "÷ bare, median of the rounds"}},
+		{"med-x-bare", row{"  acks confirmed per batch", "ratio", "÷ bare, median of the rounds"}},
+		{"piped-cpu-ns/msg", row{"  CPU, acks pipelined", "ns/msg", ""}},
+		{"sluice-cpu-ns/msg", row{"  CPU, acks confirmed per batch", "ns/msg", ""}},
+		{"bare-cpu-ns/msg", row{"  CPU, bare", "ns/msg", ""}},
 	},
 	"BenchmarkKafkaPipelineHTTP": {
 		{"x-bare", row{"Kafka pipeline to a local no-op HTTP function (4 partitions, 100k records)", "ratio", "÷ bare HTTP client loop posting the same batches, rec/s"}},
@@ -160,7 +172,7 @@ var rows = map[string][]unitRow{
 
 // order is the order of the table's sections.
 var order = []string{
-	"BenchmarkKafkaPipeline", "BenchmarkKafkaPipelineDepth8", "BenchmarkKafkaPipelineAsyncCommit", "BenchmarkStreamVsBareFetch", "BenchmarkKafkaPipelineHTTP",
+	"BenchmarkKafkaPipeline", "BenchmarkKafkaPipelineDepth8", "BenchmarkKafkaPipelineAsyncCommit", "BenchmarkStreamVsBareFetch", "BenchmarkStreamVsBareFetch1P", "BenchmarkKafkaPipelineHTTP",
 	"BenchmarkDispatcherVsSemaphore/uncontended", "BenchmarkDispatcherVsSemaphore/contended-8", "BenchmarkDispatcherVsSemaphore/1000-scopes-8",
 	"BenchmarkThrottledResume", "BenchmarkScopeFairness", "BenchmarkLaneScaling", "BenchmarkMemoryPerShard", "BenchmarkMemoryPerScope",
 	"BenchmarkKafkaPartitions/p=1", "BenchmarkKafkaPartitions/p=4", "BenchmarkKafkaPartitions/p=16", "BenchmarkKafkaPartitions/p=64",
