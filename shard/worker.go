@@ -2,7 +2,6 @@ package shard
 
 import (
 	"context"
-	"hash/fnv"
 	"log/slog"
 	"math"
 	"sync"
@@ -124,7 +123,7 @@ type Worker struct {
 }
 
 type pendingRec struct {
-	rec  event.Record
+	rec  *event.Record // in the slice the router took; read-only
 	done bool
 }
 
@@ -331,8 +330,10 @@ func (w *Worker) route(ctx context.Context, lanes []chan []event.Record) {
 		}
 		if len(recs) > 0 {
 			w.mu.Lock()
-			for _, r := range recs {
-				w.pending = append(w.pending, pendingRec{rec: r})
+			for i := range recs {
+				// A pointer, not a copy: every record is copied once already,
+				// into its lane's batch.
+				w.pending = append(w.pending, pendingRec{rec: &recs[i]})
 			}
 			w.mu.Unlock()
 			for _, r := range recs {
@@ -386,10 +387,16 @@ func (w *Worker) buffered() int {
 	return w.bufLen
 }
 
+// laneOf is the lane of a key: its 32-bit FNV-1a hash modulo n, computed
+// inline (hash/fnv's interface value cost an allocation per record).
 func laneOf(key []byte, n int) int {
-	h := fnv.New32a()
-	_, _ = h.Write(key)
-	return int(h.Sum32() % uint32(n))
+	const offset32, prime32 = 2166136261, 16777619
+	h := uint32(offset32)
+	for _, c := range key {
+		h ^= uint32(c)
+		h *= prime32
+	}
+	return int(h % uint32(n))
 }
 
 // take waits for records and returns up to maxRecs of them, within maxBytes
@@ -577,8 +584,8 @@ func (w *Worker) done(b []event.Record) (wait func()) {
 			k++
 		}
 		if k > 0 {
-			r := w.pending[k-1].rec
-			last = &r
+			last = w.pending[k-1].rec
+			clear(w.pending[:k]) // let the taken slices go once checkpointed
 			w.pending = w.pending[k:]
 		}
 	}

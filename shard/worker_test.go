@@ -1,9 +1,11 @@
 package shard
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"slices"
 	"sync"
@@ -712,5 +714,19 @@ func TestRouterKeepsFullBatches(t *testing.T) {
 	// batch per lane at the end.
 	if calls > n/100+2 {
 		t.Errorf("%d calls for %d records in batches of 100, want at most %d", calls, n, n/100+2)
+	}
+}
+
+// TestLaneOfIsFNV1a: the inline hash spreads keys over lanes exactly as
+// hash/fnv's 32-bit FNV-1a did, so a key keeps its lane across versions.
+func TestLaneOfIsFNV1a(t *testing.T) {
+	for _, key := range [][]byte{nil, {}, []byte("a"), []byte("tenant-42"), {0, 0xff, '\n'}, bytes.Repeat([]byte("k"), 300)} {
+		h := fnv.New32a()
+		_, _ = h.Write(key)
+		for _, n := range []int{1, 2, 3, 10} {
+			if got, want := laneOf(key, n), int(h.Sum32()%uint32(n)); got != want {
+				t.Errorf("laneOf(%q, %d) = %d, want %d", key, n, got, want)
+			}
+		}
 	}
 }
