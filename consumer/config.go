@@ -50,7 +50,7 @@ const (
 	// DefaultCommitPipelineDepth is how many checkpoints a Kafka stream
 	// lane may run ahead of the last confirmed offset commit
 	// (commit_pipeline_depth): chosen by measurement (BENCHMARKS.md).
-	DefaultCommitPipelineDepth = 2
+	DefaultCommitPipelineDepth = 4
 	MaxCommitPipelineDepth     = 64
 	MaxStreamRetryAttempts     = 10000
 	MinRecordAge               = shard.Age(60 * time.Second)

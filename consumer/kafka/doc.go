@@ -14,7 +14,7 @@
 //     a bound: a lane marks a finished batch and goes on to its next while
 //     the commit is on the wire, and waits (holding no lock, so the other
 //     lanes of its shard go on) only for the commit of the checkpoint
-//     Options.CommitPipelineDepth back (commit_pipeline_depth, default 2 in
+//     Options.CommitPipelineDepth back (commit_pipeline_depth, default 4 in
 //     the configuration, consumer.DefaultCommitPipelineDepth). One committer
 //     per client coalesces the marks of every partition into each commit
 //     request and starts the next round as soon as one returns. A kill -9

@@ -122,7 +122,7 @@ type Options struct {
 	// beyond its last confirmed commit (without AsyncCommit; a shard of N
 	// lanes leaves N × CommitPipelineDepth checkpoints unconfirmed): 0 here, as
 	// described above; the configuration's commit_pipeline_depth defaults to
-	// consumer.DefaultCommitPipelineDepth (2), measured in BENCHMARKS.md. With depth d, a lane delivers batch N+1 while the
+	// consumer.DefaultCommitPipelineDepth (4), measured in BENCHMARKS.md. With depth d, a lane delivers batch N+1 while the
 	// commit of N is on the wire and a crash redelivers at most d+1 batches
 	// per lane. A lane whose batches take less time than a commit round trip
 	// (a fast function, a local broker: a few ms) delivers d+1 batches per

@@ -48,15 +48,19 @@ type scenario struct {
 	// parallelization_factor compared on the same partition, where eight
 	// partitions × pf 10 would measure only the CPUs of the machine.
 	one bool
+	// ordered runs the floor with -ordered: one request per partition in
+	// flight, the order sluice keeps with parallelization_factor 1.
+	ordered bool
 }
 
 var scenarios = []scenario{
-	{"b100 0ms pf1", 100, 0, 1, true, false},
-	{"b500 0ms pf1", 500, 0, 1, true, false},
-	{"b100 5ms pf1", 100, 5 * time.Millisecond, 1, true, false},
-	{"b100 5ms pf10", 100, 5 * time.Millisecond, 10, false, false}, // against the floor of "b100 5ms pf1"
-	{"1p b100 5ms pf1", 100, 5 * time.Millisecond, 1, false, true},
-	{"1p b100 5ms pf10", 100, 5 * time.Millisecond, 10, false, true},
+	{"b100 0ms pf1", 100, 0, 1, true, false, false},
+	{"b500 0ms pf1", 500, 0, 1, true, false, false},
+	{"b500 0ms pf1 ordered floor", 500, 0, 1, true, false, true},
+	{"b100 5ms pf1", 100, 5 * time.Millisecond, 1, true, false, false},
+	{"b100 5ms pf10", 100, 5 * time.Millisecond, 10, false, false, false}, // against the floor of "b100 5ms pf1"
+	{"1p b100 5ms pf1", 100, 5 * time.Millisecond, 1, false, true, false},
+	{"1p b100 5ms pf10", 100, 5 * time.Millisecond, 10, false, true, false},
 }
 
 type result struct {
@@ -139,7 +143,7 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 				var cmd *exec.Cmd
 				if side == "floor" {
 					cmd = exec.Command(floorBin, "-brokers", broker, "-topic", topic, "-group", group, "-url", url,
-						"-batch", fmt.Sprint(sc.batch), "-inflight", "16")
+						"-batch", fmt.Sprint(sc.batch), "-inflight", "16", fmt.Sprintf("-ordered=%t", sc.ordered))
 				} else {
 					cfg, err := sluiceConfig(dir, broker, topic, group, url, sc, depth)
 					if err != nil {
