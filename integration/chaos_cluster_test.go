@@ -83,7 +83,7 @@ func TestChaosCluster(t *testing.T) {
 	for k := range kills {
 		victim := holder()
 		held := fnShare(procs[victim])
-		back, ran6 := killHolder(t, &aliveMu, procs, victim, fn)
+		back, ran6 := killHolder(t, &aliveMu, procs, victim, fn, 30*time.Second)
 		shareBack = append(shareBack, back)
 		running6 = append(running6, ran6)
 		t.Logf("kill %d: process %d held %v of 6; the survivors hold all 6 after %s, the function sees 6 running after %s",

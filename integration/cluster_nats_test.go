@@ -25,7 +25,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -468,8 +467,9 @@ func (f *concFn) waitCalled(t *testing.T) {
 
 // killHolder kills process victim (kill -9; procs[victim] becomes nil under
 // mu) and measures how long until the survivors' shares of fn add up to
-// the whole reservation (6) again, and until the function sees 6 running.
-func killHolder(t *testing.T, mu *sync.Mutex, procs []*sluiceProc, victim int, fn *concFn) (shareBack, running6 time.Duration) {
+// the whole reservation (6) again, and until the function sees 6 running
+// (each within wait).
+func killHolder(t *testing.T, mu *sync.Mutex, procs []*sluiceProc, victim int, fn *concFn, wait time.Duration) (shareBack, running6 time.Duration) {
 	t.Helper()
 	mu.Lock()
 	dead := procs[victim]
@@ -480,9 +480,12 @@ func killHolder(t *testing.T, mu *sync.Mutex, procs []*sluiceProc, victim int, f
 	fn.mu.Lock()
 	fn.reached6 = time.Time{}
 	fn.mu.Unlock()
-	eventually(t, 30*time.Second, "the others' shares of fn reach 6 again", func() error {
+	eventually(t, wait, "the others' shares of fn reach 6 again", func() error {
 		sum := 0.0
-		for _, p := range procs {
+		for i := range procs {
+			mu.Lock()
+			p := procs[i]
+			mu.Unlock()
 			if p == nil {
 				continue
 			}
@@ -498,7 +501,7 @@ func killHolder(t *testing.T, mu *sync.Mutex, procs []*sluiceProc, victim int, f
 		shareBack = time.Since(killed)
 		return nil
 	})
-	eventually(t, 30*time.Second, "the others reach 6 running again", func() error {
+	eventually(t, wait, "the others reach 6 running again", func() error {
 		fn.mu.Lock()
 		defer fn.mu.Unlock()
 		if fn.reached6.After(killed) {
@@ -527,18 +530,17 @@ func TestClusterNATS(t *testing.T) {
 			"(run under scripts/brokers/with-brokers.sh; %s=1: a missing broker is a failure)", envRequire)
 	}
 	env, fn, procs := startCluster(t, url)
+	c := &clusterRun{t: t, fn: fn, cfgs: env.cfgs, procs: procs}
 	pubCtx, stopPub := context.WithCancel(t.Context())
 	defer stopPub()
 	go env.publish(pubCtx, fn, 150)
-
-	check := func(phase string) { fn.check(t, phase) }
 
 	// Phase 1: steady demand.
 	fn.waitCalled(t)
 	fn.window()
 	time.Sleep(8 * time.Second)
 	avg := fn.average()
-	check("steady")
+	c.check("steady")
 	var cv clusterView
 	if err := api(procs[0], http.MethodGet, "/v1/cluster", nil, &cv); err != nil {
 		t.Fatal(err)
@@ -558,10 +560,6 @@ func TestClusterNATS(t *testing.T) {
 		loadMu sync.Mutex
 		loaded *sluiceProc
 	)
-	share := func(p *sluiceProc) float64 {
-		v, _ := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
-		return v
-	}
 	uctx, stopUneven := context.WithCancel(t.Context())
 	uwg := ingressLoad(uctx, 6, func(int) *sluiceProc { loadMu.Lock(); defer loadMu.Unlock(); return loaded })
 	var handoffs []time.Duration
@@ -572,7 +570,7 @@ func TestClusterNATS(t *testing.T) {
 		loadMu.Unlock()
 		switched := time.Now()
 		eventually(t, 15*time.Second, "the loaded process holds its fair part", func() error {
-			if v := share(next); v < 3 {
+			if v := fnShare(next); v < 3 {
 				return fmt.Errorf("share %v", v)
 			}
 			return nil
@@ -588,110 +586,33 @@ func TestClusterNATS(t *testing.T) {
 	if handoffs[len(handoffs)-1] > 3*time.Second {
 		t.Errorf("a hand-off took %s, want about a second", handoffs[len(handoffs)-1])
 	}
-	check("uneven demand")
+	c.check("uneven demand")
 
 	// From here on every process has demand: ingress load on all three
 	// beside the stream on the process that owns its partitions.
-	var aliveMu sync.Mutex
-	alive := func(i int) *sluiceProc {
-		aliveMu.Lock()
-		defer aliveMu.Unlock()
-		return procs[i%3]
-	}
 	lctx, stopLoad := context.WithCancel(t.Context())
-	lwg := ingressLoad(lctx, 6, alive)
+	lwg := ingressLoad(lctx, 6, c.proc)
 	defer func() { stopLoad(); lwg.Wait() }()
 	fn.window()
 	time.Sleep(5 * time.Second)
 	t.Logf("load on all three processes: time-weighted average concurrency %.2f of 6 over 5s", fn.average())
-	check("load on all three")
+	c.check("load on all three")
 
 	// Phase 2: a rule changed through process 1's API holds on 2 and 3.
-	changed := time.Now()
-	if err := api(procs[0], http.MethodPut, "/v1/rules/tenant-0", map[string]any{"concurrency": 1}, nil); err != nil {
-		t.Fatal(err)
-	}
-	var seenAt [3]time.Duration
-	eventually(t, 10*time.Second, "processes 2 and 3 see the new rule", func() error {
-		for i := 1; i < 3; i++ {
-			if seenAt[i] > 0 {
-				continue
-			}
-			var r struct {
-				Concurrency int `json:"concurrency"`
-			}
-			if err := api(procs[i], http.MethodGet, "/v1/rules/tenant-0", nil, &r); err == nil && r.Concurrency == 1 {
-				seenAt[i] = time.Since(changed)
-			}
-		}
-		if seenAt[1] == 0 || seenAt[2] == 0 {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
-	t.Logf("rule change through process 1: seen by process 2 after %s, process 3 after %s",
-		seenAt[1].Round(time.Millisecond), seenAt[2].Round(time.Millisecond))
-	if seenAt[1] > time.Second || seenAt[2] > time.Second {
-		t.Errorf("the rule change took more than 1s to apply on every process")
-	}
-	// From the moment the last process applied it plus one invocation
-	// (those running may finish), tenant-0 runs at most 1 at a time.
-	fn.mu.Lock()
-	fn.limit["tenant-0"] = 1
-	fn.since = changed.Add(max(seenAt[1], seenAt[2]) + fn.hold + 50*time.Millisecond)
-	fn.mu.Unlock()
-	time.Sleep(3 * time.Second)
-	check("rule change")
-
-	// Hand-off latency as the members measured it.
-	p50, n := histogramQuantile(t, procs, "sluice_cluster_rebalance_seconds", 0.5)
-	p99, _ := histogramQuantile(t, procs, "sluice_cluster_rebalance_seconds", 0.99)
-	t.Logf("hand-off (sluice_cluster_rebalance_seconds over the three processes, before the kill): %0.f hand-offs, p50 ≤ %.2fs, p99 ≤ %.2fs", n, p50, p99)
+	c.ruleChange()
+	c.logHandoffs("before the kill")
 
 	// Phase 3: kill -9 of a process holding capacity.
-	victim := -1
-	for i, p := range procs {
-		if v, err := p.metric("sluice_cluster_share", map[string]string{"function": "fn"}); err == nil && v > 0 {
-			victim = i
-			break
-		}
-	}
-	if victim < 0 {
-		t.Fatal("no process holds a share of fn")
-	}
-	shareBack, back := killHolder(t, &aliveMu, procs, victim, fn)
+	victim, shareBack, back := c.killHolder(30 * time.Second)
 	t.Logf("kill -9 of process %d holding capacity: the others hold all 6 after %s, the function sees 6 running again after %s (lease 3s; its partitions move after the pin TTL, 2 × ack_wait = 10s)",
 		victim+1, shareBack.Round(time.Millisecond), back.Round(time.Millisecond))
 	if shareBack > 3*time.Second+2*time.Second {
 		t.Errorf("the others took %s to hold the whole reservation again, want lease (3s) + about a second", shareBack)
 	}
-	check("kill -9")
-	restarted := startSluice(t, fmt.Sprintf("sluice %d again", victim+1), env.cfgs[victim])
-	aliveMu.Lock()
-	procs[victim] = restarted
-	aliveMu.Unlock()
 
 	// Phase 4: the nats-server stops for 20 s.
 	if brokersDir != "" {
-		brokerCtl(t, "down.sh", "nats")
-		stopped := time.Now()
-		time.Sleep(20 * time.Second)
-		brokerCtl(t, "up.sh", "nats")
-		up := time.Now()
-		fn.mu.Lock()
-		before := fn.requests
-		fn.mu.Unlock()
-		eventually(t, 60*time.Second, "the cluster calls the function again after the outage", func() error {
-			fn.mu.Lock()
-			defer fn.mu.Unlock()
-			if fn.requests < before+50 {
-				return fmt.Errorf("%d requests since", fn.requests-before)
-			}
-			return nil
-		})
-		t.Logf("nats-server down %s: invocations flowing again %s after it was back, no restart", up.Sub(stopped).Round(time.Millisecond),
-			time.Since(up).Round(time.Millisecond))
-		check("nats outage")
+		c.outage("nats", 60*time.Second)
 	} else {
 		t.Log("SLUICE_TEST_BROKERS_DIR unset: the nats-server outage phase needs scripts/brokers/with-brokers.sh")
 	}
@@ -699,34 +620,16 @@ func TestClusterNATS(t *testing.T) {
 	// Phase 5: all three restart; the rule changed through the API is kept.
 	stopLoad()
 	lwg.Wait()
-	for _, p := range procs {
-		p.stop(syscall.SIGTERM)
-	}
-	for i := range procs {
-		procs[i] = startSluice(t, fmt.Sprintf("sluice %d restarted", i+1), env.cfgs[i])
-	}
-	for i, p := range procs {
-		var r struct {
-			Concurrency int    `json:"concurrency"`
-			Origin      string `json:"origin"`
-			Version     int    `json:"version"`
-		}
-		if err := api(p, http.MethodGet, "/v1/rules/tenant-0", nil, &r); err != nil {
-			t.Fatalf("process %d after the restart: %v", i+1, err)
-		}
-		if r.Concurrency != 1 || r.Origin != "api" {
-			t.Errorf("process %d after the restart: rule tenant-0 = %+v, want concurrency 1 from the api", i+1, r)
-		}
-	}
+	c.restartAll()
 	time.Sleep(3 * time.Second)
 	stopPub()
-	check("restart")
+	c.check("restart")
 	// Nothing lost through the kill -9, the outage and the restarts: the
 	// stream's records reach the function once the new processes own the
 	// partitions (after the pin TTL, 2 × ack_wait, and ack_wait for the
 	// redelivery of what the stopped processes had in flight).
 	env.waitAllDelivered(t, fn, 90*time.Second)
-	check("drain")
+	c.check("drain")
 	fn.mu.Lock()
 	t.Logf("overall: %d requests, max running %d (limit 6), max per tenant %v", fn.requests, fn.maxAll, fn.maxScope)
 	fn.mu.Unlock()

@@ -3,13 +3,11 @@ package integration
 // The phases of the cluster acceptance tests that do not depend on the
 // engine's broker: a rule change through process 1's API, kill -9 of a
 // process holding capacity, a stop of a broker, a restart of all three.
-// TestClusterKafka runs them; TestClusterNATS (cluster_nats_test.go) has
-// the same phases written inline and can call these instead.
+// TestClusterKafka and TestClusterNATS run them.
 
 import (
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -37,9 +35,7 @@ func (c *clusterRun) proc(i int) *sluiceProc {
 // check fails the test on any over-admission the function saw so far.
 func (c *clusterRun) check(phase string) {
 	c.t.Helper()
-	if v := c.fn.violations(); len(v) > 0 {
-		c.t.Fatalf("%s: over-admitted %d times, first: %s", phase, len(v), strings.Join(v[:min(5, len(v))], "; "))
-	}
+	c.fn.check(c.t, phase)
 }
 
 // ruleChange lowers tenant-0's rule to 1 through process 1's API and
@@ -109,43 +105,7 @@ func (c *clusterRun) killHolder(wait time.Duration) (victim int, shareBack, back
 	if victim < 0 {
 		t.Fatal("no process holds a share of fn")
 	}
-	c.mu.Lock()
-	dead := c.procs[victim]
-	c.procs[victim] = nil
-	c.mu.Unlock()
-	dead.kill()
-	killed := time.Now()
-	c.fn.mu.Lock()
-	c.fn.reached6 = time.Time{}
-	c.fn.mu.Unlock()
-	eventually(t, wait, "the others' shares of fn reach 6 again", func() error {
-		sum := 0.0
-		for i := range 3 {
-			p := c.proc(i)
-			if p == nil {
-				continue
-			}
-			v, err := p.metric("sluice_cluster_share", map[string]string{"function": "fn"})
-			if err != nil {
-				return err
-			}
-			sum += v
-		}
-		if sum < 6 {
-			return fmt.Errorf("shares %v", sum)
-		}
-		shareBack = time.Since(killed)
-		return nil
-	})
-	eventually(t, wait, "the others reach 6 running again", func() error {
-		c.fn.mu.Lock()
-		defer c.fn.mu.Unlock()
-		if c.fn.reached6.After(killed) {
-			back = c.fn.reached6.Sub(killed)
-			return nil
-		}
-		return fmt.Errorf("max so far %d", c.fn.maxAll)
-	})
+	shareBack, back = killHolder(t, &c.mu, c.procs, victim, c.fn, wait)
 	c.check("kill -9")
 	restarted := startSluice(t, fmt.Sprintf("sluice %d again", victim+1), c.cfgs[victim])
 	c.mu.Lock()
