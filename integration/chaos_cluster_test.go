@@ -50,7 +50,7 @@ func TestChaosCluster(t *testing.T) {
 	lwg := ingressLoad(lctx, 9, alive)
 	defer func() { stopLoad(); lwg.Wait() }()
 	check := func(phase string) { fn.check(t, phase) }
-	fn.waitCalled(t)
+	fn.waitCalled(t, 60*time.Second)
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	var shareBack, running6 []time.Duration

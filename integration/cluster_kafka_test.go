@@ -15,11 +15,8 @@ package integration
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -126,69 +123,17 @@ func TestClusterKafka(t *testing.T) {
 	go publishKafka(pubCtx, pub, topic, fn, &published, 150)
 
 	// Phase 1: steady demand.
-	eventually(t, 90*time.Second, "the function is called by the cluster", func() error {
-		fn.mu.Lock()
-		defer fn.mu.Unlock()
-		if fn.requests < 50 {
-			return fmt.Errorf("%d requests", fn.requests)
-		}
-		return nil
-	})
+	fn.waitCalled(t, 90*time.Second)
 	// The source's group settles (the processes joined one after the
 	// other; what its rebalances abandoned holds its slots for the
 	// function's timeout, 2s) before the steady window.
 	time.Sleep(3 * time.Second)
-	fn.window()
-	time.Sleep(8 * time.Second)
-	avg := fn.average()
-	c.check("steady")
-	var cv clusterView
-	if err := api(c.proc(0), http.MethodGet, "/v1/cluster", nil, &cv); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("steady: time-weighted average concurrency %.2f of 6 over 8s; %d members", avg, len(cv.Members))
-	if len(cv.Members) != 3 {
-		t.Errorf("GET /v1/cluster lists %d members, want 3", len(cv.Members))
-	}
-	if avg < 3 {
-		t.Errorf("steady: average concurrency %.2f, want most of the 6 in use", avg)
-	}
+	c.steady()
 
-	// Uneven demand: ingress load on one process, then on another; the time
-	// from the switch until the newly loaded process holds its fair part
-	// (2 of 6: the three processes share the topic's partitions and so its
-	// demand) is one hand-off.
-	var (
-		loadMu sync.Mutex
-		loaded *sluiceProc
-	)
-	uctx, stopUneven := context.WithCancel(t.Context())
-	uwg := ingressLoad(uctx, 6, func(int) *sluiceProc { loadMu.Lock(); defer loadMu.Unlock(); return loaded })
-	var handoffs []time.Duration
-	for round := range 4 {
-		next := c.proc(round)
-		loadMu.Lock()
-		loaded = next
-		loadMu.Unlock()
-		switched := time.Now()
-		eventually(t, 15*time.Second, "the loaded process holds its fair part", func() error {
-			if v, _ := next.metric("sluice_cluster_share", map[string]string{"function": "fn"}); v < 2 {
-				return fmt.Errorf("share %v", v)
-			}
-			return nil
-		})
-		handoffs = append(handoffs, time.Since(switched))
-		time.Sleep(1500 * time.Millisecond)
-	}
-	stopUneven()
-	uwg.Wait()
-	slices.Sort(handoffs)
-	t.Logf("uneven demand: %d hand-offs to the newly loaded process (its share of fn ≥ 2 of 6, from the switch of the load, metrics polled): %v; max %s",
-		len(handoffs), handoffs, handoffs[len(handoffs)-1].Round(time.Millisecond))
-	if handoffs[len(handoffs)-1] > 3*time.Second {
-		t.Errorf("a hand-off took %s, want about a second", handoffs[len(handoffs)-1])
-	}
-	c.check("uneven demand")
+	// Uneven demand: each process loaded in turn; the fair part of the
+	// newly loaded one is 2 of 6 (the three processes share the topic's
+	// partitions and so its demand).
+	c.unevenDemand(2, 0, 1, 2, 0)
 
 	// From here on every process has ingress demand too.
 	lctx, stopLoad := context.WithCancel(t.Context())

@@ -452,10 +452,11 @@ func (f *concFn) check(t *testing.T, phase string) {
 	}
 }
 
-// waitCalled waits until the cluster called the function 50 times.
-func (f *concFn) waitCalled(t *testing.T) {
+// waitCalled waits (up to within) until the cluster called the function 50
+// times.
+func (f *concFn) waitCalled(t *testing.T, within time.Duration) {
 	t.Helper()
-	eventually(t, 60*time.Second, "the function is called by the cluster", func() error {
+	eventually(t, within, "the function is called by the cluster", func() error {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if f.requests < 50 {
@@ -536,57 +537,13 @@ func TestClusterNATS(t *testing.T) {
 	go env.publish(pubCtx, fn, 150)
 
 	// Phase 1: steady demand.
-	fn.waitCalled(t)
-	fn.window()
-	time.Sleep(8 * time.Second)
-	avg := fn.average()
-	c.check("steady")
-	var cv clusterView
-	if err := api(procs[0], http.MethodGet, "/v1/cluster", nil, &cv); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("steady: time-weighted average concurrency %.2f of 6 over 8s; %d members", avg, len(cv.Members))
-	if len(cv.Members) != 3 {
-		t.Errorf("GET /v1/cluster lists %d members, want 3", len(cv.Members))
-	}
-	if avg < 3 {
-		t.Errorf("steady: average concurrency %.2f, want most of the 6 in use", avg)
-	}
+	fn.waitCalled(t, 60*time.Second)
+	c.steady()
 
-	// Uneven demand: ingress load on one process, then on another; the time
-	// from the switch until the newly loaded process holds its fair part
-	// (3 of 6: the stream's process keeps its demand) is one hand-off.
-	var (
-		loadMu sync.Mutex
-		loaded *sluiceProc
-	)
-	uctx, stopUneven := context.WithCancel(t.Context())
-	uwg := ingressLoad(uctx, 6, func(int) *sluiceProc { loadMu.Lock(); defer loadMu.Unlock(); return loaded })
-	var handoffs []time.Duration
-	for round := range 6 {
-		next := procs[1+round%2] // processes 2 and 3 in turn (1 owns the stream's partitions)
-		loadMu.Lock()
-		loaded = next
-		loadMu.Unlock()
-		switched := time.Now()
-		eventually(t, 15*time.Second, "the loaded process holds its fair part", func() error {
-			if v := fnShare(next); v < 3 {
-				return fmt.Errorf("share %v", v)
-			}
-			return nil
-		})
-		handoffs = append(handoffs, time.Since(switched))
-		time.Sleep(1500 * time.Millisecond)
-	}
-	stopUneven()
-	uwg.Wait()
-	slices.Sort(handoffs)
-	t.Logf("uneven demand: %d hand-offs to the newly loaded process (its share of fn ≥ 3 of 6, from the switch of the load, metrics polled): %v; max %s",
-		len(handoffs), handoffs, handoffs[len(handoffs)-1].Round(time.Millisecond))
-	if handoffs[len(handoffs)-1] > 3*time.Second {
-		t.Errorf("a hand-off took %s, want about a second", handoffs[len(handoffs)-1])
-	}
-	c.check("uneven demand")
+	// Uneven demand: processes 2 and 3 loaded in turn; the fair part of
+	// the newly loaded one is 3 of 6 (process 1 owns the stream's
+	// partitions and keeps their demand).
+	c.unevenDemand(3, 1, 2, 1, 2, 1, 2)
 
 	// From here on every process has demand: ingress load on all three
 	// beside the stream on the process that owns its partitions.

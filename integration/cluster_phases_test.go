@@ -1,13 +1,16 @@
 package integration
 
 // The phases of the cluster acceptance tests that do not depend on the
-// engine's broker: a rule change through process 1's API, kill -9 of a
-// process holding capacity, a stop of a broker, a restart of all three.
+// engine's broker: steady demand, uneven demand, a rule change through
+// process 1's API, kill -9 of a process holding capacity, a stop of a
+// broker, a restart of all three.
 // TestClusterKafka and TestClusterNATS run them.
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -36,6 +39,69 @@ func (c *clusterRun) proc(i int) *sluiceProc {
 func (c *clusterRun) check(phase string) {
 	c.t.Helper()
 	c.fn.check(c.t, phase)
+}
+
+// steady measures the time-weighted concurrency the function sees over 8 s
+// (want most of the 6 in use) and that GET /v1/cluster lists the three
+// members.
+func (c *clusterRun) steady() {
+	t := c.t
+	t.Helper()
+	c.fn.window()
+	time.Sleep(8 * time.Second)
+	avg := c.fn.average()
+	c.check("steady")
+	var cv clusterView
+	if err := api(c.proc(0), http.MethodGet, "/v1/cluster", nil, &cv); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("steady: time-weighted average concurrency %.2f of 6 over 8s; %d members", avg, len(cv.Members))
+	if len(cv.Members) != 3 {
+		t.Errorf("GET /v1/cluster lists %d members, want 3", len(cv.Members))
+	}
+	if avg < 3 {
+		t.Errorf("steady: average concurrency %.2f, want most of the 6 in use", avg)
+	}
+}
+
+// unevenDemand puts ingress load on one process at a time, in the order
+// given (process indexes); the time from a switch until the newly loaded
+// process's share of fn reaches fair (its fair part beside the source's
+// demand) is one hand-off, and each must take about a second.
+func (c *clusterRun) unevenDemand(fair float64, order ...int) {
+	t := c.t
+	t.Helper()
+	var (
+		loadMu sync.Mutex
+		loaded *sluiceProc
+	)
+	uctx, stopUneven := context.WithCancel(t.Context())
+	uwg := ingressLoad(uctx, 6, func(int) *sluiceProc { loadMu.Lock(); defer loadMu.Unlock(); return loaded })
+	var handoffs []time.Duration
+	for _, i := range order {
+		next := c.proc(i)
+		loadMu.Lock()
+		loaded = next
+		loadMu.Unlock()
+		switched := time.Now()
+		eventually(t, 15*time.Second, "the loaded process holds its fair part", func() error {
+			if v := fnShare(next); v < fair {
+				return fmt.Errorf("share %v", v)
+			}
+			return nil
+		})
+		handoffs = append(handoffs, time.Since(switched))
+		time.Sleep(1500 * time.Millisecond)
+	}
+	stopUneven()
+	uwg.Wait()
+	slices.Sort(handoffs)
+	t.Logf("uneven demand: %d hand-offs to the newly loaded process (its share of fn ≥ %v of 6, from the switch of the load, metrics polled): %v; max %s",
+		len(handoffs), fair, handoffs, handoffs[len(handoffs)-1].Round(time.Millisecond))
+	if handoffs[len(handoffs)-1] > 3*time.Second {
+		t.Errorf("a hand-off took %s, want about a second", handoffs[len(handoffs)-1])
+	}
+	c.check("uneven demand")
 }
 
 // ruleChange lowers tenant-0's rule to 1 through process 1's API and
