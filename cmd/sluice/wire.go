@@ -302,8 +302,17 @@ func (a *app) run(ctx context.Context) error {
 	case err := <-served:
 		runErr = fmt.Errorf("run: admin API: %w", err)
 	case err := <-srcErrs:
+		if ctx.Err() != nil {
+			// The stop reached this source before this select saw it:
+			// judged with the others' results below.
+			srcErrs <- err // its slot was just emptied: never blocks
+			break
+		}
 		// A source that stops on its own has failed: stop everything, so a
 		// supervisor restarts sluice instead of it running half-deaf.
+		if err == nil {
+			err = errors.New("without an error")
+		}
 		runErr = fmt.Errorf("run: source stopped: %w", err)
 	}
 	a.ready.Store(false)
