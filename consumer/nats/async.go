@@ -107,6 +107,10 @@ type Async struct {
 	mu       sync.Mutex
 	running  bool
 	inflight map[uint64]jetstream.Msg // by stream sequence: events being handled, kept with InProgress
+
+	// nakWithDelay hands an event back (m.NakWithDelay; tests drop it, as
+	// a crash between recording the retry state and the NAK would).
+	nakWithDelay func(m jetstream.Msg, delay time.Duration) error
 }
 
 // NewAsync checks the settings and returns an Async source for source name
@@ -169,7 +173,8 @@ func NewAsync(name string, nc *natsgo.Conn, src consumer.SourceConfig, opts Asyn
 			MaxAttempts: src.MaxRetryAttempts, MaxAge: src.MaxEventAge, AgeCondition: event.EventAgeExceeded,
 			Backoff: event.Backoff{Initial: b.Initial, Max: b.Max, Multiplier: b.Multiplier, Jitter: b.Jitter},
 		},
-		inflight: make(map[uint64]jetstream.Msg),
+		inflight:     make(map[uint64]jetstream.Msg),
+		nakWithDelay: func(m jetstream.Msg, d time.Duration) error { return m.NakWithDelay(d) },
 	}
 	a.metrics = consumer.NewAsyncMetrics(name)
 	if opts.Registerer != nil {
@@ -393,6 +398,12 @@ type asyncState struct {
 	First     time.Time       `json:"firstAttemptAt"`
 	Last      time.Time       `json:"lastAttemptAt"`
 	LastError event.ErrorInfo `json:"lastError"`
+	// Due is when the event may be invoked again (this process's clock
+	// when it was handed back, plus the wait it asked the server for).
+	Due time.Time `json:"dueAt,omitzero"`
+	// Early counts deliveries that came before Due and were handed back
+	// without an invocation: not attempts.
+	Early int `json:"early,omitempty"`
 }
 
 // state is st as the redelivery policy sees it, with attempts counted.
@@ -434,11 +445,20 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 			return // stopping: the event is redelivered and read again
 		}
 	}
-	// Every earlier delivery that is not a recorded throttle counts as an
-	// attempt: the recorded failures, and deliveries whose outcome was
-	// never recorded (a crash or a lost connection mid-invocation: the
-	// function may have run).
-	attempts := max(st.Failures, int(md.NumDelivered)-1-st.Throttles, 0)
+	// A delivery before the recorded due time is handed back until then:
+	// the NAK that asked for the wait may never have reached the server (a
+	// crash right after the state was recorded brings the event back after
+	// AckWait, which may be shorter than the backoff), and the server
+	// schedules redelivery by its own clock.
+	if hasState && now.Before(st.Due) {
+		a.handBack(ctx, m, key, st)
+		return
+	}
+	// Every earlier delivery that is not a recorded throttle or early
+	// delivery counts as an attempt: the recorded failures, and deliveries
+	// whose outcome was never recorded (a crash or a lost connection
+	// mid-invocation: the function may have run).
+	attempts := max(st.Failures, int(md.NumDelivered)-1-st.Throttles-st.Early, 0)
 	rs := st.state(attempts)
 	if cond, ok := a.policy.Before(&rs, rec.Timestamp, now); ok {
 		a.finish(ctx, m, rec, key, hasState, cond, rs)
@@ -482,10 +502,11 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 func (a *Async) retry(ctx context.Context, m jetstream.Msg, key string, st asyncState, delay time.Duration, attempts int) {
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
 	defer cancel()
+	st.Due = time.Now().Add(delay)
 	a.saveState(bctx, key, st)
 	var err error
 	if delay > 0 {
-		err = m.NakWithDelay(delay)
+		err = a.nakWithDelay(m, delay)
 	} else {
 		err = m.Nak()
 	}
@@ -493,6 +514,21 @@ func (a *Async) retry(ctx context.Context, m jetstream.Msg, key string, st async
 		a.log.Warn("handing an event back for retry failed; it is redelivered after AckWait", "subject", m.Subject(), "error", err)
 	}
 	a.log.Debug("event retried later", "key", key, "attempts", attempts, "throttles", st.Throttles, "delay", delay, "error", st.LastError.Message)
+}
+
+// handBack returns an event delivered before its due time to the server
+// until then, without invoking it; the delivery is recorded as early first,
+// so that it is not counted as an attempt.
+func (a *Async) handBack(ctx context.Context, m jetstream.Msg, key string, st asyncState) {
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
+	defer cancel()
+	st.Early++
+	a.saveState(bctx, key, st)
+	wait := time.Until(st.Due)
+	if err := a.nakWithDelay(m, max(wait, time.Millisecond)); err != nil {
+		a.log.Warn("handing back an event delivered before its retry was due failed; it is redelivered after AckWait", "subject", m.Subject(), "error", err)
+	}
+	a.log.Debug("event delivered before its retry was due; handed back", "key", key, "wait", wait)
 }
 
 // finish dead-letters the event through the policy's bounded, retried

@@ -474,3 +474,45 @@ func TestAsyncStateReadFailureIsNotAnAttempt(t *testing.T) {
 		t.Fatalf("dead-lettered %+v; the function never failed the event", dls[0])
 	}
 }
+
+// A crash between recording an event's retry state and its NAK loses the
+// NAK: the server brings the event back after AckWait, sooner than the
+// backoff. The recorded due time still holds: the early delivery is handed
+// back without an invocation, and it is not counted as an attempt.
+func TestAsyncLostNakStillWaitsTheBackoff(t *testing.T) {
+	e := startServer(t)
+	_, js := connect(t, e.ClientURL())
+	r := &asyncRecorder{answer: func(_ string, n int) event.Result {
+		if n == 1 {
+			return failed500
+		}
+		return event.Result{Outcome: event.Delivered}
+	}}
+	src := asyncSource(3, time.Minute)
+	const backoff = 4 * time.Second // twice fastAsync's AckWait
+	src.RetryBackoff = consumer.Backoff{Initial: backoff, Max: backoff, Multiplier: 1}
+	a := newAsync(t, e.ClientURL(), src, fastAsync(r, nil))
+	var naks atomic.Int32
+	a.nakWithDelay = func(m jetstream.Msg, d time.Duration) error {
+		if naks.Add(1) == 1 {
+			return nil // lost, as in a crash
+		}
+		return m.NakWithDelay(d)
+	}
+	publish(t, js, "signups.u1", "e1")
+	runSource(t, a.Run)
+	settled(t, js)
+	cs := r.callsOf("e1")
+	if len(cs) != 2 {
+		t.Fatalf("%d calls, want 2 (a failure, then delivered)", len(cs))
+	}
+	if gap := cs[1].at.Sub(cs[0].at); gap < backoff {
+		t.Errorf("second attempt %v after the first, want at least the backoff %v", gap, backoff)
+	}
+	if cs[1].attempt != 2 {
+		t.Errorf("second call was attempt %d, want 2 (the early delivery is no attempt)", cs[1].attempt)
+	}
+	if n := naks.Load(); n != 2 {
+		t.Errorf("%d delayed NAKs, want 2 (the lost one, then the early delivery handed back)", n)
+	}
+}

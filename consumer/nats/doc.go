@@ -143,15 +143,19 @@
 // included, and a message cannot be changed to carry a count. So each event
 // that failed or was throttled has a retry state in the KV bucket
 // "sluice-async-<source>", keyed by stream sequence: throttles, failures,
-// first and last attempt times, last error. It is written before the NAK and
+// first and last attempt times, last error, and when the next attempt is due.
+// It is written before the NAK and
 // removed when the event is acknowledged or terminated (the bucket's TTL,
-// max_event_age + 1h, removes what a crash leaves). At each delivery
+// max_event_age + 1h, removes what a crash leaves). A delivery before the
+// due time (the NAK was lost to a crash, so the event came back after
+// AckWait, or the server's clock ran ahead) is handed back until then without
+// an invocation and recorded as early. At each delivery
 //
-//	attempts made = max(failures, NumDelivered − 1 − throttles)
+//	attempts made = max(failures, NumDelivered − 1 − throttles − early)
 //
 // so a delivery whose outcome was never recorded (a crash or lost connection
 // mid-invocation: the function may have run) counts as an attempt, and a
-// recorded throttle never does. A restart keeps both counts and the dead
+// recorded throttle or early delivery never does. A restart keeps both counts and the dead
 // letter keeps the first attempt time and the last error. A state that
 // cannot be read (KV unavailable) is read again, the event held in progress
 // meanwhile, never guessed (a guess would take its recorded throttles for
