@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/event"
@@ -44,7 +45,9 @@ type Hooks struct {
 	// dropped, counted and logged (a source without on_failure).
 	DeadLetterer event.DeadLetterer
 	// Commit moves the shard's checkpoint: every record up to and including
-	// last was delivered or durably dead-lettered. Called from a lane's
+	// last was delivered or durably dead-lettered. last carries the record's
+	// coordinates: topic, partition, leader epoch and offset (with
+	// ParallelizationFactor > 1 nothing more). Called from a lane's
 	// goroutine, serialized (under the worker's commit lock) and in offset
 	// order, never for a record twice, so it must not wait long: it records
 	// the checkpoint (Kafka: marks it) and may return a wait. The lane that
@@ -94,7 +97,7 @@ type Worker struct {
 	now    func() time.Time
 
 	wake     chan struct{} // capacity 1: a pending "records arrived" signal, never blocks Push
-	laneFree chan struct{} // capacity 1: a lane took its next batch (the router may hand it another)
+	laneFree chan struct{} // capacity 1: a lane took its next batch or finished one (the router may hand it another)
 
 	commitMu sync.Mutex // serializes checkpoint + Hooks.Commit (not its wait); taken before mu, never inside it
 	pauseMu  sync.Mutex // serializes Hooks.Pause calls; guards paused; taken before mu, never inside it
@@ -118,13 +121,21 @@ type Worker struct {
 	blocked  int       // lanes that are throttled, retrying or blocked
 	status   Status
 	// pending tracks the records taken by lanes, in offset order, until
-	// they are checkpointed (only with lanes > 1).
+	// they are checkpointed (only with lanes > 1); coords is the topic and
+	// partition they share, for Commit.
 	pending []pendingRec
+	coords  event.Record
 }
 
+// pendingRec is what the checkpoint needs of a record taken by a lane. It
+// holds no pointer: the router appends one per record, and pointers would
+// cost a write barrier each and keep the taken slices alive for the GC to
+// scan.
 type pendingRec struct {
-	rec  *event.Record // in the slice the router took; read-only
-	done bool
+	off   int64 // Offset
+	stamp int64 // Timestamp, Unix ns (Status's Oldest)
+	epoch int32 // LeaderEpoch
+	done  bool
 }
 
 // The shard engine's defaults, the one place they are set (the source
@@ -218,7 +229,7 @@ func (w *Worker) Status() Status {
 	s.Buffered = w.bufLen + w.inflight
 	switch {
 	case len(w.pending) > 0:
-		s.Oldest = w.pending[0].rec.Timestamp
+		s.Oldest = time.Unix(0, w.pending[0].stamp)
 	case w.inflight > 0:
 		s.Oldest = w.headTime
 	case w.bufLen > 0:
@@ -288,20 +299,28 @@ func (w *Worker) Run(ctx context.Context) {
 		w.runLane(ctx, nil)
 		return
 	}
-	lanes := make([]chan []event.Record, n)
+	lanes := make([]routedLane, n)
 	var wg sync.WaitGroup
 	for i := range lanes {
 		// Capacity 1: the router hands a lane its next batch while the lane
 		// delivers the current one, and never waits for one lane while
 		// another could take a batch (route).
-		lanes[i] = make(chan []event.Record, 1)
-		wg.Go(func() { w.runLane(ctx, lanes[i]) })
+		lanes[i].in = make(chan []event.Record, 1)
+		wg.Go(func() { w.runLane(ctx, &lanes[i]) })
 	}
 	w.route(ctx, lanes)
-	for _, l := range lanes {
-		close(l)
+	for i := range lanes {
+		close(lanes[i].in)
 	}
 	wg.Wait()
+}
+
+// routedLane is a lane as the router sees it (ParallelizationFactor > 1).
+type routedLane struct {
+	in chan []event.Record
+	// owed counts the batches sent on in that the lane has not finished
+	// (queued or being delivered): 0 means the lane is idle.
+	owed atomic.Int32
 }
 
 // route spreads buffered records over lanes by key, keeping each key's
@@ -309,12 +328,15 @@ func (w *Worker) Run(ctx context.Context) {
 // independently: the router hands a batch to a lane only when the lane can
 // take it at once, so a lane that is slow (throttled, retrying, waiting on
 // its commit) holds back only its own keys, up to one batch in its channel
-// and about one more carried here. While records are waiting in the buffer
-// (and no batching window is set), a lane's records are carried until they
-// make a full batch: a batch is cut short only when nothing more is
-// waiting (parallelization_factor 2 used to split every 200 records it took
-// into ~68-record calls).
-func (w *Worker) route(ctx context.Context, lanes []chan []event.Record) {
+// and about one more carried here. A lane's records are carried until they
+// make a full batch, which may wait in the lane's channel while the lane
+// delivers the one before; a batch is cut short only for an idle lane when
+// nothing more is waiting in the buffer (and no batching window is set),
+// as with one lane, which takes what there is when it is free
+// (parallelization_factor 2 used to split every 200 records it took into
+// ~68-record calls, and queuing a short batch behind a busy lane sent
+// batches of a few records while the buffer refilled).
+func (w *Worker) route(ctx context.Context, lanes []routedLane) {
 	n, size := len(lanes), w.cfg.BatchSize
 	carry := make([][]event.Record, n)
 	carried := 0
@@ -330,26 +352,35 @@ func (w *Worker) route(ctx context.Context, lanes []chan []event.Record) {
 		}
 		if len(recs) > 0 {
 			w.mu.Lock()
+			w.coords.Topic, w.coords.Partition = recs[0].Topic, recs[0].Partition
 			for i := range recs {
-				// A pointer, not a copy: every record is copied once already,
-				// into its lane's batch.
-				w.pending = append(w.pending, pendingRec{rec: &recs[i]})
+				r := &recs[i]
+				w.pending = append(w.pending, pendingRec{off: r.Offset, stamp: r.Timestamp.UnixNano(), epoch: r.LeaderEpoch})
 			}
 			w.mu.Unlock()
-			for _, r := range recs {
+			for j := range recs {
+				r := &recs[j] // not range's copy: a record is copied once, into its lane's batch
 				i := laneOf(r.Key, n)
-				carry[i] = append(carry[i], r)
+				if carry[i] == nil {
+					// A batch's worth at once: growing from nil copied each
+					// record about twice more.
+					carry[i] = make([]event.Record, 0, size)
+				}
+				carry[i] = append(carry[i], *r)
 			}
 			carried += len(recs)
 		}
 		waiting := w.cfg.BatchingWindow <= 0 && w.buffered() > 0
 		sent := false
 		for i := range lanes {
-			for len(carry[i]) > 0 && (len(carry[i]) >= size || !waiting) {
+			l := &lanes[i]
+			for len(carry[i]) >= size || (len(carry[i]) > 0 && !waiting && l.owed.Load() == 0) {
 				k := min(len(carry[i]), size)
+				l.owed.Add(1)
 				select {
-				case lanes[i] <- carry[i][:k:k]:
+				case l.in <- carry[i][:k:k]:
 				default:
+					l.owed.Add(-1)
 					k = 0 // the lane is busy with a batch and holds the next
 				}
 				if k == 0 {
@@ -498,13 +529,13 @@ func (w *Worker) takeLocked(maxRecs int, maxBytes int64) ([]event.Record, int64)
 	return out, size
 }
 
-// runLane delivers batches one at a time, in order. With in == nil it takes
+// runLane delivers batches one at a time, in order. With rl == nil it takes
 // records from the buffer itself (ParallelizationFactor 1); otherwise it
 // delivers what the router sends it.
-func (w *Worker) runLane(ctx context.Context, in <-chan []event.Record) {
+func (w *Worker) runLane(ctx context.Context, rl *routedLane) {
 	for {
 		var recs []event.Record
-		if in == nil {
+		if rl == nil {
 			var ok bool
 			if recs, ok = w.take(ctx, w.cfg.BatchSize, w.cfg.MaxBatchBytes); !ok {
 				return
@@ -512,14 +543,11 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []event.Record) {
 		} else {
 			var ok bool
 			select {
-			case recs, ok = <-in:
+			case recs, ok = <-rl.in:
 				if !ok {
 					return
 				}
-				select {
-				case w.laneFree <- struct{}{}:
-				default:
-				}
+				w.signalLaneFree()
 			case <-ctx.Done():
 				return
 			}
@@ -534,6 +562,16 @@ func (w *Worker) runLane(ctx context.Context, in <-chan []event.Record) {
 				wait() // no lock held: the other lanes checkpoint meanwhile
 			}
 		}
+		if rl != nil && rl.owed.Add(-1) == 0 {
+			w.signalLaneFree() // idle: the router may cut a batch short for it
+		}
+	}
+}
+
+func (w *Worker) signalLaneFree() {
+	select {
+	case w.laneFree <- struct{}{}:
+	default:
 	}
 }
 
@@ -575,17 +613,27 @@ func (w *Worker) done(b []event.Record) (wait func()) {
 	} else {
 		// Mark b's records done, then checkpoint the finished prefix: the
 		// lowest unfinished record of any lane holds the checkpoint back.
+		// b is in offset order, so one search finds its first record and a
+		// walk forward the others (past the other lanes' records between
+		// them: about parallelization_factor entries a record).
+		j := searchPending(w.pending, b[0].Offset)
 		for i := range b {
-			j := searchPending(w.pending, b[i].Offset)
-			w.pending[j].done = true
+			for j < len(w.pending) && w.pending[j].off < b[i].Offset {
+				j++
+			}
+			if j < len(w.pending) && w.pending[j].off == b[i].Offset {
+				w.pending[j].done = true
+			}
 		}
 		k := 0
 		for k < len(w.pending) && w.pending[k].done {
 			k++
 		}
 		if k > 0 {
-			last = w.pending[k-1].rec
-			clear(w.pending[:k]) // let the taken slices go once checkpointed
+			p := w.pending[k-1]
+			c := w.coords
+			c.Offset, c.LeaderEpoch = p.off, p.epoch
+			last = &c
 			w.pending = w.pending[k:]
 		}
 	}
@@ -604,7 +652,7 @@ func searchPending(p []pendingRec, off int64) int {
 	lo, hi := 0, len(p)
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
-		if p[m].rec.Offset < off {
+		if p[m].off < off {
 			lo = m + 1
 		} else {
 			hi = m

@@ -730,3 +730,35 @@ func TestLaneOfIsFNV1a(t *testing.T) {
 		}
 	}
 }
+
+// TestRouterDoesNotQueueShortBatches: records that trickle in while a lane
+// delivers wait for that lane to be free and go in one batch, as with one
+// lane; a short batch is never queued behind a busy lane (which sent the
+// few records of each small push as their own call).
+func TestRouterDoesNotQueueShortBatches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := startWorker(t, WorkerConfig{BatchSize: 100, ParallelizationFactor: 2}, func(Delivery, int) event.Result {
+			time.Sleep(time.Second)
+			return event.Result{Outcome: event.Delivered}
+		})
+		const pushes, each = 10, 10
+		for i := range pushes {
+			h.w.Push(records(i*each, each, 10, time.Now()))
+			time.Sleep(100 * time.Millisecond)
+			synctest.Wait()
+		}
+		waitUntil(t, time.Hour, func() bool { return len(h.d.delivered()) == pushes*each })
+		h.d.mu.Lock()
+		defer h.d.mu.Unlock()
+		// The first push goes to both lanes at once (they are idle); the
+		// other nine pushes arrive while both deliver, and go when each
+		// lane is free: one call more per lane.
+		if len(h.d.calls) > 4 {
+			var sizes []int
+			for _, c := range h.d.calls {
+				sizes = append(sizes, len(c.Records))
+			}
+			t.Errorf("%d calls of %v records, want at most 4 (a lane's records wait for it while it is busy)", len(h.d.calls), sizes)
+		}
+	})
+}

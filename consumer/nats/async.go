@@ -450,7 +450,7 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 	// crash right after the state was recorded brings the event back after
 	// AckWait, which may be shorter than the backoff), and the server
 	// schedules redelivery by its own clock.
-	if hasState && now.Before(st.Due) {
+	if hasState && time.Now().Before(st.Due) {
 		a.handBack(ctx, m, key, st)
 		return
 	}

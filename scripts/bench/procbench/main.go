@@ -57,6 +57,9 @@ var scenarios = []scenario{
 	{"b100 0ms pf1", 100, 0, 1, true, false, false},
 	{"b500 0ms pf1", 500, 0, 1, true, false, false},
 	{"b500 0ms pf1 ordered floor", 500, 0, 1, true, false, true},
+	// Two lanes a partition: 16 requests in flight, as the floor's, with
+	// each key's order kept.
+	{"b500 0ms pf2", 500, 0, 2, true, false, false},
 	{"b100 5ms pf1", 100, 5 * time.Millisecond, 1, true, false, false},
 	{"b100 5ms pf10", 100, 5 * time.Millisecond, 10, false, false, false}, // against the floor of "b100 5ms pf1"
 	{"1p b100 5ms pf1", 100, 5 * time.Millisecond, 1, false, true, false},
@@ -65,6 +68,7 @@ var scenarios = []scenario{
 
 type result struct {
 	recPerSec float64
+	perCall   float64 // records per request the function received
 	cpuPerRec time.Duration
 	rssMiB    float64
 }
@@ -158,8 +162,8 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 				}
 				key := sc.name + "|" + side
 				results[key] = append(results[key], res)
-				fmt.Printf("round %d %-14s %-6s %10.0f rec/s %7.2f µs CPU/rec %7.1f MiB peak RSS\n",
-					r+1, sc.name, side, res.recPerSec, float64(res.cpuPerRec.Nanoseconds())/1000, res.rssMiB)
+				fmt.Printf("round %d %-14s %-6s %10.0f rec/s %7.2f µs CPU/rec %7.1f MiB peak RSS %6.1f rec/call\n",
+					r+1, sc.name, side, res.recPerSec, float64(res.cpuPerRec.Nanoseconds())/1000, res.rssMiB, res.perCall)
 			}
 		}
 	}
@@ -243,6 +247,7 @@ func measure(cmd *exec.Cmd, fn *function, n int64) (result, error) {
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	return result{
 		recPerSec: float64(n) / end.Sub(first).Seconds(),
+		perCall:   float64(fn.records.Load()) / float64(max(fn.calls.Load(), 1)),
 		cpuPerRec: cpu / time.Duration(n),
 		rssMiB:    float64(ru.Maxrss) / 1024, // KiB on Linux
 	}, nil
@@ -268,6 +273,7 @@ func tail(s string) string {
 type function struct {
 	delay   atomic.Int64
 	records atomic.Int64
+	calls   atomic.Int64
 	first   atomic.Int64 // unix ns of the first request of the run
 }
 
@@ -275,7 +281,7 @@ var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 func newFunction() *function { return &function{} }
 
-func (f *function) reset() { f.records.Store(0); f.first.Store(0) }
+func (f *function) reset() { f.records.Store(0); f.calls.Store(0); f.first.Store(0) }
 
 var offsetField = []byte(`"offset":`)
 
@@ -297,6 +303,7 @@ func (f *function) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(d)
 	}
 	f.records.Add(int64(bytes.Count(body, offsetField)))
+	f.calls.Add(1)
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write([]byte("{}"))
 }
