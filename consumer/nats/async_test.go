@@ -512,7 +512,9 @@ func TestAsyncLostNakStillWaitsTheBackoff(t *testing.T) {
 	if cs[1].attempt != 2 {
 		t.Errorf("second call was attempt %d, want 2 (the early delivery is no attempt)", cs[1].attempt)
 	}
-	if n := naks.Load(); n != 2 {
-		t.Errorf("%d delayed NAKs, want 2 (the lost one, then the early delivery handed back)", n)
+	// The lost NAK, then at least one early delivery handed back (more if
+	// the server's timer fires a hair before sluice's clock says due).
+	if n := naks.Load(); n < 2 {
+		t.Errorf("%d delayed NAKs, want at least 2 (the lost one, then the early delivery handed back)", n)
 	}
 }
