@@ -602,7 +602,7 @@ func (a *Async) saveState(ctx context.Context, key string, st asyncState) {
 		_, err = a.kv.Put(ctx, key, b)
 	}
 	if err != nil {
-		a.log.Warn("recording an event's retry state failed; this throttle may count as an attempt", "key", key, "error", err)
+		a.log.Warn("recording an event's retry state failed; a throttle or an early delivery may count as an attempt", "key", key, "error", err)
 	}
 }
 

@@ -159,8 +159,8 @@
 // letter keeps the first attempt time and the last error. A state that
 // cannot be read (KV unavailable) is read again, the event held in progress
 // meanwhile, never guessed (a guess would take its recorded throttles for
-// attempts). Limits: a throttle whose state write failed counts as an
-// attempt once; a
+// attempts). Limits: a throttle or an early delivery whose state write
+// failed counts as an attempt once; a
 // first delivery costs nothing extra, each retry one KV write and one delete.
 // Exhausted (attempts > max_retry_attempts), expired (older than
 // max_event_age, throttles and errors alike) or permanently failed events are
