@@ -449,9 +449,11 @@ func (a *Async) handle(ctx context.Context, m jetstream.Msg) {
 	// the NAK that asked for the wait may never have reached the server (a
 	// crash right after the state was recorded brings the event back after
 	// AckWait, which may be shorter than the backoff), and the server
-	// schedules redelivery by its own clock.
+	// schedules redelivery by its own clock. The delivery is recorded as
+	// early (not an attempt) with the same due time before the NAK.
 	if hasState && time.Now().Before(st.Due) {
-		a.handBack(ctx, m, key, st)
+		st.Early++
+		a.retry(ctx, m, key, st, max(time.Until(st.Due), time.Millisecond), st.Failures)
 		return
 	}
 	// Every earlier delivery that is not a recorded throttle or early
@@ -514,21 +516,6 @@ func (a *Async) retry(ctx context.Context, m jetstream.Msg, key string, st async
 		a.log.Warn("handing an event back for retry failed; it is redelivered after AckWait", "subject", m.Subject(), "error", err)
 	}
 	a.log.Debug("event retried later", "key", key, "attempts", attempts, "throttles", st.Throttles, "delay", delay, "error", st.LastError.Message)
-}
-
-// handBack returns an event delivered before its due time to the server
-// until then, without invoking it; the delivery is recorded as early first,
-// so that it is not counted as an attempt.
-func (a *Async) handBack(ctx context.Context, m jetstream.Msg, key string, st asyncState) {
-	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookTimeout)
-	defer cancel()
-	st.Early++
-	a.saveState(bctx, key, st)
-	wait := time.Until(st.Due)
-	if err := a.nakWithDelay(m, max(wait, time.Millisecond)); err != nil {
-		a.log.Warn("handing back an event delivered before its retry was due failed; it is redelivered after AckWait", "subject", m.Subject(), "error", err)
-	}
-	a.log.Debug("event delivered before its retry was due; handed back", "key", key, "wait", wait)
 }
 
 // finish dead-letters the event through the policy's bounded, retried
