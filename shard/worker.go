@@ -1,9 +1,11 @@
 package shard
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -616,7 +618,7 @@ func (w *Worker) done(b []event.Record) (wait func()) {
 		// b is in offset order, so one search finds its first record and a
 		// walk forward the others (past the other lanes' records between
 		// them: about parallelization_factor entries a record).
-		j := searchPending(w.pending, b[0].Offset)
+		j, _ := slices.BinarySearchFunc(w.pending, b[0].Offset, func(p pendingRec, off int64) int { return cmp.Compare(p.off, off) })
 		for i := range b {
 			for j < len(w.pending) && w.pending[j].off < b[i].Offset {
 				j++
@@ -646,19 +648,6 @@ func (w *Worker) done(b []event.Record) (wait func()) {
 		return w.h.Commit(*last)
 	}
 	return nil
-}
-
-func searchPending(p []pendingRec, off int64) int {
-	lo, hi := 0, len(p)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if p[m].off < off {
-			lo = m + 1
-		} else {
-			hi = m
-		}
-	}
-	return lo
 }
 
 // lane is one sequential deliverer of a shard.
