@@ -49,8 +49,10 @@ const (
 	MaxParallelizationFactor = 10
 	// DefaultCommitPipelineDepth is how many checkpoints a Kafka stream
 	// lane may run ahead of the last confirmed offset commit
-	// (commit_pipeline_depth): chosen by measurement (BENCHMARKS.md).
-	DefaultCommitPipelineDepth = 4
+	// (commit_pipeline_depth): chosen by measurement (BENCHMARKS.md; 8
+	// since a lane asks for a round at half its depth, which halved the
+	// broker's CPU for commits against 4).
+	DefaultCommitPipelineDepth = 8
 	MaxCommitPipelineDepth     = 64
 	MaxStreamRetryAttempts     = 10000
 	MinRecordAge               = shard.Age(60 * time.Second)

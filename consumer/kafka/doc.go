@@ -14,10 +14,13 @@
 //     a bound: a lane marks a finished batch and goes on to its next while
 //     the commit is on the wire, and waits (holding no lock, so the other
 //     lanes of its shard go on) only for the commit of the checkpoint
-//     Options.CommitPipelineDepth back (commit_pipeline_depth, default 4 in
+//     Options.CommitPipelineDepth back (commit_pipeline_depth, default 8 in
 //     the configuration, consumer.DefaultCommitPipelineDepth). One committer
 //     per client coalesces the marks of every partition into each commit
-//     request and starts the next round as soon as one returns. A kill -9
+//     request; a lane asks for a round once half its depth of checkpoints
+//     waits for one (rounds after every batch cost the broker more CPU than
+//     they saved), and the next round asked for starts as soon as one
+//     returns. A kill -9
 //     therefore delivers again at most (depth + 1) × batch_size records per
 //     partition with parallelization_factor 1 (the batch in flight and depth
 //     batches whose commits were on the wire); with N lanes the shard

@@ -122,9 +122,10 @@ type Options struct {
 	// beyond its last confirmed commit (without AsyncCommit; a shard of N
 	// lanes leaves N × CommitPipelineDepth checkpoints unconfirmed): 0 here, as
 	// described above; the configuration's commit_pipeline_depth defaults to
-	// consumer.DefaultCommitPipelineDepth (4), measured in BENCHMARKS.md. With depth d, a lane delivers batch N+1 while the
+	// consumer.DefaultCommitPipelineDepth (8), measured in BENCHMARKS.md. With depth d, a lane delivers batch N+1 while the
 	// commit of N is on the wire and a crash redelivers at most d+1 batches
-	// per lane. A lane whose batches take less time than a commit round trip
+	// per lane; it asks for a commit round once ⌈d/2⌉ of its checkpoints
+	// wait for one. A lane whose batches take less time than a commit round trip
 	// (a fast function, a local broker: a few ms) delivers d+1 batches per
 	// round trip, so a deeper pipeline trades duplicates after a crash for
 	// throughput, in steps, where AsyncCommit trades them for a second's
@@ -464,6 +465,7 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 	tp := map[string][]int32{s.topic: {p}}
 	// How many checkpoints a lane's Commit hook leaves unconfirmed.
 	depth := s.opts.CommitPipelineDepth * s.opts.Worker.WithDefaults().ParallelizationFactor
+	kickAt := max(1, (depth+1)/2) // unstarted marks that ask for a commit round
 	pt.w = shard.NewWorker(shard.ID{Source: s.name, Partition: p}, s.opts.Worker, shard.Hooks{
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
@@ -480,19 +482,27 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 			if !marked || s.opts.AsyncCommit {
 				return nil
 			}
-			// Ask for a round that commits this mark (the committer
-			// coalesces the marks of every partition into it), and have the
-			// lane wait, outside the worker's locks, for the round of the
-			// mark CommitPipelineDepth × ParallelizationFactor checkpoints
-			// back: with one lane and depth d the lane delivers its next d
-			// batches while the commits are on the wire, and a crash
-			// redelivers at most d+1 batches; N lanes make N checkpoints per
-			// round of batches, so they get N times the depth (else every
-			// lane would wait on nearly every commit round).
-			// Stopping the worker (revoke, shutdown) cuts the wait short;
-			// its marks are committed then. (The worker serializes Commit
-			// calls, so commitRounds needs no lock of its own.)
-			pt.commitRounds = append(pt.commitRounds, s.commits.request())
+			// The lane waits, outside the worker's locks, for the round of
+			// the mark CommitPipelineDepth × ParallelizationFactor
+			// checkpoints back: with one lane and depth d the lane delivers
+			// its next d batches while the commits are on the wire, and a
+			// crash redelivers at most d+1 batches; N lanes make N
+			// checkpoints per round of batches, so they get N times the
+			// depth (else every lane would wait on nearly every commit
+			// round). A round is asked for once half of that depth waits
+			// for one, not after every mark: it is done before the lane
+			// reaches the end of its depth as long as half of it takes
+			// longer than a commit round trip, and rounds asked for after
+			// every batch cost a broker more CPU than sluice's own (a
+			// Kafka 4 broker spent half a core on commits at batch_size
+			// 500; BENCHMARKS.md). Every partition's marks go in each
+			// round. Stopping the worker (revoke, shutdown) cuts the wait
+			// short; its marks are committed then. (The worker serializes
+			// Commit calls, so commitRounds needs no lock of its own.)
+			pt.commitRounds = append(pt.commitRounds, s.commits.next())
+			if s.commits.unstarted(pt.commitRounds) >= kickAt {
+				s.commits.ask()
+			}
 			if len(pt.commitRounds) <= depth {
 				return nil
 			}
@@ -712,9 +722,11 @@ func (l kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 	l.l.Log(context.Background(), lv, "kafka client: "+msg, keyvals...)
 }
 
-// committer commits the marked offsets of every shard promptly after they
-// are marked, coalescing the shards that mark while a commit is on the wire
-// into the next one, and every commitInterval when nobody asked. It is the
+// committer commits the marked offsets of every shard when a shard asks
+// (once half of its commit_pipeline_depth waits, or when it must wait),
+// coalescing the marks of every shard into each round and the asks made
+// while a round is on the wire into the next one, and every commitInterval
+// when nobody asked. It is the
 // only path by which a client commits: its rounds, the commit at revoke and
 // the final one all go through commit, which reads the marks and sends them
 // under one lock, so a commit never carries older marks than the one before
@@ -723,7 +735,7 @@ func (l kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 // a round that read them just before a revoke could otherwise commit its
 // older offsets after the revoke's, and the next owner would start there.)
 type committer struct {
-	kick chan struct{} // capacity 1: "a mark is waiting for a commit"; never blocks a shard
+	asked chan struct{} // capacity 1: "a mark is waiting for a commit"; never blocks a shard
 
 	// commitMu serializes commit: the read of the marks and their commit.
 	commitMu sync.Mutex
@@ -739,7 +751,7 @@ type committer struct {
 }
 
 func newCommitter() *committer {
-	return &committer{kick: make(chan struct{}, 1), done: make(chan struct{})}
+	return &committer{asked: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // commit commits what is marked on cl now, after any commit of c in
@@ -776,17 +788,42 @@ func (c *committer) commit(ctx context.Context, cl *kgo.Client) error {
 	return rerr
 }
 
-// request asks for a commit round that commits what the caller marked
-// before calling, and returns that round's number for waitFor. It does not
-// block.
-func (c *committer) request() uint64 {
+// next returns the number of the round that will commit what the caller
+// marked before calling (the next to begin), for waitFor. It does not ask
+// for that round: ask does.
+func (c *committer) next() uint64 {
 	c.mu.Lock()
-	target := c.started + 1 // the next round to begin; it sees our mark
+	defer c.mu.Unlock()
+	return c.started + 1
+}
+
+// unstarted counts the rounds of targets (in ascending order, as next
+// returned them) that have not begun.
+func (c *committer) unstarted(targets []uint64) int {
+	c.mu.Lock()
+	started := c.started
 	c.mu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default: // a round is already asked for; it begins after our mark
+	n := 0
+	for i := len(targets) - 1; i >= 0 && targets[i] > started; i-- {
+		n++
 	}
+	return n
+}
+
+// ask asks for a round after the one in progress, if any. It does not
+// block.
+func (c *committer) ask() {
+	select {
+	case c.asked <- struct{}{}:
+	default: // a round is already asked for; it begins after every mark made so far
+	}
+}
+
+// request asks for a commit round that commits what the caller marked
+// before calling, and returns that round's number for waitFor.
+func (c *committer) request() uint64 {
+	target := c.next()
+	c.ask()
 	return target
 }
 
@@ -795,8 +832,9 @@ func (c *committer) request() uint64 {
 func (c *committer) wait(ctx context.Context) { c.waitFor(ctx, c.request()) }
 
 // waitFor returns once round target has ended (at once for 0), or when ctx
-// ends. A failed round is not retried here: the mark stays, and the next
-// round (asked for or periodic) or the commit at revoke carries it.
+// ends. A target that has not begun is asked for. A failed round is not
+// retried here: the mark stays, and the next round (asked for or periodic)
+// or the commit at revoke carries it.
 func (c *committer) waitFor(ctx context.Context, target uint64) {
 	for {
 		c.mu.Lock()
@@ -804,8 +842,11 @@ func (c *committer) waitFor(ctx context.Context, target uint64) {
 			c.mu.Unlock()
 			return
 		}
-		done := c.done
+		done, begun := c.done, c.started >= target
 		c.mu.Unlock()
+		if !begun {
+			c.ask()
+		}
 		select {
 		case <-done:
 		case <-ctx.Done():
@@ -824,7 +865,7 @@ func (c *committer) run(ctx context.Context, cl *kgo.Client, interval, timeout t
 		select {
 		case <-ctx.Done():
 			return
-		case <-c.kick:
+		case <-c.asked:
 		case <-tick.C:
 		}
 		c.mu.Lock()

@@ -20,6 +20,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
 	"github.com/sluicehq/sluice/consumer"
 	"github.com/sluicehq/sluice/event"
 	"github.com/sluicehq/sluice/shard"
@@ -813,5 +816,51 @@ func TestNewFetchPartitionBytesFromShardBuffer(t *testing.T) {
 		if got := s.opts.FetchMaxPartitionBytes; got != c.want {
 			t.Errorf("BufferBytes %d, FetchMaxPartitionBytes %d: got %d, want %d", c.bufferBytes, c.set, got, c.want)
 		}
+	}
+}
+
+// With commit_pipeline_depth d, a lane asks for a commit round once half of
+// d (rounded up) of its checkpoints wait for one, not after every batch:
+// ten batches at depth 4 make five rounds, at depth 1 ten. The bound of
+// testCommitPipeline holds meanwhile (TestSourceCommitsPipelined).
+func TestSourceAsksForCommitRoundsAtHalfDepth(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ depth, maxRounds int }{{1, 12}, {4, 7}, {8, 4}} {
+		t.Run(fmt.Sprintf("depth=%d", c.depth), func(t *testing.T) {
+			t.Parallel()
+			cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "orders"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(cluster.Close)
+			var rounds atomic.Int32
+			cluster.ControlKey(kmsg.OffsetCommit.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+				cluster.KeepControl()
+				rounds.Add(1)
+				return nil, nil, false // counted, then handled as usual
+			})
+			seeds := cluster.ListenAddrs()
+			produce(t, seeds, "orders", 1, 500) // ten batches of 50
+			// Each batch takes longer than a round trip to kfake, so rounds
+			// are not coalesced by chance.
+			f := newFakeDeliverer(func(context.Context, shard.Delivery) event.Result {
+				time.Sleep(20 * time.Millisecond)
+				return event.Result{Outcome: event.Delivered}
+			})
+			opts := testSourceOpts(f, "g")
+			opts.CommitPipelineDepth = c.depth
+			s, err := New("orders", consumer.KafkaConfig{Seeds: seeds}, sourceConfig("orders"), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := runSource(t, s)
+			waitFor(t, 10*time.Second, "offset 500 committed", func() bool { return committed(t, seeds, "g", "orders")[0] == 500 })
+			n := rounds.Load()
+			stop()
+			checkInOrder(t, f, 0, 500, false)
+			if int(n) > c.maxRounds || (c.depth == 1 && n < 10) {
+				t.Fatalf("%d commit rounds for ten batches at depth %d, want at most %d (and ten at depth 1)", n, c.depth, c.maxRounds)
+			}
+		})
 	}
 }
