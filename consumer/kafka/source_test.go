@@ -864,3 +864,58 @@ func TestSourceAsksForCommitRoundsAtHalfDepth(t *testing.T) {
 		})
 	}
 }
+
+// Shard buffers left to their defaults share SourceBufferBudget by the
+// topic's partitions (within 4..16 MiB), and the fetch shares and record
+// counts follow; explicit settings are kept, and without the topic's
+// metadata the defaults stay.
+func TestRunSizesShardBuffersFromPartitions(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name       string
+		partitions int32
+		explicit   bool
+		create     bool
+		bytes      int64
+		fetch      int32
+		count      int
+	}{
+		{"8 partitions", 8, false, true, 16 << 20, 1 << 20, (16 << 20) / 160},
+		{"64 partitions", 64, false, true, 4 << 20, 256 << 10, (4 << 20) / 160},
+		{"explicit", 8, true, true, 1 << 20, 64 << 10, 100},
+		{"no topic", 8, false, false, DefaultShardBufferBytes, 256 << 10, minShardBuffer},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			var seeds []string
+			if c.create {
+				seeds = newCluster(t, c.partitions, "orders")
+				produce(t, seeds, "orders", c.partitions, int(c.partitions))
+			} else {
+				seeds = newCluster(t, 1, "other")
+			}
+			f := newFakeDeliverer(nil)
+			opts := testSourceOpts(f, "g")
+			if c.explicit {
+				opts.Worker.Buffer, opts.Worker.BufferBytes = 100, 1<<20
+			}
+			s, err := New("orders", consumer.KafkaConfig{Seeds: seeds}, sourceConfig("orders"), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runSource(t, s)
+			if c.create {
+				waitFor(t, 10*time.Second, "a record of partition 0", func() bool { return f.count(0) > 0 })
+			} else {
+				waitFor(t, 10*time.Second, "the client", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.cl != nil })
+			}
+			s.mu.Lock()
+			w, fetch := s.opts.Worker, s.opts.FetchMaxPartitionBytes
+			s.mu.Unlock()
+			if w.BufferBytes != c.bytes || fetch != c.fetch || w.Buffer != c.count {
+				t.Fatalf("BufferBytes %d, FetchMaxPartitionBytes %d, Buffer %d; want %d, %d, %d",
+					w.BufferBytes, fetch, w.Buffer, c.bytes, c.fetch, c.count)
+			}
+		})
+	}
+}

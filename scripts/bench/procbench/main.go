@@ -11,6 +11,10 @@
 //	SLUICE_TEST_KAFKA=127.0.0.1:9092 go run ./scripts/bench/procbench -records 1000000 -rounds 3
 //
 // The broker is SLUICE_TEST_KAFKA (scripts/brokers/with-brokers.sh sets it).
+// Under with-brokers.sh (SLUICE_TEST_BROKERS_DIR) it also reports the
+// broker's CPU per record during each run, read from /proc: the broker
+// shares the machine, and the CPU it spends serving one side (commits,
+// fetches) is CPU the function and that side lack.
 package main
 
 import (
@@ -71,6 +75,9 @@ type result struct {
 	perCall   float64 // records per request the function received
 	cpuPerRec time.Duration
 	rssMiB    float64
+	// brokerPerRec is the broker's CPU during the run per record; -1 when
+	// its process is not known.
+	brokerPerRec time.Duration
 }
 
 func main() {
@@ -162,14 +169,14 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 				}
 				key := sc.name + "|" + side
 				results[key] = append(results[key], res)
-				fmt.Printf("round %d %-14s %-6s %10.0f rec/s %7.2f µs CPU/rec %7.1f MiB peak RSS %6.1f rec/call\n",
-					r+1, sc.name, side, res.recPerSec, float64(res.cpuPerRec.Nanoseconds())/1000, res.rssMiB, res.perCall)
+				fmt.Printf("round %d %-14s %-6s %10.0f rec/s %7.2f µs CPU/rec %7.1f MiB peak RSS %6.1f rec/call %7.2f µs broker CPU/rec\n",
+					r+1, sc.name, side, res.recPerSec, us(res.cpuPerRec), res.rssMiB, res.perCall, us(res.brokerPerRec))
 			}
 		}
 	}
 	fmt.Printf("\n%d records, %d partitions, %d rounds, medians; ratios sluice ÷ floor (CPU: floor ÷ sluice)\n", records, partitions, rounds)
-	fmt.Println("| scenario | sluice rec/s | floor rec/s | × floor | sluice CPU µs/rec | floor CPU µs/rec | CPU ratio (floor÷sluice) | sluice peak RSS MiB | floor peak RSS MiB |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| scenario | sluice rec/s | floor rec/s | × floor | sluice CPU µs/rec | floor CPU µs/rec | CPU ratio (floor÷sluice) | sluice peak RSS MiB | floor peak RSS MiB | broker CPU µs/rec (sluice / floor) |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, sc := range scenarios {
 		s, f := median(results[sc.name+"|sluice"]), median(results[sc.name+"|floor"])
 		if f == nil && !sc.one {
@@ -179,11 +186,12 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 			continue
 		}
 		if f == nil {
-			fmt.Printf("| %s | %.0f | | | %.2f | | | %.0f | |\n", sc.name, s.recPerSec, us(s.cpuPerRec), s.rssMiB)
+			fmt.Printf("| %s | %.0f | | | %.2f | | | %.0f | | %.2f |\n", sc.name, s.recPerSec, us(s.cpuPerRec), s.rssMiB, us(s.brokerPerRec))
 			continue
 		}
-		fmt.Printf("| %s | %.0f | %.0f | %.3f | %.2f | %.2f | %.3f | %.0f | %.0f |\n", sc.name, s.recPerSec, f.recPerSec,
-			s.recPerSec/f.recPerSec, us(s.cpuPerRec), us(f.cpuPerRec), float64(f.cpuPerRec)/float64(s.cpuPerRec), s.rssMiB, f.rssMiB)
+		fmt.Printf("| %s | %.0f | %.0f | %.3f | %.2f | %.2f | %.3f | %.0f | %.0f | %.2f / %.2f |\n", sc.name, s.recPerSec, f.recPerSec,
+			s.recPerSec/f.recPerSec, us(s.cpuPerRec), us(f.cpuPerRec), float64(f.cpuPerRec)/float64(s.cpuPerRec), s.rssMiB, f.rssMiB,
+			us(s.brokerPerRec), us(f.brokerPerRec))
 	}
 	for _, p := range []string{"", "1p "} {
 		if a, b := median(results[p+"b100 5ms pf1|sluice"]), median(results[p+"b100 5ms pf10|sluice"]); a != nil && b != nil {
@@ -211,9 +219,10 @@ func median(rs []result) *result {
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
 	return &result{
-		recPerSec: pick(func(r result) float64 { return r.recPerSec }),
-		cpuPerRec: time.Duration(pick(func(r result) float64 { return float64(r.cpuPerRec) })),
-		rssMiB:    pick(func(r result) float64 { return r.rssMiB }),
+		recPerSec:    pick(func(r result) float64 { return r.recPerSec }),
+		cpuPerRec:    time.Duration(pick(func(r result) float64 { return float64(r.cpuPerRec) })),
+		rssMiB:       pick(func(r result) float64 { return r.rssMiB }),
+		brokerPerRec: time.Duration(pick(func(r result) float64 { return float64(r.brokerPerRec) })),
 	}
 }
 
@@ -221,6 +230,7 @@ func median(rs []result) *result {
 // with SIGTERM and reads its resource usage.
 func measure(cmd *exec.Cmd, fn *function, n int64) (result, error) {
 	fn.reset()
+	b0 := brokerCPU()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.Stdout = io.Discard
@@ -245,12 +255,53 @@ func measure(cmd *exec.Cmd, fn *function, n int64) (result, error) {
 		return result{}, fmt.Errorf("no resource usage")
 	}
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	brokerPerRec := time.Duration(-1)
+	if b0 >= 0 {
+		if b1 := brokerCPU(); b1 >= 0 {
+			brokerPerRec = (b1 - b0) / time.Duration(n)
+		}
+	}
 	return result{
-		recPerSec: float64(n) / end.Sub(first).Seconds(),
-		perCall:   float64(fn.records.Load()) / float64(max(fn.calls.Load(), 1)),
-		cpuPerRec: cpu / time.Duration(n),
-		rssMiB:    float64(ru.Maxrss) / 1024, // KiB on Linux
+		brokerPerRec: brokerPerRec,
+		recPerSec:    float64(n) / end.Sub(first).Seconds(),
+		perCall:      float64(fn.records.Load()) / float64(max(fn.calls.Load(), 1)),
+		cpuPerRec:    cpu / time.Duration(n),
+		rssMiB:       float64(ru.Maxrss) / 1024, // KiB on Linux
 	}, nil
+}
+
+// brokerCPU returns the CPU time (user + system) the Kafka broker started
+// by with-brokers.sh has used, or -1 when it is not known.
+func brokerCPU() time.Duration {
+	dir := os.Getenv("SLUICE_TEST_BROKERS_DIR")
+	if dir == "" {
+		return -1
+	}
+	pid, err := os.ReadFile(filepath.Join(dir, "kafka", "pid"))
+	if err != nil {
+		return -1
+	}
+	stat, err := os.ReadFile(filepath.Join("/proc", strings.TrimSpace(string(pid)), "stat"))
+	if err != nil {
+		return -1
+	}
+	// Fields after the command name (which may hold spaces): state is the
+	// first, utime and stime the 12th and 13th, in clock ticks (USER_HZ,
+	// 100 on Linux).
+	i := bytes.LastIndexByte(stat, ')')
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		var t int64
+		if _, err := fmt.Sscan(v, &t); err != nil {
+			return -1
+		}
+		ticks += t
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
 func tail(s string) string {
