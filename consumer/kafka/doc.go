@@ -9,8 +9,7 @@
 //     other partitions keep flowing (franz-go drops what it fetched for a
 //     paused partition and fetches it again after the resume, so a
 //     partition's share of a fetch is a sixteenth of what its shard buffers:
-//     few fetches are dropped; the shards of a source share
-//     SourceBufferBudget by the topic's partitions, 4..16 MiB each), and commits only offsets the workers
+//     few fetches are dropped), and commits only offsets the workers
 //     checkpointed (franz-go marks). Commits are off the critical path with
 //     a bound: a lane marks a finished batch and goes on to its next while
 //     the commit is on the wire, and waits (holding no lock, so the other

@@ -70,10 +70,8 @@ const (
 	// DefaultShardBufferBytes bounds what one shard holds (buffered and in
 	// flight) by the estimated encoded size of its records
 	// (event.Record.Size, about what they occupy in memory too): it pauses
-	// its partition at this, and resumes at half. It is the least a shard
-	// left to its defaults gets (SourceBufferBudget), and what it gets when
-	// the topic's partition count is unknown. With a fetch share of at most
-	// FetchMaxPartitionBytes on top, a shard holds a few MiB at most.
+	// its partition at this, and resumes at half. With a fetch share of at
+	// most FetchMaxPartitionBytes on top, a shard holds a few MiB at most.
 	DefaultShardBufferBytes = 4 << 20
 	// minShardBuffer is the least record count a shard may hold before it
 	// pauses (Options.Worker.Buffer's default, unless 2 × BatchSize ×
@@ -93,11 +91,8 @@ type Options struct {
 	// Processes running the same source share its partitions through it.
 	Group string
 	// Worker configures each partition's shard engine; its Source defaults
-	// to the source name; left to their defaults, its BufferBytes is
-	// SourceBufferBudget ÷ the topic's partitions within
-	// DefaultShardBufferBytes..MaxShardBufferBytes (Run asks the cluster;
-	// DefaultShardBufferBytes if it cannot tell) and its Buffer at least
-	// 20,000 records, loose enough that the bytes bind.
+	// to the source name, its Buffer to at least 20,000 records and its
+	// BufferBytes to DefaultShardBufferBytes.
 	Worker shard.WorkerConfig
 	// Deliverer invokes the function; required.
 	Deliverer shard.Deliverer
@@ -162,12 +157,7 @@ type Source struct {
 	opts      Options
 	log       *slog.Logger
 	kopts     []kgo.Opt
-	metaOpts  []kgo.Opt            // a client's without the group: for the topic's partition count
 	metrics   prometheus.Collector // nil without a Registerer
-	// sized says Run sizes the shards' buffers (and the fetch shares and
-	// record counts that follow from them) from the topic's partitions:
-	// the Options left them to their defaults.
-	sized struct{ bytes, fetch, count bool }
 
 	// member is the group-member lifecycle (member.go); its mu guards the
 	// fields below too, and serializes the poll loop's pushes with
@@ -227,13 +217,11 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 	if opts.Worker.Source == "" {
 		opts.Worker.Source = name
 	}
-	var sized struct{ bytes, fetch, count bool }
-	sized.count, sized.bytes, sized.fetch = opts.Worker.Buffer <= 0, opts.Worker.BufferBytes <= 0, opts.FetchMaxPartitionBytes <= 0
 	if opts.Worker.Buffer <= 0 {
 		opts.Worker.Buffer = max(minShardBuffer, 2*max(opts.Worker.BatchSize, 1)*max(opts.Worker.ParallelizationFactor, 1))
 	}
 	if opts.Worker.BufferBytes <= 0 {
-		opts.Worker.BufferBytes = DefaultShardBufferBytes // until Run knows the topic's partitions
+		opts.Worker.BufferBytes = DefaultShardBufferBytes
 	}
 	opts.CommitPipelineDepth = max(opts.CommitPipelineDepth, 0)
 	if opts.Logger == nil {
@@ -266,7 +254,6 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		log:       opts.Logger.With("source", name, "topic", src.Topic),
 		parts:     make(map[int32]*part),
 		commits:   newCommitter(),
-		sized:     sized,
 	}
 	s.member = member[*part]{log: s.log, commitTimeout: opts.CommitTimeout, what: "records",
 		startLocked: s.startLocked, detachLocked: s.detachLocked, stop: s.stop}
@@ -275,7 +262,6 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 	if err != nil {
 		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
 	}
-	s.metaOpts = append(append(slices.Clone(base), sessionOpts(broker)...), opts.ClientOpts...)
 	s.kopts = append(append(base,
 		kgo.WithLogger(kgoLogger{s.log}),
 		kgo.ConsumerGroup(opts.Group),
@@ -295,8 +281,8 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		kgo.OnPartitionsRevoked(s.revoked),
 		kgo.OnPartitionsLost(s.lost),
 		kgo.FetchMaxBytes(opts.FetchMaxBytes),
+		kgo.FetchMaxPartitionBytes(opts.FetchMaxPartitionBytes),
 		kgo.FetchMaxWait(opts.FetchMaxWait),
-		// FetchMaxPartitionBytes: Run, once the shards' buffers are sized.
 	), append(sessionOpts(broker), opts.ClientOpts...)...)
 	if opts.Registerer != nil {
 		c := consumer.NewShardCollector(s.name, func() []consumer.ShardLoad {
@@ -308,79 +294,6 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		s.metrics = c
 	}
 	return s, nil
-}
-
-// SourceBufferBudget is what the shards of a stream source whose buffers
-// are left to their defaults may hold together, by the estimated size of
-// their records: each shard gets the budget divided by the topic's
-// partitions, within DefaultShardBufferBytes..MaxShardBufferBytes (16 MiB
-// each on eight partitions, 4 MiB from 32 on: the budget is exceeded only
-// by topics of more than 32 partitions, at 4 MiB a shard as before). Larger
-// buffers mean larger fetch shares (a sixteenth of the buffer) and fewer
-// fetch requests: at batch_size 500 on eight partitions, 16 MiB shards
-// instead of 4 cut the broker's CPU per record by half or more and raised
-// sluice's records/s by 10–30 % on a two-core machine (BENCHMARKS.md), for
-// ~200 MiB more peak RSS.
-const (
-	SourceBufferBudget  = 128 << 20
-	MaxShardBufferBytes = 16 << 20
-)
-
-// sizeBuffers sizes the shards' buffers left to their defaults from the
-// topic's partition count (SourceBufferBudget), and with them the fetch
-// shares and the record counts at which shards pause. Without the count
-// (the topic is missing or the metadata request fails) the defaults stay.
-// Called by Run before the client starts, so nothing reads the Options
-// meanwhile.
-func (s *Source) sizeBuffers(ctx context.Context) {
-	if !s.sized.bytes {
-		return
-	}
-	n, err := s.topicPartitions(ctx)
-	if err != nil {
-		s.log.Info("shard buffers left at their default: the topic's partition count is unknown",
-			"buffer_bytes", s.opts.Worker.BufferBytes, "error", err)
-		return
-	}
-	w := &s.opts.Worker
-	w.BufferBytes = shardBufferBytes(n)
-	if s.sized.fetch {
-		s.opts.FetchMaxPartitionBytes = fetchPartitionBytes(w.BufferBytes)
-	}
-	if s.sized.count {
-		// Loose: a record's estimated size is at least 160 bytes, so the
-		// bytes bind first.
-		w.Buffer = max(w.Buffer, int(w.BufferBytes/160))
-	}
-}
-
-// shardBufferBytes is a shard's share of SourceBufferBudget on a topic of
-// n partitions.
-func shardBufferBytes(n int) int64 {
-	return min(max(SourceBufferBudget/int64(max(n, 1)), DefaultShardBufferBytes), MaxShardBufferBytes)
-}
-
-// topicPartitions asks the cluster how many partitions the topic has.
-func (s *Source) topicPartitions(ctx context.Context) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	cl, err := kgo.NewClient(s.metaOpts...)
-	if err != nil {
-		return 0, err
-	}
-	defer cl.Close()
-	topics, err := kadm.NewClient(cl).ListTopics(ctx, s.topic)
-	if err != nil {
-		return 0, err
-	}
-	t, ok := topics[s.topic]
-	switch {
-	case !ok:
-		return 0, fmt.Errorf("topic %q not in the metadata", s.topic)
-	case t.Err != nil:
-		return 0, t.Err
-	}
-	return len(t.Partitions), nil
 }
 
 // fetchPartitionBytes is the stream Source's default per-partition share of
@@ -437,9 +350,7 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	defer stopWork()
 
-	s.sizeBuffers(ctx)
-	// First, so that a FetchMaxPartitionBytes in Options.ClientOpts wins.
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.FetchMaxPartitionBytes(s.opts.FetchMaxPartitionBytes)}, s.kopts...)...)
+	cl, err := kgo.NewClient(s.kopts...)
 	if err != nil {
 		return fmt.Errorf("kafka: source %q: %w", s.name, err)
 	}
