@@ -465,7 +465,7 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 	tp := map[string][]int32{s.topic: {p}}
 	// How many checkpoints a lane's Commit hook leaves unconfirmed.
 	depth := s.opts.CommitPipelineDepth * s.opts.Worker.WithDefaults().ParallelizationFactor
-	kickAt := max(1, (depth+1)/2) // unstarted marks that ask for a commit round
+	askAt := max(1, (depth+1)/2) // unstarted marks that ask for a commit round
 	pt.w = shard.NewWorker(shard.ID{Source: s.name, Partition: p}, s.opts.Worker, shard.Hooks{
 		Deliverer:    s.opts.Deliverer,
 		DeadLetterer: s.opts.DeadLetterer,
@@ -500,7 +500,7 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 			// short; its marks are committed then. (The worker serializes
 			// Commit calls, so commitRounds needs no lock of its own.)
 			pt.commitRounds = append(pt.commitRounds, s.commits.next())
-			if s.commits.unstarted(pt.commitRounds) >= kickAt {
+			if s.commits.unstarted(pt.commitRounds) >= askAt {
 				s.commits.ask()
 			}
 			if len(pt.commitRounds) <= depth {
@@ -819,17 +819,10 @@ func (c *committer) ask() {
 	}
 }
 
-// request asks for a commit round that commits what the caller marked
-// before calling, and returns that round's number for waitFor.
-func (c *committer) request() uint64 {
-	target := c.next()
-	c.ask()
-	return target
-}
-
 // wait asks for a commit round and returns once it has ended (it commits
-// what the caller marked before calling), or when ctx ends.
-func (c *committer) wait(ctx context.Context) { c.waitFor(ctx, c.request()) }
+// what the caller marked before calling), or when ctx ends: waitFor asks
+// for the round, which has not begun.
+func (c *committer) wait(ctx context.Context) { c.waitFor(ctx, c.next()) }
 
 // waitFor returns once round target has ended (at once for 0), or when ctx
 // ends. A target that has not begun is asked for. A failed round is not
