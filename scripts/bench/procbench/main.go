@@ -30,6 +30,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -169,8 +170,8 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 				}
 				key := sc.name + "|" + side
 				results[key] = append(results[key], res)
-				fmt.Printf("round %d %-14s %-6s %10.0f rec/s %7.2f µs CPU/rec %7.1f MiB peak RSS %6.1f rec/call %7.2f µs broker CPU/rec\n",
-					r+1, sc.name, side, res.recPerSec, us(res.cpuPerRec), res.rssMiB, res.perCall, us(res.brokerPerRec))
+				fmt.Printf("round %d %-14s %-6s %10.0f rec/s %7.2f µs CPU/rec %7.1f MiB peak RSS %6.1f rec/call %7s µs broker CPU/rec\n",
+					r+1, sc.name, side, res.recPerSec, us(res.cpuPerRec), res.rssMiB, res.perCall, brokerUS(res.brokerPerRec))
 			}
 		}
 	}
@@ -186,12 +187,12 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 			continue
 		}
 		if f == nil {
-			fmt.Printf("| %s | %.0f | | | %.2f | | | %.0f | | %.2f |\n", sc.name, s.recPerSec, us(s.cpuPerRec), s.rssMiB, us(s.brokerPerRec))
+			fmt.Printf("| %s | %.0f | | | %.2f | | | %.0f | | %s |\n", sc.name, s.recPerSec, us(s.cpuPerRec), s.rssMiB, brokerUS(s.brokerPerRec))
 			continue
 		}
-		fmt.Printf("| %s | %.0f | %.0f | %.3f | %.2f | %.2f | %.3f | %.0f | %.0f | %.2f / %.2f |\n", sc.name, s.recPerSec, f.recPerSec,
+		fmt.Printf("| %s | %.0f | %.0f | %.3f | %.2f | %.2f | %.3f | %.0f | %.0f | %s / %s |\n", sc.name, s.recPerSec, f.recPerSec,
 			s.recPerSec/f.recPerSec, us(s.cpuPerRec), us(f.cpuPerRec), float64(f.cpuPerRec)/float64(s.cpuPerRec), s.rssMiB, f.rssMiB,
-			us(s.brokerPerRec), us(f.brokerPerRec))
+			brokerUS(s.brokerPerRec), brokerUS(f.brokerPerRec))
 	}
 	for _, p := range []string{"", "1p "} {
 		if a, b := median(results[p+"b100 5ms pf1|sluice"]), median(results[p+"b100 5ms pf10|sluice"]); a != nil && b != nil {
@@ -202,6 +203,15 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+// brokerUS formats a broker CPU per record in µs, "n/a" when the broker's
+// process was not known (brokerCPU).
+func brokerUS(d time.Duration) string {
+	if d < 0 {
+		return "n/a"
+	}
+	return strconv.FormatFloat(us(d), 'f', 2, 64)
+}
 
 func median(rs []result) *result {
 	if len(rs) == 0 {
@@ -295,8 +305,8 @@ func brokerCPU() time.Duration {
 	}
 	var ticks int64
 	for _, v := range f[11:13] {
-		var t int64
-		if _, err := fmt.Sscan(v, &t); err != nil {
+		t, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
 			return -1
 		}
 		ticks += t
