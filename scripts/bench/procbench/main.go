@@ -79,6 +79,10 @@ type result struct {
 	// brokerPerRec is the broker's CPU during the run per record; -1 when
 	// its process is not known.
 	brokerPerRec time.Duration
+	// fnPerRec is this process's CPU during the run per record: almost all
+	// of it the function's (reading and counting the bodies), which grows
+	// with what a side sends it.
+	fnPerRec time.Duration
 }
 
 func main() {
@@ -170,8 +174,8 @@ func bench(broker string, records, partitions, rounds int, only string, depth in
 				}
 				key := sc.name + "|" + side
 				results[key] = append(results[key], res)
-				fmt.Printf("round %d %-14s %-6s %10.0f rec/s %7.2f µs CPU/rec %7.1f MiB peak RSS %6.1f rec/call %7s µs broker CPU/rec\n",
-					r+1, sc.name, side, res.recPerSec, us(res.cpuPerRec), res.rssMiB, res.perCall, brokerUS(res.brokerPerRec))
+				fmt.Printf("round %d %-14s %-6s %10.0f rec/s %7.2f µs CPU/rec %7.1f MiB peak RSS %6.1f rec/call %7s µs broker CPU/rec %5.2f µs function CPU/rec\n",
+					r+1, sc.name, side, res.recPerSec, us(res.cpuPerRec), res.rssMiB, res.perCall, brokerUS(res.brokerPerRec), us(res.fnPerRec))
 			}
 		}
 	}
@@ -233,6 +237,7 @@ func median(rs []result) *result {
 		cpuPerRec:    time.Duration(pick(func(r result) float64 { return float64(r.cpuPerRec) })),
 		rssMiB:       pick(func(r result) float64 { return r.rssMiB }),
 		brokerPerRec: time.Duration(pick(func(r result) float64 { return float64(r.brokerPerRec) })),
+		fnPerRec:     time.Duration(pick(func(r result) float64 { return float64(r.fnPerRec) })),
 	}
 }
 
@@ -240,7 +245,7 @@ func median(rs []result) *result {
 // with SIGTERM and reads its resource usage.
 func measure(cmd *exec.Cmd, fn *function, n int64) (result, error) {
 	fn.reset()
-	b0 := brokerCPU()
+	b0, f0 := brokerCPU(), selfCPU()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.Stdout = io.Discard
@@ -273,11 +278,21 @@ func measure(cmd *exec.Cmd, fn *function, n int64) (result, error) {
 	}
 	return result{
 		brokerPerRec: brokerPerRec,
+		fnPerRec:     (selfCPU() - f0) / time.Duration(n),
 		recPerSec:    float64(n) / end.Sub(first).Seconds(),
 		perCall:      float64(fn.records.Load()) / float64(max(fn.calls.Load(), 1)),
 		cpuPerRec:    cpu / time.Duration(n),
 		rssMiB:       float64(ru.Maxrss) / 1024, // KiB on Linux
 	}, nil
+}
+
+// selfCPU returns the CPU time (user + system) this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // brokerCPU returns the CPU time (user + system) the Kafka broker started
