@@ -61,7 +61,15 @@ type Hooks struct {
 	Commit func(last event.Record) (wait func())
 	// Pause asks the source to stop (true) or restart (false) fetching this
 	// shard. Called on changes only, from the source's Push or the worker.
-	Pause  func(paused bool)
+	Pause func(paused bool)
+	// Full, if set, tells the source that the shard holds a quarter of its
+	// Buffer (or BufferBytes) or more (true), or that it drained to an
+	// eighth (false). It asks nothing of the source, as Pause does: it is
+	// for a source that fetches for all its shards at once (Kafka), which
+	// fetches again only once some shard is not full, so that its shards
+	// take in what was fetched and reach Pause's bound rarely. Called on
+	// changes only, after any Pause call of the same change.
+	Full   func(full bool)
 	Logger *slog.Logger
 	Now    func() time.Time // default time.Now
 }
@@ -102,8 +110,9 @@ type Worker struct {
 	laneFree chan struct{} // capacity 1: a lane took its next batch or finished one (the router may hand it another)
 
 	commitMu sync.Mutex // serializes checkpoint + Hooks.Commit (not its wait); taken before mu, never inside it
-	pauseMu  sync.Mutex // serializes Hooks.Pause calls; guards paused; taken before mu, never inside it
+	pauseMu  sync.Mutex // serializes Hooks.Pause and Hooks.Full calls; guards paused and full; taken before mu, never inside it
 	paused   bool       // what Pause was last told
+	full     bool       // what Full was last told
 
 	// mu guards everything below.
 	mu sync.Mutex
@@ -246,28 +255,49 @@ func (w *Worker) Status() Status {
 // resuming at the first free record would pause again on the next fetch,
 // and each resume waits for a fetch round trip, so a shard fed in fetches
 // larger than its headroom would spend its time paused. Draining the other
-// half overlaps that round trip. pauseMu keeps the hook calls in the order
-// of the decisions; the hook runs without mu, so it may call back into the
+// half overlaps that round trip. The Full hook has the same hysteresis at
+// 1/fullShare of the bounds. pauseMu keeps the hook calls in the order of the
+// decisions; the hooks run without mu, so they may call back into the
 // worker (Status).
 func (w *Worker) updatePause() {
-	if w.h.Pause == nil {
+	if w.h.Pause == nil && w.h.Full == nil {
 		return
 	}
 	w.pauseMu.Lock()
 	defer w.pauseMu.Unlock()
 	w.mu.Lock()
 	n, size := w.bufLen+w.inflight, w.bufBytes+w.inBytes
-	full := n >= w.cfg.Buffer || (w.cfg.BufferBytes > 0 && size >= w.cfg.BufferBytes)
-	if w.paused && !full {
-		full = n > w.cfg.Buffer/2 || (w.cfg.BufferBytes > 0 && size > w.cfg.BufferBytes/2)
+	// over reports whether the shard holds at least 1/div of its bounds,
+	// or with was (it was over them) more than 1/(2·div).
+	over := func(div int, was bool) bool {
+		if was {
+			div *= 2
+			return n > w.cfg.Buffer/div || (w.cfg.BufferBytes > 0 && size > w.cfg.BufferBytes/int64(div))
+		}
+		return n >= w.cfg.Buffer/div || (w.cfg.BufferBytes > 0 && size >= w.cfg.BufferBytes/int64(div))
 	}
-	want := full || w.blocked > 0
+	pause := over(1, w.paused) || w.blocked > 0
+	full := over(fullShare, w.full)
 	w.mu.Unlock()
-	if want != w.paused {
-		w.paused = want
-		w.h.Pause(want)
+	if pause != w.paused {
+		w.paused = pause
+		if w.h.Pause != nil {
+			w.h.Pause(pause)
+		}
+	}
+	if full != w.full {
+		w.full = full
+		if w.h.Full != nil {
+			w.h.Full(full)
+		}
 	}
 }
+
+// fullShare: a shard is full (Hooks.Full) at 1/fullShare of its bounds. A
+// quarter leaves room for what fetches bring a full shard while its source
+// feeds the others (a whole record batch, however large) before Pause's
+// bound, where the source would drop what it fetched.
+const fullShare = 4
 
 // HeldWarnAfter is how long a shard may stay throttled, retrying or
 // blocked before it says so in the log (Warn, then again each

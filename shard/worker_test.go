@@ -89,6 +89,7 @@ type harness struct {
 	mu      sync.Mutex
 	commits []int64
 	pauses  []bool
+	fulls   []bool
 	cancel  context.CancelFunc
 	done    chan struct{}
 }
@@ -117,6 +118,11 @@ func startWorker(t *testing.T, cfg WorkerConfig, answer func(Delivery, int) even
 		Pause: func(p bool) {
 			h.mu.Lock()
 			h.pauses = append(h.pauses, p)
+			h.mu.Unlock()
+		},
+		Full: func(f bool) {
+			h.mu.Lock()
+			h.fulls = append(h.fulls, f)
 			h.mu.Unlock()
 		},
 	})
@@ -586,6 +592,58 @@ func TestWorkerBufferBytesPausesWithHysteresis(t *testing.T) {
 		}
 		close(gate)
 		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 39 })
+	})
+}
+
+// A shard is full (Hooks.Full) at a quarter of its bounds and not full
+// again only once it drained to an eighth, and Full asks for no pause: a
+// Kafka source stops polling while every shard is full, and pausing (which
+// drops what was fetched) stays at the whole bound.
+func TestWorkerFullAtAQuarterWithHysteresis(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		recSize := records(0, 1, 1, time.Now())[0].Size()
+		gate := make(chan struct{})
+		h := startWorker(t, WorkerConfig{BatchSize: 10, Buffer: 1 << 20, BufferBytes: 160 * recSize},
+			func(Delivery, int) event.Result {
+				<-gate
+				return event.Result{Outcome: event.Delivered}
+			})
+		hooks := func() (fulls, pauses []bool) {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return slices.Clone(h.fulls), slices.Clone(h.pauses)
+		}
+		h.w.Push(records(0, 39, 1, time.Now()))
+		synctest.Wait()
+		if f, _ := hooks(); len(f) != 0 {
+			t.Fatalf("full below a quarter of BufferBytes: %v", f)
+		}
+		h.w.Push(records(39, 1, 1, time.Now()))
+		synctest.Wait()
+		if f, p := hooks(); !slices.Equal(f, []bool{true}) || len(p) != 0 {
+			t.Fatalf("at a quarter: fulls %v, pauses %v; want full, no pause", f, p)
+		}
+		gate <- struct{}{} // 30 held (one batch in flight): above an eighth
+		synctest.Wait()
+		if f, _ := hooks(); !slices.Equal(f, []bool{true}) {
+			t.Fatalf("fulls %v after draining to 30 of 160: want still full", f)
+		}
+		gate <- struct{}{} // 20 held: an eighth
+		synctest.Wait()
+		if f, _ := hooks(); !slices.Equal(f, []bool{true, false}) {
+			t.Fatalf("fulls %v after draining to an eighth: want not full", f)
+		}
+		// Over the whole bound it is full and paused.
+		h.w.Push(records(40, 140, 1, time.Now()))
+		synctest.Wait()
+		if f, p := hooks(); !slices.Equal(f, []bool{true, false, true}) || !slices.Equal(p, []bool{true}) {
+			t.Fatalf("at 160 of 160: fulls %v, pauses %v; want full and paused", f, p)
+		}
+		close(gate)
+		waitUntil(t, time.Hour, func() bool { return h.lastCommit() == 179 })
+		if f, p := hooks(); !slices.Equal(f, []bool{true, false, true, false}) || !slices.Equal(p, []bool{true, false}) {
+			t.Fatalf("drained: fulls %v, pauses %v; want neither", f, p)
+		}
 	})
 }
 

@@ -5,12 +5,17 @@
 //   - Source: a stream-mode source. One consumer-group member per source
 //     (group "sluice-<source>" by default) that runs one shard.Worker per
 //     assigned partition, pauses a partition's fetching while its worker is
-//     full or blocked (throttled, retrying, dead-letter store down) so the
-//     other partitions keep flowing (franz-go drops what it fetched for a
-//     paused partition and fetches it again after the resume, so a
-//     partition's share of a fetch is a sixteenth of what its shard buffers:
-//     few fetches are dropped), and commits only offsets the workers
-//     checkpointed (franz-go marks). Commits are off the critical path with
+//     blocked (throttled, retrying, dead-letter store down) or holds its
+//     whole buffer, so the other partitions keep flowing, and commits only
+//     offsets the workers checkpointed (franz-go marks). franz-go drops what
+//     it fetched for a paused partition and fetches it again after the
+//     resume, so flowing shards are not held back by pausing: the poll loop
+//     polls only while some shard holds less than a quarter of its buffer
+//     (shard.Hooks.Full), which also holds franz-go's next fetch, and a
+//     partition's share of a fetch is sized by what it decodes to
+//     (fetchSizer: compressed batches decode to many times their bytes), a
+//     quarter of a shard's buffer. What is fetched is then delivered once.
+//     Commits are off the critical path with
 //     a bound: a lane marks a finished batch and goes on to its next while
 //     the commit is on the wire, and waits (holding no lock, so the other
 //     lanes of its shard go on) only for the commit of the checkpoint

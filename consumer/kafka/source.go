@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,9 +71,13 @@ const (
 	// DefaultShardBufferBytes bounds what one shard holds (buffered and in
 	// flight) by the estimated encoded size of its records
 	// (event.Record.Size, about what they occupy in memory too): it pauses
-	// its partition at this, and resumes at half. With a fetch share of at
-	// most FetchMaxPartitionBytes on top, a shard holds a few MiB at most.
-	DefaultShardBufferBytes = 4 << 20
+	// its partition at this, and resumes at half. In steady flow a shard
+	// holds far less: the poll loop polls only while some shard holds less
+	// than a quarter of it (awaitWantLocked), and a fetch share decodes to
+	// about a quarter (fetchSizer), so shards hold 1–4 MiB and reach this
+	// bound only when one falls far behind the others, or fetches bring
+	// record batches larger than a quarter.
+	DefaultShardBufferBytes = 8 << 20
 	// minShardBuffer is the least record count a shard may hold before it
 	// pauses (Options.Worker.Buffer's default, unless 2 × BatchSize ×
 	// ParallelizationFactor is larger): two polls' worth. A poll brings up
@@ -105,8 +110,9 @@ type Options struct {
 	Registerer prometheus.Registerer
 
 	// Memory bounds and latency of the client: see the defaults.
-	// FetchMaxPartitionBytes defaults to a sixteenth of the shard's
-	// BufferBytes (fetchPartitionBytes).
+	// FetchMaxPartitionBytes, unless set, starts at a sixty-fourth of the
+	// shard's BufferBytes (fetchPartitionBytes) and is then sized by what
+	// the fetched records decode to (fetchSizer).
 	FetchMaxBytes          int32
 	FetchMaxPartitionBytes int32
 	FetchMaxWait           time.Duration
@@ -168,6 +174,12 @@ type Source struct {
 	cl    *kgo.Client // set once Run created it; for Shards' committed offsets
 
 	commits *committer
+	// hungry (capacity 1) wakes a poll loop waiting for a shard that
+	// wants records (awaitWantLocked); it never blocks a hook.
+	hungry chan struct{}
+	// sizer sizes the fetch shares by what they decode to; nil when
+	// Options.FetchMaxPartitionBytes was set.
+	sizer *fetchSizer
 }
 
 // part is one assigned partition and its worker.
@@ -183,6 +195,10 @@ type part struct {
 	// or a pause happens entirely before revoked is set, or not at all.
 	mu      sync.Mutex
 	revoked bool
+
+	// full and paused are what the worker's Full and Pause hooks last
+	// said: the poll loop polls while some shard is neither (wantLocked).
+	full, paused atomic.Bool
 
 	// Guarded by Source.mu.
 	hwm   int64 // high watermark last seen; -1 unknown
@@ -230,7 +246,8 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 	if opts.FetchMaxBytes <= 0 {
 		opts.FetchMaxBytes = DefaultFetchMaxBytes
 	}
-	if opts.FetchMaxPartitionBytes <= 0 {
+	sizeShares := opts.FetchMaxPartitionBytes <= 0
+	if sizeShares {
 		opts.FetchMaxPartitionBytes = fetchPartitionBytes(opts.Worker.BufferBytes)
 	}
 	if opts.FetchMaxWait <= 0 {
@@ -254,6 +271,11 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 		log:       opts.Logger.With("source", name, "topic", src.Topic),
 		parts:     make(map[int32]*part),
 		commits:   newCommitter(),
+		hungry:    make(chan struct{}, 1),
+	}
+	if sizeShares {
+		s.sizer = newFetchSizer(opts.Worker.BufferBytes, opts.FetchMaxPartitionBytes)
+		s.kopts = append(s.kopts, kgo.WithHooks(s.sizer))
 	}
 	s.member = member[*part]{log: s.log, commitTimeout: opts.CommitTimeout, what: "records",
 		startLocked: s.startLocked, detachLocked: s.detachLocked, stop: s.stop}
@@ -262,7 +284,7 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 	if err != nil {
 		return nil, fmt.Errorf("kafka: source %q: %w", name, err)
 	}
-	s.kopts = append(append(base,
+	s.kopts = append(append(append(s.kopts, base...),
 		kgo.WithLogger(kgoLogger{s.log}),
 		kgo.ConsumerGroup(opts.Group),
 		kgo.ConsumeTopics(src.Topic),
@@ -296,17 +318,15 @@ func New(name string, broker consumer.KafkaConfig, src consumer.SourceConfig, op
 	return s, nil
 }
 
-// fetchPartitionBytes is the stream Source's default per-partition share of
-// a fetch: a sixteenth of what a shard buffers, within 64 KiB..1 MiB (256
-// KiB for DefaultShardBufferBytes). A shard pauses its partition when its
-// buffer is full and resumes at half, and franz-go drops what it had
-// fetched for a partition when it is paused (it is fetched again after the
-// resume). With a share close to the half a shard drains between pause and
-// resume, about every other fetch was dropped: BenchmarkKafkaPipeline
-// decoded 1.75 records per record delivered at 1 MiB, 1.12 at 256 KiB, and
-// the sluice side's CPU per record fell by about a sixth (BENCHMARKS.md).
+// fetchPartitionBytes is the stream Source's first per-partition share of a
+// fetch, until its fetchSizer learned what shares decode to: a sixty-fourth
+// of what a shard buffers, within 64 KiB..1 MiB (128 KiB for
+// DefaultShardBufferBytes). Small, because a compressed topic's share
+// decodes to many times its bytes (eleven times on the benchmark topic),
+// and a share that decodes to more than a shard takes in below its whole
+// buffer has the shard paused and is fetched again.
 func fetchPartitionBytes(bufferBytes int64) int32 {
-	return int32(min(max(bufferBytes/16, minFetchPartitionBytes), DefaultFetchMaxPartitionBytes))
+	return int32(min(max(bufferBytes/64, minFetchPartitionBytes), DefaultFetchMaxPartitionBytes))
 }
 
 func startOffset(src consumer.SourceConfig) (kgo.Offset, error) {
@@ -375,9 +395,23 @@ func (s *Source) Run(ctx context.Context) error {
 
 // poll is the poll loop: it hands each partition's records to its worker and
 // never waits for one (Push does not block; a worker that holds too much or
-// is throttled pauses its partition instead).
+// is throttled pauses its partition). It polls only while some shard wants
+// records (awaitWantLocked).
 func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
-	s.pollLoop(ctx, cl, func() int { return maxPollRecords }, func(fp kgo.FetchTopicPartition) {
+	next := func() int {
+		s.awaitWantLocked(ctx)
+		if s.sizer != nil {
+			if share, changed := s.sizer.resizeLocked(); changed {
+				cl.UpdateFetchMaxBytes(s.opts.FetchMaxBytes, share)
+			}
+		}
+		// Everything buffered: a poll that left part of a fetch behind
+		// would hold franz-go's next fetch until the poll after it, and
+		// the shards would wait a fetch round trip every other poll. The
+		// fetch shares bound what a fetch holds.
+		return 0
+	}
+	s.pollLoop(ctx, cl, next, func(fp kgo.FetchTopicPartition) {
 		if fp.Topic != s.topic {
 			return
 		}
@@ -396,8 +430,65 @@ func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
 		if pt.first < 0 {
 			pt.first = fp.Records[0].Offset
 		}
-		pt.w.Push(convert(fp.Records))
+		recs := convert(fp.Records)
+		if s.sizer != nil {
+			var size int64
+			for i := range recs {
+				size += recs[i].Size() // kept in the record: Push does not compute it again
+			}
+			s.sizer.pushedLocked(len(recs), size)
+		}
+		pt.w.Push(recs)
 	})
+}
+
+// awaitWantLocked returns once some shard is neither full (its Full hook)
+// nor paused, or none is assigned, or ctx ended; it waits with s.mu
+// released. Called with s.mu held.
+//
+// Why it waits rather than polls: franz-go keeps one fetch per broker
+// buffered until it is polled and sends the next only then, and a fetch
+// brings records for every partition not paused. A shard that is full still
+// takes what a poll brings it; if the source polled regardless, a shard
+// would fill to Buffer, be paused, and franz-go would drop what it had
+// fetched for it (to fetch it again after the resume): a fifth of the
+// records fetched at batch_size 500 on eight partitions. Holding the poll
+// while every shard is full holds the next fetch too, so what is fetched
+// is delivered, and pausing is left to shards that are throttled or fall
+// far behind the others.
+func (s *Source) awaitWantLocked(ctx context.Context) {
+	for ctx.Err() == nil && !s.wantLocked() {
+		s.mu.Unlock()
+		select {
+		case <-s.hungry:
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
+	}
+}
+
+// wantLocked reports whether the poll loop should poll: some shard is
+// neither full nor paused, or none is assigned (a poll then waits for the
+// first records of an assignment). Called with s.mu held.
+func (s *Source) wantLocked() bool {
+	if len(s.parts) == 0 {
+		return true
+	}
+	for _, pt := range s.parts {
+		if !pt.full.Load() && !pt.paused.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// wake tells a waiting poll loop to look again whether a shard wants
+// records. It never blocks.
+func (s *Source) wake() {
+	select {
+	case s.hungry <- struct{}{}:
+	default:
+	}
 }
 
 // timestampTypeOf reads the timestamp type of kr's attributes.
@@ -457,6 +548,7 @@ func (s *Source) startLocked(cl *kgo.Client, m map[string][]int32) {
 			s.parts[p] = s.start(cl, p)
 		}
 	}
+	s.wake() // a new shard wants records
 }
 
 // start runs a worker for partition p. Called with s.mu held.
@@ -512,13 +604,23 @@ func (s *Source) start(cl *kgo.Client, p int32) *part {
 		},
 		Pause: func(paused bool) {
 			pt.mu.Lock()
-			defer pt.mu.Unlock()
 			switch {
 			case pt.revoked:
 			case paused:
 				cl.PauseFetchPartitions(tp)
 			default:
 				cl.ResumeFetchPartitions(tp)
+			}
+			pt.mu.Unlock()
+			pt.paused.Store(paused)
+			if !paused {
+				s.wake()
+			}
+		},
+		Full: func(full bool) {
+			pt.full.Store(full)
+			if !full {
+				s.wake()
 			}
 		},
 	})

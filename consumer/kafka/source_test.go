@@ -793,15 +793,15 @@ func TestNewShardBufferDefaults(t *testing.T) {
 	}
 }
 
-// A partition's share of a fetch is a sixteenth of what its shard buffers,
-// within 64 KiB..1 MiB, unless set.
+// A partition's first share of a fetch is a sixty-fourth of what its shard
+// buffers, within 64 KiB..1 MiB, unless set (then the sizer leaves it).
 func TestNewFetchPartitionBytesFromShardBuffer(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		bufferBytes int64
 		set, want   int32
 	}{
-		{0, 0, 256 << 10}, // DefaultShardBufferBytes
+		{0, 0, 128 << 10}, // DefaultShardBufferBytes
 		{1 << 20, 0, 64 << 10},
 		{1 << 10, 0, 64 << 10},
 		{64 << 20, 0, 1 << 20},
@@ -815,6 +815,9 @@ func TestNewFetchPartitionBytesFromShardBuffer(t *testing.T) {
 		}
 		if got := s.opts.FetchMaxPartitionBytes; got != c.want {
 			t.Errorf("BufferBytes %d, FetchMaxPartitionBytes %d: got %d, want %d", c.bufferBytes, c.set, got, c.want)
+		}
+		if sized := s.sizer != nil; sized != (c.set == 0) {
+			t.Errorf("FetchMaxPartitionBytes %d: sized by what shares decode to %v, want %v", c.set, sized, c.set == 0)
 		}
 	}
 }
@@ -863,4 +866,67 @@ func TestSourceAsksForCommitRoundsAtHalfDepth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A shard that is full (a quarter of its buffer) holds the fetching back
+// while it is the only one: the poll loop stops polling, and franz-go sends
+// no fetch past the one it keeps buffered. So the shard never reaches its
+// whole buffer, is never paused, and nothing fetched is dropped and fetched
+// again. (When shards paused at their whole buffer to hold fetches back, a
+// blocked function let this one fetch its whole 20,000 records' buffer, and
+// franz-go dropped what it fetched for the partition after the pause.)
+func TestSourceFullShardHoldsFetchesBack(t *testing.T) {
+	t.Parallel()
+	const n = 30000
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "orders"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	seeds := cluster.ListenAddrs()
+	produce(t, seeds, "orders", 1, n)
+
+	var fetched atomic.Int64
+	release := make(chan struct{})
+	f := newFakeDeliverer(func(ctx context.Context, _ shard.Delivery) event.Result {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return event.Result{Outcome: event.Delivered}
+	})
+	opts := testSourceOpts(f, "g")
+	opts.Worker.BatchSize = 500
+	opts.Worker.Buffer = 20000             // whole; full at 5,000
+	opts.Worker.BufferBytes = 1 << 30      // the count bounds this shard
+	opts.FetchMaxPartitionBytes = 32 << 10 // ~1,000 of these records a fetch
+	opts.ClientOpts = append(opts.ClientOpts, kgo.WithHooks(fetchCounter{&fetched}))
+	s, err := New("orders", consumer.KafkaConfig{Seeds: seeds}, sourceConfig("orders"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runSource(t, s)
+	waitFor(t, 10*time.Second, "the shard full", func() bool {
+		st := s.Shards()
+		return len(st) == 1 && st[0].Buffered >= 5000
+	})
+	// Let any fetch still on its way land: none should have been sent.
+	time.Sleep(500 * time.Millisecond)
+	if got := fetched.Load(); got >= 10000 {
+		t.Errorf("fetched %d records while the shard was full at 5,000 of 20,000 and blocked: fetching went on", got)
+	}
+	close(release)
+	waitFor(t, 30*time.Second, "every record delivered", func() bool { return f.distinct(0) == n })
+	stop()
+	checkInOrder(t, f, 0, n, false)
+	if got := fetched.Load(); got != n {
+		t.Fatalf("fetched %d records for %d produced: what was fetched was dropped and fetched again", got, n)
+	}
+}
+
+// fetchCounter counts the records of the batches a client fetched.
+type fetchCounter struct{ n *atomic.Int64 }
+
+func (c fetchCounter) OnFetchBatchRead(_ kgo.BrokerMetadata, _ string, _ int32, m kgo.FetchBatchMetrics) {
+	c.n.Add(int64(m.NumRecords))
 }
