@@ -24,8 +24,9 @@
 //     per client coalesces the marks of every partition into each commit
 //     request; a lane asks for a round once half its depth of checkpoints
 //     waits for one (rounds after every batch cost the broker more CPU than
-//     they saved), and the next round asked for starts as soon as one
-//     returns. A kill -9
+//     they saved), and a round asked for starts after a pause as long as the
+//     last round took (at most 50 ms), at once when a lane waits for it. A
+//     kill -9
 //     therefore delivers again at most (depth + 1) × batch_size records per
 //     partition with parallelization_factor 1 (the batch in flight and depth
 //     batches whose commits were on the wire); with N lanes the shard

@@ -59,6 +59,9 @@ const (
 	// offsets when no lane asked for a round; short, so a crash redelivers
 	// at most about a second of finished work (AsyncCommit).
 	commitInterval = time.Second
+	// maxCommitRest bounds the pause between asked commit rounds
+	// (committer.run), however long the last round took.
+	maxCommitRest = 50 * time.Millisecond
 	// autoCommitInterval is franz-go's own auto-commit interval: in effect
 	// never. franz-go snapshots the marks before it takes its commit lock,
 	// so two commits of one client can land in the other order and move the
@@ -827,8 +830,8 @@ func (l kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 // committer commits the marked offsets of every shard when a shard asks
 // (once half of its commit_pipeline_depth waits, or when it must wait),
 // coalescing the marks of every shard into each round and the asks made
-// while a round is on the wire into the next one, and every commitInterval
-// when nobody asked. It is the
+// while a round is on the wire, or in the pause after it, into the next
+// one, and every commitInterval when nobody asked. It is the
 // only path by which a client commits: its rounds, the commit at revoke and
 // the final one all go through commit, which reads the marks and sends them
 // under one lock, so a commit never carries older marks than the one before
@@ -838,6 +841,9 @@ func (l kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 // older offsets after the revoke's, and the next owner would start there.)
 type committer struct {
 	asked chan struct{} // capacity 1: "a mark is waiting for a commit"; never blocks a shard
+	// urgent (capacity 1): a lane waits for a round that has not begun, so
+	// the round starts without the pause between rounds (run).
+	urgent chan struct{}
 
 	// commitMu serializes commit: the read of the marks and their commit.
 	commitMu sync.Mutex
@@ -853,7 +859,7 @@ type committer struct {
 }
 
 func newCommitter() *committer {
-	return &committer{asked: make(chan struct{}, 1), done: make(chan struct{})}
+	return &committer{asked: make(chan struct{}, 1), urgent: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // commit commits what is marked on cl now, after any commit of c in
@@ -941,6 +947,10 @@ func (c *committer) waitFor(ctx context.Context, target uint64) {
 		c.mu.Unlock()
 		if !begun {
 			c.ask()
+			select {
+			case c.urgent <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case <-done:
@@ -956,13 +966,37 @@ func (c *committer) waitFor(ctx context.Context, target uint64) {
 func (c *committer) run(ctx context.Context, cl *kgo.Client, interval, timeout time.Duration, log *slog.Logger) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	var rested time.Time // when the pause after the last round ends
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.asked:
+			// A round asked for starts after a pause as long as the last
+			// round took, unless a lane waits for it (urgent). Lanes ask
+			// once half their depth waits; with several lanes asking in
+			// turn, rounds ran back to back, each carrying a batch or two
+			// a partition, and each cost the broker more CPU than those
+			// batches cost sluice (batch_size 500, BENCHMARKS.md). Marks
+			// made during the pause join the round.
+			if rest := time.Until(rested); rest > 0 {
+				t := time.NewTimer(rest)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				case <-c.urgent:
+					t.Stop()
+				}
+			}
 		case <-tick.C:
 		}
+		select {
+		case <-c.urgent: // this round serves it
+		default:
+		}
+		began := time.Now()
 		c.mu.Lock()
 		c.started++
 		round := c.started
@@ -971,6 +1005,7 @@ func (c *committer) run(ctx context.Context, cl *kgo.Client, interval, timeout t
 		cctx, cancel := context.WithTimeout(ctx, timeout)
 		err := c.commit(cctx, cl)
 		cancel()
+		rested = time.Now().Add(min(time.Since(began), maxCommitRest))
 		if err != nil && ctx.Err() == nil {
 			// Typically a rebalance in progress; the marks stay and the
 			// next round or the revoke commits them.

@@ -930,3 +930,58 @@ type fetchCounter struct{ n *atomic.Int64 }
 func (c fetchCounter) OnFetchBatchRead(_ kgo.BrokerMetadata, _ string, _ int32, m kgo.FetchBatchMetrics) {
 	c.n.Add(int64(m.NumRecords))
 }
+
+// A commit round that lanes asked for (and none waits for yet) starts only
+// after a pause as long as the last round took: with rounds of 30 ms and
+// four lanes asking in turn, rounds begin at most about every 60 ms, not
+// back to back every 30.
+func TestSourcePausesBetweenAskedCommitRounds(t *testing.T) {
+	t.Parallel()
+	const roundTrip = 30 * time.Millisecond
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, "orders"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	var mu sync.Mutex
+	var starts []time.Time
+	cluster.ControlKey(kmsg.OffsetCommit.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		mu.Lock()
+		starts = append(starts, time.Now())
+		mu.Unlock()
+		cluster.SleepControl(func() { time.Sleep(roundTrip) })
+		return nil, nil, false // then handled as usual
+	})
+	seeds := cluster.ListenAddrs()
+	produce(t, seeds, "orders", 4, 3000) // sixty batches of 50 a partition
+	// A batch takes a third of a round trip: a lane asks after four
+	// (depth 8) and reaches its depth after eight, later than a round and
+	// the pause after it; nobody has to wait, so no round is urgent.
+	f := newFakeDeliverer(func(context.Context, shard.Delivery) event.Result {
+		time.Sleep(roundTrip / 3)
+		return event.Result{Outcome: event.Delivered}
+	})
+	opts := testSourceOpts(f, "g")
+	opts.CommitPipelineDepth = 8
+	s, err := New("orders", consumer.KafkaConfig{Seeds: seeds}, sourceConfig("orders"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runSource(t, s)
+	waitFor(t, 30*time.Second, "offset 3000 committed on every partition", func() bool {
+		c := committed(t, seeds, "g", "orders")
+		return c[0] == 3000 && c[1] == 3000 && c[2] == 3000 && c[3] == 3000
+	})
+	stop()
+	for p := range int32(4) {
+		checkInOrder(t, f, p, 3000, false)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	span := starts[len(starts)-1].Sub(starts[0])
+	// Back to back would be span/roundTrip; paused, at most about half.
+	if limit := int(span/(2*roundTrip-5*time.Millisecond)) + 3; len(starts) > limit {
+		t.Fatalf("%d commit rounds in %v (rounds of %v), want at most %d: rounds ran back to back", len(starts), span, roundTrip, limit)
+	}
+}
