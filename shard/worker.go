@@ -64,7 +64,7 @@ type Hooks struct {
 	Pause func(paused bool)
 	// Full, if set, tells the source that the shard holds a quarter of its
 	// Buffer (or BufferBytes) or more (true), or that it drained to an
-	// eighth (false). It asks nothing of the source, as Pause does: it is
+	// eighth (false). Unlike Pause it asks nothing of the source: it is
 	// for a source that fetches for all its shards at once (Kafka), which
 	// fetches again only once some shard is not full, so that its shards
 	// take in what was fetched and reach Pause's bound rarely. Called on
@@ -294,9 +294,10 @@ func (w *Worker) updatePause() {
 }
 
 // fullShare: a shard is full (Hooks.Full) at 1/fullShare of its bounds. A
-// quarter leaves room for what fetches bring a full shard while its source
-// feeds the others (a whole record batch, however large) before Pause's
-// bound, where the source would drop what it fetched.
+// quarter leaves room, below Pause's bound (where a Kafka source drops what
+// it fetched), for what a full shard is brought while its source feeds the
+// others: a fetch share each time (sized to a quarter of the bound) or a
+// producer's record batch.
 const fullShare = 4
 
 // HeldWarnAfter is how long a shard may stay throttled, retrying or
