@@ -38,10 +38,7 @@ chaos-short: ## fault-injection suite, short (CI): Kafka and JetStream sources, 
 FUZZTIME ?= 30s
 FUZZ_TARGETS := admin:FuzzAdminRequest config:FuzzLoad dispatch:FuzzParseBatchItemFailures dispatch:FuzzHTTPResponse retention:FuzzDecodeEnvelope retention:FuzzEnvelopeRoundTrip
 fuzz: ## run each fuzz target for FUZZTIME (default 30s); their seed corpora run with the unit tests anyway
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; fn=$${t#*:}; echo "fuzz $$fn in ./$$pkg for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg/; \
-	done
+	GO=$(GO) scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
 fuzz-short: ## every fuzz target for 10s (CI)
 	$(MAKE) fuzz FUZZTIME=10s
