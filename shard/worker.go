@@ -207,15 +207,14 @@ func NewWorker(id ID, cfg WorkerConfig, h Hooks) *Worker {
 	return w
 }
 
-// Push hands the worker records of its shard, in order. It never blocks: when
-// the worker holds Buffer records (or BufferBytes) or more it asks the source
-// to pause. The worker keeps recs itself: the caller must not modify it
-// afterwards.
-func (w *Worker) Push(recs []event.Record) {
+// Push hands the worker records of its shard, in order, and returns their
+// estimated size (Record.Size, summed). It never blocks: when the worker
+// holds Buffer records (or BufferBytes) or more it asks the source to pause.
+// The worker keeps recs itself: the caller must not modify it afterwards.
+func (w *Worker) Push(recs []event.Record) (size int64) {
 	if len(recs) == 0 {
-		return
+		return 0
 	}
-	var size int64
 	for i := range recs {
 		size += recs[i].Size()
 	}
@@ -230,6 +229,7 @@ func (w *Worker) Push(recs []event.Record) {
 	case w.wake <- struct{}{}:
 	default:
 	}
+	return size
 }
 
 // Status returns what the shard is doing now.

@@ -18,11 +18,11 @@ import (
 // batch's compressed bytes, OnFetchBatchRead) and what it costs a shard
 // (Record.Size, counted as the poll loop pushes), and sets the share so that
 // it decodes to about target: a quarter of a shard's buffer, which a shard
-// that is nearly half full (Worker's Full hook) takes in well below the
-// whole buffer, where it would be paused.
+// that is just short of full (a quarter, Worker's Full hook) takes in well
+// below the whole buffer, where it would be paused. The share stays within
+// minFetchShare..DefaultFetchMaxPartitionBytes.
 type fetchSizer struct {
-	target   int64 // Record.Size bytes a share should decode to
-	min, max int32 // bounds of the share
+	target int64 // Record.Size bytes a share should decode to
 
 	// Of the batches fetched since the last resize (franz-go's fetch
 	// goroutines): their bytes on the wire and their records.
@@ -39,7 +39,7 @@ type fetchSizer struct {
 const resizeEvery = 20000
 
 func newFetchSizer(bufferBytes int64, share int32) *fetchSizer {
-	return &fetchSizer{target: bufferBytes / 4, min: minFetchShare, max: DefaultFetchMaxPartitionBytes, share: share}
+	return &fetchSizer{target: bufferBytes / 4, share: share}
 }
 
 // minFetchShare is the least share the sizer sets: below a batch, a broker
@@ -73,7 +73,7 @@ func (f *fetchSizer) resizeLocked() (int32, bool) {
 		return f.share, false
 	}
 	// target × (wire bytes per record) ÷ (Size per record)
-	share := int32(min(max(float64(f.target)*float64(wire)/float64(recs)*float64(pushed)/float64(size), float64(f.min)), float64(f.max)))
+	share := int32(min(max(float64(f.target)*float64(wire)/float64(recs)*float64(pushed)/float64(size), minFetchShare), DefaultFetchMaxPartitionBytes))
 	if d := share - f.share; d < f.share/8 && -d < f.share/8 {
 		return f.share, false
 	}

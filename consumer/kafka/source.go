@@ -69,8 +69,6 @@ const (
 	// instead (committer.commit), which takes the snapshot and sends it
 	// under one lock.
 	autoCommitInterval = 365 * 24 * time.Hour
-	// maxPollRecords bounds one poll, so one round of pushes stays short.
-	maxPollRecords = 10000
 	// DefaultShardBufferBytes bounds what one shard holds (buffered and in
 	// flight) by the estimated encoded size of its records
 	// (event.Record.Size, about what they occupy in memory too): it pauses
@@ -83,11 +81,11 @@ const (
 	DefaultShardBufferBytes = 8 << 20
 	// minShardBuffer is the least record count a shard may hold before it
 	// pauses (Options.Worker.Buffer's default, unless 2 × BatchSize ×
-	// ParallelizationFactor is larger): two polls' worth. A poll brings up
-	// to maxPollRecords per partition; a count below that paused and resumed
-	// a partition on every poll and cost most of the throughput, so the
-	// count is loose here and the bytes bound memory.
-	minShardBuffer = 2 * maxPollRecords
+	// ParallelizationFactor is larger). A count small next to what a fetch
+	// brings a partition (polls were bounded at 10,000 records then) paused
+	// and resumed a partition on every poll and cost most of the
+	// throughput, so the count is loose here and the bytes bound memory.
+	minShardBuffer = 20000
 )
 
 // ErrRunning is returned by a second call to Run.
@@ -434,14 +432,10 @@ func (s *Source) poll(ctx context.Context, cl *kgo.Client) {
 			pt.first = fp.Records[0].Offset
 		}
 		recs := convert(fp.Records)
+		size := pt.w.Push(recs)
 		if s.sizer != nil {
-			var size int64
-			for i := range recs {
-				size += recs[i].Size() // kept in the record: Push does not compute it again
-			}
 			s.sizer.pushedLocked(len(recs), size)
 		}
-		pt.w.Push(recs)
 	})
 }
 
