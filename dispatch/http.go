@@ -450,14 +450,7 @@ func readMessage(resp *http.Response) string {
 	truncated := len(b) > maxMessageBytes
 	if len(msg) > maxMessageBytes {
 		truncated = true
-		msg = msg[:maxMessageBytes]
-		// Drop a rune the cap cut in half (at most UTFMax-1 bytes).
-		for i := 0; i < utf8.UTFMax-1 && len(msg) > 0; i++ {
-			if r, size := utf8.DecodeLastRuneInString(msg); r != utf8.RuneError || size != 1 {
-				break
-			}
-			msg = msg[:len(msg)-1]
-		}
+		msg = cutMessage(msg)
 	}
 	if msg == "" {
 		if msg = http.StatusText(resp.StatusCode); msg == "" {
@@ -471,16 +464,38 @@ func readMessage(resp *http.Response) string {
 	return msg
 }
 
+// cutMessage cuts valid UTF-8 msg to at most maxMessageBytes, dropping a
+// rune the cut split (at most UTFMax-1 bytes).
+func cutMessage(msg string) string {
+	if len(msg) <= maxMessageBytes {
+		return msg
+	}
+	msg = msg[:maxMessageBytes]
+	for i := 0; i < utf8.UTFMax-1 && len(msg) > 0; i++ {
+		if r, size := utf8.DecodeLastRuneInString(msg); r != utf8.RuneError || size != 1 {
+			break
+		}
+		msg = msg[:len(msg)-1]
+	}
+	return msg
+}
+
 // redactLocation returns a redirect's target without user info or query,
 // which may hold secrets (signed URLs); the rest is what the operator needs
-// to fix the configured URL.
+// to fix the configured URL, at most maxMessageBytes of it as readMessage
+// keeps of a body (a header may be as long as the server allows, and
+// escaping triples its odd bytes).
 func redactLocation(loc string) string {
 	u, err := url.Parse(loc)
 	if err != nil {
 		return ""
 	}
 	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
-	return strings.ToValidUTF8(u.String(), "\uFFFD") // a header may hold any bytes; messages go into JSON
+	s := strings.ToValidUTF8(u.String(), "\uFFFD") // a header may hold any bytes; messages go into JSON
+	if len(s) > maxMessageBytes {
+		s = cutMessage(s) + "…"
+	}
+	return s
 }
 
 // parseRetryAfter reads a Retry-After value (RFC 9110 §10.2.3): a number of
